@@ -1,0 +1,60 @@
+//! Map names and capacities: the single source of truth for both sides.
+//!
+//! Pinned map names carry a layout version (`_v1`): a daemon that finds pins
+//! with another version refuses to reuse them instead of misreading them.
+
+/// Layout version of every pinned map. Bump when any map type in
+/// [`crate::types`] changes layout.
+pub const MAP_VERSION: u32 = 1;
+
+/// VIP (address, port, protocol) -> [`crate::VipInfo`]. Hash map.
+pub const VIPS: &str = "vx_vips_v1";
+/// Backend id -> [`crate::BackendInfo`]. Array.
+pub const BACKENDS: &str = "vx_backends_v1";
+/// Maglev slots of every table copy, concatenated. Array of backend ids.
+pub const MAGLEV: &str = "vx_maglev_v1";
+/// Table region id -> [`crate::TableRegion`] (where a table copy lives). Array.
+pub const REGIONS: &str = "vx_regions_v1";
+/// Service id -> active region id (u32). Array. Flipping this one u32 is how a
+/// new table becomes visible: a packet reads it once and uses that copy.
+pub const ACTIVE: &str = "vx_active_v1";
+/// Flow 5-tuple -> [`crate::FlowValue`]. LRU hash map.
+pub const FLOWS: &str = "vx_flows_v1";
+/// Reason code -> [`crate::Counter`]. Per-CPU array.
+pub const REASON_STATS: &str = "vx_reasons_v1";
+/// Service id -> [`crate::ServiceStats`]. Per-CPU array.
+pub const SERVICE_STATS: &str = "vx_svc_stats_v1";
+/// Backend id -> [`crate::BackendStats`]. Per-CPU array.
+pub const BACKEND_STATS: &str = "vx_be_stats_v1";
+
+/// Every map, for pinning and unpinning in one place.
+pub const ALL: [&str; 9] = [
+    VIPS,
+    BACKENDS,
+    MAGLEV,
+    REGIONS,
+    ACTIVE,
+    FLOWS,
+    REASON_STATS,
+    SERVICE_STATS,
+    BACKEND_STATS,
+];
+
+/// Most VIPs (compiler and CA services together).
+pub const MAX_VIPS: u32 = 256;
+/// Most services; service ids are `0..MAX_SERVICES`.
+pub const MAX_SERVICES: u32 = 64;
+/// Most backends over all services; backend ids are `0..MAX_BACKENDS`.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Two table regions per service (the active copy and the one being written).
+pub const MAX_REGIONS: u32 = MAX_SERVICES * 2;
+/// Total Maglev slots over all regions: 16 Mi slots, 64 MiB. Enough for two
+/// copies of 655373-slot tables for 12 services, or of 65537-slot tables for
+/// all 64.
+pub const MAGLEV_CAPACITY: u32 = 16 * 1024 * 1024;
+/// Default flow-table capacity (entries). Configurable at load time.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 1_048_576;
+
+/// Default Maglev table size: prime, and large enough that 100s of backends
+/// each get hundreds of slots.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;

@@ -1,0 +1,86 @@
+//! The closed set of outcomes of the XDP program. Each packet is counted under
+//! exactly one reason; the codes double as metric labels.
+
+/// The verdict class of a reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// XDP_TX: forwarded to a backend.
+    Tx,
+    /// XDP_PASS: handed to the kernel untouched.
+    Pass,
+    /// XDP_DROP.
+    Drop,
+}
+
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $name:ident = $code:literal, $label:literal, $verdict:ident; )*) => {
+        /// Why the program returned what it returned.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $( $(#[$doc])* $name = $code, )*
+        }
+
+        impl Reason {
+            /// Every reason, in code order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+
+            /// Stable snake_case label (metrics, CLI).
+            pub const fn label(self) -> &'static str {
+                match self { $(Reason::$name => $label,)* }
+            }
+
+            /// The XDP verdict this reason implies.
+            pub const fn verdict(self) -> Verdict {
+                match self { $(Reason::$name => Verdict::$verdict,)* }
+            }
+
+            /// The reason for a code read back from a map, if any.
+            pub const fn from_code(code: u32) -> Option<Reason> {
+                match code { $($code => Some(Reason::$name),)* _ => None }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Compiler VIP: forwarded to the flow's backend.
+    TxCompiler = 0, "tx_compiler", Tx;
+    /// CA VIP: forwarded to the active CA backend.
+    TxCa = 1, "tx_ca", Tx;
+    /// Not IPv4/IPv6 (ARP, LLDP, ...).
+    PassNotIp = 2, "pass_not_ip", Pass;
+    /// IP, but the destination is not a VIP (address, port, protocol).
+    PassNotVip = 3, "pass_not_vip", Pass;
+    /// IP, but neither TCP nor UDP (ICMP, ...).
+    PassNotL4 = 4, "pass_not_l4", Pass;
+    /// IPv4 fragment or IPv6 fragment header: no reliable ports (see README).
+    PassFragment = 5, "pass_fragment", Pass;
+    /// More than two VLAN tags.
+    PassVlanDepth = 6, "pass_vlan_depth", Pass;
+    /// IPv6 extension header chain longer than we walk.
+    PassIpv6ExtLimit = 7, "pass_ipv6_ext_limit", Pass;
+    /// Frame not addressed to a unicast MAC (broadcast/multicast).
+    PassNotUnicast = 8, "pass_not_unicast", Pass;
+    /// Frame shorter than its Ethernet/VLAN headers.
+    DropTruncatedL2 = 9, "drop_truncated_l2", Drop;
+    /// Frame shorter than its IP header, or IP total length beyond the frame.
+    DropTruncatedL3 = 10, "drop_truncated_l3", Drop;
+    /// IPv4 IHL < 5, version mismatch, or total length < header length.
+    DropBadL3 = 11, "drop_bad_l3", Drop;
+    /// Frame (or IP payload) shorter than the TCP/UDP header.
+    DropTruncatedL4 = 12, "drop_truncated_l4", Drop;
+    /// TCP data offset < 5 or beyond the IP payload.
+    DropBadL4 = 13, "drop_bad_l4", Drop;
+    /// Compiler VIP with no usable backend (empty or all-down table).
+    DropNoBackend = 14, "drop_no_backend", Drop;
+    /// CA VIP with no active CA backend.
+    DropNoCa = 15, "drop_no_ca", Drop;
+    /// A map lookup that cannot fail did (inconsistent maps mid-update).
+    DropInternal = 16, "drop_internal", Drop;
+}
+
+/// Number of reason codes; the size of the reason counter array.
+pub const REASON_COUNT: u32 = 17;
+
+const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);

@@ -1,0 +1,211 @@
+//! `#[repr(C)]` map keys and values. Fixed-width fields, explicit padding,
+//! and a size assertion for each.
+
+/// Address family tag used in keys (our own numbering, not AF_*).
+pub const FAMILY_V4: u8 = 4;
+/// See [`FAMILY_V4`].
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers we balance.
+pub const PROTO_TCP: u8 = 6;
+/// See [`PROTO_TCP`].
+pub const PROTO_UDP: u8 = 17;
+
+/// Sentinel backend id: "no backend" (empty Maglev slot, no active CA).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Key of the VIP map. An IPv4 address sits in the first four bytes of
+/// `addr`, the rest zero. `port` is in network byte order, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// Service kind of a VIP.
+pub const KIND_COMPILER: u32 = 0;
+/// See [`KIND_COMPILER`].
+pub const KIND_CA: u32 = 1;
+
+/// Value of the VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into the per-service maps (`ACTIVE`, `CA_STEER`, stats).
+    pub service_id: u32,
+    /// [`KIND_COMPILER`] or [`KIND_CA`]; any other value is treated as "not ours".
+    pub kind: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 8);
+
+/// Backend state, as the data plane sees it.
+/// Slot unused, or backend removed: gets nothing; its flows are re-picked.
+pub const BACKEND_EMPTY: u32 = 0;
+/// Serving: in the Maglev table, keeps its flows.
+pub const BACKEND_ACTIVE: u32 = 1;
+/// Draining: out of the Maglev table, keeps its established flows.
+pub const BACKEND_DRAINING: u32 = 2;
+/// Down (failed health check): out of the table; its flows are re-picked,
+/// since the backend cannot answer them anyway.
+pub const BACKEND_DOWN: u32 = 3;
+
+/// Value of the backend array. Only `mac`, `state` and `generation` are read
+/// by the data plane; the address is there so that the maps alone say where
+/// each flow goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Destination MAC for DSR.
+    pub mac: [u8; 6],
+    pub _pad0: [u8; 2],
+    /// One of the `BACKEND_*` states.
+    pub state: u32,
+    /// Bumped each time the id is given to a different backend, so that a
+    /// flow recorded for the old holder of the id is re-picked.
+    pub generation: u32,
+    /// Service the backend belongs to.
+    pub service_id: u32,
+    /// Backend address (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad1: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
+
+/// Where one copy of a service's Maglev table lives in the `MAGLEV` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableRegion {
+    /// First slot in the `MAGLEV` array.
+    pub base: u32,
+    /// Number of slots (the table size M, prime); 0 = region unused.
+    pub size: u32,
+}
+const _: () = assert!(core::mem::size_of::<TableRegion>() == 8);
+
+/// Key of the flow table: the 5-tuple as seen on the wire (ports in network
+/// byte order). IPv4 addresses in the first four bytes of each address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of the flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Backend chosen for the flow.
+    pub backend_id: u32,
+    /// `BackendInfo::generation` at the time of the choice.
+    pub generation: u32,
+    /// `bpf_ktime_get_ns()` when the entry was created (for `voxlb flows`).
+    pub created_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// A packets/bytes pair (per reason).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+/// Per-service counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (whole frames).
+    pub bytes: u64,
+    /// Flows that got a backend from the Maglev table (or CA steering).
+    pub new_flows: u64,
+    /// Packets dropped because no backend was usable.
+    pub no_backend: u64,
+}
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
+
+/// Per-backend counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], made only of integers and byte
+    // arrays with explicit padding fields: every bit pattern is valid.
+    unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TableRegion {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Counter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendStats {}
+}
+
+impl VipKey {
+    /// Build a key from an address, a host-order port and a protocol.
+    pub fn new(addr: core::net::IpAddr, port: u16, proto: u8) -> Self {
+        let (addr, family) = addr_bytes(addr);
+        VipKey {
+            addr,
+            port_be: port.to_be(),
+            proto,
+            family,
+        }
+    }
+}
+
+/// An address as the 16-byte key form plus its family tag.
+pub fn addr_bytes(addr: core::net::IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match addr {
+        core::net::IpAddr::V4(a) => {
+            out[..4].copy_from_slice(&a.octets());
+            (out, FAMILY_V4)
+        }
+        core::net::IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+    }
+}
+
+/// The inverse of [`addr_bytes`]; `None` for an unknown family tag.
+pub fn addr_from_bytes(addr: &[u8; 16], family: u8) -> Option<core::net::IpAddr> {
+    match family {
+        FAMILY_V4 => Some(core::net::IpAddr::V4(core::net::Ipv4Addr::new(
+            addr[0], addr[1], addr[2], addr[3],
+        ))),
+        FAMILY_V6 => Some(core::net::IpAddr::V6(core::net::Ipv6Addr::from(*addr))),
+        _ => None,
+    }
+}

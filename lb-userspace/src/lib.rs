@@ -1,0 +1,3 @@
+//! voxlb control plane: loads and drives the XDP data plane.
+
+pub mod object;

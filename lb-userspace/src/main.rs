@@ -1,0 +1,3 @@
+fn main() {
+    println!("voxlb: object {} bytes", voxlb::object::EBPF_OBJECT.len());
+}
