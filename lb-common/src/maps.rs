@@ -18,6 +18,9 @@ pub const REGIONS: &str = "vx_regions_v1";
 /// Service id -> active region id (u32). Array. Flipping this one u32 is how a
 /// new table becomes visible: a packet reads it once and uses that copy.
 pub const ACTIVE: &str = "vx_active_v1";
+/// CA service id -> backend id (u32) of the CA that gets every flow of that
+/// VIP (`NO_BACKEND` = none). Array. Userspace flips it on failover.
+pub const CA_STEER: &str = "vx_ca_steer_v1";
 /// Flow 5-tuple -> [`crate::FlowValue`]. LRU hash map.
 pub const FLOWS: &str = "vx_flows_v1";
 /// Reason code -> [`crate::Counter`]. Per-CPU array.
@@ -28,12 +31,13 @@ pub const SERVICE_STATS: &str = "vx_svc_stats_v1";
 pub const BACKEND_STATS: &str = "vx_be_stats_v1";
 
 /// Every map, for pinning and unpinning in one place.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     VIPS,
     BACKENDS,
     MAGLEV,
     REGIONS,
     ACTIVE,
+    CA_STEER,
     FLOWS,
     REASON_STATS,
     SERVICE_STATS,

@@ -17,7 +17,7 @@ pub const NO_BACKEND: u32 = u32::MAX;
 /// Key of the VIP map. An IPv4 address sits in the first four bytes of
 /// `addr`, the rest zero. `port` is in network byte order, as on the wire.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     pub addr: [u8; 16],
     pub port_be: u16,
@@ -90,7 +90,7 @@ const _: () = assert!(core::mem::size_of::<TableRegion>() == 8);
 /// Key of the flow table: the 5-tuple as seen on the wire (ports in network
 /// byte order). IPv4 addresses in the first four bytes of each address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],

@@ -1,3 +1,4 @@
 //! voxlb control plane: loads and drives the XDP data plane.
 
+pub mod dataplane;
 pub mod object;
