@@ -1,4 +1,5 @@
 //! voxlb control plane: loads and drives the XDP data plane.
 
 pub mod dataplane;
+pub mod health;
 pub mod object;
