@@ -149,7 +149,11 @@ pub fn build(entries: &[Entry], size: u32) -> Result<Vec<u32>, MaglevError> {
 /// new value. A size change is a full rewrite: every slot is returned.
 pub fn diff(old: &[u32], new: &[u32]) -> Vec<(u32, u32)> {
     if old.len() != new.len() {
-        return new.iter().enumerate().map(|(i, v)| (i as u32, *v)).collect();
+        return new
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u32, *v))
+            .collect();
     }
     old.iter()
         .zip(new)

@@ -3,3 +3,5 @@
 pub mod dataplane;
 pub mod health;
 pub mod object;
+pub mod packet;
+pub mod xdp;
