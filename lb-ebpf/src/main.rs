@@ -39,7 +39,7 @@ fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    let Some(info) = VIPS.get_ptr(&vip) else {
+    let Some(info) = VIPS.get_ptr(vip) else {
         return Err(Reason::PassNotVip);
     };
     // SAFETY: a value pointer from a map lookup, valid for this run.

@@ -15,6 +15,9 @@ use lb_common::{
     reason::REASON_COUNT,
 };
 
+/// Per-CPU LRU lists: inserting a flow takes no lock shared by all CPUs.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 #[map(name = "vx_vips_v1")]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
 
@@ -36,7 +39,7 @@ pub static CA_STEER: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
 /// Resized by the loader from the config's `flow_capacity`.
 #[map(name = "vx_flows_v1")]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "vx_reasons_v1")]
 pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

@@ -53,7 +53,7 @@ fn is_syn(pkt: &Parsed) -> bool {
 #[inline(always)]
 pub fn compiler(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
     let syn = is_syn(pkt);
-    let known = FLOWS.get_ptr(&pkt.key);
+    let known = FLOWS.get_ptr(pkt.key);
     if let Some(v) = known {
         // SAFETY: a value pointer from a map lookup, valid for this run; a
         // concurrent update can only make us read a whole older/newer value
@@ -89,7 +89,7 @@ pub fn compiler(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
         };
         // A full LRU evicts its least recently used entry; an insert can
         // only fail for want of memory, and the packet still goes out.
-        let _ = FLOWS.insert(&pkt.key, &v, 0);
+        let _ = FLOWS.insert(pkt.key, v, 0);
     }
     Ok(Choice {
         backend_id: id,
