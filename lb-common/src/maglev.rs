@@ -105,6 +105,8 @@ impl core::fmt::Display for MaglevError {
     }
 }
 
+impl core::error::Error for MaglevError {}
+
 /// Whether `n` is prime (trial division: at most 2^15 divisions for a `u32`).
 pub fn is_prime(n: u32) -> bool {
     if n < 2 {
