@@ -25,7 +25,7 @@
 //! first version of this module gave every backend a credit of `w` per round
 //! of N and a turn per `max(w)` of credit, which costs `M * N * max(w) / W`
 //! steps — 0.4 s for one weight-10⁶ backend among 1000 at M = 655373, against
-//! 44 ms here. With equal weights the schedule is the paper's round robin in
+//! under 20 ms here. With equal weights the schedule is the paper's round robin in
 //! identity order, and is computed as such without the heap.
 //!
 //! # Disruption
@@ -34,14 +34,13 @@
 //! walk. Measured (see the tests and `cargo xtask bench maglev`): under 1% of
 //! the table at M = 65537 for N up to 655, a few % for small tables (M of a
 //! few thousand). The tail comes from pairs of backends whose skips are
-//! coupled (`skip_b = ±skip_a` or `±2·skip_a` mod M, so their walks share one
-//! cycle); it is the paper's permutation, as in Katran and Cilium, and a
+//! coupled (`skip_b ≡ ±skip_a`, `±2·skip_a` or `±skip_a/2` mod M: their walks
+//! run along one cycle); it is the paper's permutation, as in Katran and Cilium, and a
 //! larger M makes such pairs rarer (about 3·N²/M of sets have one).
 //!
 //! # Cost
 //! Turns come from a binary heap, O(M log N), or from a counter when the
-//! weights are equal. A claim probes until it finds a
-//! free slot; while a fraction `f` of the table is full a probe succeeds with
+//! weights are equal. A claim probes until it finds a free slot; while a fraction `f` of the table is full a probe succeeds with
 //! chance about `1 - f`, so the whole build takes about `M ln M` probes (the
 //! paper's analysis), e.g. 7·10⁵ for M = 65537 and 9·10⁶ for M = 655373,
 //! whatever N. The probe steps by addition and one compare, not `%`.
