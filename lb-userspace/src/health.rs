@@ -244,6 +244,9 @@ async fn probe_inner(
     };
     validate_http(http)?;
     let host_header = match &http.host {
+        Some(host) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
+            format!("[{host}]:{}", addr.port())
+        }
         Some(host) => format!("{host}:{}", addr.port()),
         None => addr.to_string(), // "[::1]:8140" for IPv6, as Host wants
     };

@@ -227,6 +227,46 @@ async fn http_200_with_wrong_body_is_unhealthy() {
 }
 
 #[tokio::test]
+async fn http_over_ipv6_loopback() {
+    // Some sandboxes have no ::1; the probe code is the same either way.
+    let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+        eprintln!("no IPv6 loopback here; skipped");
+        return;
+    };
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut buf).await.unwrap() {
+                0 => break,
+                n => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        stream
+            .write_all(&response("200 OK", "running"))
+            .await
+            .unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    let prober = Prober::new(http_check(port, Some("running"))).unwrap();
+    let ipv6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    tokio::time::timeout(PATIENCE, prober.probe(ipv6))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = tokio::time::timeout(PATIENCE, server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        head.contains(&format!("\r\nHost: [::1]:{port}\r\n")),
+        "{head}"
+    );
+}
+
+#[tokio::test]
 async fn http_chunked_response_is_read() {
     let reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
                   4\r\nrunn\r\n3\r\ning\r\n0\r\n\r\n"
