@@ -97,6 +97,14 @@ pub fn vx_bench_reflect(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// Test topologies only: XDP_TX on a veth delivers the frame only when the
+/// peer veth runs an XDP program too; this do-nothing one is attached there.
+/// A real NIC needs nothing of the kind.
+#[xdp]
+pub fn vx_veth_peer(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

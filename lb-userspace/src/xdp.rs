@@ -340,6 +340,28 @@ pub struct RunOutput {
     pub duration: std::time::Duration,
 }
 
+/// Name of the veth-peer helper program (see [`attach_veth_peer`]).
+pub const VETH_PEER: &str = "vx_veth_peer";
+
+/// Attach the do-nothing XDP program to `iface` (the veth peer of an
+/// interface voxlb runs on) and pin its link at `pin`, so that XDP_TX works
+/// across the veth pair after this process exits. Test topologies and the
+/// demo need it; a physical NIC does not. Runs in the caller's network
+/// namespace.
+pub fn attach_veth_peer(iface: &str, pin: &Path) -> Result<()> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::FLOWS, 16)
+        .map_max_entries(names::MAGLEV, 16)
+        .load(EBPF_OBJECT)
+        .map_err(other)?;
+    let prog = program(&mut ebpf, VETH_PEER)?;
+    prog.load().map_err(other)?;
+    let id = prog.attach(iface, AyaXdpMode::Driver).map_err(other)?;
+    let link = prog.take_link(id).map_err(other)?;
+    FdLink::try_from(link).map_err(other)?.pin(pin).map_err(other)?;
+    Ok(())
+}
+
 /// Name of the benchmark reference program in the object.
 pub const BENCH_REFLECTOR: &str = "vx_bench_reflect";
 
