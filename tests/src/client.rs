@@ -2,13 +2,16 @@
 //! TLS, whole or streamed bodies. It reads Content-Length bodies only (all
 //! that the test backend sends).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use anyhow::{Context, bail, ensure};
 use rustls::{ClientConfig, RootCertStore, pki_types::ServerName};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, Take},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
@@ -56,6 +59,41 @@ pub async fn connect_tls(
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
+    tls_over(stream, server_name, config).await
+}
+
+/// Connects from `source` (port chosen by the kernel) to `addr`: tests pick
+/// the client address to vary the flow's 5-tuple.
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .with_context(|| format!("binding {source}"))?;
+    socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting from {source} to {addr}"))
+}
+
+/// A plain client over an already connected stream.
+pub fn plain_over(stream: TcpStream) -> anyhow::Result<PlainClient> {
+    stream.set_nodelay(true)?;
+    Ok(Client {
+        io: BufReader::new(stream),
+    })
+}
+
+/// TLS over an already connected stream, verifying `server_name`.
+pub async fn tls_over(
+    stream: TcpStream,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+) -> anyhow::Result<TlsClient> {
+    let addr = stream.peer_addr()?;
     stream.set_nodelay(true)?;
     let name = ServerName::try_from(server_name.to_owned())
         .with_context(|| format!("server name {server_name:?}"))?;

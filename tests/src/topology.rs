@@ -1,0 +1,654 @@
+//! The end-to-end topology: network namespaces around one Linux bridge, the
+//! way an OpenVox site's agents, load balancer, compilers and CA servers sit
+//! on one L2 segment. Used by the e2e tests, the demo and the benchmarks.
+//!
+//! ```text
+//!                         {prefix}-br  (bridge br0)
+//!      p-cl      p-lb       p-c1 .. p-cN        p-ca1     p-ca2
+//!       |         |  (XDP_PASS on p-lb)  |         |         |
+//!   {prefix}-cl {prefix}-lb  {prefix}-c1..cN  {prefix}-ca1 {prefix}-ca2
+//!    clients     voxlb       compilers        CA primary  CA standby
+//! ```
+//!
+//! - Segment 10.77.0.0/24 and fd77::/64; the LB is .2 / ::2, compiler i is
+//!   .(10+i), the CAs .31 and .32, the client addresses .100 onward.
+//! - VIPs in 10.77.1.0/24 and fd77:1::/64: [`COMPILER_VIP4`] and friends.
+//!   Clients route them via the LB; compilers and CAs hold them on `lo`
+//!   (arp_ignore=1, arp_announce=2, so they never answer ARP for them) and
+//!   answer clients directly (DSR).
+//! - Every backend runs `voxlb-testd` on port 8140 (HTTPS, dual-stack) with a
+//!   certificate naming its own addresses, the VIPs and [`SERVICE_NAME`]; its
+//!   plain control routes are on port 9140.
+//! - Every veth has tx checksum and VLAN offload off, and the bridge side of
+//!   the LB's veth runs an XDP_PASS program: see `docs/e2e.md` for why.
+//!
+//! Every name carries a unique prefix `KIND-PID-N` and everything is removed
+//! when the [`Topology`] is dropped (processes killed, namespaces deleted,
+//! pins and the work directory removed), also on a failed build; leftovers of
+//! runs that died are swept on the next build.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use rustls::ClientConfig;
+
+use crate::{
+    backend::Stats,
+    client,
+    netns::{self, NsRuntime},
+    pki::{HostSpec, Pki},
+};
+
+/// Compiler VIP (IPv4).
+pub const COMPILER_VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
+/// CA VIP (IPv4).
+pub const CA_VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 11);
+/// Compiler VIP (IPv6): fd77:1::10.
+pub const COMPILER_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x10);
+/// CA VIP (IPv6): fd77:1::11.
+pub const CA_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x11);
+/// The agents' port.
+pub const PORT: u16 = 8140;
+/// The backends' plain-HTTP control port.
+pub const CONTROL_PORT: u16 = 9140;
+/// DNS name in every backend certificate (what health checks verify).
+pub const SERVICE_NAME: &str = "puppet.vxe.test";
+/// The interface name inside every node namespace.
+pub const IFACE: &str = "eth0";
+/// The veth peer of the LB, on the bridge side.
+pub const LB_PEER: &str = "p-lb";
+
+/// Upper bound for any single wait of the fixture; never reached when
+/// things work.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Name prefix kind: `vxe` for tests, `vxd` for the demo. Stale objects
+    /// are swept per kind.
+    pub kind: &'static str,
+    /// Number of compiler namespaces (≥ 1).
+    pub compilers: usize,
+    /// Source addresses in the client namespace, per family.
+    pub client_addrs: usize,
+    /// The `voxlb-testd` binary.
+    pub testd: PathBuf,
+}
+
+/// One namespace on the segment.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Short name (`lb`, `cl`, `c1`, `ca1`, ...), also the certificate name.
+    pub name: String,
+    /// Namespace name.
+    pub ns: String,
+    pub ip4: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    /// MAC of its `eth0`, read from the namespace.
+    pub mac: [u8; 6],
+}
+
+impl Node {
+    /// The backend control endpoint (reachable from the client namespace).
+    pub fn control(&self) -> SocketAddr {
+        SocketAddr::new(self.ip4.into(), CONTROL_PORT)
+    }
+
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_string(&self) -> String {
+        format_mac(&self.mac)
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Removes what it names on drop; filled in as the build goes, so that a
+/// failed build cleans up too.
+#[derive(Default)]
+struct Guard {
+    namespaces: Vec<String>,
+    pin_dir: Option<PathBuf>,
+    work_dir: Option<PathBuf>,
+    children: Vec<Child>,
+    keep: bool,
+}
+
+impl Guard {
+    fn cleanup(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+        // Whatever else runs in our namespaces (a daemon a test started and
+        // lost track of) was started by us too.
+        for ns in &self.namespaces {
+            netns::kill_all_in(ns);
+        }
+        if let Some(p) = self.pin_dir.take() {
+            netns::remove_tree(&p);
+        }
+        for ns in self.namespaces.drain(..) {
+            netns::delete_ns(&ns);
+        }
+        if let Some(w) = self.work_dir.take() {
+            netns::remove_tree(&w);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.cleanup();
+        }
+    }
+}
+
+/// A built topology. Drop removes it.
+pub struct Topology {
+    /// `KIND-PID-N`.
+    pub prefix: String,
+    pub bridge_ns: String,
+    pub lb: Node,
+    pub client: Node,
+    pub compilers: Vec<Node>,
+    pub ca: Node,
+    pub ca_standby: Node,
+    /// Client source addresses (IPv4), first is `client.ip4`.
+    pub client_addrs4: Vec<Ipv4Addr>,
+    /// Client source addresses (IPv6), first is `client.ip6`.
+    pub client_addrs6: Vec<Ipv6Addr>,
+    /// `/sys/fs/bpf/PREFIX`: every pin of this topology lives under it.
+    pub pin_dir: PathBuf,
+    /// `$TMPDIR/PREFIX`: PKI, logs, configs.
+    pub work_dir: PathBuf,
+    pub pki: Pki,
+    /// Client TLS configuration trusting the topology's CA.
+    pub tls: Arc<ClientConfig>,
+    /// A runtime in the client namespace, for traffic and backend control.
+    pub rt: NsRuntime,
+    testd: PathBuf,
+    guard: Guard,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Namespaces as `(short name, ip4, ip6)`.
+fn plan(spec: &Spec) -> Vec<(String, Ipv4Addr, Ipv6Addr)> {
+    let v6 = |last: u16| Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, last);
+    let mut nodes = vec![
+        ("lb".to_owned(), Ipv4Addr::new(10, 77, 0, 2), v6(2)),
+        ("cl".to_owned(), Ipv4Addr::new(10, 77, 0, 100), v6(0x100)),
+    ];
+    for i in 1..=spec.compilers {
+        nodes.push((
+            format!("c{i}"),
+            Ipv4Addr::new(10, 77, 0, 10 + i as u8),
+            v6(0x10 + i as u16),
+        ));
+    }
+    nodes.push(("ca1".to_owned(), Ipv4Addr::new(10, 77, 0, 31), v6(0x31)));
+    nodes.push(("ca2".to_owned(), Ipv4Addr::new(10, 77, 0, 32), v6(0x32)));
+    nodes
+}
+
+impl Topology {
+    /// Builds the whole topology and starts the backends. Needs root.
+    pub fn build(spec: &Spec) -> anyhow::Result<Topology> {
+        anyhow::ensure!(netns::is_root(), "building a topology needs root");
+        anyhow::ensure!(
+            (1..=9).contains(&spec.compilers),
+            "1 to 9 compilers (addresses .11 to .19)"
+        );
+        anyhow::ensure!(
+            (1..=100).contains(&spec.client_addrs),
+            "1 to 100 client addresses"
+        );
+        netns::ensure_bpffs()?;
+        netns::sweep_stale(spec.kind);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{}-{}-{n}", spec.kind, std::process::id());
+        Self::build_named(spec, prefix)
+    }
+
+    /// [`Topology::build`] with a given prefix (the demo uses a fixed one, so
+    /// that `--cleanup` finds it).
+    pub fn build_named(spec: &Spec, prefix: String) -> anyhow::Result<Topology> {
+        let pin_dir = Path::new(netns::BPFFS).join(&prefix);
+        let work_dir = std::env::temp_dir().join(&prefix);
+        let mut guard = Guard::default();
+        guard.pin_dir = Some(pin_dir.clone());
+        guard.work_dir = Some(work_dir.clone());
+        std::fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        std::fs::create_dir_all(&work_dir)
+            .with_context(|| format!("creating {}", work_dir.display()))?;
+
+        let bridge_ns = format!("{prefix}-br");
+        let ns_of = |name: &str| format!("{prefix}-{name}");
+        let nodes = plan(spec);
+        for name in std::iter::once(bridge_ns.clone()).chain(nodes.iter().map(|n| ns_of(&n.0))) {
+            netns::run("ip", &["netns", "add", &name])?;
+            guard.namespaces.push(name.clone());
+            netns::ip(&name, &["link", "set", "lo", "up"])?;
+        }
+
+        // The segment.
+        netns::ip(
+            &bridge_ns,
+            &[
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
+        netns::ip(&bridge_ns, &["link", "set", "br0", "up"])?;
+        // Bridged IP must not go through netfilter (absent without br_netfilter).
+        for family in ["iptables", "ip6tables", "arptables"] {
+            let _ = netns::exec(
+                &bridge_ns,
+                "sysctl",
+                &["-qw", &format!("net.bridge.bridge-nf-call-{family}=0")],
+            );
+        }
+
+        let mut built = Vec::new();
+        for (name, ip4, ip6) in &nodes {
+            let ns = ns_of(name);
+            let port = format!("p-{name}");
+            netns::ip(
+                &bridge_ns,
+                &[
+                    "link", "add", &port, "type", "veth", "peer", "name", IFACE, "netns", &ns,
+                ],
+            )?;
+            netns::ip(&bridge_ns, &["link", "set", &port, "master", "br0", "up"])?;
+            offloads_off(&bridge_ns, &port)?;
+            offloads_off(&ns, IFACE)?;
+            netns::ip(&ns, &["addr", "add", &format!("{ip4}/24"), "dev", IFACE])?;
+            netns::ip(
+                &ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    IFACE,
+                    "nodad",
+                ],
+            )?;
+            netns::ip(&ns, &["link", "set", IFACE, "up"])?;
+            let mac = read_mac(&ns, IFACE)?;
+            built.push(Node {
+                name: name.clone(),
+                ns,
+                ip4: *ip4,
+                ip6: *ip6,
+                mac,
+            });
+        }
+        let take = |name: &str| built.iter().find(|n| n.name == name).cloned();
+        let lb = take("lb").context("lb node")?;
+        let client = take("cl").context("client node")?;
+        let ca = take("ca1").context("ca node")?;
+        let ca_standby = take("ca2").context("ca standby node")?;
+        let compilers: Vec<Node> = (1..=spec.compilers)
+            .filter_map(|i| take(&format!("c{i}")))
+            .collect();
+
+        // Backends: the VIPs on lo, never announced.
+        for node in compilers.iter().chain([&ca, &ca_standby]) {
+            for (key, value) in [
+                ("net.ipv4.conf.all.arp_ignore", "1"),
+                ("net.ipv4.conf.all.arp_announce", "2"),
+            ] {
+                netns::exec(&node.ns, "sysctl", &["-qw", &format!("{key}={value}")])?;
+            }
+            for vip in [COMPILER_VIP4, CA_VIP4] {
+                netns::ip(
+                    &node.ns,
+                    &["addr", "add", &format!("{vip}/32"), "dev", "lo"],
+                )?;
+            }
+            for vip in [COMPILER_VIP6, CA_VIP6] {
+                netns::ip(
+                    &node.ns,
+                    &[
+                        "-6",
+                        "addr",
+                        "add",
+                        &format!("{vip}/128"),
+                        "dev",
+                        "lo",
+                        "nodad",
+                    ],
+                )?;
+            }
+        }
+
+        // Clients: more source addresses, and the VIPs via the LB.
+        let mut client_addrs4 = vec![client.ip4];
+        let mut client_addrs6 = vec![client.ip6];
+        for i in 1..spec.client_addrs {
+            let a4 = Ipv4Addr::new(10, 77, 0, 100 + i as u8);
+            let a6 = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100 + i as u16);
+            netns::ip(
+                &client.ns,
+                &["addr", "add", &format!("{a4}/24"), "dev", IFACE],
+            )?;
+            netns::ip(
+                &client.ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a6}/64"),
+                    "dev",
+                    IFACE,
+                    "nodad",
+                ],
+            )?;
+            client_addrs4.push(a4);
+            client_addrs6.push(a6);
+        }
+        netns::ip(
+            &client.ns,
+            &["route", "add", "10.77.1.0/24", "via", &lb.ip4.to_string()],
+        )?;
+        netns::ip(
+            &client.ns,
+            &[
+                "-6",
+                "route",
+                "add",
+                "fd77:1::/64",
+                "via",
+                &lb.ip6.to_string(),
+            ],
+        )?;
+
+        // XDP_TX out of the LB's veth needs an XDP program on its peer.
+        let peer_pin = pin_dir.join(format!("veth_peer_{LB_PEER}"));
+        netns::run_in(&bridge_ns, || {
+            voxlb::xdp::attach_veth_peer(LB_PEER, &peer_pin)
+        })??;
+
+        // Certificates: each backend's own addresses, the VIPs, the service.
+        let hosts: Vec<HostSpec> = compilers
+            .iter()
+            .chain([&ca, &ca_standby])
+            .map(|n| HostSpec::new(&n.name, &[n.ip4.into(), n.ip6.into()]))
+            .collect();
+        let extra: Vec<String> = [COMPILER_VIP4.to_string(), CA_VIP4.to_string()]
+            .into_iter()
+            .chain([COMPILER_VIP6.to_string(), CA_VIP6.to_string()])
+            .chain([SERVICE_NAME.to_owned()])
+            .collect();
+        let pki = crate::pki::generate(&work_dir.join("pki"), "voxlb e2e CA", &hosts, &extra)?;
+        let tls = client::tls_config(pki.ca_pem.as_bytes())?;
+        let rt = NsRuntime::new(&client.ns, 2)?;
+
+        let mut topo = Topology {
+            prefix,
+            bridge_ns,
+            lb,
+            client,
+            compilers,
+            ca,
+            ca_standby,
+            client_addrs4,
+            client_addrs6,
+            pin_dir,
+            work_dir,
+            pki,
+            tls,
+            rt,
+            testd: spec.testd.clone(),
+            guard,
+        };
+        let backends: Vec<Node> = topo.backends().cloned().collect();
+        for node in &backends {
+            topo.start_backend(node)?;
+        }
+        Ok(topo)
+    }
+
+    /// Compilers, then the CA primary and standby.
+    pub fn backends(&self) -> impl Iterator<Item = &Node> {
+        self.compilers.iter().chain([&self.ca, &self.ca_standby])
+    }
+
+    /// The backend node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.backends()
+            .chain([&self.lb, &self.client])
+            .find(|n| n.name == name)
+    }
+
+    /// Where the LB's maps and links are pinned (under [`Topology::pin_dir`]).
+    pub fn lb_pin_dir(&self) -> PathBuf {
+        self.pin_dir.join("lb")
+    }
+
+    /// Compiler VIP socket address (`v6` picks the family).
+    pub fn compiler_vip(&self, v6: bool) -> SocketAddr {
+        if v6 {
+            SocketAddr::new(COMPILER_VIP6.into(), PORT)
+        } else {
+            SocketAddr::new(COMPILER_VIP4.into(), PORT)
+        }
+    }
+
+    /// CA VIP socket address.
+    pub fn ca_vip(&self, v6: bool) -> SocketAddr {
+        if v6 {
+            SocketAddr::new(CA_VIP6.into(), PORT)
+        } else {
+            SocketAddr::new(CA_VIP4.into(), PORT)
+        }
+    }
+
+    /// Client source addresses of a family.
+    pub fn sources(&self, v6: bool) -> Vec<IpAddr> {
+        if v6 {
+            self.client_addrs6.iter().map(|a| (*a).into()).collect()
+        } else {
+            self.client_addrs4.iter().map(|a| (*a).into()).collect()
+        }
+    }
+
+    /// Starts `voxlb-testd` on `node` (HTTPS on `[::]:8140`, control on
+    /// `[::]:9140`) and waits for its ready line.
+    pub fn start_backend(&mut self, node: &Node) -> anyhow::Result<()> {
+        let pki = self.work_dir.join("pki");
+        let log = std::fs::File::create(self.work_dir.join(format!("{}.log", node.name)))?;
+        let mut child = netns::command_in(&node.ns, &self.testd)
+            .args(["--name", &node.name, "--listen"])
+            .arg(format!("[::]:{PORT}"))
+            .arg("--cert")
+            .arg(pki.join(format!("{}.pem", node.name)))
+            .arg("--key")
+            .arg(pki.join(format!("{}.key", node.name)))
+            .arg("--control")
+            .arg(format!("[::]:{CONTROL_PORT}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.testd.display()))?;
+        let stdout = child.stdout.take().context("testd stdout")?;
+        self.guard.children.push(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            // Drain until the process ends.
+            for _ in lines {}
+        });
+        match rx.recv_timeout(PATIENCE) {
+            Ok(Some(Ok(line))) if line.contains("\"ready\":true") => Ok(()),
+            other => bail!(
+                "backend {} did not get ready ({other:?}); see {}",
+                node.name,
+                self.work_dir.join(format!("{}.log", node.name)).display()
+            ),
+        }
+    }
+
+    /// Kills (SIGKILL) the backend process of `node`: it stops answering,
+    /// health checks included.
+    pub fn kill_backend(&mut self, node: &Node) {
+        netns::kill_all_in(&node.ns);
+    }
+
+    /// Keeps everything on drop (the demo's `--keep`): processes keep running,
+    /// namespaces and pins stay.
+    pub fn keep(&mut self) {
+        self.guard.keep = true;
+        // Forget the child handles without killing or reaping them.
+        for c in self.guard.children.drain(..) {
+            std::mem::forget(c);
+        }
+    }
+
+    /// A control call to a backend (plain HTTP from the client namespace).
+    pub fn control(&self, node: &Node, method: &str, path: &str) -> anyhow::Result<String> {
+        let addr = node.control();
+        let (m, p) = (method.to_owned(), path.to_owned());
+        let r = self.rt.run(async move {
+            tokio::time::timeout(PATIENCE, async {
+                let mut c = client::connect_plain(addr).await?;
+                c.request(&m, &p).await
+            })
+            .await
+            .context("control call timed out")?
+        })??;
+        anyhow::ensure!(r.status() == 200, "{method} {path}: status {}", r.status());
+        Ok(r.text())
+    }
+
+    /// A backend's counters.
+    pub fn backend_stats(&self, node: &Node) -> anyhow::Result<Stats> {
+        let text = self.control(node, "GET", "/control/stats")?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        Ok(Stats {
+            connections: n("connections"),
+            active_connections: n("active_connections"),
+            requests: n("requests"),
+            failing: v["failing"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// Opens `count` TLS connections to `vip`, round-robin over the client
+    /// source addresses of the VIP's family, `concurrency` at a time; each
+    /// asks `/whoami` and closes. Returns the number of answers per backend
+    /// name; any failed connection is an error.
+    pub fn whoami_spread(
+        &self,
+        vip: SocketAddr,
+        count: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<BTreeMap<String, usize>> {
+        let sources = self.sources(vip.is_ipv6());
+        let tls = self.tls.clone();
+        self.rt.run(async move {
+            let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..count {
+                let permit = sem.clone().acquire_owned().await?;
+                let src = sources[i % sources.len()];
+                let tls = tls.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    whoami(src, vip, tls).await
+                });
+            }
+            let mut counts = BTreeMap::new();
+            while let Some(r) = tasks.join_next().await {
+                *counts.entry(r??).or_insert(0) += 1;
+            }
+            anyhow::Ok(counts)
+        })?
+    }
+
+    /// Shell commands that remove the topology by hand.
+    pub fn teardown_commands(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .guard
+            .namespaces
+            .iter()
+            .map(|ns| format!("ip netns del {ns}"))
+            .collect();
+        v.push(format!("rm -rf {}", self.pin_dir.display()));
+        v
+    }
+}
+
+/// One TLS connection from `src` to `vip`: `GET /whoami`, the backend's name.
+pub async fn whoami(
+    src: IpAddr,
+    vip: SocketAddr,
+    tls: Arc<ClientConfig>,
+) -> anyhow::Result<String> {
+    tokio::time::timeout(PATIENCE, async {
+        let stream = client::connect_from(src, vip).await?;
+        let mut c = client::tls_over(stream, &vip.ip().to_string(), tls).await?;
+        let r = c.get("/whoami").await?;
+        anyhow::ensure!(r.status() == 200, "whoami: status {}", r.status());
+        Ok(r.text())
+    })
+    .await
+    .with_context(|| format!("whoami from {src} to {vip} timed out"))?
+}
+
+/// `ethtool -K DEV tx off txvlan off` (see docs/e2e.md).
+fn offloads_off(ns: &str, dev: &str) -> anyhow::Result<()> {
+    netns::exec(ns, "ethtool", &["-K", dev, "tx", "off", "txvlan", "off"]).map(|_| ())
+}
+
+/// The MAC address of `dev` in `ns`.
+pub fn read_mac(ns: &str, dev: &str) -> anyhow::Result<[u8; 6]> {
+    let out = netns::ip(ns, &["-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let text = v[0]["address"]
+        .as_str()
+        .with_context(|| format!("no address for {dev} in {ns}"))?;
+    parse_mac(text)
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.split(':').collect();
+    anyhow::ensure!(parts.len() == 6, "bad MAC {text:?}");
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).with_context(|| format!("bad MAC {text:?}"))?;
+    }
+    Ok(mac)
+}
