@@ -358,7 +358,10 @@ pub fn attach_veth_peer(iface: &str, pin: &Path) -> Result<()> {
     prog.load().map_err(other)?;
     let id = prog.attach(iface, AyaXdpMode::Driver).map_err(other)?;
     let link = prog.take_link(id).map_err(other)?;
-    FdLink::try_from(link).map_err(other)?.pin(pin).map_err(other)?;
+    FdLink::try_from(link)
+        .map_err(other)?
+        .pin(pin)
+        .map_err(other)?;
     Ok(())
 }
 

@@ -15,7 +15,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run, test, benchmark and demo voxlb")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test, benchmark and demo voxlb"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -135,7 +138,16 @@ fn bench(which: &str, quick: bool) -> Result<()> {
         if cfg!(debug_assertions) {
             // Build times only mean something in release: re-run ourselves so.
             run(cargo()
-                .args(["run", "--release", "-q", "-p", "xtask", "--", "bench", "maglev"])
+                .args([
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "xtask",
+                    "--",
+                    "bench",
+                    "maglev",
+                ])
                 .args(q))?;
         } else {
             bench_maglev::run(quick)?;
@@ -145,7 +157,16 @@ fn bench(which: &str, quick: bool) -> Result<()> {
     if all || which == "dataplane" {
         step("bench dataplane (BPF_PROG_TEST_RUN, kernel-measured ns/packet)");
         run(cargo()
-            .args(["run", "--release", "-q", "-p", "lb-userspace", "--example", "bench_dataplane", "--"])
+            .args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "lb-userspace",
+                "--example",
+                "bench_dataplane",
+                "--",
+            ])
             .args(q))?;
         ran = true;
     }
@@ -159,9 +180,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Setup => setup::setup(),
-        Cmd::Build => {
-            setup::setup().and_then(|_| run(cargo().args(["build", "--release", "-p", "lb-userspace"])))
-        }
+        Cmd::Build => setup::setup()
+            .and_then(|_| run(cargo().args(["build", "--release", "-p", "lb-userspace"]))),
         Cmd::Run { config, rest } => setup::setup()
             .and_then(|_| run(cargo().args(["build", "--release", "-p", "lb-userspace"])))
             .and_then(|_| {

@@ -61,7 +61,13 @@ pub fn setup() -> Result<()> {
     )?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("  nightly toolchain missing: installing (builds the eBPF object)");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let comps = String::from_utf8(
         Command::new("rustup")
@@ -71,7 +77,13 @@ pub fn setup() -> Result<()> {
     )?;
     if !comps.lines().any(|l| l.starts_with("rust-src")) {
         println!("  rust-src for nightly missing: installing (-Z build-std=core)");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     } else {
         println!("  nightly rust-src: present");
     }
@@ -88,7 +100,13 @@ pub fn setup() -> Result<()> {
     }
     if !comps.lines().any(|l| l.starts_with("clippy")) {
         // Lints of the eBPF crate run on nightly.
-        let _ = run(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]));
+        let _ = run(Command::new("rustup").args([
+            "component",
+            "add",
+            "clippy",
+            "--toolchain",
+            "nightly",
+        ]));
     }
 
     let linker_ok = Command::new("bpf-linker")
@@ -99,7 +117,9 @@ pub fn setup() -> Result<()> {
     if linker_ok {
         println!("  bpf-linker {BPF_LINKER_VERSION}: present");
     } else {
-        println!("  bpf-linker {BPF_LINKER_VERSION} missing: building it against LLVM 22 (about a minute)");
+        println!(
+            "  bpf-linker {BPF_LINKER_VERSION} missing: building it against LLVM 22 (about a minute)"
+        );
         run(Command::new("cargo")
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .args([
