@@ -1,8 +1,13 @@
 //! voxlb control plane: loads and drives the XDP data plane.
 
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod metrics;
+pub mod neigh;
 pub mod object;
 pub mod reconcile;
 pub mod state;
