@@ -129,9 +129,9 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
             .map_err(|e| format!("service: {e}"))
     };
     Ok(match cmd {
-        Command::Reload => Request::Reload,
-        Command::Status => Request::Status,
-        Command::Stats => Request::Stats,
+        Command::Reload => Request::Reload {},
+        Command::Status => Request::Status {},
+        Command::Stats => Request::Stats {},
         Command::Flows { limit } => Request::Flows { limit: *limit },
         Command::Backend(b) => match b {
             BackendCmd::Add {
@@ -212,7 +212,8 @@ pub fn client(cli: &Cli) -> ExitCode {
         }
         Ok(resp) => {
             let (out, code) = render(&resp, cli.json);
-            if code == EXIT_OK {
+            // JSON always goes to stdout, for scripts; readable errors to stderr.
+            if code == EXIT_OK || cli.json {
                 print!("{out}");
             } else {
                 eprint!("{out}");

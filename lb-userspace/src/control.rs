@@ -66,12 +66,14 @@ pub enum Request {
     BackendList {
         service: Option<String>,
     },
-    Status,
-    Stats,
+    // Empty braces rather than unit variants: serde ignores extra keys on
+    // unit variants of a tagged enum, and the socket refuses them.
+    Status {},
+    Stats {},
     Flows {
         limit: usize,
     },
-    Reload,
+    Reload {},
 }
 
 /// The daemon's answer.

@@ -417,8 +417,8 @@ impl Daemon {
                 };
                 Response::Backends { services }
             }
-            Request::Status => Response::Status(self.status()),
-            Request::Stats => match self.stats() {
+            Request::Status {} => Response::Status(self.status()),
+            Request::Stats {} => match self.stats() {
                 Ok(s) => Response::Stats(s),
                 Err(e) => Response::error(format!("reading counters: {e}")),
             },
@@ -426,7 +426,7 @@ impl Daemon {
                 Ok(flows) => Response::Flows { flows },
                 Err(e) => Response::error(format!("reading the flow table: {e}")),
             },
-            Request::Reload => self.reload(),
+            Request::Reload {} => self.reload(),
         }
     }
 
@@ -880,7 +880,7 @@ pub async fn run(
             Some(call) = calls_rx.recv() => {
                 let is_change = !matches!(
                     call.request,
-                    Request::BackendList { .. } | Request::Status | Request::Stats | Request::Flows { .. }
+                    Request::BackendList { .. } | Request::Status {} | Request::Stats {} | Request::Flows { .. }
                 );
                 let desc = format!("{:?}", call.request);
                 let resp = daemon.handle(call.request);

@@ -65,8 +65,8 @@ async fn serve_one(mut s: TcpStream, calls: mpsc::Sender<Call>) -> std::io::Resu
         ("404 Not Found", "see /metrics\n".to_string())
     } else {
         match (
-            ask(&calls, Request::Stats).await,
-            ask(&calls, Request::Status).await,
+            ask(&calls, Request::Stats {}).await,
+            ask(&calls, Request::Status {}).await,
         ) {
             (Some(Response::Stats(stats)), Some(Response::Status(status))) => {
                 ("200 OK", render(&stats, &status))
