@@ -1,10 +1,107 @@
+//! voxlb data plane. Read top to bottom: parse, match a VIP, choose a
+//! backend, rewrite L2, transmit; every outcome counted under one reason.
 #![no_std]
 #![no_main]
 
+mod maps;
+mod parse;
+mod select;
+mod stats;
+
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{KIND_CA, KIND_COMPILER, Reason, VipKey, reason::Verdict};
+
+use crate::{maps::VIPS, parse::Cursor};
 
 #[xdp]
-pub fn voxlb(_ctx: XdpContext) -> u32 {
+pub fn voxlb(ctx: XdpContext) -> u32 {
+    let c = Cursor::new(&ctx);
+    let len = c.len();
+    let reason = match try_lb(&c, len) {
+        Ok(r) | Err(r) => r,
+    };
+    stats::count_reason(reason, len);
+    match reason.verdict() {
+        Verdict::Tx => xdp_action::XDP_TX,
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+/// `Ok` with a forwarding reason after rewriting the frame; `Err` with the
+/// reason for passing or dropping it untouched.
+#[inline(always)]
+fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
+    let pkt = parse::parse(c)?;
+    let vip = VipKey {
+        addr: pkt.key.dst,
+        port_be: pkt.key.dport_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    let Some(info) = VIPS.get_ptr(vip) else {
+        return Err(Reason::PassNotVip);
+    };
+    // SAFETY: a value pointer from a map lookup, valid for this run.
+    let info = unsafe { *info };
+    let (choice, reason) = match info.kind {
+        KIND_COMPILER => (select::compiler(info.service_id, &pkt), Reason::TxCompiler),
+        KIND_CA => (select::ca(info.service_id, &pkt), Reason::TxCa),
+        _ => return Err(Reason::PassNotVip),
+    };
+    let choice = match choice {
+        Ok(ch) => ch,
+        Err(r) => {
+            stats::count_no_backend(info.service_id);
+            return Err(r);
+        }
+    };
+    rewrite_l2(c, &choice.mac)?;
+    stats::count_forward(info.service_id, choice.backend_id, len, choice.new_flow);
+    Ok(reason)
+}
+
+/// Direct server return: the frame goes to the backend's MAC, from the MAC
+/// it was addressed to (ours), with L3 and above untouched.
+#[inline(always)]
+fn rewrite_l2(c: &Cursor, backend_mac: &[u8; 6]) -> Result<(), Reason> {
+    let eth: *mut [u8; 12] = c.ptr(0).ok_or(Reason::DropTruncatedL2)?;
+    // SAFETY: the 12 address bytes lie inside the packet (checked by `ptr`).
+    let eth = unsafe { &mut *eth };
+    if eth[0] & 1 != 0 {
+        // A VIP packet sent to a group address: not something we route.
+        return Err(Reason::PassNotUnicast);
+    }
+    let mut ours = [0u8; 6];
+    ours.copy_from_slice(&eth[0..6]);
+    eth[0..6].copy_from_slice(backend_mac);
+    eth[6..12].copy_from_slice(&ours);
+    Ok(())
+}
+
+/// Benchmark reference only: swap the MACs and bounce the frame. It is what
+/// `cargo xtask bench dataplane` compares every path against; it is never
+/// attached by the daemon.
+#[xdp]
+pub fn vx_bench_reflect(ctx: XdpContext) -> u32 {
+    let c = Cursor::new(&ctx);
+    let Some(eth) = c.ptr::<[u8; 12]>(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: the 12 address bytes lie inside the packet.
+    let eth = unsafe { &mut *eth };
+    let mut tmp = [0u8; 6];
+    tmp.copy_from_slice(&eth[0..6]);
+    eth.copy_within(6..12, 0);
+    eth[6..12].copy_from_slice(&tmp);
+    xdp_action::XDP_TX
+}
+
+/// Test topologies only: XDP_TX on a veth delivers the frame only when the
+/// peer veth runs an XDP program too; this do-nothing one is attached there.
+/// A real NIC needs nothing of the kind.
+#[xdp]
+pub fn vx_veth_peer(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 

@@ -69,18 +69,13 @@ pub enum DaemonError {
     Signal(std::io::Error),
 }
 
-/// A health verdict about one backend of one service (sent on transitions).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthUpdate {
-    pub service: String,
-    pub addr: IpAddr,
-    pub up: bool,
-    pub detail: String,
-}
+/// A health verdict about one backend of one service (the checkers send
+/// one after their first probe, then one per transition).
+pub type HealthUpdate = crate::health::HealthEvent;
 
 /// Starts the checker of one backend: `(service, address, check, events,
-/// shutdown)`. The real one wraps `health::spawn_checker`; tests pass one
-/// that starts nothing and send [`HealthUpdate`]s themselves.
+/// shutdown)`. The real one is [`health_checkers`]; tests pass one that
+/// starts nothing and send [`HealthUpdate`]s themselves.
 pub type CheckerSpawner = Arc<
     dyn Fn(
             String,
@@ -92,6 +87,28 @@ pub type CheckerSpawner = Arc<
         + Send
         + Sync,
 >;
+
+/// The real checkers ([`crate::health::spawn_checker`]).
+pub fn health_checkers() -> CheckerSpawner {
+    Arc::new(|service, addr, check, tx, shutdown| {
+        crate::health::spawn_checker(crate::health::Target { service, addr }, check, tx, shutdown)
+    })
+}
+
+/// Check that every service's health check can be set up (CA and client
+/// certificate files readable and valid), naming the service if not.
+pub fn validate_checks(config: &Config) -> Result<(), String> {
+    let checks = config
+        .compiler_services
+        .iter()
+        .map(|s| (&s.name, &s.health))
+        .chain(config.ca_services.iter().map(|s| (&s.name, &s.health)));
+    for (name, check) in checks {
+        crate::health::Prober::new(check.clone())
+            .map_err(|e| format!("service {name}: health_check: {e}"))?;
+    }
+    Ok(())
+}
 
 /// A spawner that starts no checker (every backend stays "up").
 pub fn no_checks() -> CheckerSpawner {
@@ -479,6 +496,12 @@ impl Daemon {
                 return Response::error(msg);
             }
         };
+        if let Err(e) = validate_checks(&new) {
+            let msg = format!("reload failed, old config kept: {e}");
+            error!("{msg}");
+            self.last_reload_error = Some(msg.clone());
+            return Response::error(msg);
+        }
         let fixed = [
             ("interfaces", new.interfaces != self.config.interfaces),
             ("xdp_mode", new.xdp_mode != self.config.xdp_mode),

@@ -1,8 +1,35 @@
 //! Health checks of backends: TCP connect, HTTP and HTTPS `GET`.
 //!
-//! (Types first; the probes and the rise/fall state machine build on them.)
+//! - [`HealthCheck`] says what to probe and how often; [`Prober`] is a check
+//!   made ready to run (its TLS client configuration built once).
+//! - [`probe`] / [`Prober::probe`] run one probe, bounded by the check's
+//!   timeout from connect to the last byte read.
+//! - [`HealthState`] turns probe results into up/down transitions with
+//!   rise/fall hysteresis; pure, no I/O.
+//! - [`spawn_checker`] runs one backend's probes on a fixed interval and sends
+//!   a [`HealthEvent`] on each transition to the task that owns the maps.
 
-use std::{path::PathBuf, time::Duration};
+mod http;
+mod tls;
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use rustls::{ClientConfig, pki_types::ServerName};
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::MissedTickBehavior,
+};
+
+pub use http::{MAX_BODY, MAX_HEAD};
+pub use tls::{NoVerification, client_config};
 
 /// How to probe one backend, and how often.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,5 +102,494 @@ impl HealthCheck {
             rise: 2,
             fall: 3,
         }
+    }
+}
+
+/// Why a check cannot be run at all (a configuration problem, found before
+/// the first probe).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read PEM file {path}: {source}")]
+    ReadPem { path: PathBuf, source: io::Error },
+    #[error("no certificate in {path}")]
+    NoCertificate { path: PathBuf },
+    #[error("no private key in {path}")]
+    NoPrivateKey { path: PathBuf },
+    #[error("bad CA certificate in {path}: {source}")]
+    BadCaCertificate {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("an HTTPS check needs `ca_file`, or `insecure = true` to skip verification")]
+    NoCaFile,
+    #[error("`client_cert` and `client_key` go together")]
+    ClientCertWithoutKey,
+    #[error("TLS configuration: {0}")]
+    Rustls(rustls::Error),
+    #[error("HTTP path {0:?} must start with '/' and contain no spaces or control characters")]
+    InvalidPath(String),
+    #[error("host {0:?} is not a valid host name or IP address")]
+    InvalidHost(String),
+    #[error("interval and timeout must be longer than zero")]
+    ZeroDuration,
+}
+
+/// Why one probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connection refused by {0}")]
+    ConnectRefused(SocketAddr),
+    #[error("connect to {addr} failed: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    /// Reading or writing after the connection was up (a reset, say).
+    #[error("connection error: {0}")]
+    Io(io::Error),
+    #[error("bad HTTP response: {0}")]
+    BadHttp(String),
+    #[error("HTTP status {got}, expected {expected}")]
+    UnexpectedStatus { got: u16, expected: u16 },
+    #[error("response body does not contain {expected:?}")]
+    BodyMismatch { expected: String },
+    #[error("response body does not contain {expected:?} in its first {limit} bytes")]
+    BodyTooLarge { expected: String, limit: usize },
+    #[error("an HTTPS check needs a TLS client configuration")]
+    NoTlsConfig,
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+}
+
+/// A check ready to run: validated, its TLS client configuration built once.
+#[derive(Clone, Debug)]
+pub struct Prober {
+    check: HealthCheck,
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl Prober {
+    /// Validates `check` and, for HTTPS, reads its PEM files.
+    pub fn new(check: HealthCheck) -> Result<Self, SetupError> {
+        if check.interval.is_zero() || check.timeout.is_zero() {
+            return Err(SetupError::ZeroDuration);
+        }
+        let tls = match &check.kind {
+            CheckKind::Tcp => None,
+            CheckKind::Http(http) => {
+                validate_http(http)?;
+                None
+            }
+            CheckKind::Https(http, tls) => {
+                validate_http(http)?;
+                Some(client_config(tls)?)
+            }
+        };
+        Ok(Prober { check, tls })
+    }
+
+    pub fn check(&self) -> &HealthCheck {
+        &self.check
+    }
+
+    /// One probe of `addr` on the check's port.
+    pub async fn probe(&self, addr: IpAddr) -> Result<(), ProbeError> {
+        probe(addr, &self.check, self.tls.as_ref()).await
+    }
+}
+
+fn validate_http(http: &HttpCheck) -> Result<(), SetupError> {
+    let clean = |s: &str| !s.is_empty() && !s.chars().any(|c| c == ' ' || c.is_control());
+    if !http.path.starts_with('/') || !clean(&http.path) {
+        return Err(SetupError::InvalidPath(http.path.clone()));
+    }
+    if let Some(host) = &http.host
+        && (!clean(host) || ServerName::try_from(host.as_str()).is_err())
+    {
+        return Err(SetupError::InvalidHost(host.clone()));
+    }
+    Ok(())
+}
+
+/// Probes `addr` once as `check` says. `tls` is the client configuration of
+/// an HTTPS check (see [`client_config`]; [`Prober`] keeps one); it is
+/// ignored by the other kinds.
+///
+/// Connect, TLS handshake, request and response together take at most
+/// `check.timeout`; at most [`MAX_HEAD`] + [`MAX_BODY`] bytes are read.
+pub async fn probe(
+    addr: IpAddr,
+    check: &HealthCheck,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<(), ProbeError> {
+    let run = probe_inner(SocketAddr::new(addr, check.port), check, tls);
+    tokio::time::timeout(check.timeout, run)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(check.timeout)))
+}
+
+async fn probe_inner(
+    addr: SocketAddr,
+    check: &HealthCheck,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<(), ProbeError> {
+    let (http, tls) = match &check.kind {
+        CheckKind::Tcp => {
+            connect(addr).await?;
+            return Ok(());
+        }
+        CheckKind::Http(http) => (http, None),
+        CheckKind::Https(http, _) => (http, Some(tls.ok_or(ProbeError::NoTlsConfig)?)),
+    };
+    validate_http(http)?;
+    let host_header = match &http.host {
+        Some(host) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
+            format!("[{host}]:{}", addr.port())
+        }
+        Some(host) => format!("{host}:{}", addr.port()),
+        None => addr.to_string(), // "[::1]:8140" for IPv6, as Host wants
+    };
+    let want_body = http.expect_body.is_some();
+    let stream = connect(addr).await?;
+    let response = match tls {
+        None => http::exchange(stream, &host_header, &http.path, want_body).await?,
+        Some(config) => {
+            let name = match &http.host {
+                Some(host) => ServerName::try_from(host.clone())
+                    .map_err(|_| SetupError::InvalidHost(host.clone()))?,
+                None => ServerName::IpAddress(addr.ip().into()),
+            };
+            let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(name, stream)
+                .await
+                .map_err(ProbeError::Tls)?;
+            http::exchange(stream, &host_header, &http.path, want_body).await?
+        }
+    };
+    if response.status != http.expect_status {
+        return Err(ProbeError::UnexpectedStatus {
+            got: response.status,
+            expected: http.expect_status,
+        });
+    }
+    if let Some(expected) = &http.expect_body
+        && !http::contains(&response.body, expected.as_bytes())
+    {
+        return Err(if response.truncated {
+            ProbeError::BodyTooLarge {
+                expected: expected.clone(),
+                limit: MAX_BODY,
+            }
+        } else {
+            ProbeError::BodyMismatch {
+                expected: expected.clone(),
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
+    let stream = TcpStream::connect(addr).await.map_err(|source| {
+        if source.kind() == io::ErrorKind::ConnectionRefused {
+            ProbeError::ConnectRefused(addr)
+        } else {
+            ProbeError::Connect { addr, source }
+        }
+    })?;
+    // Requests are one small write; don't let Nagle hold it back.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A change of a backend's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Up,
+    Down,
+}
+
+/// Rise/fall hysteresis over probe results: an up backend goes down after
+/// `fall` consecutive failures, a down one comes up after `rise` consecutive
+/// successes. A result that agrees with the current state resets the streak
+/// of the other kind.
+///
+/// The daemon starts every backend **up** ([`HealthState::new`] with
+/// `up = true`): after a daemon restart the data plane is still forwarding
+/// established flows to those backends, and pulling them all out of the ring
+/// until `rise` probes have passed would reset connections for nothing. A
+/// backend that is really dead goes down after `fall` probes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthState {
+    up: bool,
+    /// Consecutive results that disagree with `up`.
+    streak: u32,
+    rise: u32,
+    fall: u32,
+}
+
+impl HealthState {
+    /// `rise` and `fall` below 1 count as 1.
+    pub fn new(rise: u32, fall: u32, up: bool) -> Self {
+        HealthState {
+            up,
+            streak: 0,
+            rise: rise.max(1),
+            fall: fall.max(1),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Feeds one probe result; returns the transition it causes, if any.
+    pub fn observe(&mut self, ok: bool) -> Option<Transition> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { self.fall } else { self.rise };
+        if self.streak < needed {
+            return None;
+        }
+        self.up = ok;
+        self.streak = 0;
+        Some(if ok { Transition::Up } else { Transition::Down })
+    }
+}
+
+/// One backend of one service, as the checker sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub service: String,
+    pub addr: IpAddr,
+}
+
+/// What a checker tells the owner of the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthEvent {
+    pub service: String,
+    pub addr: IpAddr,
+    /// The backend's state after this event.
+    pub up: bool,
+    /// The result of the probe that caused the event ("ok" or the error).
+    pub detail: String,
+}
+
+/// Spawns the checker of one backend: [`Prober::new`], then
+/// [`spawn_prober`]. If the check cannot be set up (unreadable CA file...),
+/// the task sends one event with `up = false` naming the problem and ends;
+/// validate checks with [`Prober::new`] when loading the configuration to
+/// catch that earlier.
+pub fn spawn_checker(
+    target: Target,
+    check: HealthCheck,
+    tx: mpsc::Sender<HealthEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    match Prober::new(check) {
+        Ok(prober) => spawn_prober(target, Arc::new(prober), tx, shutdown),
+        Err(e) => tokio::spawn(async move {
+            let event = HealthEvent {
+                service: target.service,
+                addr: target.addr,
+                up: false,
+                detail: format!("health check setup failed: {e}"),
+            };
+            let _ = tx.send(event).await;
+        }),
+    }
+}
+
+/// Spawns the checker of one backend with a prepared [`Prober`] (share one
+/// among the backends of a service).
+///
+/// Probes run every `interval` (the first one at once; a slow probe delays
+/// the next tick rather than bunching them). Events: one after the first
+/// probe, with the state it leaves (up, unless `fall` is 1), then one per
+/// transition. The task ends when `shutdown` turns true or its sender is
+/// dropped, or when `tx` is closed.
+pub fn spawn_prober(
+    target: Target,
+    prober: Arc<Prober>,
+    tx: mpsc::Sender<HealthEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(run_checker(target, prober, tx, shutdown))
+}
+
+async fn run_checker(
+    target: Target,
+    prober: Arc<Prober>,
+    tx: mpsc::Sender<HealthEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let check = prober.check();
+    let mut state = HealthState::new(check.rise, check.fall, true);
+    let mut interval = tokio::time::interval(check.interval);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        let result = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => return,
+            result = async {
+                interval.tick().await;
+                prober.probe(target.addr).await
+            } => result,
+        };
+        let transition = state.observe(result.is_ok());
+        let detail = match &result {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        match (&result, transition) {
+            (_, Some(t)) => tracing::info!(
+                service = %target.service, backend = %target.addr, ?t, %detail,
+                "backend health changed"
+            ),
+            (Err(_), None) => tracing::debug!(
+                service = %target.service, backend = %target.addr, %detail,
+                "health probe failed"
+            ),
+            (Ok(()), None) => {}
+        }
+        if transition.is_none() && !first {
+            continue;
+        }
+        first = false;
+        let event = HealthEvent {
+            service: target.service.clone(),
+            addr: target.addr,
+            up: state.is_up(),
+            detail,
+        };
+        tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => return,
+            sent = tx.send(event) => if sent.is_err() { return },
+        }
+    }
+}
+
+/// Resolves once shutdown is asked for, or can no longer be (sender gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_goes_down_after_fall_failures() {
+        let mut s = HealthState::new(2, 3, true);
+        assert_eq!(s.observe(false), None);
+        assert_eq!(s.observe(false), None);
+        assert!(s.is_up());
+        assert_eq!(s.observe(false), Some(Transition::Down));
+        assert!(!s.is_up());
+        // Staying down reports nothing more.
+        assert_eq!(s.observe(false), None);
+    }
+
+    #[test]
+    fn down_comes_up_after_rise_successes() {
+        let mut s = HealthState::new(2, 3, false);
+        assert_eq!(s.observe(true), None);
+        assert!(!s.is_up());
+        assert_eq!(s.observe(true), Some(Transition::Up));
+        assert!(s.is_up());
+        assert_eq!(s.observe(true), None);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_streak() {
+        let mut s = HealthState::new(2, 3, true);
+        for _ in 0..10 {
+            assert_eq!(s.observe(false), None);
+            assert_eq!(s.observe(false), None);
+            assert_eq!(s.observe(true), None);
+        }
+        assert!(s.is_up());
+    }
+
+    #[test]
+    fn a_failure_resets_the_success_streak() {
+        let mut s = HealthState::new(3, 1, false);
+        for _ in 0..10 {
+            assert_eq!(s.observe(true), None);
+            assert_eq!(s.observe(true), None);
+            assert_eq!(s.observe(false), None);
+        }
+        assert!(!s.is_up());
+        assert_eq!(s.observe(true), None);
+        assert_eq!(s.observe(true), None);
+        assert_eq!(s.observe(true), Some(Transition::Up));
+    }
+
+    #[test]
+    fn streak_restarts_after_a_transition() {
+        let mut s = HealthState::new(2, 2, true);
+        assert_eq!(s.observe(false), None);
+        assert_eq!(s.observe(false), Some(Transition::Down));
+        // The failures that took it down do not count towards rising.
+        assert_eq!(s.observe(true), None);
+        assert_eq!(s.observe(true), Some(Transition::Up));
+        assert_eq!(s.observe(false), None);
+        assert_eq!(s.observe(false), Some(Transition::Down));
+    }
+
+    #[test]
+    fn rise_and_fall_of_one_flip_at_once_and_zero_counts_as_one() {
+        for n in [0, 1] {
+            let mut s = HealthState::new(n, n, true);
+            assert_eq!(s.observe(true), None);
+            assert_eq!(s.observe(false), Some(Transition::Down));
+            assert_eq!(s.observe(false), None);
+            assert_eq!(s.observe(true), Some(Transition::Up));
+        }
+    }
+
+    #[test]
+    fn setup_rejects_bad_checks() {
+        let http = |path: &str, host: Option<&str>| HttpCheck {
+            path: path.into(),
+            expect_status: 200,
+            expect_body: None,
+            host: host.map(Into::into),
+        };
+        let mut check = HealthCheck::openvox_default(TlsCheck {
+            ca_file: None,
+            insecure: false,
+            client_cert: None,
+            client_key: None,
+        });
+        assert!(matches!(
+            Prober::new(check.clone()),
+            Err(SetupError::NoCaFile)
+        ));
+        check.kind = CheckKind::Http(http("status", None));
+        assert!(matches!(
+            Prober::new(check.clone()),
+            Err(SetupError::InvalidPath(_))
+        ));
+        check.kind = CheckKind::Http(http("/a b", None));
+        assert!(matches!(
+            Prober::new(check.clone()),
+            Err(SetupError::InvalidPath(_))
+        ));
+        check.kind = CheckKind::Http(http("/", Some("bad\r\nX-Evil: 1")));
+        assert!(matches!(
+            Prober::new(check.clone()),
+            Err(SetupError::InvalidHost(_))
+        ));
+        check.kind = CheckKind::Http(http("/", Some("puppet.example.com")));
+        assert!(Prober::new(check.clone()).is_ok());
+        check.interval = Duration::ZERO;
+        assert!(matches!(Prober::new(check), Err(SetupError::ZeroDuration)));
     }
 }

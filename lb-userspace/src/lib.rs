@@ -9,5 +9,7 @@ pub mod health;
 pub mod metrics;
 pub mod neigh;
 pub mod object;
+pub mod packet;
 pub mod reconcile;
 pub mod state;
+pub mod xdp;

@@ -6,12 +6,13 @@ use anyhow::Context;
 use clap::Parser;
 use voxlb::{
     cli::{Cli, Command, EXIT_ERROR, EXIT_OK},
-    config::Config,
+    config::{Config, XdpMode},
     control,
     daemon::{self, RunOptions},
     dataplane::DataPlane,
     neigh::NetlinkResolver,
     state::StateStore,
+    xdp,
 };
 
 fn main() -> ExitCode {
@@ -25,7 +26,10 @@ fn main() -> ExitCode {
             init_logging();
             report(detach(config))
         }
-        Command::CheckConfig { config } => match Config::load(config) {
+        Command::CheckConfig { config } => match Config::load(config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| daemon::validate_checks(&c).map(|_| c))
+        {
             Ok(c) => {
                 println!(
                     "{}: ok ({} compiler service(s), {} CA service(s))",
@@ -62,8 +66,10 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 
 fn run(config_path: &Path, replace: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    // Refuse a bad state directory or file before touching the data plane.
+    // Refuse a bad state directory or file, or a health check that cannot
+    // be set up, before touching the data plane.
     StateStore::open(&config.state_dir)?.load()?;
+    daemon::validate_checks(&config).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -75,7 +81,7 @@ fn run(config_path: &Path, replace: bool) -> anyhow::Result<()> {
         let dp = open_dataplane(&config, replace)?;
         let opts = RunOptions {
             resolver: Box::new(NetlinkResolver::new(&config.interfaces)),
-            spawner: health_checkers(),
+            spawner: daemon::health_checkers(),
             signals: true,
             stop: None,
         };
@@ -84,22 +90,34 @@ fn run(config_path: &Path, replace: bool) -> anyhow::Result<()> {
     })
 }
 
-/// The health-check spawner.
-// TODO(merge): wrap `health::spawn_checker` once health.rs has it.
-fn health_checkers() -> daemon::CheckerSpawner {
-    tracing::warn!("this build has no health checker yet: every backend counts as up");
-    daemon::no_checks()
+fn load_options(config: &Config, replace: bool) -> xdp::LoadOptions {
+    xdp::LoadOptions {
+        interfaces: config.interfaces.clone(),
+        mode: match config.xdp_mode {
+            XdpMode::Native => xdp::XdpMode::Native,
+            XdpMode::Generic => xdp::XdpMode::Generic,
+            XdpMode::Auto => xdp::XdpMode::Auto,
+        },
+        pin_dir: config.pin_dir.clone(),
+        flow_capacity: config.flow_capacity,
+        replace,
+    }
 }
 
-/// Load (or reuse) the XDP data plane.
-// TODO(merge): `xdp::XdpDataPlane::load(&LoadOptions { .. })` once xdp.rs is here.
+/// Load the XDP data plane, reusing pinned maps and an attached program.
 fn open_dataplane(config: &Config, replace: bool) -> anyhow::Result<Box<dyn DataPlane>> {
-    let _ = (config, replace);
-    anyhow::bail!("this build has no XDP data plane (xdp.rs not merged yet)")
+    let dp = xdp::XdpDataPlane::load(&load_options(config, replace))
+        .context("loading the XDP data plane")?;
+    Ok(Box::new(dp))
 }
 
+/// Remove the program and the pins on purpose: forwarding stops.
 fn detach(config_path: &Path) -> anyhow::Result<()> {
-    let _config = Config::load(config_path)?;
-    // TODO(merge): `xdp::detach(&LoadOptions { .. })`.
-    anyhow::bail!("this build has no XDP data plane (xdp.rs not merged yet)")
+    let config = Config::load(config_path)?;
+    xdp::detach(&load_options(&config, false)).context("detaching")?;
+    println!(
+        "detached from {}; pinned maps removed",
+        config.interfaces.join(", ")
+    );
+    Ok(())
 }

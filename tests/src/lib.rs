@@ -1,1 +1,15 @@
 //! End-to-end test fixtures for voxlb.
+//!
+//! - [`backend`]: the test backend, an HTTPS server that stands in for an
+//!   OpenVox compiler (health route, `whoami`, long and catalog-sized
+//!   downloads, a control API). The `voxlb-testd` binary runs it; Rust tests
+//!   can run it in-process with [`backend::spawn`].
+//! - [`pki`]: a throwaway CA and per-backend certificates.
+//! - [`client`]: a small HTTP/1.1 (+TLS) client to talk to backends, through
+//!   the load balancer or not.
+//! - [`pattern`]: the deterministic body bytes, to check downloads.
+
+pub mod backend;
+pub mod client;
+pub mod pattern;
+pub mod pki;

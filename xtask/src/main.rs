@@ -1,1 +1,185 @@
-fn main() {}
+//! `cargo xtask`: build, run, test, benchmark and demo voxlb.
+//!
+//! xtask itself depends on nothing that needs the eBPF toolchain, so it
+//! builds on a fresh machine and can install that toolchain (`setup`).
+
+mod bench_maglev;
+mod setup;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, test, benchmark and demo voxlb")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (apt packages, rust-src, bpf-linker, bpffs).
+    Setup,
+    /// Build the voxlb binary (release), with its embedded XDP object.
+    Build,
+    /// Build and run the daemon: `cargo xtask run --config FILE`.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Further arguments for `voxlb run` (e.g. --replace).
+        #[arg(last = true)]
+        rest: Vec<String>,
+    },
+    /// Everything: setup, format and lint checks, unit, kernel and end-to-end tests.
+    Test {
+        /// Skip `setup` (when you know the machine is ready).
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// fmt --check and clippy -D warnings, for userspace and the eBPF crate.
+    Lint,
+    /// Benchmarks: `dataplane`, `maglev`, or `all`.
+    Bench {
+        #[arg(default_value = "all")]
+        which: String,
+        /// Shorter runs (under two minutes in all).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// Print a step header.
+pub fn step(msg: &str) {
+    println!("\n==> {msg}");
+}
+
+/// Run a command, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed: {st}");
+    }
+    Ok(())
+}
+
+fn root_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root_dir());
+    c
+}
+
+fn lint() -> Result<()> {
+    step("lint: cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    step("lint: clippy (userspace, all targets)");
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    step("lint: clippy (eBPF crate, bpfel-unknown-none, panic=abort)");
+    run(Command::new("rustup")
+        .current_dir(root_dir())
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "-p",
+            "lb-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_TARGET_DIR", root_dir().join("target/ebpf-lint"))
+        .env("RUSTFLAGS", "-C panic=abort")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+    Ok(())
+}
+
+fn test(no_setup: bool) -> Result<()> {
+    if !no_setup {
+        setup::setup()?;
+    }
+    lint()?;
+    step("test: build (debug) so the end-to-end tests have the voxlb binary");
+    run(cargo().args(["build", "-p", "lb-userspace"]))?;
+    step("test: unit, kernel (BPF_PROG_TEST_RUN) and end-to-end tests");
+    run(cargo()
+        .args(["test", "--", "--test-threads", "2"])
+        .env("VOXLB_BIN", root_dir().join("target/debug/voxlb")))?;
+    Ok(())
+}
+
+fn bench(which: &str, quick: bool) -> Result<()> {
+    let q: &[&str] = if quick { &["--quick"] } else { &[] };
+    let all = which == "all";
+    let mut ran = false;
+    if all || which == "maglev" {
+        step("bench maglev (table build time, balance, disruption)");
+        if cfg!(debug_assertions) {
+            // Build times only mean something in release: re-run ourselves so.
+            run(cargo()
+                .args(["run", "--release", "-q", "-p", "xtask", "--", "bench", "maglev"])
+                .args(q))?;
+        } else {
+            bench_maglev::run(quick)?;
+        }
+        ran = true;
+    }
+    if all || which == "dataplane" {
+        step("bench dataplane (BPF_PROG_TEST_RUN, kernel-measured ns/packet)");
+        run(cargo()
+            .args(["run", "--release", "-q", "-p", "lb-userspace", "--example", "bench_dataplane", "--"])
+            .args(q))?;
+        ran = true;
+    }
+    if !ran {
+        bail!("unknown benchmark {which:?}: use dataplane, maglev or all");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => {
+            setup::setup().and_then(|_| run(cargo().args(["build", "--release", "-p", "lb-userspace"])))
+        }
+        Cmd::Run { config, rest } => setup::setup()
+            .and_then(|_| run(cargo().args(["build", "--release", "-p", "lb-userspace"])))
+            .and_then(|_| {
+                run(Command::new(root_dir().join("target/release/voxlb"))
+                    .arg("run")
+                    .arg("--config")
+                    .arg(&config)
+                    .args(&rest))
+            }),
+        Cmd::Test { no_setup } => test(no_setup),
+        Cmd::Lint => lint(),
+        Cmd::Bench { which, quick } => bench(&which, quick),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Backend selection: CA steering, the flow table and the Maglev table.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{
+    BACKEND_ACTIVE, BACKEND_DRAINING, BackendInfo, FlowValue, NO_BACKEND, PROTO_TCP, Reason,
+    hash::flow_hash,
+};
+
+use crate::{
+    maps::{ACTIVE, BACKENDS, CA_STEER, FLOWS, MAGLEV, REGIONS},
+    parse::{Parsed, TCP_ACK, TCP_SYN},
+};
+
+/// The backend a packet goes to.
+pub struct Choice {
+    pub backend_id: u32,
+    pub mac: [u8; 6],
+    /// The flow got its backend from the table just now.
+    pub new_flow: bool,
+}
+
+#[inline(always)]
+fn backend(id: u32) -> Option<&'static BackendInfo> {
+    BACKENDS.get(id)
+}
+
+/// CA VIP: every flow goes to the CA backend userspace marked active.
+#[inline(always)]
+pub fn ca(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
+    let id = *CA_STEER.get(service_id).ok_or(Reason::DropInternal)?;
+    if id == NO_BACKEND {
+        return Err(Reason::DropNoCa);
+    }
+    let be = backend(id).ok_or(Reason::DropNoCa)?;
+    // The steering slot of a service never set up reads 0: only a backend of
+    // this very service, alive, may receive its traffic.
+    if be.service_id != service_id || be.state != BACKEND_ACTIVE {
+        return Err(Reason::DropNoCa);
+    }
+    Ok(Choice {
+        backend_id: id,
+        mac: be.mac,
+        new_flow: is_syn(pkt),
+    })
+}
+
+#[inline(always)]
+fn is_syn(pkt: &Parsed) -> bool {
+    pkt.key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Compiler VIP: the flow's remembered backend, or a Maglev pick.
+#[inline(always)]
+pub fn compiler(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
+    let syn = is_syn(pkt);
+    let known = FLOWS.get_ptr(pkt.key);
+    if let Some(v) = known {
+        // SAFETY: a value pointer from a map lookup, valid for this run; a
+        // concurrent update can only make us read a whole older/newer value
+        // of plain integers.
+        let v = unsafe { *v };
+        if let Some(be) = backend(v.backend_id) {
+            // A drained backend keeps its flows, but a new SYN on a reused
+            // 5-tuple is a new connection and is re-picked.
+            let usable = be.state == BACKEND_ACTIVE || (be.state == BACKEND_DRAINING && !syn);
+            if usable && be.generation == v.generation && be.service_id == service_id {
+                return Ok(Choice {
+                    backend_id: v.backend_id,
+                    mac: be.mac,
+                    new_flow: false,
+                });
+            }
+        }
+    }
+    let id = pick(service_id, pkt)?;
+    let be = backend(id).ok_or(Reason::DropNoBackend)?;
+    if be.service_id != service_id || (be.state != BACKEND_ACTIVE && be.state != BACKEND_DRAINING) {
+        return Err(Reason::DropNoBackend);
+    }
+    // Only a SYN (or UDP, which has no handshake) creates an entry, so a
+    // flood of random ACKs cannot evict established flows from the LRU. An
+    // existing entry whose backend is gone is overwritten.
+    if syn || pkt.key.proto != PROTO_TCP || known.is_some() {
+        let v = FlowValue {
+            backend_id: id,
+            generation: be.generation,
+            // SAFETY: helper call without arguments.
+            created_ns: unsafe { bpf_ktime_get_ns() },
+        };
+        // A full LRU evicts its least recently used entry; an insert can
+        // only fail for want of memory, and the packet still goes out.
+        let _ = FLOWS.insert(pkt.key, v, 0);
+    }
+    Ok(Choice {
+        backend_id: id,
+        mac: be.mac,
+        new_flow: true,
+    })
+}
+
+/// Index the service's active Maglev table with the flow hash.
+#[inline(always)]
+fn pick(service_id: u32, pkt: &Parsed) -> Result<u32, Reason> {
+    let copy = *ACTIVE.get(service_id).ok_or(Reason::DropInternal)? & 1;
+    let region = REGIONS
+        .get(service_id * 2 + copy)
+        .ok_or(Reason::DropInternal)?;
+    let (base, size) = (region.base, region.size);
+    if size == 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    let slot = base.wrapping_add(flow_hash(&pkt.key) % size);
+    let id = *MAGLEV.get(slot).ok_or(Reason::DropInternal)?;
+    if id == NO_BACKEND {
+        return Err(Reason::DropNoBackend);
+    }
+    Ok(id)
+}

@@ -1,0 +1,593 @@
+//! The real data plane: the embedded XDP object, its pinned maps and its
+//! attachment. A thin layer: policy lives in the daemon; this only loads,
+//! attaches, reads and writes maps.
+//!
+//! ## Lifecycle
+//! Every map is pinned under `pin_dir` by its versioned name, and each
+//! interface's XDP attachment is a BPF link pinned as `pin_dir/link_<ifname>`.
+//! Pins outlive the daemon, so:
+//! - a stopped daemon leaves the program forwarding (an edge host must not
+//!   blackhole traffic because its control plane restarted);
+//! - a started daemon that finds the link pins reuses the attached program
+//!   and the pinned maps (flow table included) as they are;
+//! - `replace` loads the embedded program against the same pinned maps and
+//!   swaps it into the existing links atomically (`bpf_link_update`): an
+//!   in-place upgrade with no gap and no lost flow;
+//! - [`detach`] removes the links and the pins on purpose.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        TestRun, TestRunOptions, Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpMode as AyaXdpMode},
+    },
+};
+use lb_common::{
+    BackendInfo, BackendStats, Counter, FlowKey, FlowValue, Reason, ServiceStats, TableRegion,
+    VipInfo, VipKey,
+    maps::{self as names, MAGLEV_CAPACITY, MAX_REGIONS, MAX_SERVICES},
+};
+use tracing::{info, warn};
+
+use crate::{
+    dataplane::{DataPlane, DataPlaneError, Result},
+    object::{EBPF_OBJECT, PROGRAM_NAME},
+};
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// In the driver (fast path); fails where the driver lacks XDP.
+    Native,
+    /// In the generic (skb) path: works everywhere, slower.
+    Generic,
+    /// Native, falling back to generic with a logged warning.
+    #[default]
+    Auto,
+}
+
+/// How to load the data plane.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub interfaces: Vec<String>,
+    pub mode: XdpMode,
+    pub pin_dir: PathBuf,
+    pub flow_capacity: u32,
+    /// Load the embedded program and swap it into existing links.
+    pub replace: bool,
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataPlaneError {
+    move |source| DataPlaneError::Map { map, source }
+}
+
+/// Flatten an error and its sources into one line (aya's syscall errors keep
+/// the errno in their source).
+fn other<E: Into<Box<dyn std::error::Error>>>(e: E) -> DataPlaneError {
+    let boxed: Box<dyn std::error::Error> = e.into();
+    let mut msg = boxed.to_string();
+    let mut src = boxed.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    DataPlaneError::Other(msg)
+}
+
+/// Handles on every map, plus the loaded object when this process loaded it.
+pub struct XdpDataPlane {
+    ebpf: Option<Ebpf>,
+    vips: HashMap<MapData, VipKey, VipInfo>,
+    backends: Array<MapData, BackendInfo>,
+    maglev: Array<MapData, u32>,
+    regions: Array<MapData, TableRegion>,
+    active: Array<MapData, u32>,
+    ca_steer: Array<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    reasons: PerCpuArray<MapData, Counter>,
+    svc_stats: PerCpuArray<MapData, ServiceStats>,
+    be_stats: PerCpuArray<MapData, BackendStats>,
+    /// What we know each region holds, to write only changed slots.
+    shadow: BTreeMap<u32, Vec<u32>>,
+}
+
+/// `pin_dir/link_<ifname>`.
+pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("link_{iface}"))
+}
+
+impl XdpDataPlane {
+    /// Load, pin and attach per `opts` (see the module docs for reuse).
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        if opts.interfaces.is_empty() {
+            return Err(other("no interface to attach to"));
+        }
+        std::fs::create_dir_all(&opts.pin_dir)
+            .map_err(|e| other(format!("creating {}: {e}", opts.pin_dir.display())))?;
+        check_bpffs(&opts.pin_dir)?;
+        let all_linked = opts
+            .interfaces
+            .iter()
+            .all(|i| link_pin(&opts.pin_dir, i).exists());
+        if all_linked && !opts.replace {
+            info!(pin_dir = %opts.pin_dir.display(), "reusing the attached program and pinned maps");
+            let mut maps = BTreeMap::new();
+            for name in names::ALL {
+                let data = MapData::from_pin(opts.pin_dir.join(name)).map_err(map_err(name))?;
+                maps.insert(name, Map::from_map_data(data).map_err(map_err(name))?);
+            }
+            return Self::from_maps(None, maps);
+        }
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::FLOWS, opts.flow_capacity);
+        let pins: Vec<(&str, PathBuf)> = names::ALL
+            .iter()
+            .map(|n| (*n, opts.pin_dir.join(n)))
+            .collect();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(other)?;
+        {
+            let prog: &mut Xdp = program(&mut ebpf, PROGRAM_NAME)?;
+            prog.load().map_err(other)?;
+            for iface in &opts.interfaces {
+                attach(prog, iface, opts)?;
+            }
+        }
+        let maps = take_maps(&mut ebpf)?;
+        Self::from_maps(Some(ebpf), maps)
+    }
+
+    /// Load the object with private (unpinned) maps and attach nothing: for
+    /// BPF_PROG_TEST_RUN tests and benchmarks. Each call is an independent
+    /// copy of the data plane.
+    pub fn load_private(flow_capacity: u32) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, flow_capacity)
+            .load(EBPF_OBJECT)
+            .map_err(other)?;
+        for name in [PROGRAM_NAME, BENCH_REFLECTOR] {
+            program(&mut ebpf, name)?.load().map_err(other)?;
+        }
+        let maps = take_maps(&mut ebpf)?;
+        Self::from_maps(Some(ebpf), maps)
+    }
+
+    fn from_maps(ebpf: Option<Ebpf>, mut maps: BTreeMap<&'static str, Map>) -> Result<Self> {
+        macro_rules! take {
+            ($name:expr) => {{
+                let m = maps
+                    .remove($name)
+                    .ok_or_else(|| other(format!("map {} missing from the object", $name)))?;
+                m.try_into().map_err(map_err($name))?
+            }};
+        }
+        Ok(XdpDataPlane {
+            ebpf,
+            vips: take!(names::VIPS),
+            backends: take!(names::BACKENDS),
+            maglev: take!(names::MAGLEV),
+            regions: take!(names::REGIONS),
+            active: take!(names::ACTIVE),
+            ca_steer: take!(names::CA_STEER),
+            flows: take!(names::FLOWS),
+            reasons: take!(names::REASON_STATS),
+            svc_stats: take!(names::SERVICE_STATS),
+            be_stats: take!(names::BACKEND_STATS),
+            shadow: BTreeMap::new(),
+        })
+    }
+
+    /// Run a program of this copy on one frame (BPF_PROG_TEST_RUN).
+    /// `program` is [`PROGRAM_NAME`] or [`BENCH_REFLECTOR`].
+    pub fn test_run(&mut self, program_name: &str, frame: &[u8], repeat: u32) -> Result<RunOutput> {
+        let ebpf = self
+            .ebpf
+            .as_mut()
+            .ok_or_else(|| other("program not loaded by this process"))?;
+        let prog = program(ebpf, program_name)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat.max(1);
+        let r = prog.test_run(opts).map_err(other)?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunOutput {
+            action: r.return_value,
+            frame: out,
+            duration: r.duration,
+        })
+    }
+
+    /// Remove every entry of the flow table (tests).
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = self.flows.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Look one flow up.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Write `table` into the copy of the service's table that packets are
+    /// not reading, and return that copy's index (0 or 1) for [`Self::flip`].
+    /// Only slots that differ from what the copy held are written.
+    pub fn stage_table(&mut self, service_id: u32, table: &[u32]) -> Result<u32> {
+        if service_id >= MAX_SERVICES {
+            return Err(DataPlaneError::ServiceId(service_id));
+        }
+        if let Some(bad) = table
+            .iter()
+            .find(|&&b| b != lb_common::NO_BACKEND && b >= lb_common::maps::MAX_BACKENDS)
+        {
+            return Err(DataPlaneError::BackendId(*bad));
+        }
+        let size = u32::try_from(table.len()).map_err(other)?;
+        let active = self
+            .active
+            .get(&service_id, 0)
+            .map_err(map_err(names::ACTIVE))?
+            & 1;
+        let target = 1 - active;
+        let target_id = service_id * 2 + target;
+        let old = self.region(target_id)?;
+        // Reuse the copy's own space when the size is unchanged; otherwise
+        // find room that no other region (the active copy included) uses.
+        let reuse = old.size == size && size > 0;
+        let base = if reuse {
+            old.base
+        } else {
+            self.allocate(size, target_id)?
+        };
+        let current = if reuse {
+            match self.shadow.get(&target_id) {
+                Some(s) if s.len() == table.len() => Some(s.clone()),
+                _ => Some(self.read_region(old)?),
+            }
+        } else {
+            None
+        };
+        for (slot, &value) in table.iter().enumerate() {
+            if current.as_ref().is_some_and(|c| c[slot] == value) {
+                continue;
+            }
+            self.maglev
+                .set(base + slot as u32, value, 0)
+                .map_err(map_err(names::MAGLEV))?;
+        }
+        self.regions
+            .set(target_id, TableRegion { base, size }, 0)
+            .map_err(map_err(names::REGIONS))?;
+        self.shadow.insert(target_id, table.to_vec());
+        Ok(target)
+    }
+
+    /// Make copy `copy` (from [`Self::stage_table`]) the active one: one
+    /// 4-byte array write, so a packet sees either the old table or the new
+    /// one, never a mix.
+    pub fn flip(&mut self, service_id: u32, copy: u32) -> Result<()> {
+        self.active
+            .set(service_id, copy & 1, 0)
+            .map_err(map_err(names::ACTIVE))
+    }
+
+    /// Read a region's slots back from the kernel.
+    fn read_region(&self, region: TableRegion) -> Result<Vec<u32>> {
+        (region.base..region.base + region.size)
+            .map(|i| self.maglev.get(&i, 0).map_err(map_err(names::MAGLEV)))
+            .collect()
+    }
+
+    fn region(&self, id: u32) -> Result<TableRegion> {
+        self.regions.get(&id, 0).map_err(map_err(names::REGIONS))
+    }
+
+    /// First-fit space for `size` slots, avoiding every region but `except`.
+    fn allocate(&self, size: u32, except: u32) -> Result<u32> {
+        let mut used: Vec<(u32, u32)> = Vec::new();
+        for id in 0..MAX_REGIONS {
+            if id == except {
+                continue;
+            }
+            let r = self.region(id)?;
+            if r.size > 0 {
+                used.push((r.base, r.base + r.size));
+            }
+        }
+        used.sort_unstable();
+        let mut start = 0u32;
+        for (b, e) in used {
+            if b >= start && b - start >= size {
+                break;
+            }
+            start = start.max(e);
+        }
+        if start
+            .checked_add(size)
+            .is_none_or(|end| end > MAGLEV_CAPACITY)
+        {
+            return Err(DataPlaneError::TableSpace {
+                size: size as usize,
+                reason: format!("the {MAGLEV_CAPACITY}-slot table array is full"),
+            });
+        }
+        Ok(start)
+    }
+}
+
+/// Result of one BPF_PROG_TEST_RUN.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// XDP action (`XDP_PASS` = 2, `XDP_TX` = 3, `XDP_DROP` = 1).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// Kernel-measured average time per repeat.
+    pub duration: std::time::Duration,
+}
+
+/// Name of the veth-peer helper program (see [`attach_veth_peer`]).
+pub const VETH_PEER: &str = "vx_veth_peer";
+
+/// Attach the do-nothing XDP program to `iface` (the veth peer of an
+/// interface voxlb runs on) and pin its link at `pin`, so that XDP_TX works
+/// across the veth pair after this process exits. Test topologies and the
+/// demo need it; a physical NIC does not. Runs in the caller's network
+/// namespace.
+pub fn attach_veth_peer(iface: &str, pin: &Path) -> Result<()> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::FLOWS, 16)
+        .map_max_entries(names::MAGLEV, 16)
+        .load(EBPF_OBJECT)
+        .map_err(other)?;
+    let prog = program(&mut ebpf, VETH_PEER)?;
+    prog.load().map_err(other)?;
+    let id = prog.attach(iface, AyaXdpMode::Driver).map_err(other)?;
+    let link = prog.take_link(id).map_err(other)?;
+    FdLink::try_from(link)
+        .map_err(other)?
+        .pin(pin)
+        .map_err(other)?;
+    Ok(())
+}
+
+/// Name of the benchmark reference program in the object.
+pub const BENCH_REFLECTOR: &str = "vx_bench_reflect";
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| other(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(other)
+}
+
+fn take_maps(ebpf: &mut Ebpf) -> Result<BTreeMap<&'static str, Map>> {
+    let mut maps = BTreeMap::new();
+    for name in names::ALL {
+        let m = ebpf
+            .take_map(name)
+            .ok_or_else(|| other(format!("map {name} missing from the object")))?;
+        maps.insert(name, m);
+    }
+    Ok(maps)
+}
+
+fn attach(prog: &mut Xdp, iface: &str, opts: &LoadOptions) -> Result<()> {
+    let pin = link_pin(&opts.pin_dir, iface);
+    if pin.exists() {
+        // Atomic swap of the program behind the existing link.
+        let pinned = PinnedLink::from_pin(&pin).map_err(other)?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(other)?;
+        prog.attach_to_link(link).map_err(other)?;
+        info!(iface, "replaced the attached program in place");
+        return Ok(());
+    }
+    let id = match opts.mode {
+        XdpMode::Native => prog.attach(iface, AyaXdpMode::Driver).map_err(other)?,
+        XdpMode::Generic => prog.attach(iface, AyaXdpMode::Skb).map_err(other)?,
+        XdpMode::Auto => match prog.attach(iface, AyaXdpMode::Driver) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(iface, error = %e, "native XDP unavailable; falling back to generic mode");
+                prog.attach(iface, AyaXdpMode::Skb).map_err(other)?
+            }
+        },
+    };
+    let link = prog.take_link(id).map_err(other)?;
+    let fd_link = FdLink::try_from(link).map_err(other)?;
+    fd_link.pin(&pin).map_err(other)?;
+    info!(iface, pin = %pin.display(), "attached");
+    Ok(())
+}
+
+/// Remove the program from the interfaces and every pin, on purpose.
+pub fn detach(opts: &LoadOptions) -> Result<()> {
+    for iface in &opts.interfaces {
+        let pin = link_pin(&opts.pin_dir, iface);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => info!(iface, "detached"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(other(format!("removing {}: {e}", pin.display()))),
+        }
+    }
+    for name in names::ALL {
+        let p = opts.pin_dir.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) | Err(_) if !p.exists() => {}
+            Ok(()) => {}
+            Err(e) => return Err(other(format!("removing {}: {e}", p.display()))),
+        }
+    }
+    let _ = std::fs::remove_dir(&opts.pin_dir);
+    Ok(())
+}
+
+fn check_bpffs(dir: &Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(other)?;
+    // SAFETY: statfs writes into the zeroed struct we pass; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(other(format!(
+            "statfs {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(other(format!(
+            "{} is not on a BPF filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf`",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn sum_percpu<T: Copy + Default + aya::Pod>(
+    map: &PerCpuArray<MapData, T>,
+    index: u32,
+    name: &'static str,
+    add: impl Fn(&mut T, &T),
+) -> Result<T> {
+    let values = map.get(&index, 0).map_err(map_err(name))?;
+    let mut total = T::default();
+    for v in values.iter() {
+        add(&mut total, v);
+    }
+    Ok(total)
+}
+
+impl DataPlane for XdpDataPlane {
+    fn upsert_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
+        if info.service_id >= MAX_SERVICES {
+            return Err(DataPlaneError::ServiceId(info.service_id));
+        }
+        self.vips.insert(key, info, 0).map_err(map_err(names::VIPS))
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        match self.vips.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::VIPS)(e)),
+        }
+    }
+
+    fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
+        self.vips
+            .iter()
+            .map(|r| r.map_err(map_err(names::VIPS)))
+            .collect()
+    }
+
+    fn set_backend(&mut self, id: u32, info: BackendInfo) -> Result<()> {
+        if id >= lb_common::maps::MAX_BACKENDS {
+            return Err(DataPlaneError::BackendId(id));
+        }
+        self.backends
+            .set(id, info, 0)
+            .map_err(map_err(names::BACKENDS))
+    }
+
+    fn backend(&self, id: u32) -> Result<BackendInfo> {
+        self.backends.get(&id, 0).map_err(map_err(names::BACKENDS))
+    }
+
+    fn install_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
+        let copy = self.stage_table(service_id, table)?;
+        self.flip(service_id, copy)
+    }
+
+    fn active_table(&self, service_id: u32) -> Result<Option<Vec<u32>>> {
+        if service_id >= MAX_SERVICES {
+            return Err(DataPlaneError::ServiceId(service_id));
+        }
+        let active = self
+            .active
+            .get(&service_id, 0)
+            .map_err(map_err(names::ACTIVE))?
+            & 1;
+        let id = service_id * 2 + active;
+        let r = self.region(id)?;
+        if r.size == 0 {
+            return Ok(None);
+        }
+        if let Some(s) = self.shadow.get(&id) {
+            return Ok(Some(s.clone()));
+        }
+        self.read_region(r).map(Some)
+    }
+
+    fn set_ca_target(&mut self, service_id: u32, backend_id: u32) -> Result<()> {
+        if service_id >= MAX_SERVICES {
+            return Err(DataPlaneError::ServiceId(service_id));
+        }
+        self.ca_steer
+            .set(service_id, backend_id, 0)
+            .map_err(map_err(names::CA_STEER))
+    }
+
+    fn ca_target(&self, service_id: u32) -> Result<u32> {
+        self.ca_steer
+            .get(&service_id, 0)
+            .map_err(map_err(names::CA_STEER))
+    }
+
+    fn reason_stats(&self) -> Result<Vec<(Reason, Counter)>> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                sum_percpu(&self.reasons, *r as u32, names::REASON_STATS, |t, v| {
+                    t.packets += v.packets;
+                    t.bytes += v.bytes;
+                })
+                .map(|c| (*r, c))
+            })
+            .collect()
+    }
+
+    fn service_stats(&self, service_id: u32) -> Result<ServiceStats> {
+        sum_percpu(&self.svc_stats, service_id, names::SERVICE_STATS, |t, v| {
+            t.packets += v.packets;
+            t.bytes += v.bytes;
+            t.new_flows += v.new_flows;
+            t.no_backend += v.no_backend;
+        })
+    }
+
+    fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
+        sum_percpu(&self.be_stats, backend_id, names::BACKEND_STATS, |t, v| {
+            t.packets += v.packets;
+            t.bytes += v.bytes;
+            t.new_flows += v.new_flows;
+        })
+    }
+
+    fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let mut out = Vec::new();
+        for r in self.flows.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            // An entry evicted mid-walk is simply skipped.
+            if let Ok(kv) = r {
+                out.push(kv);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,1027 @@
+//! The XDP program, packet by packet, in the real kernel via
+//! BPF_PROG_TEST_RUN: a table of frames with the verdict, the output bytes
+//! and the counter each must produce, then stateful scenarios (flows,
+//! drain, removal, table flips, CA steering, two hosts agreeing).
+//!
+//! Needs root (loading BPF programs). Each test loads its own private copy of
+//! the object (no pins, nothing attached), so tests are independent.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use lb_common::{
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BackendInfo, FlowKey, KIND_CA,
+    KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
+    hash::flow_hash,
+    maglev::{self, Entry},
+};
+use voxlb::{
+    dataplane::DataPlane,
+    packet::{CLIENT_MAC, Frame, LB_MAC, arp_request, flags, l3_offset},
+    xdp::{RunOutput, XdpDataPlane},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// Small prime tables keep setup fast; the size does not change the logic.
+const TABLE: u32 = 1009;
+
+const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const VIP4_EMPTY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 102);
+const VIP4_CA: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
+const VIP4_UDP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 103);
+const VIP4_UNINSTALLED: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 104);
+const VIP4_CA_NONE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 105);
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+
+fn vip6() -> Ipv6Addr {
+    "fd00::100".parse().unwrap()
+}
+fn client6() -> Ipv6Addr {
+    "2001:db8::10".parse().unwrap()
+}
+
+fn mac(id: u32) -> [u8; 6] {
+    [0x02, 0xbe, 0, 0, (id >> 8) as u8, id as u8]
+}
+
+/// Service ids of the fixture.
+const S_V4: u32 = 0;
+const S_V6: u32 = 1;
+const S_CA: u32 = 2;
+const S_EMPTY: u32 = 3;
+const S_UDP: u32 = 4;
+const S_UNINSTALLED: u32 = 5;
+const S_CA_NONE: u32 = 6;
+
+/// Backend ids: compilers of the v4 service are 0..3, v6 10..13, UDP 20..23;
+/// the CAs are 30 (primary) and 31 (standby).
+const CA_PRIMARY: u32 = 30;
+const CA_STANDBY: u32 = 31;
+
+struct Fixture {
+    dp: XdpDataPlane,
+}
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! need_root {
+    () => {
+        if !root() {
+            eprintln!("skipped: loading BPF programs needs root");
+            return;
+        }
+    };
+}
+
+fn backend_addr(id: u32, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, id as u16))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 1, id as u8))
+    }
+}
+
+fn entry(id: u32, v6: bool, weight: u32) -> Entry {
+    let (a, fam) = addr_bytes(backend_addr(id, v6));
+    let mut identity = [0u8; 17];
+    identity[..16].copy_from_slice(&a);
+    identity[16] = fam;
+    Entry {
+        identity,
+        weight,
+        value: id,
+    }
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let mut dp = XdpDataPlane::load_private(4096).expect("load the XDP object");
+        let vips = [
+            (
+                VipKey::new(VIP4.into(), 8140, PROTO_TCP),
+                S_V4,
+                KIND_COMPILER,
+            ),
+            (
+                VipKey::new(vip6().into(), 8140, PROTO_TCP),
+                S_V6,
+                KIND_COMPILER,
+            ),
+            (VipKey::new(VIP4_CA.into(), 8140, PROTO_TCP), S_CA, KIND_CA),
+            (
+                VipKey::new(VIP4_EMPTY.into(), 8140, PROTO_TCP),
+                S_EMPTY,
+                KIND_COMPILER,
+            ),
+            (
+                VipKey::new(VIP4_UDP.into(), 5353, PROTO_UDP),
+                S_UDP,
+                KIND_COMPILER,
+            ),
+            (
+                VipKey::new(VIP4_UNINSTALLED.into(), 8140, PROTO_TCP),
+                S_UNINSTALLED,
+                KIND_COMPILER,
+            ),
+            (
+                VipKey::new(VIP4_CA_NONE.into(), 8140, PROTO_TCP),
+                S_CA_NONE,
+                KIND_CA,
+            ),
+        ];
+        for (k, service_id, kind) in vips {
+            dp.upsert_vip(k, VipInfo { service_id, kind }).unwrap();
+        }
+        let mut f = Fixture { dp };
+        f.set_pool(S_V4, &[0, 1, 2], false);
+        f.set_pool(S_V6, &[10, 11, 12], true);
+        f.set_pool(S_UDP, &[20, 21, 22], false);
+        f.dp.install_table(S_EMPTY, &vec![NO_BACKEND; TABLE as usize])
+            .unwrap();
+        for (id, ip) in [(CA_PRIMARY, 200), (CA_STANDBY, 201)] {
+            f.set_backend(
+                id,
+                S_CA,
+                BACKEND_ACTIVE,
+                0,
+                IpAddr::V4(Ipv4Addr::new(10, 0, 2, ip)),
+            );
+        }
+        f.dp.set_ca_target(S_CA, CA_PRIMARY).unwrap();
+        f.dp.set_ca_target(S_CA_NONE, NO_BACKEND).unwrap();
+        f
+    }
+
+    fn set_backend(&mut self, id: u32, service_id: u32, state: u32, generation: u32, addr: IpAddr) {
+        let (a, family) = addr_bytes(addr);
+        self.dp
+            .set_backend(
+                id,
+                BackendInfo {
+                    mac: mac(id),
+                    state,
+                    generation,
+                    service_id,
+                    addr: a,
+                    family,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+
+    /// Make `ids` the active backends of a service and install its table.
+    fn set_pool(&mut self, service_id: u32, ids: &[u32], v6: bool) {
+        for &id in ids {
+            self.set_backend(id, service_id, BACKEND_ACTIVE, 0, backend_addr(id, v6));
+        }
+        self.install(service_id, ids, v6);
+    }
+
+    fn install(&mut self, service_id: u32, ids: &[u32], v6: bool) -> Vec<u32> {
+        let entries: Vec<Entry> = ids.iter().map(|&id| entry(id, v6, 1)).collect();
+        let table = maglev::build(&entries, TABLE).unwrap();
+        self.dp.install_table(service_id, &table).unwrap();
+        table
+    }
+
+    fn run(&mut self, frame: &[u8]) -> RunOutput {
+        self.dp
+            .test_run(voxlb::object::PROGRAM_NAME, frame, 1)
+            .expect("test_run")
+    }
+
+    fn reasons(&self) -> Vec<u64> {
+        self.dp
+            .reason_stats()
+            .unwrap()
+            .into_iter()
+            .map(|(_, c)| c.packets)
+            .collect()
+    }
+}
+
+/// The backend the active table of `service` gives a flow.
+fn expected_backend(table: &[u32], key: &FlowKey) -> u32 {
+    table[(flow_hash(key) % table.len() as u32) as usize]
+}
+
+fn key_of(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
+    let (s, family) = addr_bytes(src);
+    let (d, _) = addr_bytes(dst);
+    FlowKey {
+        src: s,
+        dst: d,
+        sport_be: sport.to_be(),
+        dport_be: dport.to_be(),
+        proto,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+enum Expect {
+    Pass(Reason),
+    Drop(Reason),
+    /// Forwarded with this reason to this backend id.
+    Tx(Reason, u32),
+    /// Forwarded with this reason to whatever the v4 compiler table says.
+    TxTable(Reason, FlowKey, u32),
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    expect: Expect,
+}
+
+fn v4(a: Ipv4Addr) -> IpAddr {
+    IpAddr::V4(a)
+}
+fn v6(a: Ipv6Addr) -> IpAddr {
+    IpAddr::V6(a)
+}
+
+fn syn4(sport: u16) -> Frame {
+    Frame::tcp(v4(CLIENT4), sport, v4(VIP4), 8140, flags::SYN)
+}
+fn syn6(sport: u16) -> Frame {
+    Frame::tcp(v6(client6()), sport, v6(vip6()), 8140, flags::SYN)
+}
+fn k4(sport: u16) -> FlowKey {
+    key_of(v4(CLIENT4), sport, v4(VIP4), 8140, PROTO_TCP)
+}
+fn k6(sport: u16) -> FlowKey {
+    key_of(v6(client6()), sport, v6(vip6()), 8140, PROTO_TCP)
+}
+
+/// Apply `f` to a copy of `frame` (for corrupting built frames).
+fn poke(mut frame: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    f(&mut frame);
+    frame
+}
+
+fn cases() -> Vec<Case> {
+    use Expect::*;
+    let l3 = |f: &[u8]| l3_offset(f);
+    let mut c = vec![
+        // --- not ours: passed untouched ---
+        Case {
+            name: "ARP request",
+            frame: arp_request(),
+            expect: Pass(Reason::PassNotIp),
+        },
+        Case {
+            name: "IPv4 TCP to a non-VIP address (SSH to the LB itself)",
+            frame: Frame::tcp(
+                v4(CLIENT4),
+                40000,
+                v4(Ipv4Addr::new(10, 0, 0, 1)),
+                22,
+                flags::SYN,
+            )
+            .build(),
+            expect: Pass(Reason::PassNotVip),
+        },
+        Case {
+            name: "IPv4 TCP to the VIP address, other port",
+            frame: Frame::tcp(v4(CLIENT4), 40000, v4(VIP4), 22, flags::SYN).build(),
+            expect: Pass(Reason::PassNotVip),
+        },
+        Case {
+            name: "IPv4 UDP to a TCP VIP's port",
+            frame: Frame::udp(v4(CLIENT4), 40000, v4(VIP4), 8140).build(),
+            expect: Pass(Reason::PassNotVip),
+        },
+        Case {
+            name: "IPv6 TCP to a non-VIP address",
+            frame: Frame::tcp(
+                v6(client6()),
+                40000,
+                v6("fd00::1".parse().unwrap()),
+                22,
+                flags::SYN,
+            )
+            .build(),
+            expect: Pass(Reason::PassNotVip),
+        },
+        Case {
+            name: "ICMP echo to the VIP",
+            frame: Frame::icmp(v4(CLIENT4), v4(VIP4)).build(),
+            expect: Pass(Reason::PassNotL4),
+        },
+        Case {
+            name: "ICMPv6 echo to the VIP",
+            frame: Frame::icmp(v6(client6()), v6(vip6())).build(),
+            expect: Pass(Reason::PassNotL4),
+        },
+        Case {
+            name: "IPv4 first fragment (MF) to the VIP",
+            frame: syn4(40001).with_payload(&[7; 64]).with_frag(0x2000).build(),
+            expect: Pass(Reason::PassFragment),
+        },
+        Case {
+            name: "IPv4 non-first fragment to the VIP",
+            frame: syn4(40001).with_frag(0x0010).build(),
+            expect: Pass(Reason::PassFragment),
+        },
+        Case {
+            name: "IPv6 fragment header to the VIP",
+            frame: syn6(40001).with_ext(44, 8).build(),
+            expect: Pass(Reason::PassFragment),
+        },
+        Case {
+            name: "IPv6 fragment header after a hop-by-hop header",
+            frame: syn6(40001).with_ext(0, 8).with_ext(44, 8).build(),
+            expect: Pass(Reason::PassFragment),
+        },
+        Case {
+            name: "IPv6 with five extension headers (over the walk limit)",
+            frame: (0..5).fold(syn6(40002), |f, _| f.with_ext(60, 8)).build(),
+            expect: Pass(Reason::PassIpv6ExtLimit),
+        },
+        Case {
+            name: "IPv6 no-next-header",
+            frame: Frame {
+                l4: voxlb::packet::L4::Other(59),
+                ..syn6(40003)
+            }
+            .build(),
+            expect: Pass(Reason::PassNotL4),
+        },
+        Case {
+            name: "three VLAN tags",
+            frame: syn4(40004)
+                .with_vlan(0x88a8, 1)
+                .with_vlan(0x8100, 2)
+                .with_vlan(0x8100, 3)
+                .build(),
+            expect: Pass(Reason::PassVlanDepth),
+        },
+        Case {
+            name: "VIP packet sent to the broadcast MAC",
+            frame: syn4(40005).with_dst_mac([0xff; 6]).build(),
+            expect: Pass(Reason::PassNotUnicast),
+        },
+        // --- malformed: dropped ---
+        // (BPF_PROG_TEST_RUN refuses frames under 14 bytes, as drivers never
+        // hand XDP a frame shorter than its Ethernet header.)
+        Case {
+            name: "bare Ethernet header announcing a QinQ tag",
+            frame: poke(syn4(1).build(), |f| {
+                f.truncate(14);
+                f[12] = 0x88;
+                f[13] = 0xa8
+            }),
+            expect: Drop(Reason::DropTruncatedL2),
+        },
+        Case {
+            name: "bare Ethernet header announcing IPv4",
+            frame: poke(syn4(1).build(), |f| f.truncate(14)),
+            expect: Drop(Reason::DropTruncatedL3),
+        },
+        Case {
+            name: "VLAN tag cut short",
+            frame: poke(syn4(1).with_vlan(0x8100, 5).build(), |f| f.truncate(16)),
+            expect: Drop(Reason::DropTruncatedL2),
+        },
+        Case {
+            name: "IPv4 header cut at 10 bytes",
+            frame: poke(syn4(1).build(), |f| f.truncate(24)),
+            expect: Drop(Reason::DropTruncatedL3),
+        },
+        Case {
+            name: "IPv4 IHL 4 (below the minimum)",
+            frame: poke(syn4(1).build(), |f| {
+                let o = l3(f);
+                f[o] = 0x44
+            }),
+            expect: Drop(Reason::DropBadL3),
+        },
+        Case {
+            name: "IPv4 ethertype carrying version 6",
+            frame: poke(syn4(1).build(), |f| {
+                let o = l3(f);
+                f[o] = 0x65
+            }),
+            expect: Drop(Reason::DropBadL3),
+        },
+        Case {
+            name: "IPv4 total length below the header length",
+            frame: poke(syn4(1).build(), |f| {
+                let o = l3(f);
+                f[o + 2] = 0;
+                f[o + 3] = 12
+            }),
+            expect: Drop(Reason::DropBadL3),
+        },
+        Case {
+            name: "IPv4 total length beyond the frame",
+            frame: poke(syn4(1).build(), |f| {
+                let o = l3(f);
+                f[o + 2] = 0x05;
+                f[o + 3] = 0xdc
+            }),
+            expect: Drop(Reason::DropTruncatedL3),
+        },
+        Case {
+            name: "IPv4 IHL 15 with the options cut off",
+            frame: poke(syn4(1).build(), |f| {
+                let o = l3(f);
+                f[o] = 0x4f;
+                f.truncate(o + 40);
+                let l = 40u16.to_be_bytes();
+                f[o + 2] = l[0];
+                f[o + 3] = l[1];
+            }),
+            expect: Drop(Reason::DropBadL3),
+        },
+        Case {
+            name: "IPv6 header cut at 30 bytes",
+            frame: poke(syn6(1).build(), |f| f.truncate(44)),
+            expect: Drop(Reason::DropTruncatedL3),
+        },
+        Case {
+            name: "IPv6 payload length beyond the frame",
+            frame: poke(syn6(1).build(), |f| {
+                let o = l3(f);
+                f[o + 4] = 0x05;
+                f[o + 5] = 0xdc
+            }),
+            expect: Drop(Reason::DropTruncatedL3),
+        },
+        Case {
+            name: "IPv6 extension header longer than the payload",
+            frame: poke(syn6(1).with_ext(60, 8).build(), |f| {
+                let o = l3(f);
+                f[o + 41] = 40
+            }),
+            expect: Drop(Reason::DropTruncatedL3),
+        },
+        Case {
+            name: "IPv4 version nibble 6 inside an IPv6 ethertype",
+            frame: poke(syn6(1).build(), |f| {
+                let o = l3(f);
+                f[o] = 0x45
+            }),
+            expect: Drop(Reason::DropBadL3),
+        },
+        Case {
+            name: "TCP header cut to 10 bytes",
+            frame: poke(syn4(1).build(), |f| {
+                let o = l3(f);
+                f.truncate(o + 30);
+                f[o + 2] = 0;
+                f[o + 3] = 30
+            }),
+            expect: Drop(Reason::DropTruncatedL4),
+        },
+        Case {
+            name: "zero-length TCP (IP payload empty)",
+            frame: poke(syn4(1).build(), |f| {
+                let o = l3(f);
+                f.truncate(o + 20);
+                f[o + 2] = 0;
+                f[o + 3] = 20
+            }),
+            expect: Drop(Reason::DropTruncatedL4),
+        },
+        Case {
+            name: "TCP data offset 4 (below the minimum)",
+            frame: poke(syn4(1).build(), |f| {
+                let o = l3(f) + 20;
+                f[o + 12] = 0x40
+            }),
+            expect: Drop(Reason::DropBadL4),
+        },
+        Case {
+            name: "TCP data offset 15 beyond the segment",
+            frame: poke(syn4(1).build(), |f| {
+                let o = l3(f) + 20;
+                f[o + 12] = 0xf0
+            }),
+            expect: Drop(Reason::DropBadL4),
+        },
+        Case {
+            name: "UDP header cut to 4 bytes",
+            frame: poke(
+                Frame::udp(v4(CLIENT4), 5000, v4(VIP4_UDP), 5353).build(),
+                |f| {
+                    let o = l3(f);
+                    f.truncate(o + 24);
+                    f[o + 2] = 0;
+                    f[o + 3] = 24
+                },
+            ),
+            expect: Drop(Reason::DropTruncatedL4),
+        },
+        Case {
+            name: "compiler VIP whose pool is empty",
+            frame: Frame::tcp(v4(CLIENT4), 40010, v4(VIP4_EMPTY), 8140, flags::SYN).build(),
+            expect: Drop(Reason::DropNoBackend),
+        },
+        Case {
+            name: "compiler VIP whose table was never installed",
+            frame: Frame::tcp(v4(CLIENT4), 40011, v4(VIP4_UNINSTALLED), 8140, flags::SYN).build(),
+            expect: Drop(Reason::DropNoBackend),
+        },
+        Case {
+            name: "CA VIP with no CA up",
+            frame: Frame::tcp(v4(CLIENT4), 40012, v4(VIP4_CA_NONE), 8140, flags::SYN).build(),
+            expect: Drop(Reason::DropNoCa),
+        },
+        // --- ours: forwarded ---
+        Case {
+            name: "CA VIP SYN goes to the primary CA",
+            frame: Frame::tcp(v4(CLIENT4), 40013, v4(VIP4_CA), 8140, flags::SYN).build(),
+            expect: Tx(Reason::TxCa, CA_PRIMARY),
+        },
+        Case {
+            name: "CA VIP data segment goes to the primary CA",
+            frame: Frame::tcp(
+                v4(CLIENT4),
+                40014,
+                v4(VIP4_CA),
+                8140,
+                flags::ACK | flags::PSH,
+            )
+            .with_payload(b"GET /puppet-ca/v1/certificate/ca")
+            .build(),
+            expect: Tx(Reason::TxCa, CA_PRIMARY),
+        },
+    ];
+    let tx = |name, frame: Vec<u8>, key: FlowKey, service| Case {
+        name,
+        frame,
+        expect: TxTable(Reason::TxCompiler, key, service),
+    };
+    c.push(tx(
+        "IPv4 SYN to the compiler VIP",
+        syn4(41000).build(),
+        k4(41000),
+        S_V4,
+    ));
+    c.push(tx(
+        "IPv4 SYN with IP options (IHL 8)",
+        syn4(41001)
+            .with_ip_options(&[0x94, 4, 0, 0, 1, 1, 1, 0, 0x44, 4, 5, 0])
+            .build(),
+        k4(41001),
+        S_V4,
+    ));
+    c.push(tx(
+        "IPv4 SYN in one 802.1Q tag",
+        syn4(41002).with_vlan(0x8100, 42).build(),
+        k4(41002),
+        S_V4,
+    ));
+    c.push(tx(
+        "IPv4 SYN in QinQ (802.1ad + 802.1Q)",
+        syn4(41003)
+            .with_vlan(0x88a8, 7)
+            .with_vlan(0x8100, 42)
+            .build(),
+        k4(41003),
+        S_V4,
+    ));
+    c.push(tx(
+        "IPv4 SYN with TCP options (MSS, SACK, timestamps)",
+        Frame {
+            l4: voxlb::packet::L4::Tcp {
+                sport: 41004,
+                dport: 8140,
+                flags: flags::SYN,
+                options: vec![
+                    2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+                ],
+            },
+            ..syn4(41004)
+        }
+        .build(),
+        k4(41004),
+        S_V4,
+    ));
+    c.push(tx(
+        "IPv4 ACK without a flow entry follows the table",
+        Frame::tcp(v4(CLIENT4), 41005, v4(VIP4), 8140, flags::ACK)
+            .with_payload(b"x")
+            .build(),
+        k4(41005),
+        S_V4,
+    ));
+    c.push(tx(
+        "IPv4 SYN with Ethernet padding past the IP length",
+        poke(syn4(41006).build(), |f| f.extend_from_slice(&[0; 6])),
+        k4(41006),
+        S_V4,
+    ));
+    c.push(tx(
+        "IPv6 SYN to the compiler VIP",
+        syn6(41007).build(),
+        k6(41007),
+        S_V6,
+    ));
+    c.push(tx(
+        "IPv6 SYN behind hop-by-hop and destination options",
+        syn6(41008).with_ext(0, 8).with_ext(60, 16).build(),
+        k6(41008),
+        S_V6,
+    ));
+    c.push(tx(
+        "IPv6 SYN behind an AH header",
+        syn6(41009).with_ext(51, 24).build(),
+        k6(41009),
+        S_V6,
+    ));
+    c.push(tx(
+        "IPv6 SYN behind a routing header",
+        syn6(41010).with_ext(43, 24).build(),
+        k6(41010),
+        S_V6,
+    ));
+    c.push(tx(
+        "IPv6 SYN in an 802.1Q tag",
+        syn6(41011).with_vlan(0x8100, 9).build(),
+        k6(41011),
+        S_V6,
+    ));
+    c.push(tx(
+        "UDP datagram to the UDP VIP",
+        Frame::udp(v4(CLIENT4), 41012, v4(VIP4_UDP), 5353)
+            .with_payload(b"q")
+            .build(),
+        key_of(v4(CLIENT4), 41012, v4(VIP4_UDP), 5353, PROTO_UDP),
+        S_UDP,
+    ));
+    c
+}
+
+#[test]
+fn packet_table() {
+    need_root!();
+    let mut f = Fixture::new();
+    let cases = cases();
+    assert!(
+        cases.len() >= 45,
+        "the table must stay at 45+ cases, has {}",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for case in &cases {
+        let before = f.reasons();
+        let out = f.run(&case.frame);
+        let after = f.reasons();
+        let (want_action, want_reason, want_frame) = match &case.expect {
+            Expect::Pass(r) => (XDP_PASS, *r, case.frame.clone()),
+            Expect::Drop(r) => (XDP_DROP, *r, case.frame.clone()),
+            Expect::Tx(r, id) => (XDP_TX, *r, rewritten(&case.frame, *id)),
+            Expect::TxTable(r, key, service) => {
+                let table = f.dp.active_table(*service).unwrap().unwrap();
+                (
+                    XDP_TX,
+                    *r,
+                    rewritten(&case.frame, expected_backend(&table, key)),
+                )
+            }
+        };
+        let mut problems = Vec::new();
+        if out.action != want_action {
+            problems.push(format!("action {} want {want_action}", out.action));
+        }
+        if out.frame != want_frame {
+            problems.push(format!(
+                "output frame differs: got {:02x?} want {:02x?}",
+                &out.frame[..out.frame.len().min(14)],
+                &want_frame[..want_frame.len().min(14)]
+            ));
+        }
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            let want = u64::from(i as u32 == want_reason as u32);
+            if a - b != want {
+                problems.push(format!(
+                    "counter {} moved by {} (want {want})",
+                    Reason::from_code(i as u32).unwrap().label(),
+                    a - b
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", case.name, problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// The frame as DSR must leave it: backend MAC, our MAC, the rest untouched.
+fn rewritten(frame: &[u8], backend_id: u32) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[0..6].copy_from_slice(&mac(backend_id));
+    out[6..12].copy_from_slice(&LB_MAC);
+    assert_ne!(CLIENT_MAC, LB_MAC);
+    out
+}
+
+fn dst_backend(out: &RunOutput) -> Option<u32> {
+    if out.action != XDP_TX {
+        return None;
+    }
+    assert_eq!(&out.frame[6..12], &LB_MAC, "source MAC must be ours");
+    Some(((out.frame[4] as u32) << 8) | out.frame[5] as u32)
+}
+
+#[test]
+fn syn_creates_a_flow_and_later_segments_follow_it() {
+    need_root!();
+    let mut f = Fixture::new();
+    let out = f.run(&syn4(42000).build());
+    let b = dst_backend(&out).expect("forwarded");
+    let flow = f.dp.flow(&k4(42000)).expect("SYN records the flow");
+    assert_eq!(flow.backend_id, b);
+    assert!(flow.created_ns > 0);
+    let ack = Frame::tcp(v4(CLIENT4), 42000, v4(VIP4), 8140, flags::ACK).build();
+    assert_eq!(dst_backend(&f.run(&ack)), Some(b));
+    let stats = f.dp.service_stats(S_V4).unwrap();
+    assert_eq!((stats.packets, stats.new_flows), (2, 1));
+    let bs = f.dp.backend_stats(b).unwrap();
+    assert_eq!(bs.packets, 2);
+    assert_eq!(bs.new_flows, 1);
+    assert_eq!(bs.bytes, (syn4(42000).build().len() + ack.len()) as u64);
+}
+
+#[test]
+fn non_syn_miss_does_not_create_a_flow() {
+    need_root!();
+    let mut f = Fixture::new();
+    let ack = Frame::tcp(v4(CLIENT4), 42001, v4(VIP4), 8140, flags::ACK).build();
+    assert!(dst_backend(&f.run(&ack)).is_some());
+    assert!(
+        f.dp.flow(&k4(42001)).is_none(),
+        "a random ACK must not take a flow entry"
+    );
+    let rst = Frame::tcp(v4(CLIENT4), 42002, v4(VIP4), 8140, flags::RST).build();
+    f.run(&rst);
+    assert!(f.dp.flow(&k4(42002)).is_none());
+    // SYN+ACK is not a connection opening either.
+    let synack = Frame::tcp(v4(CLIENT4), 42003, v4(VIP4), 8140, flags::SYN | flags::ACK).build();
+    f.run(&synack);
+    assert!(f.dp.flow(&k4(42003)).is_none());
+}
+
+/// Flows whose table slot the change moves (so the flow table is what keeps them).
+fn moved_flows(before: &[u32], after: &[u32], n: usize) -> Vec<u16> {
+    (30000..60000u16)
+        .filter(|p| expected_backend(before, &k4(*p)) != expected_backend(after, &k4(*p)))
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn established_flows_survive_a_backend_being_added() {
+    need_root!();
+    let mut f = Fixture::new();
+    let before = f.dp.active_table(S_V4).unwrap().unwrap();
+    let after = {
+        let e: Vec<Entry> = [0, 1, 2, 3].iter().map(|&i| entry(i, false, 1)).collect();
+        maglev::build(&e, TABLE).unwrap()
+    };
+    let ports = moved_flows(&before, &after, 20);
+    assert_eq!(ports.len(), 20);
+    let mut first = Vec::new();
+    for &p in &ports {
+        first.push(dst_backend(&f.run(&syn4(p).build())).unwrap());
+    }
+    f.set_backend(3, S_V4, BACKEND_ACTIVE, 0, backend_addr(3, false));
+    f.install(S_V4, &[0, 1, 2, 3], false);
+    for (i, &p) in ports.iter().enumerate() {
+        let ack = Frame::tcp(v4(CLIENT4), p, v4(VIP4), 8140, flags::ACK).build();
+        assert_eq!(dst_backend(&f.run(&ack)), Some(first[i]), "flow {p} moved");
+    }
+    // A new flow on a moved slot follows the new table.
+    let fresh = moved_flows(&before, &after, 40)[39];
+    let _ = fresh;
+    let new_port = (61000..65000u16)
+        .find(|p| expected_backend(&after, &k4(*p)) == 3)
+        .unwrap();
+    assert_eq!(dst_backend(&f.run(&syn4(new_port).build())), Some(3));
+}
+
+#[test]
+fn drained_backend_keeps_its_flows_but_gets_no_new_ones() {
+    need_root!();
+    let mut f = Fixture::new();
+    let table = f.dp.active_table(S_V4).unwrap().unwrap();
+    let on_1: Vec<u16> = (30000..40000u16)
+        .filter(|p| expected_backend(&table, &k4(*p)) == 1)
+        .take(10)
+        .collect();
+    for &p in &on_1 {
+        assert_eq!(dst_backend(&f.run(&syn4(p).build())), Some(1));
+    }
+    // Drain 1: out of the table, state DRAINING.
+    f.set_backend(1, S_V4, BACKEND_DRAINING, 0, backend_addr(1, false));
+    f.install(S_V4, &[0, 2], false);
+    for &p in &on_1 {
+        let ack = Frame::tcp(v4(CLIENT4), p, v4(VIP4), 8140, flags::ACK).build();
+        assert_eq!(
+            dst_backend(&f.run(&ack)),
+            Some(1),
+            "drained backend lost flow {p}"
+        );
+    }
+    for p in 50000..50500u16 {
+        assert_ne!(
+            dst_backend(&f.run(&syn4(p).build())),
+            Some(1),
+            "new flow {p} reached a drained backend"
+        );
+    }
+    // A new SYN reusing a drained flow's 5-tuple is a new connection.
+    let again = dst_backend(&f.run(&syn4(on_1[0]).build())).unwrap();
+    assert_ne!(again, 1);
+    assert_eq!(f.dp.flow(&k4(on_1[0])).unwrap().backend_id, again);
+}
+
+#[test]
+fn removed_or_down_backend_flows_are_repicked() {
+    need_root!();
+    for state in [BACKEND_EMPTY, BACKEND_DOWN] {
+        let mut f = Fixture::new();
+        let table = f.dp.active_table(S_V4).unwrap().unwrap();
+        let on_2: Vec<u16> = (30000..40000u16)
+            .filter(|p| expected_backend(&table, &k4(*p)) == 2)
+            .take(10)
+            .collect();
+        for &p in &on_2 {
+            assert_eq!(dst_backend(&f.run(&syn4(p).build())), Some(2));
+        }
+        f.set_backend(2, S_V4, state, 0, backend_addr(2, false));
+        let after = f.install(S_V4, &[0, 1], false);
+        for &p in &on_2 {
+            let ack = Frame::tcp(v4(CLIENT4), p, v4(VIP4), 8140, flags::ACK).build();
+            let got = dst_backend(&f.run(&ack)).unwrap();
+            assert_eq!(
+                got,
+                expected_backend(&after, &k4(p)),
+                "state {state}: flow {p}"
+            );
+            assert_ne!(got, 2);
+            assert_eq!(f.dp.flow(&k4(p)).unwrap().backend_id, got, "entry updated");
+        }
+    }
+}
+
+#[test]
+fn a_reused_backend_id_does_not_inherit_old_flows() {
+    need_root!();
+    let mut f = Fixture::new();
+    let table = f.dp.active_table(S_V4).unwrap().unwrap();
+    let p = (30000..40000u16)
+        .find(|p| expected_backend(&table, &k4(*p)) == 0)
+        .unwrap();
+    assert_eq!(dst_backend(&f.run(&syn4(p).build())), Some(0));
+    // Id 0 now belongs to another backend (generation 1) that is not in the
+    // table yet; the old flow must be re-picked, not sent to the newcomer.
+    f.set_backend(
+        0,
+        S_V4,
+        BACKEND_ACTIVE,
+        1,
+        IpAddr::V4(Ipv4Addr::new(10, 0, 1, 99)),
+    );
+    let after = f.install(S_V4, &[1, 2], false);
+    let ack = Frame::tcp(v4(CLIENT4), p, v4(VIP4), 8140, flags::ACK).build();
+    let got = dst_backend(&f.run(&ack)).unwrap();
+    assert_eq!(got, expected_backend(&after, &k4(p)));
+    assert_ne!(got, 0);
+}
+
+#[test]
+fn table_flip_is_atomic_staged_copy_is_invisible_until_flipped() {
+    need_root!();
+    let mut f = Fixture::new();
+    let old = f.dp.active_table(S_V4).unwrap().unwrap();
+    // Stage a table that sends everything to backend 2, without flipping.
+    let all_2 = vec![2u32; TABLE as usize];
+    let copy = f.dp.stage_table(S_V4, &all_2).unwrap();
+    let ports: Vec<u16> = (30000..40000u16)
+        .filter(|p| expected_backend(&old, &k4(*p)) != 2)
+        .take(50)
+        .collect();
+    for &p in &ports {
+        // Non-SYN so no flow entries interfere with what the table says.
+        let ack = Frame::tcp(v4(CLIENT4), p, v4(VIP4), 8140, flags::ACK).build();
+        assert_eq!(
+            dst_backend(&f.run(&ack)),
+            Some(expected_backend(&old, &k4(p))),
+            "staged table leaked"
+        );
+    }
+    f.dp.flip(S_V4, copy).unwrap();
+    for &p in &ports {
+        let ack = Frame::tcp(v4(CLIENT4), p, v4(VIP4), 8140, flags::ACK).build();
+        assert_eq!(dst_backend(&f.run(&ack)), Some(2), "flip not visible");
+    }
+    assert_eq!(f.dp.active_table(S_V4).unwrap().unwrap(), all_2);
+    // Installing again writes the other copy and flips back.
+    f.install(S_V4, &[0, 1, 2], false);
+    assert_eq!(f.dp.active_table(S_V4).unwrap().unwrap(), old);
+}
+
+#[test]
+fn ca_steering_fails_over_and_never_touches_compiler_tables() {
+    need_root!();
+    let mut f = Fixture::new();
+    let ca_syn = |p| Frame::tcp(v4(CLIENT4), p, v4(VIP4_CA), 8140, flags::SYN).build();
+    for p in 43000..43100 {
+        assert_eq!(dst_backend(&f.run(&ca_syn(p))), Some(CA_PRIMARY));
+    }
+    f.dp.set_ca_target(S_CA, CA_STANDBY).unwrap();
+    for p in 43100..43200 {
+        assert_eq!(dst_backend(&f.run(&ca_syn(p))), Some(CA_STANDBY));
+    }
+    // CA flows are not in the flow table: the steering map alone decides.
+    assert!(
+        f.dp.flow(&key_of(v4(CLIENT4), 43000, v4(VIP4_CA), 8140, PROTO_TCP))
+            .is_none()
+    );
+    // Compiler traffic never reaches a CA, whatever the tables hold.
+    for p in 44000..44500u16 {
+        let b = dst_backend(&f.run(&syn4(p).build())).unwrap();
+        assert!(b < 3, "compiler flow went to backend {b}");
+    }
+    // A compiler table naming a CA backend id is refused by the data plane.
+    let poisoned = vec![CA_PRIMARY; TABLE as usize];
+    f.dp.install_table(S_V4, &poisoned).unwrap();
+    let out = f.run(&syn4(44600).build());
+    assert_eq!(
+        out.action, XDP_DROP,
+        "a backend of another service must not be used"
+    );
+    // And a steering map pointing at a compiler is refused too.
+    f.dp.set_ca_target(S_CA, 0).unwrap();
+    assert_eq!(f.run(&ca_syn(43300)).action, XDP_DROP);
+    let ca = f.dp.service_stats(S_CA).unwrap();
+    assert_eq!(ca.packets, 200);
+    assert_eq!(ca.no_backend, 1);
+}
+
+#[test]
+fn two_separately_loaded_copies_agree_on_every_flow() {
+    need_root!();
+    // Two "LB hosts": same backends, programmed in a different order and
+    // with different backend ids; the choice must be the same backend.
+    let mut a = Fixture::new();
+    let mut b = Fixture::new();
+    let addrs: Vec<IpAddr> = (1..=5)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(10, 0, 9, i)))
+        .collect();
+    let program = |f: &mut Fixture, ids: &[u32], order: &[usize]| {
+        let mut entries = Vec::new();
+        for &i in order {
+            let id = ids[i];
+            f.set_backend(id, S_V4, BACKEND_ACTIVE, 0, addrs[i]);
+            let (a, fam) = addr_bytes(addrs[i]);
+            let mut identity = [0u8; 17];
+            identity[..16].copy_from_slice(&a);
+            identity[16] = fam;
+            entries.push(Entry {
+                identity,
+                weight: 1,
+                value: id,
+            });
+        }
+        let t = maglev::build(&entries, 65537).unwrap();
+        f.dp.install_table(S_V4, &t).unwrap();
+    };
+    program(&mut a, &[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4]);
+    program(&mut b, &[100, 101, 102, 103, 104], &[4, 2, 0, 3, 1]);
+    let mut seen = std::collections::BTreeSet::new();
+    for p in 0..2000u16 {
+        let src = Ipv4Addr::new(198, 51, 100, (p % 250) as u8);
+        let frame = Frame::tcp(v4(src), 20000 + p, v4(VIP4), 8140, flags::SYN).build();
+        let ia = dst_backend(&a.run(&frame)).unwrap();
+        let ib = dst_backend(&b.run(&frame)).unwrap();
+        assert_eq!(ia + 100, ib, "hosts disagree on flow {p}");
+        seen.insert(ia);
+    }
+    assert_eq!(seen.len(), 5, "every backend should get flows");
+}
+
+#[test]
+fn every_map_name_in_lb_common_exists_in_the_object() {
+    need_root!();
+    // load_private takes every map of lb_common::maps::ALL by name and fails
+    // if one is missing; loading is the assertion.
+    XdpDataPlane::load_private(1024).expect("all maps present");
+}
