@@ -315,6 +315,19 @@ impl Daemon {
 
     /// Handle one control request.
     pub fn handle(&mut self, req: Request) -> Response {
+        let membership = matches!(
+            req,
+            Request::BackendAdd { .. } | Request::BackendRemove { .. }
+        );
+        let resp = self.handle_inner(req);
+        if membership && matches!(resp, Response::Ok { .. }) {
+            // Start the checker of an added backend, stop a removed one's.
+            self.sync_checkers();
+        }
+        resp
+    }
+
+    fn handle_inner(&mut self, req: Request) -> Response {
         match req {
             Request::BackendAdd {
                 service,

@@ -273,6 +273,11 @@ async fn control_protocol_changes_and_errors() {
     let r = h.req(add("compilers", "10.0.0.9")).await;
     assert!(!is_err(&r), "{r:?}");
     assert_eq!(h.backend("compilers", "10.0.0.9").state, BACKEND_ACTIVE);
+    // Its checker was started: its verdicts count.
+    h.health("compilers", "10.0.0.9", false).await;
+    assert_eq!(h.backend("compilers", "10.0.0.9").state, BACKEND_DOWN);
+    h.health("compilers", "10.0.0.9", true).await;
+    assert_eq!(h.backend("compilers", "10.0.0.9").state, BACKEND_ACTIVE);
     let r = h.req(add("compilers", "10.0.0.9")).await;
     assert!(msg(&r).contains("already in service compilers"), "{r:?}");
     let r = h.req(add("nosuch", "10.0.0.9")).await;
