@@ -155,7 +155,7 @@ impl Frame {
                 options,
             } => {
                 let mut opts = options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0);
                 }
                 b.extend_from_slice(&sport.to_be_bytes());
@@ -246,7 +246,7 @@ fn ipv4_header(
     l4_len: usize,
 ) -> Vec<u8> {
     let mut opts = options.to_vec();
-    while opts.len() % 4 != 0 {
+    while !opts.len().is_multiple_of(4) {
         opts.push(0);
     }
     let ihl = 20 + opts.len();

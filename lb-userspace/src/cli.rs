@@ -1,0 +1,454 @@
+//! The `voxlb` command line: the daemon (`run`, `detach`) and the client
+//! commands that talk to it over the control socket.
+//!
+//! Exit codes (scripts can rely on them):
+//!
+//! | code | meaning                                                        |
+//! |------|----------------------------------------------------------------|
+//! | 0    | success                                                        |
+//! | 1    | the daemon refused the request (unknown service, backend not present, ...) or the daemon failed |
+//! | 2    | usage: bad arguments, rejected before anything is sent         |
+//! | 3    | the daemon could not be reached (not running, no permission)   |
+
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{self, DEFAULT_CONTROL_SOCKET},
+    control::{self, ControlError, FlowView, Request, Response, StatsView, StatusView},
+    reconcile::ServiceView,
+};
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: refused by the daemon, or a daemon failure.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: bad usage (clap uses 2 as well).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: daemon unreachable.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// Time the CLI waits for the daemon.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// XDP load balancer for OpenVox Server.
+#[derive(Debug, Parser)]
+#[command(name = "voxlb", version, about)]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, default_value = DEFAULT_CONTROL_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach (or reuse) the XDP program and serve.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Replace an attached program by the one in this binary.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Detach the XDP program and remove the pinned maps (stops forwarding).
+    Detach {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make the daemon re-read its config file.
+    Reload,
+    /// Change or list the backends of a compiler service.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// Services, backends and their states.
+    Status,
+    /// Packet counters.
+    Stats,
+    /// Entries of the flow table.
+    Flows {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// `voxlb backend ...`
+#[derive(Debug, Subcommand)]
+pub enum BackendCmd {
+    /// Add a backend to a compiler service.
+    Add {
+        service: String,
+        address: String,
+        #[arg(long, allow_negative_numbers = true)]
+        weight: Option<i64>,
+        #[arg(long)]
+        name: Option<String>,
+        /// MAC of the backend (default: from the neighbour table).
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Remove a backend (its established flows are re-balanced).
+    Remove { service: String, address: String },
+    /// Stop new flows to a backend; established ones stay.
+    Drain { service: String, address: String },
+    /// Let a drained backend take new flows again.
+    Undrain { service: String, address: String },
+    /// Set a backend's weight.
+    Weight {
+        service: String,
+        address: String,
+        #[arg(allow_negative_numbers = true)]
+        weight: i64,
+    },
+    /// List backends (of one service, or all).
+    List { service: Option<String> },
+}
+
+/// Check the arguments of a client command and turn it into a request.
+/// Errors are usage errors (exit 2): nothing was sent.
+pub fn to_request(cmd: &Command) -> Result<Request, String> {
+    let addr = |a: &str| {
+        config::parse_backend_addr("address", a)
+            .map(|_| a.to_owned())
+            .map_err(|e| e.to_string())
+    };
+    let svc = |s: &str| {
+        config::check_name(s)
+            .map(|_| s.to_owned())
+            .map_err(|e| format!("service: {e}"))
+    };
+    Ok(match cmd {
+        Command::Reload => Request::Reload {},
+        Command::Status => Request::Status {},
+        Command::Stats => Request::Stats {},
+        Command::Flows { limit } => Request::Flows { limit: *limit },
+        Command::Backend(b) => match b {
+            BackendCmd::Add {
+                service,
+                address,
+                weight,
+                name,
+                mac,
+            } => {
+                if let Some(w) = weight {
+                    config::check_weight(*w)?;
+                }
+                if let Some(n) = name {
+                    config::check_name(n).map_err(|e| format!("--name: {e}"))?;
+                }
+                if let Some(m) = mac {
+                    config::parse_mac(m).map_err(|e| format!("--mac: {e}"))?;
+                }
+                Request::BackendAdd {
+                    service: svc(service)?,
+                    address: addr(address)?,
+                    weight: *weight,
+                    name: name.clone(),
+                    mac: mac.clone(),
+                }
+            }
+            BackendCmd::Remove { service, address } => Request::BackendRemove {
+                service: svc(service)?,
+                address: addr(address)?,
+            },
+            BackendCmd::Drain { service, address } => Request::BackendDrain {
+                service: svc(service)?,
+                address: addr(address)?,
+            },
+            BackendCmd::Undrain { service, address } => Request::BackendUndrain {
+                service: svc(service)?,
+                address: addr(address)?,
+            },
+            BackendCmd::Weight {
+                service,
+                address,
+                weight,
+            } => {
+                config::check_weight(*weight)?;
+                Request::BackendWeight {
+                    service: svc(service)?,
+                    address: addr(address)?,
+                    weight: *weight,
+                }
+            }
+            BackendCmd::List { service } => Request::BackendList {
+                service: service.as_deref().map(svc).transpose()?,
+            },
+        },
+        Command::Run { .. } | Command::Detach { .. } | Command::CheckConfig { .. } => {
+            return Err("not a client command".into());
+        }
+    })
+}
+
+/// Run a client command: send, print, and give the exit code.
+pub fn client(cli: &Cli) -> ExitCode {
+    let req = match to_request(&cli.command) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("voxlb: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match control::request(&cli.socket, &req, CLIENT_TIMEOUT) {
+        Err(e @ ControlError::Unreachable { .. }) => {
+            eprintln!("voxlb: {e}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+        Err(e) => {
+            eprintln!("voxlb: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+        Ok(resp) => {
+            let (out, code) = render(&resp, cli.json);
+            // JSON always goes to stdout, for scripts; readable errors to stderr.
+            if code == EXIT_OK || cli.json {
+                print!("{out}");
+            } else {
+                eprint!("{out}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// What to print for a response, and the exit code.
+pub fn render(resp: &Response, json: bool) -> (String, u8) {
+    let code = match resp {
+        Response::Error { .. } => EXIT_ERROR,
+        _ => EXIT_OK,
+    };
+    if json {
+        let mut s = serde_json::to_string_pretty(resp).expect("responses serialize");
+        s.push('\n');
+        return (s, code);
+    }
+    let text = match resp {
+        Response::Ok { message } => format!("{message}\n"),
+        Response::Error { message } => format!("voxlb: {message}\n"),
+        Response::Backends { services } => render_backends(services),
+        Response::Status(s) => render_status(s),
+        Response::Stats(s) => render_stats(s),
+        Response::Flows { flows } => render_flows(flows),
+    };
+    (text, code)
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: Vec<&str>| {
+        let l: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        let _ = writeln!(out, "{}", l.join("  ").trim_end());
+    };
+    line(&mut out, header.to_vec());
+    for r in rows {
+        line(&mut out, r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn dash(o: Option<String>) -> String {
+    o.unwrap_or_else(|| "-".into())
+}
+
+fn render_backends(services: &[ServiceView]) -> String {
+    let mut rows = Vec::new();
+    for s in services {
+        for b in &s.backends {
+            rows.push(vec![
+                s.name.clone(),
+                b.address.to_string(),
+                dash(b.name.clone()),
+                b.id.to_string(),
+                b.state.clone(),
+                match b.healthy {
+                    Some(true) => "up".into(),
+                    Some(false) => "down".into(),
+                    None => "unchecked".into(),
+                },
+                match &b.role {
+                    Some(r) => r.clone(),
+                    None => b.weight.to_string(),
+                },
+                if s.kind == "compiler" {
+                    b.slots.to_string()
+                } else if s.ca_target == Some(b.address) {
+                    "serving".into()
+                } else {
+                    "-".into()
+                },
+                dash(b.mac.clone()),
+                b.source.clone(),
+            ]);
+        }
+    }
+    table(
+        &[
+            "SERVICE", "ADDRESS", "NAME", "ID", "STATE", "HEALTH", "WEIGHT", "SLOTS", "MAC",
+            "SOURCE",
+        ],
+        &rows,
+    )
+}
+
+fn render_status(s: &StatusView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "voxlb {} (pid {}), up {}s, interfaces {}",
+        s.version,
+        s.pid,
+        s.uptime_secs,
+        s.interfaces.join(",")
+    );
+    if let Some(c) = &s.config {
+        let _ = writeln!(out, "config {}", c.display());
+    }
+    if let Some(e) = &s.last_reload_error {
+        let _ = writeln!(out, "LAST RELOAD FAILED: {e}");
+    }
+    if !s.unresolved.is_empty() {
+        let list: Vec<String> = s.unresolved.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "unresolved MACs (out of the tables): {}",
+            list.join(", ")
+        );
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .services
+        .iter()
+        .map(|v| {
+            let note = if v.active == 0 {
+                "ALL DOWN: dropping".to_string()
+            } else if v.kind == "ca" {
+                format!("-> {}", dash(v.ca_target.map(|a| a.to_string())))
+            } else {
+                String::new()
+            };
+            vec![
+                v.name.clone(),
+                v.kind.clone(),
+                v.vip.clone(),
+                format!("{}/{}", v.active, v.backends.len()),
+                note,
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["SERVICE", "KIND", "VIP", "USABLE", ""], &rows));
+    out
+}
+
+fn render_stats(s: &StatsView) -> String {
+    let mut out = String::new();
+    let rows: Vec<Vec<String>> = s
+        .reasons
+        .iter()
+        .map(|r| {
+            vec![
+                r.reason.clone(),
+                r.verdict.clone(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["REASON", "VERDICT", "PACKETS", "BYTES"], &rows));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .services
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.packets.to_string(),
+                v.bytes.to_string(),
+                v.new_flows.to_string(),
+                v.no_backend.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "SERVICE",
+            "PACKETS",
+            "BYTES",
+            "NEW_FLOWS",
+            "NO_BACKEND_DROPS",
+        ],
+        &rows,
+    ));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .services
+        .iter()
+        .flat_map(|v| {
+            v.backends.iter().map(|b| {
+                vec![
+                    v.name.clone(),
+                    b.address.to_string(),
+                    b.state.clone(),
+                    b.packets.to_string(),
+                    b.bytes.to_string(),
+                    b.new_flows.to_string(),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "SERVICE",
+            "BACKEND",
+            "STATE",
+            "PACKETS",
+            "BYTES",
+            "NEW_FLOWS",
+        ],
+        &rows,
+    ));
+    out
+}
+
+fn render_flows(flows: &[FlowView]) -> String {
+    let rows: Vec<Vec<String>> = flows
+        .iter()
+        .map(|f| {
+            vec![
+                f.client.clone(),
+                f.vip.clone(),
+                f.proto.clone(),
+                dash(f.service.clone()),
+                match f.backend {
+                    Some(b) => b.to_string(),
+                    None => format!("(id {}, stale)", f.backend_id),
+                },
+            ]
+        })
+        .collect();
+    let mut out = table(&["CLIENT", "VIP", "PROTO", "SERVICE", "BACKEND"], &rows);
+    let _ = writeln!(out, "{} flow(s) shown", flows.len());
+    out
+}

@@ -1,0 +1,828 @@
+//! The daemon's configuration file (TOML), and its validation into typed
+//! structs.
+//!
+//! Parsing is two steps: serde reads the file into `Raw*` structs that mirror
+//! it key for key (`deny_unknown_fields`, so a typo is an error that toml
+//! reports with its key and line); [`validate`] then checks every value and
+//! builds a [`Config`], naming the key path of the first problem it finds,
+//! e.g. `compiler_services[1].backends[0].address: "10.0.0.x" is not an IP
+//! address`. A config that does not validate never reaches the data plane.
+//!
+//! The reference for every key is `docs/config.md`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_common::{
+    PROTO_TCP, PROTO_UDP, VipKey, maglev,
+    maps::{
+        DEFAULT_FLOW_CAPACITY, DEFAULT_TABLE_SIZE, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_SERVICES,
+    },
+};
+use serde::Deserialize;
+
+use crate::health::{CheckKind, HealthCheck, HttpCheck, TlsCheck};
+
+/// Default directory of the pinned maps.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/voxlb";
+/// Default path of the control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/voxlb/control.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/voxlb";
+/// Weight of a backend that does not say.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Largest accepted weight. Maglev slot shares follow weights, so a ratio of
+/// 1000:1 is already more than a pool of compilers needs.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Largest accepted flow-table capacity (entries).
+pub const MAX_FLOW_CAPACITY: u32 = 64 * 1024 * 1024;
+
+/// Why a config was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has an unknown or mistyped key (toml's
+    /// message names the key and line).
+    #[error("{0}")]
+    Parse(String),
+    /// A value is wrong; `key` is its path in the file.
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+    /// The file is writable by others: anyone could redirect traffic.
+    #[error("{path}: refusing a world-writable config file (chmod o-w)")]
+    WorldWritable { path: PathBuf },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver mode; fail if the driver cannot.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+    /// Native, falling back to generic with a warning.
+    #[default]
+    Auto,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub pin_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+    pub flow_capacity: u32,
+    pub compiler_services: Vec<CompilerService>,
+    pub ca_services: Vec<CaService>,
+}
+
+/// A VIP: address, port and L4 protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vip {
+    pub addr: SocketAddr,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+}
+
+impl Vip {
+    /// The key of this VIP in the VIP map.
+    pub fn key(&self) -> VipKey {
+        VipKey::new(self.addr.ip(), self.addr.port(), self.proto)
+    }
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = if self.proto == PROTO_UDP {
+            "udp"
+        } else {
+            "tcp"
+        };
+        write!(f, "{}/{}", self.addr, proto)
+    }
+}
+
+/// A pool of catalog compilers behind one VIP, balanced with Maglev.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompilerService {
+    pub name: String,
+    pub vip: Vip,
+    /// Maglev table size (prime).
+    pub table_size: u32,
+    pub health: HealthCheck,
+    pub backends: Vec<Backend>,
+}
+
+/// The certificate authority behind one VIP: every flow goes to the primary
+/// while it is healthy, else to the standby.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaService {
+    pub name: String,
+    pub vip: Vip,
+    pub health: HealthCheck,
+    pub primary: Backend,
+    pub standby: Option<Backend>,
+}
+
+/// One backend server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub address: IpAddr,
+    pub name: Option<String>,
+    /// Relative Maglev weight (1..=[`MAX_WEIGHT`]); unused for CA backends.
+    pub weight: u32,
+    /// Destination MAC; resolved from the neighbour table when `None`.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Config {
+    /// Read, check the permissions of, and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let io = |source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if is_world_writable(&meta) {
+            return Err(ConfigError::WorldWritable {
+                path: path.to_owned(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Config::parse(&text)
+    }
+
+    /// Parse and validate config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        validate(raw)
+    }
+
+    /// A compiler service by name.
+    pub fn compiler(&self, name: &str) -> Option<&CompilerService> {
+        self.compiler_services.iter().find(|s| s.name == name)
+    }
+
+    /// A CA service by name.
+    pub fn ca(&self, name: &str) -> Option<&CaService> {
+        self.ca_services.iter().find(|s| s.name == name)
+    }
+}
+
+/// Whether a file or directory may be written by anyone.
+pub fn is_world_writable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o002 != 0
+}
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interfaces: Vec<String>,
+    #[serde(default)]
+    xdp_mode: XdpMode,
+    pin_dir: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    metrics_listen: Option<String>,
+    flow_capacity: Option<u32>,
+    #[serde(default)]
+    compiler_services: Vec<RawCompilerService>,
+    #[serde(default)]
+    ca_services: Vec<RawCaService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompilerService {
+    name: String,
+    vip: String,
+    protocol: Option<String>,
+    table_size: Option<u32>,
+    health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaService {
+    name: String,
+    vip: String,
+    protocol: Option<String>,
+    health_check: Option<RawHealthCheck>,
+    primary: RawCaBackend,
+    standby: Option<RawCaBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: String,
+    name: Option<String>,
+    weight: Option<i64>,
+    mac: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaBackend {
+    address: String,
+    name: Option<String>,
+    mac: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    port: Option<u16>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    path: Option<String>,
+    expect_status: Option<u16>,
+    expect_body: Option<String>,
+    host: Option<String>,
+    ca_file: Option<PathBuf>,
+    insecure: Option<bool>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    if raw.interfaces.is_empty() {
+        return Err(invalid("interfaces", "at least one interface is needed"));
+    }
+    for (i, name) in raw.interfaces.iter().enumerate() {
+        check_ifname(name).map_err(|p| invalid(format!("interfaces[{i}]"), p))?;
+        if raw.interfaces[..i].contains(name) {
+            return Err(invalid(
+                format!("interfaces[{i}]"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
+    }
+    let metrics_listen = match &raw.metrics_listen {
+        None => None,
+        Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "metrics_listen",
+                format!("{s:?} is not an address:port (IPv6 as [addr]:port)"),
+            )
+        })?),
+    };
+    let flow_capacity = raw.flow_capacity.unwrap_or(DEFAULT_FLOW_CAPACITY);
+    if flow_capacity == 0 || flow_capacity > MAX_FLOW_CAPACITY {
+        return Err(invalid(
+            "flow_capacity",
+            format!("{flow_capacity} is out of range 1..={MAX_FLOW_CAPACITY}"),
+        ));
+    }
+    for (key, p) in [
+        ("pin_dir", &raw.pin_dir),
+        ("control_socket", &raw.control_socket),
+        ("state_dir", &raw.state_dir),
+    ] {
+        if let Some(p) = p
+            && !p.is_absolute()
+        {
+            return Err(invalid(
+                key,
+                format!("{} is not an absolute path", p.display()),
+            ));
+        }
+    }
+
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut vips: HashMap<Vip, String> = HashMap::new();
+    // One view of each backend address over all services, to catch the same
+    // server described two ways.
+    let mut seen_backends: BTreeMap<IpAddr, (String, Backend)> = BTreeMap::new();
+    let mut claim_name = |key: &str, name: &str| -> Result<(), ConfigError> {
+        check_name(name).map_err(|p| invalid(format!("{key}.name"), p))?;
+        if let Some(other) = names.insert(name.to_owned(), key.to_owned()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("service name {name:?} is already used by {other}"),
+            ));
+        }
+        Ok(())
+    };
+    let mut claim_vip = |key: &str, vip: Vip| -> Result<(), ConfigError> {
+        if let Some(other) = vips.insert(vip, key.to_owned()) {
+            return Err(invalid(
+                format!("{key}.vip"),
+                format!("VIP {vip} is already used by {other}"),
+            ));
+        }
+        Ok(())
+    };
+    let mut claim_backend = |key: &str, b: &Backend| -> Result<(), ConfigError> {
+        if let Some((other, prev)) = seen_backends.get(&b.address) {
+            if prev.mac != b.mac || prev.name != b.name {
+                return Err(invalid(
+                    key.to_owned(),
+                    format!(
+                        "backend {} is also in {other} with a different {}",
+                        b.address,
+                        if prev.mac != b.mac { "mac" } else { "name" }
+                    ),
+                ));
+            }
+        } else {
+            seen_backends.insert(b.address, (key.to_owned(), b.clone()));
+        }
+        Ok(())
+    };
+
+    let mut compiler_services = Vec::new();
+    let mut total_slots: u64 = 0;
+    let mut total_backends = 0usize;
+    for (i, s) in raw.compiler_services.into_iter().enumerate() {
+        let key = format!("compiler_services[{i}]");
+        claim_name(&key, &s.name)?;
+        let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
+        claim_vip(&key, vip)?;
+        let mut backends: Vec<Backend> = Vec::new();
+        for (j, b) in s.backends.into_iter().enumerate() {
+            let bkey = format!("{key}.backends[{j}]");
+            let weight = match b.weight {
+                None => DEFAULT_WEIGHT,
+                Some(w) => check_weight(w).map_err(|p| invalid(format!("{bkey}.weight"), p))?,
+            };
+            let backend = Backend {
+                address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
+                name: check_opt_name(&bkey, b.name)?,
+                weight,
+                mac: parse_opt_mac(&bkey, b.mac.as_deref())?,
+            };
+            if backends.iter().any(|o| o.address == backend.address) {
+                return Err(invalid(
+                    format!("{bkey}.address"),
+                    format!(
+                        "backend {} is listed twice in this service",
+                        backend.address
+                    ),
+                ));
+            }
+            claim_backend(&bkey, &backend)?;
+            backends.push(backend);
+        }
+        let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+        maglev::validate_size(table_size, backends.len())
+            .map_err(|e| invalid(format!("{key}.table_size"), e.to_string()))?;
+        // Two copies per service (the one packets read, the one being written).
+        total_slots += 2 * table_size as u64;
+        if total_slots > MAGLEV_CAPACITY as u64 {
+            return Err(invalid(
+                format!("{key}.table_size"),
+                format!(
+                    "the Maglev tables of all services need {total_slots} slots \
+                     (two copies each), more than the {MAGLEV_CAPACITY} the data plane has"
+                ),
+            ));
+        }
+        total_backends += backends.len();
+        let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
+        compiler_services.push(CompilerService {
+            name: s.name,
+            vip,
+            table_size,
+            health,
+            backends,
+        });
+    }
+
+    let mut ca_services = Vec::new();
+    for (i, s) in raw.ca_services.into_iter().enumerate() {
+        let key = format!("ca_services[{i}]");
+        claim_name(&key, &s.name)?;
+        let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
+        claim_vip(&key, vip)?;
+        let ca_backend = |bkey: String, b: RawCaBackend| -> Result<Backend, ConfigError> {
+            Ok(Backend {
+                address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
+                name: check_opt_name(&bkey, b.name)?,
+                weight: 1,
+                mac: parse_opt_mac(&bkey, b.mac.as_deref())?,
+            })
+        };
+        let primary = ca_backend(format!("{key}.primary"), s.primary)?;
+        claim_backend(&format!("{key}.primary"), &primary)?;
+        let standby = match s.standby {
+            None => None,
+            Some(b) => {
+                let b = ca_backend(format!("{key}.standby"), b)?;
+                if b.address == primary.address {
+                    return Err(invalid(
+                        format!("{key}.standby.address"),
+                        format!("{} is also the primary", b.address),
+                    ));
+                }
+                claim_backend(&format!("{key}.standby"), &b)?;
+                Some(b)
+            }
+        };
+        total_backends += 1 + standby.is_some() as usize;
+        let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
+        ca_services.push(CaService {
+            name: s.name,
+            vip,
+            health,
+            primary,
+            standby,
+        });
+    }
+
+    let services = compiler_services.len() + ca_services.len();
+    if services > MAX_SERVICES as usize {
+        return Err(invalid(
+            "compiler_services",
+            format!("{services} services, the data plane holds at most {MAX_SERVICES}"),
+        ));
+    }
+    if total_backends > MAX_BACKENDS as usize {
+        return Err(invalid(
+            "compiler_services",
+            format!("{total_backends} backends, the data plane holds at most {MAX_BACKENDS}"),
+        ));
+    }
+
+    Ok(Config {
+        interfaces: raw.interfaces,
+        xdp_mode: raw.xdp_mode,
+        pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        control_socket: raw
+            .control_socket
+            .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+        state_dir: raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        metrics_listen,
+        flow_capacity,
+        compiler_services,
+        ca_services,
+    })
+}
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    // IFNAMSIZ is 16 with the NUL.
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?} is not 1 to 15 characters long"));
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok(())
+}
+
+/// Service and backend names: they show up in logs, metrics labels and CLI
+/// tables, so keep them to a plain set of characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("{name:?} is not 1 to 64 characters long"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{name:?} may only contain letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_opt_name(key: &str, name: Option<String>) -> Result<Option<String>, ConfigError> {
+    if let Some(n) = &name {
+        check_name(n).map_err(|p| invalid(format!("{key}.name"), p))?;
+    }
+    Ok(name)
+}
+
+/// A weight as given by the user (config or CLI).
+pub fn check_weight(w: i64) -> Result<u32, String> {
+    if (1..=MAX_WEIGHT as i64).contains(&w) {
+        Ok(w as u32)
+    } else {
+        Err(format!(
+            "weight {w} is out of range 1..={MAX_WEIGHT} (use drain to stop new flows)"
+        ))
+    }
+}
+
+fn parse_vip(key: &str, vip: &str, protocol: Option<&str>) -> Result<Vip, ConfigError> {
+    let addr: SocketAddr = vip.parse().map_err(|_| {
+        invalid(
+            format!("{key}.vip"),
+            format!("{vip:?} is not an address:port (IPv6 as [addr]:port)"),
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(invalid(
+            format!("{key}.vip"),
+            "port 0 is not a service port",
+        ));
+    }
+    check_unicast(addr.ip()).map_err(|p| invalid(format!("{key}.vip"), p))?;
+    let proto = match protocol.unwrap_or("tcp") {
+        "tcp" => PROTO_TCP,
+        "udp" => PROTO_UDP,
+        other => {
+            return Err(invalid(
+                format!("{key}.protocol"),
+                format!("{other:?} is not \"tcp\" or \"udp\""),
+            ));
+        }
+    };
+    Ok(Vip { addr, proto })
+}
+
+/// Parse a backend address (config or CLI).
+pub fn parse_backend_addr(key: &str, s: &str) -> Result<IpAddr, ConfigError> {
+    let addr: IpAddr = s
+        .parse()
+        .map_err(|_| invalid(key, format!("{s:?} is not an IP address")))?;
+    check_unicast(addr).map_err(|p| invalid(key, p))?;
+    Ok(addr)
+}
+
+fn check_unicast(addr: IpAddr) -> Result<(), String> {
+    let bad = addr.is_unspecified()
+        || addr.is_multicast()
+        || addr.is_loopback()
+        || matches!(addr, IpAddr::V4(a) if a.is_broadcast());
+    if bad {
+        Err(format!("{addr} is not a unicast address"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff` (or with `-`); refuses all-zero and multicast.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let bad = || format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac == [0; 6] || mac[0] & 1 == 1 {
+        return Err(format!("{s:?} is not a unicast MAC address"));
+    }
+    Ok(mac)
+}
+
+/// Format a MAC the usual way.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn parse_opt_mac(key: &str, s: Option<&str>) -> Result<Option<[u8; 6]>, ConfigError> {
+    s.map(|s| parse_mac(s).map_err(|p| invalid(format!("{key}.mac"), p)))
+        .transpose()
+}
+
+/// Parse a duration: an integer followed by `ms`, `s` or `m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as \"500ms\", \"2s\" or \"1m\"");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad()),
+    };
+    Ok(d)
+}
+
+fn parse_health(
+    key: &str,
+    raw: Option<RawHealthCheck>,
+    vip: Vip,
+) -> Result<HealthCheck, ConfigError> {
+    let raw = raw.unwrap_or(RawHealthCheck {
+        kind: None,
+        port: None,
+        interval: None,
+        timeout: None,
+        rise: None,
+        fall: None,
+        path: None,
+        expect_status: None,
+        expect_body: None,
+        host: None,
+        ca_file: None,
+        insecure: None,
+        client_cert: None,
+        client_key: None,
+    });
+    let base = HealthCheck::openvox_default(TlsCheck {
+        ca_file: None,
+        insecure: false,
+        client_cert: None,
+        client_key: None,
+    });
+    let kind_name = raw.kind.as_deref().unwrap_or("https");
+    let http = |raw: &RawHealthCheck| -> Result<HttpCheck, ConfigError> {
+        let CheckKind::Https(def, _) = &base.kind else {
+            unreachable!("the OpenVox default is an https check")
+        };
+        let path = raw.path.clone().unwrap_or_else(|| def.path.clone());
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                format!("{key}.path"),
+                format!("{path:?} is not an absolute URL path without spaces"),
+            ));
+        }
+        let expect_status = raw.expect_status.unwrap_or(def.expect_status);
+        if !(100..=599).contains(&expect_status) {
+            return Err(invalid(
+                format!("{key}.expect_status"),
+                format!("{expect_status} is not an HTTP status"),
+            ));
+        }
+        // The OpenVox body check only makes sense with the OpenVox path.
+        let expect_body = match (&raw.expect_body, &raw.path) {
+            (Some(b), _) => Some(b.clone()).filter(|b| !b.is_empty()),
+            (None, None) => def.expect_body.clone(),
+            (None, Some(_)) => None,
+        };
+        if let Some(h) = &raw.host
+            && (h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                format!("{key}.host"),
+                format!("{h:?} is not a host name"),
+            ));
+        }
+        Ok(HttpCheck {
+            path,
+            expect_status,
+            expect_body,
+            host: raw.host.clone(),
+        })
+    };
+    let only_https = [
+        ("ca_file", raw.ca_file.is_some()),
+        ("insecure", raw.insecure.is_some()),
+        ("client_cert", raw.client_cert.is_some()),
+        ("client_key", raw.client_key.is_some()),
+    ];
+    let only_http = [
+        ("path", raw.path.is_some()),
+        ("expect_status", raw.expect_status.is_some()),
+        ("expect_body", raw.expect_body.is_some()),
+        ("host", raw.host.is_some()),
+    ];
+    let reject = |keys: &[(&str, bool)], why: &str| -> Result<(), ConfigError> {
+        match keys.iter().find(|(_, set)| *set) {
+            Some((k, _)) => Err(invalid(format!("{key}.{k}"), why.to_owned())),
+            None => Ok(()),
+        }
+    };
+    let kind = match kind_name {
+        "tcp" => {
+            reject(&only_http, "only used by http and https checks")?;
+            reject(&only_https, "only used by https checks")?;
+            CheckKind::Tcp
+        }
+        "http" => {
+            reject(&only_https, "only used by https checks")?;
+            CheckKind::Http(http(&raw)?)
+        }
+        "https" => {
+            let insecure = raw.insecure.unwrap_or(false);
+            if raw.ca_file.is_none() && !insecure {
+                return Err(invalid(
+                    format!("{key}.ca_file"),
+                    "an https check needs the CA file that signed the backends' certificates \
+                     (or, explicitly, insecure = true)",
+                ));
+            }
+            if raw.ca_file.is_some() && insecure {
+                return Err(invalid(
+                    format!("{key}.insecure"),
+                    "insecure = true and ca_file contradict each other",
+                ));
+            }
+            if raw.client_cert.is_some() != raw.client_key.is_some() {
+                return Err(invalid(
+                    format!(
+                        "{key}.{}",
+                        if raw.client_cert.is_some() {
+                            "client_key"
+                        } else {
+                            "client_cert"
+                        }
+                    ),
+                    "client_cert and client_key go together",
+                ));
+            }
+            CheckKind::Https(
+                http(&raw)?,
+                TlsCheck {
+                    ca_file: raw.ca_file.clone(),
+                    insecure,
+                    client_cert: raw.client_cert.clone(),
+                    client_key: raw.client_key.clone(),
+                },
+            )
+        }
+        other => {
+            return Err(invalid(
+                format!("{key}.type"),
+                format!("{other:?} is not \"tcp\", \"http\" or \"https\""),
+            ));
+        }
+    };
+    let dur = |k: &str, v: &Option<String>, def: Duration| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(def),
+            Some(s) => {
+                let d = parse_duration(s).map_err(|p| invalid(format!("{key}.{k}"), p))?;
+                if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                    return Err(invalid(
+                        format!("{key}.{k}"),
+                        format!("{s:?} is out of range 10ms..=1h"),
+                    ));
+                }
+                Ok(d)
+            }
+        }
+    };
+    let interval = dur("interval", &raw.interval, base.interval)?;
+    let timeout = dur("timeout", &raw.timeout, base.timeout)?;
+    if timeout > interval {
+        return Err(invalid(
+            format!("{key}.timeout"),
+            format!("{timeout:?} is longer than the interval ({interval:?})"),
+        ));
+    }
+    let count = |k: &str, v: Option<u32>, def: u32| -> Result<u32, ConfigError> {
+        let v = v.unwrap_or(def);
+        if (1..=100).contains(&v) {
+            Ok(v)
+        } else {
+            Err(invalid(
+                format!("{key}.{k}"),
+                format!("{v} is out of range 1..=100"),
+            ))
+        }
+    };
+    let port = raw.port.unwrap_or(vip.addr.port());
+    if port == 0 {
+        return Err(invalid(format!("{key}.port"), "port 0 cannot be probed"));
+    }
+    Ok(HealthCheck {
+        kind,
+        port,
+        interval,
+        timeout,
+        rise: count("rise", raw.rise, base.rise)?,
+        fall: count("fall", raw.fall, base.fall)?,
+    })
+}

@@ -1,0 +1,974 @@
+//! The daemon: one task owns the data plane and the state, and applies every
+//! change; health checkers, the control socket, the neighbour poller and
+//! signals only send it messages.
+//!
+//! # Changes are all-or-nothing
+//!
+//! A change (CLI command, reload, health or MAC event) is made in this order:
+//! 1. compute the new state (overlay and ids) and the plan from it; a plan
+//!    that cannot be made (unknown backend, table too small, ...) is refused
+//!    with nothing touched;
+//! 2. **persist** the new state (atomic write). If that fails, the change is
+//!    refused with the maps untouched;
+//! 3. **apply** the plan to the maps, writing only differences. If a map
+//!    write fails, the previous state is written back and the previous plan
+//!    re-applied (comparing against the maps themselves), and the change is
+//!    refused.
+//!
+//! So when the CLI reports success, the change is both in the maps and on
+//! disk; a restarted daemon neither loses nor repeats it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lb_common::{BACKEND_EMPTY, PROTO_UDP, addr_from_bytes, reason::Verdict};
+use tokio::{
+    net::UnixListener,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{self, Config, ConfigError},
+    control::{
+        self, BackendStat, Call, FlowView, ReasonStat, Request, Response, ServiceStat, StatsView,
+        StatusView,
+    },
+    dataplane::{DataPlane, DataPlaneError},
+    health::HealthCheck,
+    neigh::MacResolver,
+    reconcile::{self, Desired, HealthMap, MacMap, PlanError, ServiceView},
+    state::{AddedBackend, State, StateError, StateStore},
+};
+
+/// How often unresolved MACs are looked up (and solicited) again.
+pub const NEIGH_RETRY: Duration = Duration::from_secs(5);
+/// How often resolved (not configured) MACs are checked for changes.
+pub const NEIGH_REFRESH: Duration = Duration::from_secs(60);
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// A health verdict about one backend of one service (the checkers send
+/// one after their first probe, then one per transition).
+pub type HealthUpdate = crate::health::HealthEvent;
+
+/// Starts the checker of one backend: `(service, address, check, events,
+/// shutdown)`. The real one is [`health_checkers`]; tests pass one that
+/// starts nothing and send [`HealthUpdate`]s themselves.
+pub type CheckerSpawner = Arc<
+    dyn Fn(
+            String,
+            IpAddr,
+            HealthCheck,
+            mpsc::Sender<HealthUpdate>,
+            watch::Receiver<bool>,
+        ) -> JoinHandle<()>
+        + Send
+        + Sync,
+>;
+
+/// The real checkers ([`crate::health::spawn_checker`]).
+pub fn health_checkers() -> CheckerSpawner {
+    Arc::new(|service, addr, check, tx, shutdown| {
+        crate::health::spawn_checker(crate::health::Target { service, addr }, check, tx, shutdown)
+    })
+}
+
+/// Check that every service's health check can be set up (CA and client
+/// certificate files readable and valid), naming the service if not.
+pub fn validate_checks(config: &Config) -> Result<(), String> {
+    let checks = config
+        .compiler_services
+        .iter()
+        .map(|s| (&s.name, &s.health))
+        .chain(config.ca_services.iter().map(|s| (&s.name, &s.health)));
+    for (name, check) in checks {
+        crate::health::Prober::new(check.clone())
+            .map_err(|e| format!("service {name}: health_check: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A spawner that starts no checker (every backend stays "up").
+pub fn no_checks() -> CheckerSpawner {
+    Arc::new(|_, _, _, _, _| tokio::spawn(async {}))
+}
+
+struct Checker {
+    check: HealthCheck,
+    stop: watch::Sender<bool>,
+    _task: JoinHandle<()>,
+}
+
+/// Everything the daemon loop owns.
+pub struct Daemon {
+    config: Config,
+    config_path: Option<PathBuf>,
+    store: StateStore,
+    state: State,
+    dp: Box<dyn DataPlane>,
+    health: HealthMap,
+    macs: MacMap,
+    resolver: Box<dyn MacResolver>,
+    /// What the last successful apply wrote; `None` after a failure.
+    last: Option<Desired>,
+    views: Vec<ServiceView>,
+    started: Instant,
+    last_reload_error: Option<String>,
+    spawner: CheckerSpawner,
+    health_tx: mpsc::Sender<HealthUpdate>,
+    checkers: HashMap<(String, IpAddr), Checker>,
+}
+
+/// What [`run`] needs besides the config and the data plane.
+pub struct RunOptions {
+    pub resolver: Box<dyn MacResolver>,
+    pub spawner: CheckerSpawner,
+    /// React to SIGHUP (reload) and SIGTERM/SIGINT (exit).
+    pub signals: bool,
+    /// Exit when this turns true (tests).
+    pub stop: Option<watch::Receiver<bool>>,
+}
+
+impl Daemon {
+    /// Load the state, reconcile the data plane to config + state, start the
+    /// health checkers. `health_tx` is where checkers report.
+    pub fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        dp: Box<dyn DataPlane>,
+        mut resolver: Box<dyn MacResolver>,
+        spawner: CheckerSpawner,
+        health_tx: mpsc::Sender<HealthUpdate>,
+    ) -> Result<Daemon, DaemonError> {
+        let store = StateStore::open(&config.state_dir)?;
+        let mut state = store.load()?;
+        for line in reconcile::prune_overlay(&config, &mut state) {
+            warn!("{line}");
+        }
+        reconcile::recover_from_dataplane(&mut state, &config, dp.as_ref())?;
+        let macs = match resolver.table() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("neighbour table: {e}; backends without a configured mac wait");
+                MacMap::new()
+            }
+        };
+        let mut d = Daemon {
+            config,
+            config_path,
+            store,
+            state,
+            dp,
+            health: HealthMap::new(),
+            macs,
+            resolver,
+            last: None,
+            views: Vec::new(),
+            started: Instant::now(),
+            last_reload_error: None,
+            spawner,
+            health_tx,
+            checkers: HashMap::new(),
+        };
+        let mut state = d.state.clone();
+        let plan = reconcile::plan(&d.config, &mut state, &d.health, &d.macs)?;
+        d.store.save(&state)?;
+        d.state = state;
+        let applied = reconcile::apply(&plan.desired, None, d.dp.as_mut())?;
+        info!(
+            "data plane reconciled: {} backend, {} table, {} CA, {}+{}- VIP writes",
+            applied.backends,
+            applied.tables,
+            applied.ca_targets,
+            applied.vips_upserted,
+            applied.vips_removed
+        );
+        d.last = Some(plan.desired);
+        d.report_views(plan.services);
+        d.solicit_unresolved();
+        d.sync_checkers();
+        Ok(d)
+    }
+
+    /// The current view of every service.
+    pub fn services(&self) -> &[ServiceView] {
+        &self.views
+    }
+
+    /// Log what changed for the operator: all-down services loudly.
+    fn report_views(&mut self, new: Vec<ServiceView>) {
+        for s in &new {
+            let before = self.views.iter().find(|o| o.name == s.name);
+            let was = before.map(|b| b.active);
+            if s.active == 0 && was != Some(0) {
+                if s.kind == "ca" {
+                    error!(
+                        "service {}: NO certificate authority is usable; every connection to {} is dropped (counted as drop_no_ca)",
+                        s.name, s.vip
+                    );
+                } else {
+                    error!(
+                        "service {}: EVERY backend is down or unresolved; new connections to {} are dropped (counted as drop_no_backend)",
+                        s.name, s.vip
+                    );
+                }
+            } else if s.active > 0 && was == Some(0) {
+                info!("service {}: {} backend(s) usable again", s.name, s.active);
+            }
+            if s.kind == "ca"
+                && let Some(b) = before
+                && b.ca_target != s.ca_target
+                && let Some(t) = s.ca_target
+            {
+                let role = s
+                    .backends
+                    .iter()
+                    .find(|x| x.address == t)
+                    .and_then(|x| x.role.clone())
+                    .unwrap_or_default();
+                warn!("service {}: CA traffic now goes to the {role} {t}", s.name);
+            }
+        }
+        self.views = new;
+    }
+
+    /// Make a change all-or-nothing (see the module docs). `change` edits a
+    /// copy of the state and says what it did, or refuses.
+    fn change(
+        &mut self,
+        config: Option<Config>,
+        change: impl FnOnce(&mut State) -> Result<String, String>,
+    ) -> Response {
+        let mut state = self.state.clone();
+        let message = match change(&mut state) {
+            Ok(m) => m,
+            Err(e) => return Response::error(e),
+        };
+        let cfg = config.as_ref().unwrap_or(&self.config);
+        let plan = match reconcile::plan(cfg, &mut state, &self.health, &self.macs) {
+            Ok(p) => p,
+            Err(e) => return Response::error(e.to_string()),
+        };
+        if state != self.state
+            && let Err(e) = self.store.save(&state)
+        {
+            return Response::error(format!("not changed: cannot persist the state: {e}"));
+        }
+        if let Err(e) = reconcile::apply(&plan.desired, self.last.as_ref(), self.dp.as_mut()) {
+            error!("data plane write failed: {e}; rolling back");
+            self.last = None;
+            let rollback = self
+                .store
+                .save(&self.state)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    let mut old = self.state.clone();
+                    let p = reconcile::plan(&self.config, &mut old, &self.health, &self.macs)
+                        .map_err(|e| e.to_string())?;
+                    reconcile::apply(&p.desired, None, self.dp.as_mut())
+                        .map_err(|e| e.to_string())?;
+                    self.last = Some(p.desired);
+                    Ok(())
+                });
+            if let Err(r) = rollback {
+                error!("rollback failed too: {r}; will retry on the next change");
+            }
+            return Response::error(format!("not changed: data plane write failed: {e}"));
+        }
+        self.state = state;
+        if let Some(c) = config {
+            self.config = c;
+        }
+        self.last = Some(plan.desired);
+        self.report_views(plan.services);
+        Response::Ok { message }
+    }
+
+    /// Recompute after a health or MAC change (no state edit).
+    fn refresh(&mut self) {
+        if let Response::Error { message } = self.change(None, |_| Ok(String::new())) {
+            error!("cannot apply health/neighbour change: {message}");
+        }
+    }
+
+    /// Handle one control request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let membership = matches!(
+            req,
+            Request::BackendAdd { .. } | Request::BackendRemove { .. }
+        );
+        let resp = self.handle_inner(req);
+        if membership && matches!(resp, Response::Ok { .. }) {
+            // Start the checker of an added backend, stop a removed one's.
+            self.sync_checkers();
+        }
+        resp
+    }
+
+    fn handle_inner(&mut self, req: Request) -> Response {
+        match req {
+            Request::BackendAdd {
+                service,
+                address,
+                weight,
+                name,
+                mac,
+            } => {
+                let (addr, weight, mac) = match (|| {
+                    let addr = parse_addr(&address)?;
+                    let weight = weight.map(config::check_weight).transpose()?;
+                    if let Some(n) = &name {
+                        config::check_name(n)?;
+                    }
+                    let mac = mac.as_deref().map(config::parse_mac).transpose()?;
+                    Ok::<_, String>((addr, weight, mac))
+                })() {
+                    Ok(v) => v,
+                    Err(e) => return Response::error(e),
+                };
+                let cfg = self.config.clone();
+                self.change(None, |st| {
+                    let svc = compiler(&cfg, &service)?;
+                    let o = st.overlays.entry(service.clone()).or_default();
+                    let in_config = svc.backends.iter().find(|b| b.address == addr);
+                    let present = match in_config {
+                        Some(_) => !o.removed.contains(&addr),
+                        None => o.added.contains_key(&addr),
+                    };
+                    if present {
+                        return Err(format!("backend {addr} is already in service {service}"));
+                    }
+                    if let Some(b) = in_config {
+                        // Re-adding a removed config backend: config settings,
+                        // with the weight given now, if any.
+                        o.removed.remove(&addr);
+                        if let Some(w) = weight.filter(|w| *w != b.weight) {
+                            o.weights.insert(addr, w);
+                        }
+                    } else {
+                        o.added.insert(
+                            addr,
+                            AddedBackend {
+                                name: name.clone(),
+                                weight: weight.unwrap_or(config::DEFAULT_WEIGHT),
+                                mac,
+                            },
+                        );
+                    }
+                    Ok(format!("backend {addr} added to {service}"))
+                })
+            }
+            Request::BackendRemove { service, address } => {
+                self.edit_backend(&service, &address, |o, addr, in_config| {
+                    if in_config {
+                        o.removed.insert(addr);
+                    } else {
+                        o.added.remove(&addr);
+                    }
+                    o.drained.remove(&addr);
+                    o.weights.remove(&addr);
+                    Ok(format!("backend {addr} removed from {service}"))
+                })
+            }
+            Request::BackendDrain { service, address } => {
+                self.edit_backend(&service, &address, |o, addr, _| {
+                    Ok(if o.drained.insert(addr) {
+                        format!("backend {addr} of {service} draining: no new flows, established ones stay")
+                    } else {
+                        format!("backend {addr} of {service} was already draining")
+                    })
+                })
+            }
+            Request::BackendUndrain { service, address } => {
+                self.edit_backend(&service, &address, |o, addr, _| {
+                    Ok(if o.drained.remove(&addr) {
+                        format!("backend {addr} of {service} takes new flows again")
+                    } else {
+                        format!("backend {addr} of {service} was not draining")
+                    })
+                })
+            }
+            Request::BackendWeight {
+                service,
+                address,
+                weight,
+            } => {
+                let weight = match config::check_weight(weight) {
+                    Ok(w) => w,
+                    Err(e) => return Response::error(e),
+                };
+                let cfg = self.config.clone();
+                self.edit_backend(&service, &address, |o, addr, in_config| {
+                    if in_config {
+                        let base = cfg
+                            .compiler(&service)
+                            .and_then(|s| s.backends.iter().find(|b| b.address == addr))
+                            .map(|b| b.weight);
+                        if base == Some(weight) {
+                            o.weights.remove(&addr);
+                        } else {
+                            o.weights.insert(addr, weight);
+                        }
+                    } else if let Some(a) = o.added.get_mut(&addr) {
+                        a.weight = weight;
+                    }
+                    Ok(format!("backend {addr} of {service}: weight {weight}"))
+                })
+            }
+            Request::BackendList { service } => {
+                let services: Vec<ServiceView> = match &service {
+                    None => self.views.clone(),
+                    Some(n) => match self.views.iter().find(|s| &s.name == n) {
+                        Some(s) => vec![s.clone()],
+                        None => return Response::error(format!("unknown service {n:?}")),
+                    },
+                };
+                Response::Backends { services }
+            }
+            Request::Status {} => Response::Status(self.status()),
+            Request::Stats {} => match self.stats() {
+                Ok(s) => Response::Stats(s),
+                Err(e) => Response::error(format!("reading counters: {e}")),
+            },
+            Request::Flows { limit } => match self.flows(limit.min(1_000_000)) {
+                Ok(flows) => Response::Flows { flows },
+                Err(e) => Response::error(format!("reading the flow table: {e}")),
+            },
+            Request::Reload {} => self.reload(),
+        }
+    }
+
+    /// Edit the overlay of a backend that must be present in a compiler
+    /// service. `f` gets the overlay, the address and whether the backend
+    /// comes from the config.
+    fn edit_backend(
+        &mut self,
+        service: &str,
+        address: &str,
+        f: impl FnOnce(&mut crate::state::ServiceOverlay, IpAddr, bool) -> Result<String, String>,
+    ) -> Response {
+        let addr = match parse_addr(address) {
+            Ok(a) => a,
+            Err(e) => return Response::error(e),
+        };
+        let cfg = self.config.clone();
+        self.change(None, |st| {
+            let svc = compiler(&cfg, service)?;
+            let o = st.overlays.entry(service.to_owned()).or_default();
+            let in_config = svc.backends.iter().any(|b| b.address == addr);
+            let present = if in_config {
+                !o.removed.contains(&addr)
+            } else {
+                o.added.contains_key(&addr)
+            };
+            if !present {
+                return Err(format!("backend {addr} is not in service {service}"));
+            }
+            let msg = f(o, addr, in_config)?;
+            if o.is_empty() {
+                st.overlays.remove(service);
+            }
+            Ok(msg)
+        })
+    }
+
+    /// Re-read the config file and apply the difference. On any error the
+    /// old config stays in force.
+    pub fn reload(&mut self) -> Response {
+        let Some(path) = self.config_path.clone() else {
+            return Response::error("no config file to reload (daemon started without one)");
+        };
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("reload failed, old config kept: {e}");
+                error!("{msg}");
+                self.last_reload_error = Some(msg.clone());
+                return Response::error(msg);
+            }
+        };
+        if let Err(e) = validate_checks(&new) {
+            let msg = format!("reload failed, old config kept: {e}");
+            error!("{msg}");
+            self.last_reload_error = Some(msg.clone());
+            return Response::error(msg);
+        }
+        let fixed = [
+            ("interfaces", new.interfaces != self.config.interfaces),
+            ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
+            ("pin_dir", new.pin_dir != self.config.pin_dir),
+            (
+                "control_socket",
+                new.control_socket != self.config.control_socket,
+            ),
+            ("state_dir", new.state_dir != self.config.state_dir),
+            (
+                "metrics_listen",
+                new.metrics_listen != self.config.metrics_listen,
+            ),
+            (
+                "flow_capacity",
+                new.flow_capacity != self.config.flow_capacity,
+            ),
+        ];
+        for (k, changed) in fixed {
+            if changed {
+                warn!("reload: {k} changed; it takes effect at the next restart");
+            }
+        }
+        let mut dropped = Vec::new();
+        let resp = self.change(Some(new.clone()), |st| {
+            dropped = reconcile::prune_overlay(&new, st);
+            Ok("config reloaded".into())
+        });
+        match &resp {
+            Response::Ok { .. } => {
+                for line in dropped {
+                    warn!("{line}");
+                }
+                self.last_reload_error = None;
+                info!("config reloaded from {}", path.display());
+                self.solicit_unresolved();
+                self.sync_checkers();
+            }
+            Response::Error { message } => {
+                error!("reload failed, old config kept: {message}");
+                self.last_reload_error = Some(message.clone());
+            }
+            _ => {}
+        }
+        resp
+    }
+
+    /// A checker's verdict.
+    pub fn on_health(&mut self, ev: HealthUpdate) {
+        let key = (ev.service.clone(), ev.addr);
+        if !self.checkers.contains_key(&key) {
+            return; // a late event from a stopped checker
+        }
+        if self.health.get(&key) == Some(&ev.up) {
+            return;
+        }
+        if ev.up {
+            info!(
+                "service {}: backend {} is up ({})",
+                ev.service, ev.addr, ev.detail
+            );
+        } else {
+            warn!(
+                "service {}: backend {} is DOWN ({})",
+                ev.service, ev.addr, ev.detail
+            );
+        }
+        self.health.insert(key, ev.up);
+        self.refresh();
+    }
+
+    /// Addresses of backends whose MAC is needed but unknown.
+    fn unresolved(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .views
+            .iter()
+            .flat_map(|s| s.backends.iter())
+            .filter(|b| b.mac.is_none())
+            .map(|b| b.address)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Addresses whose MAC comes from the neighbour table.
+    fn resolved_dynamically(&self) -> Vec<IpAddr> {
+        let configured = |a: &IpAddr| {
+            self.config
+                .compiler_services
+                .iter()
+                .flat_map(|s| s.backends.iter())
+                .chain(
+                    self.config
+                        .ca_services
+                        .iter()
+                        .flat_map(|s| std::iter::once(&s.primary).chain(s.standby.as_ref())),
+                )
+                .any(|b| b.address == *a && b.mac.is_some())
+        };
+        let mut v: Vec<IpAddr> = self
+            .views
+            .iter()
+            .flat_map(|s| s.backends.iter())
+            .map(|b| b.address)
+            .filter(|a| !configured(a))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn solicit_unresolved(&mut self) {
+        for a in self.unresolved() {
+            warn!("backend {a}: MAC unknown; kept out of the tables until it resolves");
+            self.resolver.solicit(a);
+        }
+    }
+
+    /// Look the neighbour table up again: `all` also re-checks resolved MACs.
+    pub fn neigh_tick(&mut self, all: bool) {
+        let wanted = if all {
+            self.resolved_dynamically()
+        } else {
+            self.unresolved()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        let table = match self.resolver.table() {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("neighbour table: {e}");
+                return;
+            }
+        };
+        let mut changed = false;
+        for a in wanted {
+            match table.get(&a) {
+                Some(mac) if self.macs.get(&a) != Some(mac) => {
+                    info!("backend {a}: MAC {}", config::format_mac(mac));
+                    self.macs.insert(a, *mac);
+                    changed = true;
+                }
+                Some(_) => {}
+                // A vanished entry keeps the last MAC: the neighbour entry
+                // may just have been garbage-collected.
+                None if !self.macs.contains_key(&a) => self.resolver.solicit(a),
+                None => {}
+            }
+        }
+        if changed {
+            self.refresh();
+        }
+    }
+
+    /// Start checkers for new backends, stop those of gone ones, restart
+    /// those whose check changed.
+    fn sync_checkers(&mut self) {
+        let mut want: HashMap<(String, IpAddr), HealthCheck> = HashMap::new();
+        for s in &self.config.compiler_services {
+            let o = self.state.overlays.get(&s.name);
+            for e in reconcile::effective_backends(s, o) {
+                want.insert((s.name.clone(), e.backend.address), s.health.clone());
+            }
+        }
+        for s in &self.config.ca_services {
+            for b in std::iter::once(&s.primary).chain(s.standby.as_ref()) {
+                want.insert((s.name.clone(), b.address), s.health.clone());
+            }
+        }
+        self.checkers.retain(|k, c| {
+            let keep = want.get(k) == Some(&c.check);
+            if !keep {
+                let _ = c.stop.send(true);
+            }
+            keep
+        });
+        let mut forget = Vec::new();
+        for k in self.health.keys() {
+            if !self.checkers.contains_key(k) {
+                forget.push(k.clone());
+            }
+        }
+        for (k, check) in want {
+            if self.checkers.contains_key(&k) {
+                continue;
+            }
+            let (stop, stop_rx) = watch::channel(false);
+            let task = (self.spawner)(
+                k.0.clone(),
+                k.1,
+                check.clone(),
+                self.health_tx.clone(),
+                stop_rx,
+            );
+            self.checkers.insert(
+                k,
+                Checker {
+                    check,
+                    stop,
+                    _task: task,
+                },
+            );
+        }
+        // A restarted checker starts from "unknown" (counted as up).
+        let mut any = false;
+        for k in forget {
+            any |= self.health.remove(&k) == Some(false);
+        }
+        if any {
+            self.refresh();
+        }
+    }
+
+    fn stop_checkers(&mut self) {
+        for c in self.checkers.values() {
+            let _ = c.stop.send(true);
+        }
+        self.checkers.clear();
+    }
+
+    /// The status view.
+    pub fn status(&self) -> StatusView {
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config: self.config_path.clone(),
+            interfaces: self.config.interfaces.clone(),
+            services: self.views.clone(),
+            unresolved: self.unresolved(),
+            last_reload_error: self.last_reload_error.clone(),
+        }
+    }
+
+    /// Counters from the data plane.
+    pub fn stats(&self) -> Result<StatsView, DataPlaneError> {
+        let reasons = self
+            .dp
+            .reason_stats()?
+            .into_iter()
+            .map(|(r, c)| ReasonStat {
+                reason: r.label().into(),
+                verdict: match r.verdict() {
+                    Verdict::Tx => "tx",
+                    Verdict::Pass => "pass",
+                    Verdict::Drop => "drop",
+                }
+                .into(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect();
+        let mut services = Vec::new();
+        for s in &self.views {
+            let st = self.dp.service_stats(s.service_id)?;
+            let mut backends = Vec::new();
+            for b in &s.backends {
+                let bs = self.dp.backend_stats(b.id)?;
+                backends.push(BackendStat {
+                    address: b.address,
+                    name: b.name.clone(),
+                    id: b.id,
+                    state: b.state.clone(),
+                    packets: bs.packets,
+                    bytes: bs.bytes,
+                    new_flows: bs.new_flows,
+                });
+            }
+            services.push(ServiceStat {
+                name: s.name.clone(),
+                kind: s.kind.clone(),
+                packets: st.packets,
+                bytes: st.bytes,
+                new_flows: st.new_flows,
+                no_backend: st.no_backend,
+                backends,
+            });
+        }
+        Ok(StatsView { reasons, services })
+    }
+
+    /// Up to `limit` flows, with the backend each one maps to now.
+    pub fn flows(&self, limit: usize) -> Result<Vec<FlowView>, DataPlaneError> {
+        let by_sid: BTreeMap<u32, &str> = self
+            .state
+            .service_ids
+            .iter()
+            .map(|(n, id)| (*id, n.as_str()))
+            .collect();
+        let mut out = Vec::new();
+        for (k, v) in self.dp.flows(limit)? {
+            let info = self.dp.backend(v.backend_id).unwrap_or_default();
+            let stale = info.state == BACKEND_EMPTY || info.generation != v.generation;
+            let sock = |a: &[u8; 16], port_be: u16| match addr_from_bytes(a, k.family) {
+                Some(ip) => std::net::SocketAddr::new(ip, u16::from_be(port_be)).to_string(),
+                None => "?".into(),
+            };
+            out.push(FlowView {
+                client: sock(&k.src, k.sport_be),
+                vip: sock(&k.dst, k.dport_be),
+                proto: if k.proto == PROTO_UDP { "udp" } else { "tcp" }.into(),
+                backend_id: v.backend_id,
+                generation: v.generation,
+                backend: (!stale)
+                    .then(|| addr_from_bytes(&info.addr, info.family))
+                    .flatten(),
+                service: (!stale)
+                    .then(|| by_sid.get(&info.service_id).map(|s| s.to_string()))
+                    .flatten(),
+                stale,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn parse_addr(s: &str) -> Result<IpAddr, String> {
+    config::parse_backend_addr("address", s).map_err(|e| e.to_string())
+}
+
+fn compiler<'a>(cfg: &'a Config, name: &str) -> Result<&'a config::CompilerService, String> {
+    match cfg.compiler(name) {
+        Some(s) => Ok(s),
+        None if cfg.ca(name).is_some() => Err(format!(
+            "service {name:?} is a CA service: its primary and standby are set in the config file"
+        )),
+        None => Err(format!("unknown service {name:?}")),
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT (or `opts.stop`). `listener` is the
+/// bound control socket (bind it before loading the data plane, so that a
+/// second daemon fails before touching the maps). On exit the data plane is
+/// left as it is: forwarding goes on without the daemon.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    dp: Box<dyn DataPlane>,
+    listener: UnixListener,
+    opts: RunOptions,
+) -> Result<(), DaemonError> {
+    let socket_path = config.control_socket.clone();
+    let metrics_addr = config.metrics_listen;
+    let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let mut daemon = Daemon::start(
+        config,
+        config_path,
+        dp,
+        opts.resolver,
+        opts.spawner,
+        health_tx,
+    )?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(64);
+    let server = tokio::spawn(control::serve(
+        listener,
+        calls_tx.clone(),
+        shutdown_rx.clone(),
+    ));
+    let metrics = match metrics_addr {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                info!("metrics at http://{addr}/metrics");
+                Some(tokio::spawn(crate::metrics::serve(
+                    l,
+                    calls_tx.clone(),
+                    shutdown_rx.clone(),
+                )))
+            }
+            Err(e) => {
+                error!("metrics listener {addr}: {e}; metrics disabled");
+                None
+            }
+        },
+        None => None,
+    };
+    drop(calls_tx);
+
+    let mut hup = None;
+    let mut term = None;
+    let mut int = None;
+    if opts.signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        hup = Some(signal(SignalKind::hangup()).map_err(DaemonError::Signal)?);
+        term = Some(signal(SignalKind::terminate()).map_err(DaemonError::Signal)?);
+        int = Some(signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?);
+    }
+    let mut stop = opts.stop;
+    let mut retry = tokio::time::interval(NEIGH_RETRY);
+    let mut refresh = tokio::time::interval(NEIGH_REFRESH);
+    info!(
+        "voxlb daemon ready; control socket {}",
+        socket_path.display()
+    );
+    loop {
+        tokio::select! {
+            Some(call) = calls_rx.recv() => {
+                let is_change = !matches!(
+                    call.request,
+                    Request::BackendList { .. } | Request::Status {} | Request::Stats {} | Request::Flows { .. }
+                );
+                let desc = format!("{:?}", call.request);
+                let resp = daemon.handle(call.request);
+                if is_change {
+                    match &resp {
+                        Response::Ok { message } => info!("control: {message}"),
+                        Response::Error { message } => warn!("control: {desc} refused: {message}"),
+                        _ => {}
+                    }
+                }
+                let _ = call.reply.send(resp);
+            }
+            Some(ev) = health_rx.recv() => daemon.on_health(ev),
+            _ = retry.tick() => daemon.neigh_tick(false),
+            _ = refresh.tick() => daemon.neigh_tick(true),
+            _ = recv_signal(&mut hup) => {
+                info!("SIGHUP: reloading the config");
+                daemon.reload();
+            }
+            _ = recv_signal(&mut term) => {
+                info!("SIGTERM: exiting; the data plane keeps forwarding");
+                break;
+            }
+            _ = recv_signal(&mut int) => {
+                info!("SIGINT: exiting; the data plane keeps forwarding");
+                break;
+            }
+            _ = wait_stop(&mut stop) => break,
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    daemon.stop_checkers();
+    let _ = server.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_stop(s: &mut Option<watch::Receiver<bool>>) {
+    match s {
+        Some(s) => control::stopped(s).await,
+        None => std::future::pending().await,
+    }
+}

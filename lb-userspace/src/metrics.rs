@@ -1,0 +1,245 @@
+//! Prometheus text-format metrics at `GET /metrics`.
+//!
+//! The endpoint asks the daemon loop for `stats` and `status` through the
+//! same channel as the control socket, so it reads nothing the loop does not
+//! own. HTTP handling is deliberately minimal: one request per connection,
+//! head bounded to 8 KiB and 5 s.
+
+use std::{fmt::Write as _, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot, watch},
+};
+
+use crate::control::{BackendStat, Call, Request, Response, ServiceStat, StatsView, StatusView};
+
+/// A counter family: name, help text, and how to read it from a row.
+type Metric<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+const MAX_HEAD: usize = 8 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serve until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    calls: mpsc::Sender<Call>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = crate::control::stopped(&mut shutdown) => return,
+            a = listener.accept() => if let Ok((s, _)) = a {
+                let calls = calls.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(TIMEOUT, serve_one(s, calls)).await;
+                });
+            },
+        }
+    }
+}
+
+async fn ask(calls: &mpsc::Sender<Call>, request: Request) -> Option<Response> {
+    let (tx, rx) = oneshot::channel();
+    calls.send(Call { request, reply: tx }).await.ok()?;
+    rx.await.ok()
+}
+
+async fn serve_one(mut s: TcpStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = s.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (parts.next(), parts.next());
+    let (status, body) = if method != Some(b"GET") {
+        ("405 Method Not Allowed", "only GET\n".to_string())
+    } else if path != Some(b"/metrics") {
+        ("404 Not Found", "see /metrics\n".to_string())
+    } else {
+        match (
+            ask(&calls, Request::Stats {}).await,
+            ask(&calls, Request::Status {}).await,
+        ) {
+            (Some(Response::Stats(stats)), Some(Response::Status(status))) => {
+                ("200 OK", render(&stats, &status))
+            }
+            _ => (
+                "503 Service Unavailable",
+                "daemon busy or stopping\n".to_string(),
+            ),
+        }
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(resp.as_bytes()).await?;
+    s.shutdown().await
+}
+
+/// Label values are names we validated (no quotes or backslashes), but
+/// escape anyway.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics page.
+pub fn render(stats: &StatsView, status: &StatusView) -> String {
+    let mut o = String::new();
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut o,
+        "voxlb_reason_packets_total",
+        "counter",
+        "Packets by outcome of the XDP program.",
+    );
+    for r in &stats.reasons {
+        let _ = writeln!(
+            o,
+            "voxlb_reason_packets_total{{reason=\"{}\",verdict=\"{}\"}} {}",
+            r.reason, r.verdict, r.packets
+        );
+    }
+    family(
+        &mut o,
+        "voxlb_reason_bytes_total",
+        "counter",
+        "Bytes by outcome of the XDP program.",
+    );
+    for r in &stats.reasons {
+        let _ = writeln!(
+            o,
+            "voxlb_reason_bytes_total{{reason=\"{}\",verdict=\"{}\"}} {}",
+            r.reason, r.verdict, r.bytes
+        );
+    }
+    let svc_metrics: [Metric<ServiceStat>; 4] = [
+        (
+            "voxlb_service_packets_total",
+            "Packets forwarded per service.",
+            |s| s.packets,
+        ),
+        (
+            "voxlb_service_bytes_total",
+            "Bytes forwarded per service.",
+            |s| s.bytes,
+        ),
+        (
+            "voxlb_service_new_flows_total",
+            "Flows given a backend per service.",
+            |s| s.new_flows,
+        ),
+        (
+            "voxlb_service_no_backend_drops_total",
+            "Packets dropped for want of a usable backend.",
+            |s| s.no_backend,
+        ),
+    ];
+    for (name, help, get) in svc_metrics {
+        family(&mut o, name, "counter", help);
+        for s in &stats.services {
+            let _ = writeln!(
+                o,
+                "{name}{{service=\"{}\",kind=\"{}\"}} {}",
+                esc(&s.name),
+                s.kind,
+                get(s)
+            );
+        }
+    }
+    let be_metrics: [Metric<BackendStat>; 3] = [
+        (
+            "voxlb_backend_packets_total",
+            "Packets forwarded per backend.",
+            |b| b.packets,
+        ),
+        (
+            "voxlb_backend_bytes_total",
+            "Bytes forwarded per backend.",
+            |b| b.bytes,
+        ),
+        (
+            "voxlb_backend_new_flows_total",
+            "Flows given to each backend.",
+            |b| b.new_flows,
+        ),
+    ];
+    for (name, help, get) in be_metrics {
+        family(&mut o, name, "counter", help);
+        for s in &stats.services {
+            for b in &s.backends {
+                let _ = writeln!(
+                    o,
+                    "{name}{{service=\"{}\",backend=\"{}\",name=\"{}\"}} {}",
+                    esc(&s.name),
+                    b.address,
+                    esc(b.name.as_deref().unwrap_or("")),
+                    get(b)
+                );
+            }
+        }
+    }
+    family(
+        &mut o,
+        "voxlb_service_usable_backends",
+        "gauge",
+        "Backends usable for new flows.",
+    );
+    for s in &status.services {
+        let _ = writeln!(
+            o,
+            "voxlb_service_usable_backends{{service=\"{}\",kind=\"{}\"}} {}",
+            esc(&s.name),
+            s.kind,
+            s.active
+        );
+    }
+    family(
+        &mut o,
+        "voxlb_backend_up",
+        "gauge",
+        "1 if the backend takes new flows (compiler) or may serve (CA), else 0; state says why.",
+    );
+    for s in &status.services {
+        for b in &s.backends {
+            let _ = writeln!(
+                o,
+                "voxlb_backend_up{{service=\"{}\",backend=\"{}\",state=\"{}\"}} {}",
+                esc(&s.name),
+                b.address,
+                b.state,
+                (b.state == "active") as u8
+            );
+        }
+    }
+    family(
+        &mut o,
+        "voxlb_backend_healthy",
+        "gauge",
+        "Last health-check verdict (1 up, 0 down; not yet checked counts as 1).",
+    );
+    for s in &status.services {
+        for b in &s.backends {
+            let _ = writeln!(
+                o,
+                "voxlb_backend_healthy{{service=\"{}\",backend=\"{}\"}} {}",
+                esc(&s.name),
+                b.address,
+                b.healthy.unwrap_or(true) as u8
+            );
+        }
+    }
+    o
+}

@@ -1,0 +1,619 @@
+//! What the data plane should hold, and how to get it there with the fewest
+//! writes.
+//!
+//! [`plan`] is pure policy: from the config, the persisted [`State`] (CLI
+//! overlay and ids), the health of each backend and the MACs resolved so far,
+//! it computes the [`Desired`] map contents plus a readable view of every
+//! service. [`apply`] then writes only what differs from what the data plane
+//! holds: an unchanged backend slot is not rewritten, an unchanged Maglev
+//! table is not reinstalled. Nothing here knows about the kernel, so all of
+//! it is tested against [`crate::dataplane::FakeDataPlane`].
+//!
+//! The state of a backend, as the data plane sees it:
+//!
+//! | situation                               | state      | in the table |
+//! |-----------------------------------------|------------|--------------|
+//! | MAC unknown (not resolved yet)          | `DOWN`     | no           |
+//! | health check failing                    | `DOWN`     | no           |
+//! | drained by the operator                 | `DRAINING` | no           |
+//! | otherwise                               | `ACTIVE`   | yes (weight) |
+//!
+//! A backend whose health is not known yet (just added, or the daemon just
+//! started) counts as up: a restarted daemon must not take healthy backends
+//! out of service while its checkers warm up, and a failing one is taken out
+//! after `fall` probes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use lb_common::{
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BackendInfo, KIND_CA,
+    KIND_COMPILER, NO_BACKEND, VipInfo, VipKey, addr_bytes, addr_from_bytes, maglev,
+    maps::MAX_BACKENDS,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{Backend, CompilerService, Config, format_mac},
+    dataplane::{DataPlane, DataPlaneError},
+    state::{BackendSlot, ServiceOverlay, State, StateError},
+};
+
+/// Health of every backend that has been checked: (service, address) -> up.
+pub type HealthMap = HashMap<(String, IpAddr), bool>;
+/// MACs resolved from the neighbour table.
+pub type MacMap = HashMap<IpAddr, [u8; 6]>;
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The table cannot be built (e.g. too many backends for its size).
+    #[error("service {service}: {problem}")]
+    Maglev {
+        service: String,
+        problem: maglev::MaglevError,
+    },
+}
+
+/// The complete intended contents of the data plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub vips: BTreeMap<VipKey, VipInfo>,
+    /// Every backend id in use (ids not here should be `EMPTY`).
+    pub backends: BTreeMap<u32, BackendInfo>,
+    /// Compiler service id -> Maglev table.
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// CA service id -> steered backend id.
+    pub ca_targets: BTreeMap<u32, u32>,
+}
+
+/// A plan: the desired data plane and the view of it the CLI shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub desired: Desired,
+    pub services: Vec<ServiceView>,
+}
+
+/// One service as `voxlb status` / `backend list` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    /// `compiler` or `ca`.
+    pub kind: String,
+    pub vip: String,
+    pub service_id: u32,
+    /// Maglev table size (compiler services).
+    pub table_size: Option<u32>,
+    /// Backends in the table (compiler) or serving (CA: 0 or 1).
+    pub active: usize,
+    /// CA services: address of the backend that gets the flows, if any.
+    pub ca_target: Option<IpAddr>,
+    pub backends: Vec<BackendView>,
+}
+
+/// One backend as the CLI shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub address: IpAddr,
+    pub name: Option<String>,
+    pub id: u32,
+    pub generation: u32,
+    pub weight: u32,
+    /// `active`, `draining`, `down` (health) or `unresolved` (no MAC).
+    pub state: String,
+    /// Last health verdict; `None` = not checked yet (counted as up).
+    pub healthy: Option<bool>,
+    pub mac: Option<String>,
+    /// `config` or `cli` (added at run time).
+    pub source: String,
+    /// CA services: `primary` or `standby`.
+    pub role: Option<String>,
+    /// Maglev slots held (compiler services).
+    pub slots: u32,
+}
+
+/// A backend of a compiler service after the CLI overlay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EffectiveBackend {
+    pub backend: Backend,
+    pub drained: bool,
+    pub from_config: bool,
+}
+
+/// The backends of a compiler service: config minus removed, plus added,
+/// with overlay weights and drain flags.
+pub fn effective_backends(
+    svc: &CompilerService,
+    overlay: Option<&ServiceOverlay>,
+) -> Vec<EffectiveBackend> {
+    let empty = ServiceOverlay::default();
+    let o = overlay.unwrap_or(&empty);
+    let mut out: Vec<EffectiveBackend> = svc
+        .backends
+        .iter()
+        .filter(|b| !o.removed.contains(&b.address))
+        .map(|b| {
+            let mut backend = b.clone();
+            if let Some(w) = o.weights.get(&b.address) {
+                backend.weight = *w;
+            }
+            EffectiveBackend {
+                drained: o.drained.contains(&b.address),
+                backend,
+                from_config: true,
+            }
+        })
+        .collect();
+    for (addr, a) in &o.added {
+        if svc.backends.iter().any(|b| b.address == *addr) {
+            // The config took it over since; the config wins.
+            continue;
+        }
+        out.push(EffectiveBackend {
+            backend: Backend {
+                address: *addr,
+                name: a.name.clone(),
+                weight: o.weights.get(addr).copied().unwrap_or(a.weight),
+                mac: a.mac,
+            },
+            drained: o.drained.contains(addr),
+            from_config: false,
+        });
+    }
+    out
+}
+
+/// Drop overlay entries that no longer mean anything against the config
+/// (services gone, removals of backends the config no longer lists, ...).
+/// Returns a line per dropped entry, for the log.
+pub fn prune_overlay(config: &Config, state: &mut State) -> Vec<String> {
+    let mut dropped = Vec::new();
+    state.overlays.retain(|name, o| {
+        let Some(svc) = config.compiler(name) else {
+            if !o.is_empty() {
+                dropped.push(format!(
+                    "service {name}: gone from the config, CLI changes dropped"
+                ));
+            }
+            return false;
+        };
+        let in_config = |a: &IpAddr| svc.backends.iter().any(|b| b.address == *a);
+        o.removed.retain(|a| {
+            let keep = in_config(a);
+            if !keep {
+                dropped.push(format!(
+                    "service {name}: {a} is no longer in the config (removal dropped)"
+                ));
+            }
+            keep
+        });
+        o.added.retain(|a, _| {
+            let keep = !in_config(a);
+            if !keep {
+                dropped.push(format!(
+                    "service {name}: {a} is now in the config (run-time add dropped)"
+                ));
+            }
+            keep
+        });
+        let present =
+            |a: &IpAddr| (in_config(a) && !o.removed.contains(a)) || o.added.contains_key(a);
+        let present_set: BTreeSet<IpAddr> = o
+            .drained
+            .iter()
+            .chain(o.weights.keys())
+            .filter(|a| present(a))
+            .copied()
+            .collect();
+        o.drained.retain(|a| present_set.contains(a));
+        o.weights.retain(|a, _| present_set.contains(a));
+        !o.is_empty()
+    });
+    dropped
+}
+
+fn identity(addr: IpAddr) -> [u8; 17] {
+    let (bytes, family) = addr_bytes(addr);
+    let mut id = [0u8; 17];
+    id[..16].copy_from_slice(&bytes);
+    id[16] = family;
+    id
+}
+
+fn backend_info(
+    addr: IpAddr,
+    mac: Option<[u8; 6]>,
+    state: u32,
+    generation: u32,
+    service_id: u32,
+) -> BackendInfo {
+    let (a, family) = addr_bytes(addr);
+    BackendInfo {
+        mac: mac.unwrap_or_default(),
+        state,
+        generation,
+        service_id,
+        addr: a,
+        family,
+        ..BackendInfo::default()
+    }
+}
+
+fn state_name(state: u32, mac: Option<[u8; 6]>) -> &'static str {
+    match (state, mac) {
+        (BACKEND_ACTIVE, _) => "active",
+        (BACKEND_DRAINING, _) => "draining",
+        (_, None) => "unresolved",
+        _ => "down",
+    }
+}
+
+/// Compute the desired data plane. Allocates ids for new services and
+/// backends in `state` and releases those of vanished ones: persist `state`
+/// before applying the plan.
+pub fn plan(
+    config: &Config,
+    state: &mut State,
+    health: &HealthMap,
+    macs: &MacMap,
+) -> Result<Plan, PlanError> {
+    let mut desired = Desired::default();
+    let mut services = Vec::new();
+    let mut keep: BTreeSet<(String, IpAddr)> = BTreeSet::new();
+    let names: BTreeSet<&str> = config
+        .compiler_services
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(config.ca_services.iter().map(|s| s.name.as_str()))
+        .collect();
+    state.retain_services(&names);
+    let up = |svc: &str, addr: IpAddr| health.get(&(svc.to_owned(), addr)).copied();
+
+    for svc in &config.compiler_services {
+        let sid = state.service_id(&svc.name)?;
+        desired.vips.insert(
+            svc.vip.key(),
+            VipInfo {
+                service_id: sid,
+                kind: KIND_COMPILER,
+            },
+        );
+        let eff = effective_backends(svc, state.overlays.get(&svc.name));
+        maglev::validate_size(svc.table_size, eff.len()).map_err(|problem| PlanError::Maglev {
+            service: svc.name.clone(),
+            problem,
+        })?;
+        let mut entries = Vec::new();
+        let mut views = Vec::new();
+        for e in &eff {
+            let b = &e.backend;
+            let (id, generation) = state.backend_id(&svc.name, b.address)?;
+            keep.insert((svc.name.clone(), b.address));
+            let mac = b.mac.or_else(|| macs.get(&b.address).copied());
+            let healthy = up(&svc.name, b.address);
+            let st = if mac.is_none() || healthy == Some(false) {
+                BACKEND_DOWN
+            } else if e.drained {
+                BACKEND_DRAINING
+            } else {
+                BACKEND_ACTIVE
+            };
+            if st == BACKEND_ACTIVE {
+                entries.push(maglev::Entry {
+                    identity: identity(b.address),
+                    weight: b.weight,
+                    value: id,
+                });
+            }
+            desired
+                .backends
+                .insert(id, backend_info(b.address, mac, st, generation, sid));
+            views.push(BackendView {
+                address: b.address,
+                name: b.name.clone(),
+                id,
+                generation,
+                weight: b.weight,
+                state: state_name(st, mac).into(),
+                healthy,
+                mac: mac.as_ref().map(format_mac),
+                source: if e.from_config { "config" } else { "cli" }.into(),
+                role: None,
+                slots: 0,
+            });
+        }
+        let table =
+            maglev::build(&entries, svc.table_size).map_err(|problem| PlanError::Maglev {
+                service: svc.name.clone(),
+                problem,
+            })?;
+        let mut slots: HashMap<u32, u32> = HashMap::new();
+        for v in &table {
+            *slots.entry(*v).or_default() += 1;
+        }
+        for v in &mut views {
+            v.slots = slots.get(&v.id).copied().unwrap_or(0);
+        }
+        desired.tables.insert(sid, table);
+        services.push(ServiceView {
+            name: svc.name.clone(),
+            kind: "compiler".into(),
+            vip: svc.vip.to_string(),
+            service_id: sid,
+            table_size: Some(svc.table_size),
+            active: entries.len(),
+            ca_target: None,
+            backends: views,
+        });
+    }
+
+    for svc in &config.ca_services {
+        let sid = state.service_id(&svc.name)?;
+        desired.vips.insert(
+            svc.vip.key(),
+            VipInfo {
+                service_id: sid,
+                kind: KIND_CA,
+            },
+        );
+        let mut target = None;
+        let mut views = Vec::new();
+        let members = std::iter::once((&svc.primary, "primary"))
+            .chain(svc.standby.as_ref().map(|b| (b, "standby")));
+        for (b, role) in members {
+            let (id, generation) = state.backend_id(&svc.name, b.address)?;
+            keep.insert((svc.name.clone(), b.address));
+            let mac = b.mac.or_else(|| macs.get(&b.address).copied());
+            let healthy = up(&svc.name, b.address);
+            let st = if mac.is_none() || healthy == Some(false) {
+                BACKEND_DOWN
+            } else {
+                BACKEND_ACTIVE
+            };
+            if st == BACKEND_ACTIVE && target.is_none() {
+                target = Some((id, b.address));
+            }
+            desired
+                .backends
+                .insert(id, backend_info(b.address, mac, st, generation, sid));
+            views.push(BackendView {
+                address: b.address,
+                name: b.name.clone(),
+                id,
+                generation,
+                weight: b.weight,
+                state: state_name(st, mac).into(),
+                healthy,
+                mac: mac.as_ref().map(format_mac),
+                source: "config".into(),
+                role: Some(role.into()),
+                slots: 0,
+            });
+        }
+        desired
+            .ca_targets
+            .insert(sid, target.map(|t| t.0).unwrap_or(NO_BACKEND));
+        services.push(ServiceView {
+            name: svc.name.clone(),
+            kind: "ca".into(),
+            vip: svc.vip.to_string(),
+            service_id: sid,
+            table_size: None,
+            active: target.is_some() as usize,
+            ca_target: target.map(|t| t.1),
+            backends: views,
+        });
+    }
+    state.release_others(&keep);
+    Ok(Plan { desired, services })
+}
+
+/// Counts of the writes [`apply`] made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub backends: usize,
+    pub tables: usize,
+    pub ca_targets: usize,
+    pub vips_upserted: usize,
+    pub vips_removed: usize,
+}
+
+impl Applied {
+    /// Whether nothing was written.
+    pub fn is_noop(&self) -> bool {
+        *self == Applied::default()
+    }
+}
+
+/// Bring the data plane to `desired`, writing only differences.
+///
+/// `previous` is what the last successful `apply` wrote; with it, tables and
+/// backend slots are compared in memory instead of being read back (a table
+/// is 65537 map lookups). Pass `None` after a failure or at startup: then
+/// the data plane itself is read.
+///
+/// Write order keeps packets safe mid-way: backends that become `ACTIVE`
+/// first (so the new tables only point at usable slots), then tables and CA
+/// targets, then other backend changes (draining/down: out of the tables by
+/// then), then VIPs, and freeing unused backend ids last.
+pub fn apply(
+    desired: &Desired,
+    previous: Option<&Desired>,
+    dp: &mut dyn DataPlane,
+) -> Result<Applied, DataPlaneError> {
+    let mut done = Applied::default();
+
+    // Current backend slots for every id that matters.
+    let ids: BTreeSet<u32> = match previous {
+        Some(p) => p
+            .backends
+            .keys()
+            .chain(desired.backends.keys())
+            .copied()
+            .collect(),
+        None => (0..MAX_BACKENDS).collect(),
+    };
+    let mut current: BTreeMap<u32, BackendInfo> = BTreeMap::new();
+    for id in &ids {
+        let cur = match previous {
+            Some(p) => match p.backends.get(id) {
+                Some(b) => *b,
+                None => dp.backend(*id)?,
+            },
+            None => dp.backend(*id)?,
+        };
+        current.insert(*id, cur);
+    }
+
+    let write_backend = |dp: &mut dyn DataPlane,
+                         current: &mut BTreeMap<u32, BackendInfo>,
+                         done: &mut Applied,
+                         id: u32,
+                         info: BackendInfo| {
+        if current.get(&id) != Some(&info) {
+            dp.set_backend(id, info)?;
+            current.insert(id, info);
+            done.backends += 1;
+        }
+        Ok::<_, DataPlaneError>(())
+    };
+
+    for (id, info) in &desired.backends {
+        if info.state == BACKEND_ACTIVE {
+            write_backend(dp, &mut current, &mut done, *id, *info)?;
+        }
+    }
+    for (sid, table) in &desired.tables {
+        let same = match previous {
+            Some(p) => p.tables.get(sid) == Some(table),
+            None => dp.active_table(*sid)?.as_ref() == Some(table),
+        };
+        if !same {
+            dp.install_table(*sid, table)?;
+            done.tables += 1;
+        }
+    }
+    for (sid, target) in &desired.ca_targets {
+        if dp.ca_target(*sid)? != *target {
+            dp.set_ca_target(*sid, *target)?;
+            done.ca_targets += 1;
+        }
+    }
+    for (id, info) in &desired.backends {
+        if info.state != BACKEND_ACTIVE {
+            write_backend(dp, &mut current, &mut done, *id, *info)?;
+        }
+    }
+    let vips: BTreeMap<VipKey, VipInfo> = dp.vips()?.into_iter().collect();
+    for (k, v) in &desired.vips {
+        if vips.get(k) != Some(v) {
+            dp.upsert_vip(*k, *v)?;
+            done.vips_upserted += 1;
+        }
+    }
+    for k in vips.keys() {
+        if !desired.vips.contains_key(k) {
+            dp.remove_vip(k)?;
+            done.vips_removed += 1;
+        }
+    }
+    for id in &ids {
+        if desired.backends.contains_key(id) {
+            continue;
+        }
+        let cur = current[id];
+        if cur.state != BACKEND_EMPTY {
+            // Keep the generation: it is what tells old flows apart.
+            let freed = BackendInfo {
+                state: BACKEND_EMPTY,
+                generation: cur.generation,
+                ..BackendInfo::default()
+            };
+            write_backend(dp, &mut current, &mut done, *id, freed)?;
+        }
+    }
+    Ok(done)
+}
+
+/// Bring the id allocation in line with what a data plane already holds
+/// (pinned maps from a previous run), before the first [`plan`].
+///
+/// Normally the state file and the maps agree and this changes nothing. If
+/// the state file was lost or is older than the maps, the maps themselves
+/// say which service owns each VIP (matched against the config by VIP) and
+/// which backend holds each id, so established flows keep their backend.
+/// Whatever cannot be recovered gets a generation past the data plane's, so
+/// no recorded flow can match a new holder of its id.
+pub fn recover_from_dataplane(
+    state: &mut State,
+    config: &Config,
+    dp: &dyn DataPlane,
+) -> Result<(), DataPlaneError> {
+    let by_vip: HashMap<VipKey, &str> = config
+        .compiler_services
+        .iter()
+        .map(|s| (s.vip.key(), s.name.as_str()))
+        .chain(
+            config
+                .ca_services
+                .iter()
+                .map(|s| (s.vip.key(), s.name.as_str())),
+        )
+        .collect();
+    for (key, info) in dp.vips()? {
+        let Some(name) = by_vip.get(&key) else {
+            continue;
+        };
+        let taken = state.service_ids.values().any(|id| *id == info.service_id);
+        if !state.service_ids.contains_key(*name) && !taken {
+            state
+                .service_ids
+                .insert((*name).to_owned(), info.service_id);
+        }
+    }
+    for id in 0..MAX_BACKENDS {
+        let info = dp.backend(id)?;
+        if info.generation == 0 && info.state == BACKEND_EMPTY {
+            continue;
+        }
+        let holder = addr_from_bytes(&info.addr, info.family);
+        if !state.backend_slots.contains_key(&id)
+            && info.state != BACKEND_EMPTY
+            && let Some(address) = holder
+            && let Some((name, _)) = state
+                .service_ids
+                .iter()
+                .find(|(_, sid)| **sid == info.service_id)
+            && !state
+                .backend_slots
+                .values()
+                .any(|s| s.service == *name && s.address == address)
+        {
+            state.backend_slots.insert(
+                id,
+                BackendSlot {
+                    service: name.clone(),
+                    address,
+                    generation: info.generation,
+                    // `plan` claims it again if the backend is still wanted.
+                    in_use: false,
+                },
+            );
+            continue;
+        }
+        let same = match state.backend_slots.get(&id) {
+            Some(slot) => {
+                let sid = state.service_ids.get(&slot.service).copied();
+                info.state == BACKEND_EMPTY
+                    || (sid == Some(info.service_id) && holder == Some(slot.address))
+            }
+            None => false,
+        };
+        state.adopt_generation(id, info.generation, same);
+    }
+    Ok(())
+}

@@ -1,0 +1,671 @@
+//! The daemon end to end on the in-memory data plane: control protocol over a
+//! real Unix socket, persistence across restarts, all-or-nothing changes,
+//! health events, reload, and the `voxlb` binary's output and exit codes.
+
+use std::{
+    net::IpAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use lb_common::{
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BackendInfo, BackendStats, Counter, FlowKey,
+    FlowValue, Reason, ServiceStats, VipInfo, VipKey,
+};
+use tokio::sync::{mpsc, watch};
+use voxlb::{
+    config::Config,
+    control::{self, Request, Response},
+    daemon::{self, CheckerSpawner, DaemonError, HealthUpdate, RunOptions},
+    dataplane::{self, DataPlane, FakeDataPlane},
+    neigh::StaticResolver,
+    state::StateStore,
+};
+
+/// A fake data plane that outlives a daemon, like pinned maps do.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<FakeDataPlane>>);
+
+impl Shared {
+    fn get(&self) -> FakeDataPlane {
+        self.0.lock().unwrap().clone()
+    }
+    fn set_fail(&self, f: Option<&str>) {
+        self.0.lock().unwrap().fail_writes = f.map(str::to_owned);
+    }
+}
+
+impl DataPlane for Shared {
+    fn upsert_vip(&mut self, key: VipKey, info: VipInfo) -> dataplane::Result<()> {
+        self.0.lock().unwrap().upsert_vip(key, info)
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> dataplane::Result<()> {
+        self.0.lock().unwrap().remove_vip(key)
+    }
+    fn vips(&self) -> dataplane::Result<Vec<(VipKey, VipInfo)>> {
+        self.0.lock().unwrap().vips()
+    }
+    fn set_backend(&mut self, id: u32, info: BackendInfo) -> dataplane::Result<()> {
+        self.0.lock().unwrap().set_backend(id, info)
+    }
+    fn backend(&self, id: u32) -> dataplane::Result<BackendInfo> {
+        self.0.lock().unwrap().backend(id)
+    }
+    fn install_table(&mut self, service_id: u32, table: &[u32]) -> dataplane::Result<()> {
+        self.0.lock().unwrap().install_table(service_id, table)
+    }
+    fn active_table(&self, service_id: u32) -> dataplane::Result<Option<Vec<u32>>> {
+        self.0.lock().unwrap().active_table(service_id)
+    }
+    fn set_ca_target(&mut self, service_id: u32, backend_id: u32) -> dataplane::Result<()> {
+        self.0.lock().unwrap().set_ca_target(service_id, backend_id)
+    }
+    fn ca_target(&self, service_id: u32) -> dataplane::Result<u32> {
+        self.0.lock().unwrap().ca_target(service_id)
+    }
+    fn reason_stats(&self) -> dataplane::Result<Vec<(Reason, Counter)>> {
+        self.0.lock().unwrap().reason_stats()
+    }
+    fn service_stats(&self, service_id: u32) -> dataplane::Result<ServiceStats> {
+        self.0.lock().unwrap().service_stats(service_id)
+    }
+    fn backend_stats(&self, backend_id: u32) -> dataplane::Result<BackendStats> {
+        self.0.lock().unwrap().backend_stats(backend_id)
+    }
+    fn flows(&self, limit: usize) -> dataplane::Result<Vec<(FlowKey, FlowValue)>> {
+        self.0.lock().unwrap().flows(limit)
+    }
+}
+
+fn config_text(dir: &Path) -> String {
+    format!(
+        r#"
+interfaces = ["eth0"]
+state_dir = "{dir}/state"
+control_socket = "{dir}/run/control.sock"
+pin_dir = "{dir}/pins"
+
+[[compiler_services]]
+name = "compilers"
+vip = "192.0.2.10:8140"
+table_size = 1009
+health_check = {{ type = "tcp" }}
+[[compiler_services.backends]]
+address = "10.0.0.1"
+mac = "02:00:00:00:00:01"
+[[compiler_services.backends]]
+address = "10.0.0.2"
+name = "compiler-2"
+
+[[ca_services]]
+name = "ca"
+vip = "192.0.2.11:8140"
+health_check = {{ type = "tcp" }}
+primary = {{ address = "10.0.1.1", mac = "02:00:00:00:01:01" }}
+standby = {{ address = "10.0.1.2", mac = "02:00:00:00:01:02" }}
+"#,
+        dir = dir.display()
+    )
+}
+
+struct Harness {
+    dir: PathBuf,
+    socket: PathBuf,
+    dp: Shared,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), DaemonError>>,
+    health: Arc<Mutex<Option<mpsc::Sender<HealthUpdate>>>>,
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("voxlb-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Harness {
+    async fn start(dir: &Path, dp: Shared) -> Harness {
+        let path = dir.join("voxlb.toml");
+        if !path.exists() {
+            std::fs::write(&path, config_text(dir)).unwrap();
+        }
+        let config = Config::load(&path).unwrap();
+        let socket = config.control_socket.clone();
+        let health = Arc::new(Mutex::new(None));
+        let h2 = health.clone();
+        let spawner: CheckerSpawner = Arc::new(move |_, _, _, tx, _| {
+            *h2.lock().unwrap() = Some(tx);
+            tokio::spawn(async {})
+        });
+        // 10.0.0.2 has no configured MAC: the neighbour table knows it.
+        let resolver = StaticResolver {
+            macs: [("10.0.0.2".parse().unwrap(), [2, 0, 0, 0, 0, 2])].into(),
+            solicited: Vec::new(),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let listener = control::bind(&socket).unwrap();
+        let opts = RunOptions {
+            resolver: Box::new(resolver),
+            spawner,
+            signals: false,
+            stop: Some(stop_rx),
+        };
+        let task = tokio::spawn(daemon::run(
+            config,
+            Some(path),
+            Box::new(dp.clone()),
+            listener,
+            opts,
+        ));
+        let h = Harness {
+            dir: dir.to_owned(),
+            socket,
+            dp,
+            stop,
+            task,
+            health,
+        };
+        // Ready once it answers.
+        for _ in 0..100 {
+            if let Ok(Response::Status(_)) = h.try_req(Request::Status {}).await {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("daemon did not come up");
+    }
+
+    async fn try_req(&self, r: Request) -> Result<Response, control::ControlError> {
+        let s = self.socket.clone();
+        tokio::task::spawn_blocking(move || control::request(&s, &r, Duration::from_secs(10)))
+            .await
+            .unwrap()
+    }
+
+    async fn req(&self, r: Request) -> Response {
+        self.try_req(r).await.unwrap()
+    }
+
+    async fn stop(self) -> (PathBuf, Shared) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+        (self.dir, self.dp)
+    }
+
+    async fn health(&self, service: &str, addr: &str, up: bool) {
+        let tx = self.health.lock().unwrap().clone().unwrap();
+        tx.send(HealthUpdate {
+            service: service.into(),
+            addr: addr.parse().unwrap(),
+            up,
+            detail: "test".into(),
+        })
+        .await
+        .unwrap();
+        // Let the loop take it.
+        let _ = self.req(Request::Status {}).await;
+    }
+
+    fn backend(&self, svc: &str, addr: &str) -> BackendInfo {
+        let store = StateStore::open(&self.dir.join("state")).unwrap();
+        let st = store.load().unwrap();
+        let ip: IpAddr = addr.parse().unwrap();
+        let id = st
+            .backend_slots
+            .iter()
+            .find(|(_, s)| s.service == svc && s.address == ip)
+            .map(|(id, _)| *id)
+            .expect("backend has an id");
+        self.dp.get().backends[&id]
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        run_cli(&self.socket, args)
+    }
+}
+
+fn run_cli(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxlb"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn add(service: &str, address: &str) -> Request {
+    Request::BackendAdd {
+        service: service.into(),
+        address: address.into(),
+        weight: None,
+        name: None,
+        mac: Some("02:00:00:00:00:09".into()),
+    }
+}
+
+fn msg(r: &Response) -> String {
+    match r {
+        Response::Ok { message } | Response::Error { message } => message.clone(),
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+fn is_err(r: &Response) -> bool {
+    matches!(r, Response::Error { .. })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_protocol_changes_and_errors() {
+    let dir = temp_dir("proto");
+    let h = Harness::start(&dir, Shared::default()).await;
+    // The MAC of 10.0.0.2 came from the (fake) neighbour table.
+    assert_eq!(h.backend("compilers", "10.0.0.2").mac, [2, 0, 0, 0, 0, 2]);
+    assert_eq!(h.backend("compilers", "10.0.0.2").state, BACKEND_ACTIVE);
+
+    let r = h.req(add("compilers", "10.0.0.9")).await;
+    assert!(!is_err(&r), "{r:?}");
+    assert_eq!(h.backend("compilers", "10.0.0.9").state, BACKEND_ACTIVE);
+    // Its checker was started: its verdicts count.
+    h.health("compilers", "10.0.0.9", false).await;
+    assert_eq!(h.backend("compilers", "10.0.0.9").state, BACKEND_DOWN);
+    h.health("compilers", "10.0.0.9", true).await;
+    assert_eq!(h.backend("compilers", "10.0.0.9").state, BACKEND_ACTIVE);
+    let r = h.req(add("compilers", "10.0.0.9")).await;
+    assert!(msg(&r).contains("already in service compilers"), "{r:?}");
+    let r = h.req(add("nosuch", "10.0.0.9")).await;
+    assert!(msg(&r).contains("unknown service \"nosuch\""), "{r:?}");
+    let r = h.req(add("ca", "10.0.0.9")).await;
+    assert!(msg(&r).contains("CA service"), "{r:?}");
+    let r = h
+        .req(Request::BackendRemove {
+            service: "compilers".into(),
+            address: "10.0.0.77".into(),
+        })
+        .await;
+    assert!(msg(&r).contains("not in service compilers"), "{r:?}");
+    let r = h
+        .req(Request::BackendWeight {
+            service: "compilers".into(),
+            address: "10.0.0.1".into(),
+            weight: 0,
+        })
+        .await;
+    assert!(msg(&r).contains("out of range"), "{r:?}");
+    let r = h
+        .req(Request::BackendDrain {
+            service: "compilers".into(),
+            address: "not-an-ip".into(),
+        })
+        .await;
+    assert!(msg(&r).contains("not an IP address"), "{r:?}");
+
+    let r = h
+        .req(Request::BackendDrain {
+            service: "compilers".into(),
+            address: "10.0.0.1".into(),
+        })
+        .await;
+    assert!(!is_err(&r));
+    assert_eq!(h.backend("compilers", "10.0.0.1").state, BACKEND_DRAINING);
+
+    let Response::Backends { services } = h
+        .req(Request::BackendList {
+            service: Some("compilers".into()),
+        })
+        .await
+    else {
+        panic!()
+    };
+    let states: Vec<(String, String)> = services[0]
+        .backends
+        .iter()
+        .map(|b| (b.address.to_string(), b.state.clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("10.0.0.1".to_string(), "draining".to_string()),
+            ("10.0.0.2".into(), "active".into()),
+            ("10.0.0.9".into(), "active".into())
+        ]
+    );
+    let r = h
+        .req(Request::BackendRemove {
+            service: "compilers".into(),
+            address: "10.0.0.9".into(),
+        })
+        .await;
+    assert!(!is_err(&r));
+    let Response::Flows { flows } = h.req(Request::Flows { limit: 10 }).await else {
+        panic!()
+    };
+    assert!(flows.is_empty());
+    let Response::Stats(stats) = h.req(Request::Stats {}).await else {
+        panic!()
+    };
+    assert_eq!(stats.reasons.len(), Reason::ALL.len());
+    assert_eq!(stats.services.len(), 2);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_an_error_and_the_daemon_carries_on() {
+    use std::io::{Read, Write};
+    let dir = temp_dir("hostile");
+    let h = Harness::start(&dir, Shared::default()).await;
+    let mode = std::fs::metadata(&h.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let sock = h.socket.clone();
+    let replies = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let big = vec![b'x'; control::MAX_REQUEST + 100];
+        for payload in [
+            b"hello\n".to_vec(),
+            b"{\"cmd\":\"status\",\"extra\":1}\n".to_vec(),
+            b"{\"cmd\":\"flows\",\"limit\":-1}\n".to_vec(),
+            b"\xff\xfe\n".to_vec(),
+            big,
+        ] {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            let _ = s.write_all(&payload);
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            out.push(reply);
+        }
+        out
+    })
+    .await
+    .unwrap();
+    for r in &replies {
+        let resp: Response = serde_json::from_str(r.trim()).unwrap();
+        assert!(is_err(&resp), "{r}");
+    }
+    assert!(replies[4].contains("larger than"), "{}", replies[4]);
+    // Still serving.
+    assert!(matches!(
+        h.req(Request::Status {}).await,
+        Response::Status(_)
+    ));
+    // A second daemon on the same socket is refused before touching anything.
+    assert!(matches!(
+        control::bind(&h.socket),
+        Err(control::ControlError::InUse(_))
+    ));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_changes_ids_and_tables() {
+    let dir = temp_dir("restart");
+    let h = Harness::start(&dir, Shared::default()).await;
+    assert!(!is_err(&h.req(add("compilers", "10.0.0.9")).await));
+    let r = h
+        .req(Request::BackendWeight {
+            service: "compilers".into(),
+            address: "10.0.0.2".into(),
+            weight: 250,
+        })
+        .await;
+    assert!(!is_err(&r));
+    let r = h
+        .req(Request::BackendDrain {
+            service: "compilers".into(),
+            address: "10.0.0.1".into(),
+        })
+        .await;
+    assert!(!is_err(&r));
+    let Response::Backends { services: before } =
+        h.req(Request::BackendList { service: None }).await
+    else {
+        panic!()
+    };
+    let (dir, dp) = h.stop().await;
+    let maps_before = dp.get();
+    let state_file = dir.join("state/state.json");
+    let mode = std::fs::metadata(&state_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let h = Harness::start(&dir, dp).await;
+    let Response::Backends { services: after } =
+        h.req(Request::BackendList { service: None }).await
+    else {
+        panic!()
+    };
+    assert_eq!(before, after);
+    let maps_after = h.dp.get();
+    assert_eq!(maps_before.backends, maps_after.backends);
+    assert_eq!(maps_before.tables, maps_after.tables);
+    assert_eq!(
+        maps_before.table_installs, maps_after.table_installs,
+        "a restart must not reinstall unchanged tables"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_persist_or_map_write_changes_nothing() {
+    let dir = temp_dir("atomic");
+    let h = Harness::start(&dir, Shared::default()).await;
+    let maps = h.dp.get();
+    let state = std::fs::read(dir.join("state/state.json")).unwrap();
+
+    // The state file cannot be written: refused, maps untouched.
+    let blocker = dir.join("state/state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let r = h.req(add("compilers", "10.0.0.9")).await;
+    assert!(msg(&r).contains("cannot persist"), "{r:?}");
+    assert_eq!(h.dp.get().backends, maps.backends);
+    assert_eq!(h.dp.get().tables, maps.tables);
+    std::fs::remove_dir(&blocker).unwrap();
+
+    // A map write fails: refused, state file as before.
+    h.dp.set_fail(Some("injected map failure"));
+    let r = h.req(add("compilers", "10.0.0.9")).await;
+    assert!(msg(&r).contains("injected map failure"), "{r:?}");
+    h.dp.set_fail(None);
+    assert_eq!(std::fs::read(dir.join("state/state.json")).unwrap(), state);
+    let Response::Backends { services } = h
+        .req(Request::BackendList {
+            service: Some("compilers".into()),
+        })
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(services[0].backends.len(), 2);
+    // And the next change works.
+    assert!(!is_err(&h.req(add("compilers", "10.0.0.9")).await));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_events_take_backends_out_and_fail_over_the_ca() {
+    let dir = temp_dir("health");
+    let h = Harness::start(&dir, Shared::default()).await;
+    h.health("compilers", "10.0.0.1", false).await;
+    assert_eq!(h.backend("compilers", "10.0.0.1").state, BACKEND_DOWN);
+    h.health("compilers", "10.0.0.2", false).await;
+    let Response::Status(s) = h.req(Request::Status {}).await else {
+        panic!()
+    };
+    assert_eq!(s.services[0].active, 0);
+    let (code, out, _) = tokio::task::block_in_place(|| h.cli(&["status"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("ALL DOWN"), "{out}");
+    h.health("compilers", "10.0.0.1", true).await;
+    assert_eq!(h.backend("compilers", "10.0.0.1").state, BACKEND_ACTIVE);
+
+    h.health("ca", "10.0.1.1", false).await;
+    let Response::Status(s) = h.req(Request::Status {}).await else {
+        panic!()
+    };
+    assert_eq!(s.services[1].ca_target, Some("10.0.1.2".parse().unwrap()));
+    h.health("ca", "10.0.1.1", true).await;
+    let Response::Status(s) = h.req(Request::Status {}).await else {
+        panic!()
+    };
+    assert_eq!(s.services[1].ca_target, Some("10.0.1.1".parse().unwrap()));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_the_difference_and_keeps_a_bad_config_out() {
+    let dir = temp_dir("reload");
+    let h = Harness::start(&dir, Shared::default()).await;
+    let b1 = h.backend("compilers", "10.0.0.1");
+    let path = dir.join("voxlb.toml");
+    let text = config_text(&dir).replace(
+        "name = \"compiler-2\"\n",
+        "name = \"compiler-2\"\n[[compiler_services.backends]]\naddress = \"10.0.0.3\"\nmac = \"02:00:00:00:00:03\"\n",
+    );
+    std::fs::write(&path, &text).unwrap();
+    let r = h.req(Request::Reload {}).await;
+    assert!(!is_err(&r), "{r:?}");
+    assert_eq!(h.backend("compilers", "10.0.0.3").state, BACKEND_ACTIVE);
+    assert_eq!(h.backend("compilers", "10.0.0.1"), b1);
+
+    std::fs::write(&path, text.replace("10.0.0.3\"", "10.0.0.x\"")).unwrap();
+    let (code, _, err) = tokio::task::block_in_place(|| h.cli(&["reload"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not an IP address"), "{err}");
+    let Response::Status(s) = h.req(Request::Status {}).await else {
+        panic!()
+    };
+    assert!(s.last_reload_error.is_some());
+    assert_eq!(s.services[0].backends.len(), 3, "old config kept");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_output_and_exit_codes() {
+    let dir = temp_dir("cli");
+    let h = Harness::start(&dir, Shared::default()).await;
+    tokio::task::block_in_place(|| {
+        let (code, out, _) = h.cli(&["backend", "list"]);
+        assert_eq!(code, 0);
+        assert!(out.starts_with("SERVICE"), "{out}");
+        assert!(out.contains("compiler-2"), "{out}");
+        assert!(out.contains("primary"), "{out}");
+
+        let (code, out, _) = h.cli(&["--json", "status"]);
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["result"], "status");
+        assert_eq!(v["services"][0]["name"], "compilers");
+
+        let (code, out, _) = h.cli(&[
+            "backend",
+            "add",
+            "compilers",
+            "10.0.0.5",
+            "--weight",
+            "20",
+            "--name",
+            "c5",
+        ]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("added"), "{out}");
+        let (code, _, err) = h.cli(&["backend", "add", "compilers", "10.0.0.5"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("already in service"), "{err}");
+        let (code, _, err) = h.cli(&["backend", "drain", "nosuch", "10.0.0.5"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("unknown service"), "{err}");
+        let (code, out, _) = h.cli(&["--json", "backend", "remove", "compilers", "10.0.0.77"]);
+        assert_eq!(code, 1);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["result"], "error");
+        assert!(v["message"].as_str().unwrap().contains("not in service"));
+
+        // Usage errors: rejected before anything is sent.
+        let (code, _, err) = h.cli(&["backend", "add", "compilers", "10.0.0.x"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("not an IP address"), "{err}");
+        let (code, _, err) = h.cli(&["backend", "weight", "compilers", "10.0.0.5", "0"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("out of range"), "{err}");
+        let (code, _, _) = h.cli(&["backend", "weight", "compilers", "10.0.0.5", "-3"]);
+        assert_eq!(code, 2);
+        let (code, _, _) = h.cli(&["backend", "frobnicate"]);
+        assert_eq!(code, 2);
+
+        let (code, out, _) = h.cli(&["stats"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("drop_no_backend"), "{out}");
+        let (code, out, _) = h.cli(&["flows", "--limit", "5"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("0 flow(s)"), "{out}");
+    });
+    let dir2 = h.dir.clone();
+    h.stop().await;
+    let (code, _, err) = run_cli(&dir2.join("run/control.sock"), &["status"]);
+    assert_eq!(code, 3);
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[test]
+fn metrics_render_every_family() {
+    use voxlb::control::{BackendStat, ReasonStat, ServiceStat, StatsView, StatusView};
+    let stats = StatsView {
+        reasons: vec![ReasonStat {
+            reason: "drop_no_backend".into(),
+            verdict: "drop".into(),
+            packets: 3,
+            bytes: 180,
+        }],
+        services: vec![ServiceStat {
+            name: "compilers".into(),
+            kind: "compiler".into(),
+            packets: 10,
+            bytes: 1000,
+            new_flows: 2,
+            no_backend: 3,
+            backends: vec![BackendStat {
+                address: "10.0.0.1".parse().unwrap(),
+                name: Some("c1".into()),
+                id: 0,
+                state: "active".into(),
+                packets: 10,
+                bytes: 1000,
+                new_flows: 2,
+            }],
+        }],
+    };
+    let status = StatusView {
+        version: "0".into(),
+        pid: 1,
+        uptime_secs: 0,
+        config: None,
+        interfaces: vec![],
+        services: vec![],
+        unresolved: vec![],
+        last_reload_error: None,
+    };
+    let text = voxlb::metrics::render(&stats, &status);
+    assert!(
+        text.contains("voxlb_reason_packets_total{reason=\"drop_no_backend\",verdict=\"drop\"} 3")
+    );
+    assert!(text.contains(
+        "voxlb_service_no_backend_drops_total{service=\"compilers\",kind=\"compiler\"} 3"
+    ));
+    assert!(text.contains(
+        "voxlb_backend_new_flows_total{service=\"compilers\",backend=\"10.0.0.1\",name=\"c1\"} 2"
+    ));
+    // Every sample line belongs to the family declared last before it.
+    let mut family = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            family = rest.split(' ').next().unwrap().to_owned();
+        } else if !line.starts_with('#') {
+            assert!(line.starts_with(&family), "{line} outside {family}");
+        }
+    }
+}
