@@ -8,12 +8,14 @@
 //! - [`client`]: a small HTTP/1.1 (+TLS) client to talk to backends, through
 //!   the load balancer or not.
 //! - [`pattern`]: the deterministic body bytes, to check downloads.
+//! - [`daemon`]: the real `voxlb` daemon in a topology, and its CLI.
 //! - [`netns`]: namespaces, threads and runtimes inside them, cleanup.
 //! - [`topology`]: the end-to-end topology (clients, LB, compilers, CAs
 //!   on one bridge), shared by the e2e tests, the demo and benchmarks.
 
 pub mod backend;
 pub mod client;
+pub mod daemon;
 pub mod netns;
 pub mod pattern;
 pub mod pki;

@@ -597,6 +597,59 @@ impl Topology {
         })?
     }
 
+    /// Starts `count` long downloads (`/large`, `bytes` in `chunk`s every
+    /// `delay_ms`) through `vip`, one TLS connection each, round-robin over
+    /// the client addresses. Returns once every response head is in (so the
+    /// backend of each is known); the bodies stream on in the background.
+    pub fn start_transfers(
+        &self,
+        vip: SocketAddr,
+        count: usize,
+        load: Load,
+    ) -> anyhow::Result<Vec<Transfer>> {
+        let sources = self.sources(vip.is_ipv6());
+        let mut out = Vec::with_capacity(count);
+        for i in 0..count {
+            let src = sources[i % sources.len()];
+            let tls = self.tls.clone();
+            let (backend, task) = self.rt.run(async move {
+                let stream = client::connect_from(src, vip).await?;
+                let mut c = client::tls_over(stream, &vip.ip().to_string(), tls).await?;
+                let path = format!(
+                    "/large?bytes={}&chunk={}&delay_ms={}",
+                    load.bytes, load.chunk, load.delay_ms
+                );
+                let head = tokio::time::timeout(PATIENCE, c.send("GET", &path, &[]))
+                    .await
+                    .context("response head timed out")??;
+                anyhow::ensure!(head.status == 200, "status {}", head.status);
+                let backend = head.header("X-Backend").unwrap_or("?").to_owned();
+                let task = tokio::spawn(finish_transfer(c, head, backend.clone()));
+                anyhow::Ok((backend, task))
+            })??;
+            out.push(Transfer { backend, src, task });
+        }
+        Ok(out)
+    }
+
+    /// Waits for every transfer and returns, per transfer, its backend and
+    /// the outcome (see [`Transfer`]).
+    pub fn finish_transfers(
+        &self,
+        transfers: Vec<Transfer>,
+    ) -> Vec<(String, anyhow::Result<TransferEnd>)> {
+        transfers
+            .into_iter()
+            .map(|t| {
+                let r = self.rt.wait(t.task).and_then(|r| r);
+                (
+                    t.backend,
+                    r.with_context(|| format!("transfer from {}", t.src)),
+                )
+            })
+            .collect()
+    }
+
     /// Shell commands that remove the topology by hand.
     pub fn teardown_commands(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -608,6 +661,80 @@ impl Topology {
         v.push(format!("rm -rf {}", self.pin_dir.display()));
         v
     }
+}
+
+/// Size and pace of a long download.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    pub bytes: u64,
+    pub chunk: u64,
+    pub delay_ms: u64,
+}
+
+impl Load {
+    /// About `secs` seconds of streaming: 2 MiB in 16 KiB chunks.
+    pub fn lasting(secs: u64) -> Load {
+        let chunks = 128;
+        Load {
+            bytes: chunks * 16 * 1024,
+            chunk: 16 * 1024,
+            delay_ms: secs * 1000 / chunks,
+        }
+    }
+}
+
+/// A long download in progress.
+pub struct Transfer {
+    /// `X-Backend` of the response: who serves it.
+    pub backend: String,
+    pub src: IpAddr,
+    task: tokio::task::JoinHandle<anyhow::Result<TransferEnd>>,
+}
+
+/// How a transfer ended (when the whole body came in, intact).
+#[derive(Clone, Debug)]
+pub struct TransferEnd {
+    pub bytes: u64,
+    /// `/whoami` asked on the same connection after the body: still the
+    /// same backend, or the connection would have been reset.
+    pub backend_after: String,
+}
+
+async fn finish_transfer(
+    mut c: client::TlsClient,
+    head: client::ResponseHead,
+    backend: String,
+) -> anyhow::Result<TransferEnd> {
+    use tokio::io::AsyncReadExt;
+    let total = head.content_length;
+    let read = async {
+        let mut body = c.body(&head);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut offset = 0u64;
+        while offset < total {
+            let n = body.read(&mut buf).await?;
+            anyhow::ensure!(
+                n > 0,
+                "body of {backend} ended at {offset} of {total} bytes"
+            );
+            if let Some(bad) = crate::pattern::first_mismatch(offset, &buf[..n]) {
+                bail!("body of {backend} corrupt at byte {bad}");
+            }
+            offset += n as u64;
+        }
+        anyhow::Ok(offset)
+    };
+    // Generous: transfers last seconds.
+    let bytes = tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .context("transfer timed out")??;
+    let r = tokio::time::timeout(PATIENCE, c.get("/whoami"))
+        .await
+        .context("whoami after the transfer timed out")??;
+    Ok(TransferEnd {
+        bytes,
+        backend_after: r.text(),
+    })
 }
 
 /// One TLS connection from `src` to `vip`: `GET /whoami`, the backend's name.

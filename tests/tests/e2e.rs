@@ -342,3 +342,380 @@ fn lib_non_vip_traffic_untouched() {
     }
     drop(local);
 }
+
+// ---------------------------------------------------------------------------
+// The real daemon (`voxlb run` in the LB namespace) and its CLI.
+
+use voxlb::{control::Response, reconcile::BackendView};
+use voxlb_tests::{
+    daemon::{self, COMPILERS, COMPILERS_V6, Daemon, HealthTiming, Options},
+    topology::Load,
+};
+
+fn start_daemon(topo: &Topology, compilers_in_config: usize) -> Daemon {
+    Daemon::start(
+        topo,
+        &Options {
+            compilers_in_config,
+            health: HealthTiming::default(),
+        },
+    )
+    .expect("start voxlb run")
+}
+
+/// `voxlb ARGS...` must succeed.
+fn cli_ok(d: &Daemon, args: &[&str]) -> String {
+    let out = d.cli(args).unwrap();
+    assert_eq!(
+        out.code(),
+        0,
+        "voxlb {}: stdout {:?} stderr {:?}",
+        args.join(" "),
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// The backends of one service, as `voxlb backend list SERVICE --json` says.
+fn backends(d: &Daemon, service: &str) -> Vec<BackendView> {
+    match d.json(&["backend", "list", service]).unwrap() {
+        Response::Backends { services } => services
+            .into_iter()
+            .find(|s| s.name == service)
+            .map(|s| s.backends)
+            .unwrap_or_default(),
+        other => panic!("backend list {service}: {other:?}"),
+    }
+}
+
+fn backend_state(d: &Daemon, service: &str, address: &str) -> Option<String> {
+    backends(d, service)
+        .into_iter()
+        .find(|b| b.address.to_string() == address)
+        .map(|b| b.state)
+}
+
+/// Polls until the backend is in `state`; returns how long that took.
+fn wait_state(d: &Daemon, service: &str, address: &str, state: &str, limit: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    netns::wait_for(limit, Duration::from_millis(50), || {
+        (backend_state(d, service, address).as_deref() == Some(state)).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{service} {address} not {state} within {limit:?} (now {:?}); daemon log:\n{}",
+            backend_state(d, service, address),
+            d.log_tail(30)
+        )
+    });
+    start.elapsed()
+}
+
+/// Every transfer ended intact, on the backend it started on.
+fn assert_transfers_intact(topo: &Topology, transfers: Vec<voxlb_tests::topology::Transfer>) {
+    let total = transfers.len();
+    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for (backend, r) in topo.finish_transfers(transfers) {
+        let end = r.unwrap_or_else(|e| panic!("transfer on {backend} broke: {e:#}"));
+        assert_eq!(end.bytes, Load::lasting(1).bytes);
+        assert_eq!(
+            end.backend_after, backend,
+            "the connection stayed on its compiler"
+        );
+        *per_backend.entry(backend).or_default() += 1;
+    }
+    eprintln!("{total} transfers intact: {per_backend:?}");
+}
+
+/// Starts transfers until `target` has at least `want` of them (bounded).
+fn transfers_covering(
+    topo: &Topology,
+    target: &str,
+    want: usize,
+    load: Load,
+) -> Vec<voxlb_tests::topology::Transfer> {
+    let mut all = Vec::new();
+    for _ in 0..80 {
+        if all
+            .iter()
+            .filter(|t: &&voxlb_tests::topology::Transfer| t.backend == target)
+            .count()
+            >= want
+        {
+            return all;
+        }
+        all.extend(
+            topo.start_transfers(topo.compiler_vip(false), 1, load)
+                .unwrap(),
+        );
+    }
+    panic!("80 connections and fewer than {want} on {target}");
+}
+
+#[test]
+fn daemon_distribution_and_ca_failover() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+
+    // 1 and 8: both families spread evenly (see assert_even for ±25%).
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 1500, 32)
+        .unwrap();
+    eprintln!("daemon IPv4 spread: {counts:?}");
+    assert_even(&counts, &topo.compilers, 1500, 0.25);
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(true), 900, 32)
+        .unwrap();
+    eprintln!("daemon IPv6 spread: {counts:?}");
+    assert_even(&counts, &topo.compilers, 900, 0.25);
+
+    // 2: the CA VIPs go to the primary; when its health check fails, to the
+    // standby; back when it recovers.
+    let ca_counts = |v6| topo.whoami_spread(topo.ca_vip(v6), 40, 8).unwrap();
+    let only = |name: &str| BTreeMap::from([(name.to_owned(), 40)]);
+    for v6 in [false, true] {
+        assert_eq!(ca_counts(v6), only("ca1"));
+    }
+    topo.control(&topo.ca, "POST", "/control/fail").unwrap();
+    let ca4 = topo.ca.ip4.to_string();
+    let ca6 = topo.ca.ip6.to_string();
+    wait_state(&d, daemon::CA, &ca4, "down", Duration::from_secs(15));
+    wait_state(&d, daemon::CA_V6, &ca6, "down", Duration::from_secs(15));
+    for v6 in [false, true] {
+        assert_eq!(ca_counts(v6), only("ca2"), "failed over to the standby");
+    }
+    topo.control(&topo.ca, "POST", "/control/recover").unwrap();
+    wait_state(&d, daemon::CA, &ca4, "active", Duration::from_secs(15));
+    wait_state(&d, daemon::CA_V6, &ca6, "active", Duration::from_secs(15));
+    for v6 in [false, true] {
+        assert_eq!(ca_counts(v6), only("ca1"), "back to the primary");
+    }
+}
+
+#[test]
+fn daemon_stickiness_through_cli_changes() {
+    need_root!();
+    let _s = serial();
+    // c4 exists but is not in the config: the CLI adds it.
+    let topo = topology(4);
+    let d = start_daemon(&topo, 3);
+    let load = Load::lasting(8);
+    let transfers = topo
+        .start_transfers(topo.compiler_vip(false), 24, load)
+        .unwrap();
+    let c = |i: usize| topo.compilers[i].ip4.to_string();
+
+    cli_ok(&d, &["backend", "add", COMPILERS, &c(3), "--name", "c4"]);
+    wait_state(&d, COMPILERS, &c(3), "active", Duration::from_secs(20));
+    // New connections do reach the newcomer...
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 200, 16)
+        .unwrap();
+    assert!(counts.contains_key("c4"), "c4 takes new flows: {counts:?}");
+    // ...while the established ones stay where they are, through every kind
+    // of change.
+    cli_ok(&d, &["backend", "weight", COMPILERS, &c(0), "300"]);
+    cli_ok(&d, &["backend", "drain", COMPILERS, &c(1)]);
+    cli_ok(&d, &["backend", "undrain", COMPILERS, &c(1)]);
+    cli_ok(&d, &["backend", "weight", COMPILERS, &c(0), "100"]);
+    cli_ok(&d, &["backend", "remove", COMPILERS, &c(3)]);
+    assert!(
+        backend_state(&d, COMPILERS, &c(3)).is_none(),
+        "c4 is removed"
+    );
+    assert_transfers_intact(&topo, transfers);
+}
+
+#[test]
+fn daemon_drain_keeps_established_and_takes_no_new() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let c1 = topo.compilers[0].ip4.to_string();
+    let transfers = transfers_covering(&topo, "c1", 2, Load::lasting(6));
+
+    cli_ok(&d, &["backend", "drain", COMPILERS, &c1]);
+    assert_eq!(
+        backend_state(&d, COMPILERS, &c1).as_deref(),
+        Some("draining")
+    );
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 400, 16)
+        .unwrap();
+    eprintln!("while c1 drains: {counts:?}");
+    assert!(!counts.contains_key("c1"), "drained c1 got new connections");
+    assert_even(&counts, &topo.compilers[1..], 400, 0.25);
+    let on_c1 = transfers.iter().filter(|t| t.backend == "c1").count();
+    assert!(on_c1 >= 2);
+    assert_transfers_intact(&topo, transfers);
+
+    cli_ok(&d, &["backend", "undrain", COMPILERS, &c1]);
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 600, 16)
+        .unwrap();
+    assert_even(&counts, &topo.compilers, 600, 0.25);
+}
+
+#[test]
+fn daemon_health_failover_and_return() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let h = HealthTiming::default();
+    let c1 = &topo.compilers[0];
+    let c1_addr = c1.ip4.to_string();
+
+    topo.control(c1, "POST", "/control/fail").unwrap();
+    let took = wait_state(&d, COMPILERS, &c1_addr, "down", Duration::from_secs(15));
+    // fall failed probes, plus up to one interval until the first probe
+    // after the failure; a generous margin for a loaded machine on top.
+    let bound = h.interval * (h.fall + 1) + h.timeout + Duration::from_secs(3);
+    eprintln!(
+        "c1 out after {took:?} (fall {} × interval {:?})",
+        h.fall, h.interval
+    );
+    assert!(took <= bound, "c1 out after {took:?}, bound {bound:?}");
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 600, 16)
+        .unwrap();
+    eprintln!("with c1 down: {counts:?}");
+    assert!(!counts.contains_key("c1"));
+    assert_even(&counts, &topo.compilers[1..], 600, 0.25);
+
+    topo.control(c1, "POST", "/control/recover").unwrap();
+    let took = wait_state(&d, COMPILERS, &c1_addr, "active", Duration::from_secs(15));
+    eprintln!("c1 back after {took:?} (rise {})", h.rise);
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 600, 16)
+        .unwrap();
+    assert_even(&counts, &topo.compilers, 600, 0.25);
+}
+
+#[test]
+fn daemon_restart_keeps_flows_and_cli_changes() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(4);
+    let mut d = start_daemon(&topo, 3);
+    let c4 = topo.compilers[3].ip4.to_string();
+    cli_ok(&d, &["backend", "add", COMPILERS, &c4, "--name", "c4"]);
+    wait_state(&d, COMPILERS, &c4, "active", Duration::from_secs(20));
+    let before: Vec<(String, u32)> = backends(&d, COMPILERS)
+        .into_iter()
+        .map(|b| (b.address.to_string(), b.id))
+        .collect();
+
+    let transfers = topo
+        .start_transfers(topo.compiler_vip(false), 20, Load::lasting(8))
+        .unwrap();
+    d.kill9();
+    // With the daemon gone the attached program keeps forwarding.
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 200, 16)
+        .unwrap();
+    assert_eq!(counts.len(), 4, "all four compilers serve: {counts:?}");
+    d.spawn().expect("restart voxlb run");
+
+    let after: Vec<(String, u32)> = backends(&d, COMPILERS)
+        .into_iter()
+        .map(|b| (b.address.to_string(), b.id))
+        .collect();
+    assert_eq!(after, before, "same backends with the same ids");
+    let view = backends(&d, COMPILERS);
+    let added = view.iter().find(|b| b.address.to_string() == c4).unwrap();
+    assert_eq!(added.source, "cli");
+    assert_transfers_intact(&topo, transfers);
+}
+
+#[test]
+fn daemon_bad_control_input_changes_nothing() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(4);
+    let d = start_daemon(&topo, 3);
+    let snapshot = |d: &Daemon| -> Vec<(String, u32, u32, String)> {
+        [COMPILERS, COMPILERS_V6]
+            .iter()
+            .flat_map(|s| backends(d, s))
+            .map(|b| (b.address.to_string(), b.id, b.weight, b.state))
+            .collect()
+    };
+    let before = snapshot(&d);
+    let c1 = topo.compilers[0].ip4.to_string();
+    let c4 = topo.compilers[3].ip4.to_string();
+    // (arguments, expected exit code, a word the message must contain)
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["backend", "add", "nosuch", &c4], 1, "nosuch"),
+        (&["backend", "drain", "nosuch", &c1], 1, "nosuch"),
+        (&["backend", "add", COMPILERS, "10.77.0.x"], 2, "10.77.0.x"),
+        (
+            &["backend", "add", COMPILERS, &c4, "--weight", "0"],
+            2,
+            "weight",
+        ),
+        (&["backend", "weight", COMPILERS, &c1, "5000"], 2, "weight"),
+        (&["backend", "weight", COMPILERS, &c1, "-3"], 2, "weight"),
+        (
+            &["backend", "add", COMPILERS, &c4, "--mac", "zz:zz"],
+            2,
+            "mac",
+        ),
+        (
+            &["backend", "drain", COMPILERS, "10.77.0.99"],
+            1,
+            "10.77.0.99",
+        ),
+        (
+            &["backend", "remove", COMPILERS, "10.77.0.99"],
+            1,
+            "10.77.0.99",
+        ),
+        (&["backend", "add", daemon::CA, &c4], 1, "ca"),
+        (&["backend", "add", COMPILERS, "224.0.0.1"], 2, "224.0.0.1"),
+        (&["backend", "bogus"], 2, ""),
+    ];
+    for (args, code, word) in cases {
+        let out = d.cli(args).unwrap();
+        assert_eq!(
+            out.code(),
+            *code,
+            "voxlb {}: stdout {:?} stderr {:?}",
+            args.join(" "),
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr.to_lowercase().contains(&word.to_lowercase()),
+            "voxlb {}: message {:?} should mention {word:?}",
+            args.join(" "),
+            out.stderr
+        );
+        assert!(!out.stderr.trim().is_empty(), "an error says why");
+    }
+    // The daemon unreachable: exit 3.
+    let out = d
+        .cli_with_socket(&topo.work_dir.join("nope.sock"), &["status"])
+        .unwrap();
+    assert_eq!(out.code(), 3, "{out:?}");
+    // JSON errors are JSON.
+    match d.json(&["backend", "add", "nosuch", &c4]).unwrap() {
+        Response::Error { message } => assert!(message.contains("nosuch")),
+        other => panic!("expected an error response, got {other:?}"),
+    }
+
+    assert_eq!(snapshot(&d), before, "nothing changed");
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 300, 16)
+        .unwrap();
+    assert_eq!(
+        counts.len(),
+        3,
+        "still the same three compilers: {counts:?}"
+    );
+    assert!(d.json(&["status"]).is_ok());
+}
