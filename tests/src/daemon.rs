@@ -293,6 +293,14 @@ impl Daemon {
         }
     }
 
+    /// Leaves the daemon running when this handle goes (the demo's
+    /// `--keep`).
+    pub fn leave_running(mut self) {
+        if let Some(c) = self.child.take() {
+            std::mem::forget(c);
+        }
+    }
+
     /// Whether the daemon process is running.
     pub fn running(&mut self) -> bool {
         self.child

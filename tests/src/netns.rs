@@ -309,6 +309,32 @@ pub fn sweep_stale(kind: &str) {
     }
 }
 
+/// Removes every namespace, pin dir and work dir named `KIND-...`, whoever
+/// made it, killing the processes inside those namespaces first (the demo's
+/// `--cleanup`). Returns the namespaces removed.
+pub fn remove_all(kind: &str) -> Vec<String> {
+    let prefix = format!("{kind}-");
+    let namespaces = list_ns(&prefix);
+    for ns in &namespaces {
+        kill_all_in(ns);
+        delete_ns(ns);
+    }
+    for base in [Path::new(BPFFS).to_path_buf(), std::env::temp_dir()] {
+        let Ok(dir) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for e in dir.filter_map(|e| e.ok()) {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    namespaces
+}
+
 fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }

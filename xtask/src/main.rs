@@ -46,6 +46,15 @@ enum Cmd {
     },
     /// fmt --check and clippy -D warnings, for userspace and the eBPF crate.
     Lint,
+    /// The demo in network namespaces (root): live traffic, drain, failure.
+    Demo {
+        /// Leave it running at the end and print commands to explore it.
+        #[arg(long)]
+        keep: bool,
+        /// Remove what a `--keep` demo left, then exit.
+        #[arg(long)]
+        cleanup: bool,
+    },
     /// Benchmarks: `dataplane`, `maglev`, or `all`.
     Bench {
         #[arg(default_value = "all")]
@@ -129,6 +138,34 @@ fn test(no_setup: bool) -> Result<()> {
     Ok(())
 }
 
+fn demo(keep: bool, cleanup: bool) -> Result<()> {
+    step("demo: build voxlb, the test backend and the demo (debug)");
+    run(cargo().args([
+        "build",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "voxlb-tests",
+        "--bin",
+        "voxlb",
+        "--bin",
+        "voxlb-testd",
+        "--bin",
+        "voxlb-demo",
+    ]))?;
+    step("demo: voxlb-demo");
+    let debug = root_dir().join("target/debug");
+    let mut cmd = Command::new(debug.join("voxlb-demo"));
+    cmd.env("VOXLB_BIN", debug.join("voxlb"));
+    if keep {
+        cmd.arg("--keep");
+    }
+    if cleanup {
+        cmd.arg("--cleanup");
+    }
+    run(&mut cmd)
+}
+
 fn bench(which: &str, quick: bool) -> Result<()> {
     let q: &[&str] = if quick { &["--quick"] } else { &[] };
     let all = which == "all";
@@ -193,6 +230,7 @@ fn main() -> ExitCode {
             }),
         Cmd::Test { no_setup } => test(no_setup),
         Cmd::Lint => lint(),
+        Cmd::Demo { keep, cleanup } => demo(keep, cleanup),
         Cmd::Bench { which, quick } => bench(&which, quick),
     };
     match r {
