@@ -9,6 +9,10 @@ pub const MAP_VERSION: u32 = 1;
 
 /// VIP (address, port, protocol) -> [`crate::VipInfo`]. Hash map.
 pub const VIPS: &str = "vx_vips_v1";
+/// Destination port (host order) -> number of VIPs on that port (u32).
+/// Array of 65536. A one-load pre-filter: traffic to a port no VIP uses
+/// (SSH, ...) is passed without a hash lookup.
+pub const VIP_PORTS: &str = "vx_vip_ports_v1";
 /// Backend id -> [`crate::BackendInfo`]. Array.
 pub const BACKENDS: &str = "vx_backends_v1";
 /// Maglev slots of every table copy, concatenated. Array of backend ids.
@@ -31,8 +35,9 @@ pub const SERVICE_STATS: &str = "vx_svc_stats_v1";
 pub const BACKEND_STATS: &str = "vx_be_stats_v1";
 
 /// Every map, for pinning and unpinning in one place.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     VIPS,
+    VIP_PORTS,
     BACKENDS,
     MAGLEV,
     REGIONS,

@@ -11,7 +11,10 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{KIND_CA, KIND_COMPILER, Reason, VipKey, reason::Verdict};
 
-use crate::{maps::VIPS, parse::Cursor};
+use crate::{
+    maps::{VIP_PORTS, VIPS},
+    parse::Cursor,
+};
 
 #[xdp]
 pub fn voxlb(ctx: XdpContext) -> u32 {
@@ -33,6 +36,16 @@ pub fn voxlb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
     let pkt = parse::parse(c)?;
+    // Pre-filter: a port no VIP uses is not ours (one array load).
+    let dport = u16::from_be(pkt.key.dport_be) as u32;
+    if VIP_PORTS.get(dport).is_none_or(|n| *n == 0) {
+        return Err(Reason::PassNotVip);
+    }
+    // Established compiler flows: the flow table alone decides.
+    let known = match select::established(&pkt) {
+        Ok(choice) => return forward(c, &choice, len, Reason::TxCompiler),
+        Err(known) => known,
+    };
     let vip = VipKey {
         addr: pkt.key.dst,
         port_be: pkt.key.dport_be,
@@ -45,19 +58,32 @@ fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
     // SAFETY: a value pointer from a map lookup, valid for this run.
     let info = unsafe { *info };
     let (choice, reason) = match info.kind {
-        KIND_COMPILER => (select::compiler(info.service_id, &pkt), Reason::TxCompiler),
+        KIND_COMPILER => (
+            select::compiler(info.service_id, &pkt, known),
+            Reason::TxCompiler,
+        ),
         KIND_CA => (select::ca(info.service_id, &pkt), Reason::TxCa),
         _ => return Err(Reason::PassNotVip),
     };
-    let choice = match choice {
-        Ok(ch) => ch,
+    match choice {
+        Ok(choice) => forward(c, &choice, len, reason),
         Err(r) => {
             stats::count_no_backend(info.service_id);
-            return Err(r);
+            Err(r)
         }
-    };
+    }
+}
+
+/// Rewrite for DSR and count the packet for its service and backend.
+#[inline(always)]
+fn forward(
+    c: &Cursor,
+    choice: &select::Choice,
+    len: u64,
+    reason: Reason,
+) -> Result<Reason, Reason> {
     rewrite_l2(c, &choice.mac)?;
-    stats::count_forward(info.service_id, choice.backend_id, len, choice.new_flow);
+    stats::count_forward(choice.service_id, choice.backend_id, len, choice.new_flow);
     Ok(reason)
 }
 

@@ -21,6 +21,9 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 #[map(name = "vx_vips_v1")]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
 
+#[map(name = "vx_vip_ports_v1")]
+pub static VIP_PORTS: Array<u32> = Array::with_max_entries(65536, 0);
+
 #[map(name = "vx_backends_v1")]
 pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
 

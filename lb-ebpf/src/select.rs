@@ -1,4 +1,4 @@
-//! Backend selection: CA steering, the flow table and the Maglev table.
+//! Backend selection: the flow table, CA steering and the Maglev table.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
@@ -13,15 +13,57 @@ use crate::{
 
 /// The backend a packet goes to.
 pub struct Choice {
+    pub service_id: u32,
     pub backend_id: u32,
     pub mac: [u8; 6],
-    /// The flow got its backend from the table just now.
+    /// The flow got its backend from the table (or CA steering) just now.
     pub new_flow: bool,
 }
 
 #[inline(always)]
 fn backend(id: u32) -> Option<&'static BackendInfo> {
     BACKENDS.get(id)
+}
+
+#[inline(always)]
+pub fn is_syn(pkt: &Parsed) -> bool {
+    pkt.key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// What the flow table says about a packet's flow.
+pub enum Known {
+    /// No entry.
+    Miss,
+    /// An entry whose backend may no longer take it (removed, down, id
+    /// reused, or drained and this is a new SYN): re-pick and overwrite.
+    Stale,
+}
+
+/// The established-flow fast path: one hash lookup, and the backend the
+/// flow was given, if it may still have it. The entry itself says which
+/// service it belongs to (through its backend), so no VIP lookup is needed.
+#[inline(always)]
+pub fn established(pkt: &Parsed) -> Result<Choice, Known> {
+    let Some(v) = FLOWS.get_ptr(pkt.key) else {
+        return Err(Known::Miss);
+    };
+    // SAFETY: a value pointer from a map lookup, valid for this run; a
+    // concurrent update can only make us read an older or newer value of
+    // plain integers.
+    let v = unsafe { *v };
+    let be = backend(v.backend_id).ok_or(Known::Stale)?;
+    // A drained backend keeps its flows, but a new SYN on a reused 5-tuple
+    // is a new connection and is re-picked.
+    let usable = be.state == BACKEND_ACTIVE || (be.state == BACKEND_DRAINING && !is_syn(pkt));
+    if !usable || be.generation != v.generation {
+        return Err(Known::Stale);
+    }
+    Ok(Choice {
+        service_id: be.service_id,
+        backend_id: v.backend_id,
+        mac: be.mac,
+        new_flow: false,
+    })
 }
 
 /// CA VIP: every flow goes to the CA backend userspace marked active.
@@ -38,40 +80,16 @@ pub fn ca(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
         return Err(Reason::DropNoCa);
     }
     Ok(Choice {
+        service_id,
         backend_id: id,
         mac: be.mac,
         new_flow: is_syn(pkt),
     })
 }
 
+/// Compiler VIP, flow not (usably) known: a Maglev pick, remembered.
 #[inline(always)]
-fn is_syn(pkt: &Parsed) -> bool {
-    pkt.key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-}
-
-/// Compiler VIP: the flow's remembered backend, or a Maglev pick.
-#[inline(always)]
-pub fn compiler(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
-    let syn = is_syn(pkt);
-    let known = FLOWS.get_ptr(pkt.key);
-    if let Some(v) = known {
-        // SAFETY: a value pointer from a map lookup, valid for this run; a
-        // concurrent update can only make us read a whole older/newer value
-        // of plain integers.
-        let v = unsafe { *v };
-        if let Some(be) = backend(v.backend_id) {
-            // A drained backend keeps its flows, but a new SYN on a reused
-            // 5-tuple is a new connection and is re-picked.
-            let usable = be.state == BACKEND_ACTIVE || (be.state == BACKEND_DRAINING && !syn);
-            if usable && be.generation == v.generation && be.service_id == service_id {
-                return Ok(Choice {
-                    backend_id: v.backend_id,
-                    mac: be.mac,
-                    new_flow: false,
-                });
-            }
-        }
-    }
+pub fn compiler(service_id: u32, pkt: &Parsed, known: Known) -> Result<Choice, Reason> {
     let id = pick(service_id, pkt)?;
     let be = backend(id).ok_or(Reason::DropNoBackend)?;
     if be.service_id != service_id || (be.state != BACKEND_ACTIVE && be.state != BACKEND_DRAINING) {
@@ -80,7 +98,7 @@ pub fn compiler(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
     // Only a SYN (or UDP, which has no handshake) creates an entry, so a
     // flood of random ACKs cannot evict established flows from the LRU. An
     // existing entry whose backend is gone is overwritten.
-    if syn || pkt.key.proto != PROTO_TCP || known.is_some() {
+    if is_syn(pkt) || pkt.key.proto != PROTO_TCP || matches!(known, Known::Stale) {
         let v = FlowValue {
             backend_id: id,
             generation: be.generation,
@@ -92,6 +110,7 @@ pub fn compiler(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
         let _ = FLOWS.insert(pkt.key, v, 0);
     }
     Ok(Choice {
+        service_id,
         backend_id: id,
         mac: be.mac,
         new_flow: true,

@@ -8,7 +8,7 @@
 //! e.g. `compiler_services[1].backends[0].address: "10.0.0.x" is not an IP
 //! address`. A config that does not validate never reaches the data plane.
 //!
-//! The reference for every key is `docs/config.md`.
+//! The reference for every key is `README.md, "Configuration reference"`.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -86,6 +86,7 @@ fn other<E: Into<Box<dyn std::error::Error>>>(e: E) -> DataPlaneError {
 pub struct XdpDataPlane {
     ebpf: Option<Ebpf>,
     vips: HashMap<MapData, VipKey, VipInfo>,
+    vip_ports: Array<MapData, u32>,
     backends: Array<MapData, BackendInfo>,
     maglev: Array<MapData, u32>,
     regions: Array<MapData, TableRegion>,
@@ -97,6 +98,8 @@ pub struct XdpDataPlane {
     be_stats: PerCpuArray<MapData, BackendStats>,
     /// What we know each region holds, to write only changed slots.
     shadow: BTreeMap<u32, Vec<u32>>,
+    /// What the port pre-filter holds (None: not read yet).
+    ports_shadow: Option<BTreeMap<u32, u32>>,
 }
 
 /// `pin_dir/link_<ifname>`.
@@ -124,7 +127,7 @@ impl XdpDataPlane {
                 let data = MapData::from_pin(opts.pin_dir.join(name)).map_err(map_err(name))?;
                 maps.insert(name, Map::from_map_data(data).map_err(map_err(name))?);
             }
-            return Self::from_maps(None, maps);
+            return Self::from_maps(None, maps, false);
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::FLOWS, opts.flow_capacity);
@@ -144,7 +147,7 @@ impl XdpDataPlane {
             }
         }
         let maps = take_maps(&mut ebpf)?;
-        Self::from_maps(Some(ebpf), maps)
+        Self::from_maps(Some(ebpf), maps, false)
     }
 
     /// Load the object with private (unpinned) maps and attach nothing: for
@@ -159,10 +162,14 @@ impl XdpDataPlane {
             program(&mut ebpf, name)?.load().map_err(other)?;
         }
         let maps = take_maps(&mut ebpf)?;
-        Self::from_maps(Some(ebpf), maps)
+        Self::from_maps(Some(ebpf), maps, true)
     }
 
-    fn from_maps(ebpf: Option<Ebpf>, mut maps: BTreeMap<&'static str, Map>) -> Result<Self> {
+    fn from_maps(
+        ebpf: Option<Ebpf>,
+        mut maps: BTreeMap<&'static str, Map>,
+        fresh: bool,
+    ) -> Result<Self> {
         macro_rules! take {
             ($name:expr) => {{
                 let m = maps
@@ -174,6 +181,7 @@ impl XdpDataPlane {
         Ok(XdpDataPlane {
             ebpf,
             vips: take!(names::VIPS),
+            vip_ports: take!(names::VIP_PORTS),
             backends: take!(names::BACKENDS),
             maglev: take!(names::MAGLEV),
             regions: take!(names::REGIONS),
@@ -184,6 +192,8 @@ impl XdpDataPlane {
             svc_stats: take!(names::SERVICE_STATS),
             be_stats: take!(names::BACKEND_STATS),
             shadow: BTreeMap::new(),
+            // Maps this process created are all zeroes.
+            ports_shadow: fresh.then(BTreeMap::new),
         })
     }
 
@@ -283,6 +293,41 @@ impl XdpDataPlane {
         self.active
             .set(service_id, copy & 1, 0)
             .map_err(map_err(names::ACTIVE))
+    }
+
+    /// Make the port pre-filter say exactly how many VIPs use each port.
+    fn sync_vip_ports(&mut self) -> Result<()> {
+        let mut want: BTreeMap<u32, u32> = BTreeMap::new();
+        for (k, _) in self.vips()? {
+            *want.entry(u16::from_be(k.port_be) as u32).or_default() += 1;
+        }
+        // What the map holds: read in full once (pins reused from an
+        // earlier run), then tracked here.
+        let current = match self.ports_shadow.take() {
+            Some(c) => c,
+            None => (0..=u16::MAX as u32)
+                .filter_map(|p| match self.vip_ports.get(&p, 0) {
+                    Ok(0) | Err(_) => None,
+                    Ok(n) => Some((p, n)),
+                })
+                .collect(),
+        };
+        for p in current.keys() {
+            if !want.contains_key(p) {
+                self.vip_ports
+                    .set(*p, 0, 0)
+                    .map_err(map_err(names::VIP_PORTS))?;
+            }
+        }
+        for (p, n) in &want {
+            if current.get(p) != Some(n) {
+                self.vip_ports
+                    .set(*p, *n, 0)
+                    .map_err(map_err(names::VIP_PORTS))?;
+            }
+        }
+        self.ports_shadow = Some(want);
+        Ok(())
     }
 
     /// Read a region's slots back from the kernel.
@@ -477,14 +522,29 @@ impl DataPlane for XdpDataPlane {
         if info.service_id >= MAX_SERVICES {
             return Err(DataPlaneError::ServiceId(info.service_id));
         }
-        self.vips.insert(key, info, 0).map_err(map_err(names::VIPS))
+        // The port pre-filter first: a VIP is never hidden behind it.
+        let port = u16::from_be(key.port_be) as u32;
+        let n = self
+            .vip_ports
+            .get(&port, 0)
+            .map_err(map_err(names::VIP_PORTS))?;
+        if n == 0 {
+            self.vip_ports
+                .set(port, 1, 0)
+                .map_err(map_err(names::VIP_PORTS))?;
+        }
+        self.vips
+            .insert(key, info, 0)
+            .map_err(map_err(names::VIPS))?;
+        self.sync_vip_ports()
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         match self.vips.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::VIPS)(e)),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::VIPS)(e)),
         }
+        self.sync_vip_ports()
     }
 
     fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
