@@ -413,12 +413,14 @@ fn wait_state(d: &Daemon, service: &str, address: &str, state: &str, limit: Dura
 }
 
 /// Every transfer ended intact, on the backend it started on.
+/// (Every test's downloads are `Load::lasting(_)`: the same size.)
 fn assert_transfers_intact(topo: &Topology, transfers: Vec<voxlb_tests::topology::Transfer>) {
+    let expected = Load::lasting(1).bytes;
     let total = transfers.len();
     let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
     for (backend, r) in topo.finish_transfers(transfers) {
         let end = r.unwrap_or_else(|e| panic!("transfer on {backend} broke: {e:#}"));
-        assert_eq!(end.bytes, Load::lasting(1).bytes);
+        assert_eq!(end.bytes, expected, "whole body");
         assert_eq!(
             end.backend_after, backend,
             "the connection stayed on its compiler"
