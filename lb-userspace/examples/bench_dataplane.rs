@@ -35,8 +35,17 @@ fn main() -> anyhow::Result<()> {
     } else {
         (7, 200_000, 4000)
     };
-    // A production-sized flow table (1 Mi entries), as the daemon's default.
-    let mut dp = XdpDataPlane::load_private(lb_common::maps::DEFAULT_FLOW_CAPACITY)?;
+    // The daemon's default flow-table size unless `--flow-capacity N`: the
+    // SYN path's cost is mostly cache and TLB misses in that table.
+    let args: Vec<String> = std::env::args().collect();
+    let capacity = args
+        .iter()
+        .position(|a| a == "--flow-capacity")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse::<u32>())
+        .transpose()?
+        .unwrap_or(lb_common::maps::DEFAULT_FLOW_CAPACITY);
+    let mut dp = XdpDataPlane::load_private(capacity)?;
     dp.upsert_vip(
         VipKey::new(VIP.into(), 8140, PROTO_TCP),
         VipInfo {
@@ -141,10 +150,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "voxlb data plane, BPF_PROG_TEST_RUN, median of {rounds} rounds (repeat {repeat}; SYN: {syns} distinct flows at repeat 1)"
     );
-    println!(
-        "flow table: {} entries (the daemon's default)",
-        lb_common::maps::DEFAULT_FLOW_CAPACITY
-    );
+    println!("flow table: {capacity} entries");
     println!(
         "{:<44} {:>10} {:>12} {:>8}",
         "path", "ns/packet", "x reflector", "target"
