@@ -199,7 +199,7 @@ impl Lb {
     /// The backend a frame was forwarded to (None if not forwarded).
     fn send(&mut self, frame: &[u8]) -> Option<u32> {
         let out = self.dp.test_run(PROGRAM_NAME, frame, 1).expect("test_run");
-        (out.action == XDP_TX).then(|| u32::from(out.frame[4]) << 8 | u32::from(out.frame[5]))
+        (out.action == XDP_TX).then(|| (u32::from(out.frame[4]) << 8) | u32::from(out.frame[5]))
     }
 
     fn flow_count(&self) -> usize {
