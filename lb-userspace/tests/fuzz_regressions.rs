@@ -98,15 +98,15 @@ fn the_checker_catches_a_sabotaged_data_plane() {
     }
     use lb_common::{KIND_CA, PROTO_TCP, VipInfo, VipKey};
     use std::collections::BTreeMap;
-    use voxlb::fuzz::{Generator, VIP4_CA};
+    use voxlb::fuzz::{Generator, VIP4, VIP4_CA};
     let world = World::standard();
     let mut dp = world.load(4096).expect("load the XDP object");
     let ca = world.vips[&VipKey::new(VIP4_CA.into(), 8140, PROTO_TCP)].service_id;
-    // CA traffic to the standby instead of the primary; port 22 of the CA
-    // address made a VIP the model does not know.
+    // CA traffic to the standby instead of the primary; port 22 of the
+    // compiler VIP's address made a VIP the model does not know.
     dp.set_ca_target(ca, 31).unwrap();
     dp.upsert_vip(
-        VipKey::new(VIP4_CA.into(), 22, PROTO_TCP),
+        VipKey::new(VIP4.into(), 22, PROTO_TCP),
         VipInfo {
             service_id: ca,
             kind: KIND_CA,
