@@ -51,6 +51,9 @@ use crate::{
 pub const NEIGH_RETRY: Duration = Duration::from_secs(5);
 /// How often resolved (not configured) MACs are checked for changes.
 pub const NEIGH_REFRESH: Duration = Duration::from_secs(60);
+/// How often the bpffs pins are checked (and put back if deleted); every
+/// control request checks them too.
+pub const PIN_CHECK: Duration = Duration::from_secs(5);
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -313,8 +316,20 @@ impl Daemon {
         }
     }
 
+    /// Put back deleted bpffs pins (see [`DataPlane::ensure_pinned`]).
+    pub fn check_pins(&mut self) {
+        match self.dp.ensure_pinned() {
+            Ok(true) => warn!("bpffs pins had been deleted; put back from the daemon's handles"),
+            Ok(false) => {}
+            Err(e) => error!(
+                "cannot put the deleted bpffs pins back: {e}; a restarted daemon would start with empty maps"
+            ),
+        }
+    }
+
     /// Handle one control request.
     pub fn handle(&mut self, req: Request) -> Response {
+        self.check_pins();
         let membership = matches!(
             req,
             Request::BackendAdd { .. } | Request::BackendRemove { .. }
@@ -907,6 +922,7 @@ pub async fn run(
     let mut stop = opts.stop;
     let mut retry = tokio::time::interval(NEIGH_RETRY);
     let mut refresh = tokio::time::interval(NEIGH_REFRESH);
+    let mut pins = tokio::time::interval(PIN_CHECK);
     info!(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
@@ -932,6 +948,7 @@ pub async fn run(
             Some(ev) = health_rx.recv() => daemon.on_health(ev),
             _ = retry.tick() => daemon.neigh_tick(false),
             _ = refresh.tick() => daemon.neigh_tick(true),
+            _ = pins.tick() => daemon.check_pins(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
                 daemon.reload();

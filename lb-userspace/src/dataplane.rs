@@ -66,6 +66,15 @@ pub trait DataPlane: Send {
     fn backend_stats(&self, backend_id: u32) -> Result<BackendStats>;
     /// Up to `limit` flow-table entries.
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>>;
+    /// Put back any bpffs pin of the data plane (map or link) that vanished
+    /// while this process holds it open, e.g. after an `rm -r` of the pin
+    /// directory; without the pins a restarted daemon would start from empty
+    /// maps, and a lost link pin detaches the program once this process
+    /// exits. `Ok(true)` when something was re-pinned. Data planes without
+    /// pins have nothing to do.
+    fn ensure_pinned(&mut self) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 fn check_service(id: u32) -> Result<()> {

@@ -114,6 +114,20 @@ fn open_dataplane(config: &Config, replace: bool) -> anyhow::Result<Box<dyn Data
 /// Remove the program and the pins on purpose: forwarding stops.
 fn detach(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    // A running daemon holds the maps and links open and puts deleted pins
+    // back: detaching under it would not stick.
+    let status = control::request(
+        &config.control_socket,
+        &control::Request::Status {},
+        std::time::Duration::from_secs(2),
+    );
+    if let Ok(control::Response::Status(s)) = status {
+        anyhow::bail!(
+            "a voxlb daemon (pid {}) is running on {}: stop it first",
+            s.pid,
+            config.control_socket.display()
+        );
+    }
     xdp::detach(&load_options(&config, false)).context("detaching")?;
     println!(
         "detached from {}; pinned maps removed",

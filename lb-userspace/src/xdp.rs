@@ -17,6 +17,7 @@
 
 use std::{
     collections::BTreeMap,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -100,6 +101,9 @@ pub struct XdpDataPlane {
     shadow: BTreeMap<u32, Vec<u32>>,
     /// What the port pre-filter holds (None: not read yet).
     ports_shadow: Option<BTreeMap<u32, u32>>,
+    /// Every pin of a [`Self::load`]ed data plane (maps and links) with a
+    /// descriptor of what it pins, to put it back if it is deleted.
+    pins: Vec<(PathBuf, OwnedFd)>,
 }
 
 /// `pin_dir/link_<ifname>`.
@@ -127,7 +131,9 @@ impl XdpDataPlane {
                 let data = MapData::from_pin(opts.pin_dir.join(name)).map_err(map_err(name))?;
                 maps.insert(name, Map::from_map_data(data).map_err(map_err(name))?);
             }
-            return Self::from_maps(None, maps, false);
+            let mut dp = Self::from_maps(None, maps, false)?;
+            dp.hold_pins(opts)?;
+            return Ok(dp);
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::FLOWS, opts.flow_capacity);
@@ -147,7 +153,25 @@ impl XdpDataPlane {
             }
         }
         let maps = take_maps(&mut ebpf)?;
-        Self::from_maps(Some(ebpf), maps, false)
+        let mut dp = Self::from_maps(Some(ebpf), maps, false)?;
+        dp.hold_pins(opts)?;
+        Ok(dp)
+    }
+
+    /// Open every pin (maps and links) so that [`DataPlane::ensure_pinned`]
+    /// can restore it. Holding the links open also keeps the program
+    /// attached while this process lives, whatever happens to the pins.
+    fn hold_pins(&mut self, opts: &LoadOptions) -> Result<()> {
+        let paths = names::ALL
+            .iter()
+            .map(|n| opts.pin_dir.join(n))
+            .chain(opts.interfaces.iter().map(|i| link_pin(&opts.pin_dir, i)));
+        for path in paths {
+            let fd = bpf_obj_get(&path)
+                .map_err(|e| other(format!("opening pin {}: {e}", path.display())))?;
+            self.pins.push((path, fd));
+        }
+        Ok(())
     }
 
     /// Load the object with private (unpinned) maps and attach nothing: for
@@ -194,6 +218,7 @@ impl XdpDataPlane {
             shadow: BTreeMap::new(),
             // Maps this process created are all zeroes.
             ports_shadow: fresh.then(BTreeMap::new),
+            pins: Vec::new(),
         })
     }
 
@@ -481,6 +506,56 @@ pub fn detach(opts: &LoadOptions) -> Result<()> {
     Ok(())
 }
 
+/// `union bpf_attr` as the BPF_OBJ_PIN and BPF_OBJ_GET commands read it.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+
+fn bpf_obj(cmd: libc::c_long, path: &Path, fd: u32) -> std::io::Result<libc::c_long> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd,
+        ..ObjAttr::default()
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for the OBJ commands, its
+    // size is passed, and `c` outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &mut attr as *mut ObjAttr,
+            std::mem::size_of::<ObjAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// A new descriptor of the BPF object pinned at `path`.
+fn bpf_obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    let fd = bpf_obj(BPF_OBJ_GET, path, 0)?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pin the BPF object behind `fd` at `path`.
+fn bpf_obj_pin(fd: &OwnedFd, path: &Path) -> std::io::Result<()> {
+    bpf_obj(BPF_OBJ_PIN, path, fd.as_raw_fd() as u32).map(|_| ())
+}
+
 fn check_bpffs(dir: &Path) -> Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(other)?;
@@ -635,6 +710,26 @@ impl DataPlane for XdpDataPlane {
             t.bytes += v.bytes;
             t.new_flows += v.new_flows;
         })
+    }
+
+    fn ensure_pinned(&mut self) -> Result<bool> {
+        let mut repinned = false;
+        for (path, fd) in &self.pins {
+            match std::fs::symlink_metadata(path) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(other(format!("{}: {e}", path.display()))),
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| other(format!("creating {}: {e}", dir.display())))?;
+            }
+            bpf_obj_pin(fd, path)
+                .map_err(|e| other(format!("re-pinning {}: {e}", path.display())))?;
+            warn!(pin = %path.display(), "pin was deleted under the running daemon; re-pinned");
+            repinned = true;
+        }
+        Ok(repinned)
     }
 
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>> {

@@ -63,6 +63,17 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz the XDP program through BPF_PROG_TEST_RUN (needs root).
+    Fuzz {
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u64,
+        /// Seed (decimal or 0x-hex); the default is fixed, for reproducible runs.
+        #[arg(long, conflicts_with = "random_seed")]
+        seed: Option<String>,
+        /// A fresh seed (printed, to reproduce a failure).
+        #[arg(long)]
+        random_seed: bool,
+    },
 }
 
 /// Print a step header.
@@ -135,6 +146,7 @@ fn test(no_setup: bool) -> Result<()> {
     run(cargo()
         .args(["test", "--", "--test-threads", "2"])
         .env("VOXLB_BIN", root_dir().join("target/debug/voxlb")))?;
+    fuzz(FUZZ_CI_CASES, None, false)?;
     Ok(())
 }
 
@@ -162,6 +174,36 @@ fn demo(keep: bool, cleanup: bool) -> Result<()> {
     }
     if cleanup {
         cmd.arg("--cleanup");
+    }
+    run(&mut cmd)
+}
+
+/// Cases `xtask test` fuzzes (a few seconds; `xtask fuzz` does a million).
+const FUZZ_CI_CASES: u64 = 30_000;
+
+/// The fuzzer needs the eBPF object, so it is an example of lb-userspace
+/// rather than part of xtask. It prints `fuzz: N cases, V invariant
+/// violations` and fails when V > 0.
+fn fuzz(cases: u64, seed: Option<&str>, random_seed: bool) -> Result<()> {
+    step(&format!("fuzz: {cases} cases through BPF_PROG_TEST_RUN"));
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "lb-userspace",
+        "--example",
+        "fuzz_dataplane",
+        "--",
+        "--cases",
+        &cases.to_string(),
+    ]);
+    if let Some(s) = seed {
+        cmd.args(["--seed", s]);
+    }
+    if random_seed {
+        cmd.arg("--random-seed");
     }
     run(&mut cmd)
 }
@@ -232,6 +274,11 @@ fn main() -> ExitCode {
         Cmd::Lint => lint(),
         Cmd::Demo { keep, cleanup } => demo(keep, cleanup),
         Cmd::Bench { which, quick } => bench(&which, quick),
+        Cmd::Fuzz {
+            cases,
+            seed,
+            random_seed,
+        } => fuzz(cases, seed.as_deref(), random_seed),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
