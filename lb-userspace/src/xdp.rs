@@ -137,6 +137,16 @@ impl XdpDataPlane {
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::FLOWS, opts.flow_capacity);
+        // The flow table's LRU lists are per CPU: each possible CPU evicts
+        // from its own share of the entries (see README, flow-table sizing).
+        if let Ok(cpus) = aya::util::nr_cpus() {
+            info!(
+                entries = opts.flow_capacity,
+                possible_cpus = cpus,
+                per_cpu = opts.flow_capacity as usize / cpus.max(1),
+                "flow table"
+            );
+        }
         let pins: Vec<(&str, PathBuf)> = names::ALL
             .iter()
             .map(|n| (*n, opts.pin_dir.join(n)))
