@@ -243,6 +243,11 @@ impl Daemon {
 
     /// Starts `voxlb run` (again) and waits until it is ready.
     pub fn spawn(&mut self) -> anyhow::Result<()> {
+        self.spawn_args(&[])
+    }
+
+    /// [`Self::spawn`] with extra `voxlb run` arguments (e.g. `--replace`).
+    pub fn spawn_args(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         anyhow::ensure!(self.child.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -252,6 +257,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(&self.config)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -283,6 +289,26 @@ impl Daemon {
             "voxlb did not get ready: {last}; log:\n{}",
             tail(&self.log, 40)
         )
+    }
+
+    /// SIGTERM (an orderly stop, which leaves the data plane forwarding),
+    /// then wait for the exit, bounded; the exit status.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("daemon not running")?;
+        // SAFETY: signalling a child we spawned and have not reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("voxlb run ignored SIGTERM; log:\n{}", tail(&self.log, 40));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `kill -9` the daemon and reap it.

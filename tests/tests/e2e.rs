@@ -721,3 +721,83 @@ fn daemon_bad_control_input_changes_nothing() {
     );
     assert!(d.json(&["status"]).is_ok());
 }
+
+/// The id of the program behind the pinned XDP link (bpftool's view).
+fn linked_prog_id(topo: &Topology) -> u64 {
+    let pin = voxlb::xdp::link_pin(&topo.lb_pin_dir(), topology::IFACE);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool link show pinned {}",
+        pin.display()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v["prog_id"].as_u64().expect("prog_id")
+}
+
+/// Whether the LB's interface has an XDP program attached.
+fn lb_has_xdp(topo: &Topology) -> bool {
+    let out = netns::command_in(&topo.lb.ns, "ip")
+        .args(["-j", "link", "show", "dev", topology::IFACE])
+        .output()
+        .expect("ip link");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
+    !v[0]["xdp"].is_null()
+}
+
+#[test]
+fn daemon_stop_replace_and_detach() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let mut d = start_daemon(&topo, 3);
+    let first = linked_prog_id(&topo);
+
+    // An orderly stop leaves the program attached and forwarding.
+    let transfers = topo
+        .start_transfers(topo.compiler_vip(false), 12, Load::lasting(6))
+        .unwrap();
+    assert!(d.stop().unwrap().success(), "SIGTERM exits cleanly");
+    assert!(lb_has_xdp(&topo), "SIGTERM must not detach the program");
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 150, 8)
+        .unwrap();
+    assert_eq!(counts.len(), 3, "forwarding goes on without the daemon");
+
+    // `--replace` swaps the embedded program into the same link, keeping the
+    // maps: the transfers started before carry on, on their compilers.
+    d.spawn_args(&["--replace"]).expect("voxlb run --replace");
+    let second = linked_prog_id(&topo);
+    assert_ne!(first, second, "--replace loads a new program into the link");
+    assert!(lb_has_xdp(&topo));
+    assert_transfers_intact(&topo, transfers);
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 300, 8)
+        .unwrap();
+    assert_even(&counts, &topo.compilers, 300, 0.35);
+
+    // A plain restart reuses the attached program as it is.
+    assert!(d.stop().unwrap().success());
+    d.spawn().expect("voxlb run");
+    assert_eq!(linked_prog_id(&topo), second, "a restart keeps the program");
+
+    // `voxlb detach` refuses while a daemon holds the links, then removes the
+    // program and every pin on purpose.
+    let config = d.config.to_string_lossy().into_owned();
+    let busy = d.cli(&["detach", "--config", &config]).unwrap();
+    assert_ne!(busy.code(), 0, "detach must refuse while the daemon runs");
+    assert!(lb_has_xdp(&topo));
+    assert!(d.stop().unwrap().success());
+    let out = d.cli(&["detach", "--config", &config]).unwrap();
+    assert_eq!(out.code(), 0, "detach: {} {}", out.stdout, out.stderr);
+    assert!(!lb_has_xdp(&topo), "detach removes the program");
+    assert!(
+        !topo.lb_pin_dir().exists(),
+        "detach removes the pins: {:?}",
+        std::fs::read_dir(topo.lb_pin_dir()).map(|r| r.count())
+    );
+}
