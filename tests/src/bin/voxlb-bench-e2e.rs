@@ -72,9 +72,18 @@ struct Args {
     /// Answer size of the keep-alive requests: a catalog (bytes).
     #[arg(long, default_value_t = 256 * 1024)]
     catalog_bytes: u64,
-    /// Markdown report (the README's benchmark table is generated from it).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/e2e.md"))]
-    out: PathBuf,
+    /// Only these LBs (comma-separated: voxlb, haproxy, nftables); the
+    /// direct baseline always runs.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Only these patterns (comma-separated: short, keepalive).
+    #[arg(long, value_delimiter = ',')]
+    patterns: Vec<String>,
+    /// Markdown report; a JSON file with every sample goes next to it.
+    /// Default `bench/e2e.md` (the README's table is generated from it), or
+    /// `bench/e2e-quick.md` with --quick, which must not replace it.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Do not write the report files.
     #[arg(long)]
     no_write: bool,
@@ -290,17 +299,39 @@ fn run(args: &Args) -> anyhow::Result<()> {
         voxlb_bin,
     };
 
+    for k in &args.only {
+        ensure!(
+            Target::ALL.iter().any(|t| t.key() == k),
+            "--only: unknown LB {k:?}"
+        );
+    }
+    for k in &args.patterns {
+        ensure!(
+            Pattern::ALL.iter().any(|p| p.key() == k),
+            "--patterns: unknown pattern {k:?}"
+        );
+    }
+    let targets: Vec<Target> = Target::ALL
+        .into_iter()
+        .filter(|t| {
+            *t == Target::Direct || args.only.is_empty() || args.only.iter().any(|k| k == t.key())
+        })
+        .collect();
+    let patterns: Vec<Pattern> = Pattern::ALL
+        .into_iter()
+        .filter(|p| args.patterns.is_empty() || args.patterns.iter().any(|k| k == p.key()))
+        .collect();
     let mut samples = Vec::new();
     for round in 0..plan.rounds {
         // Rotate the order so that no target always runs first or last.
-        let mut order = Target::ALL.to_vec();
+        let mut order = targets.clone();
         let n = order.len();
         order.rotate_left(round % n);
         for target in order {
             check_stop()?;
             eprintln!("round {}/{}: {}", round + 1, plan.rounds, target.name());
             let mode = bench.setup(target, round)?;
-            for pattern in Pattern::ALL {
+            for &pattern in &patterns {
                 check_stop()?;
                 let s = bench.measure(round, target, pattern, &mode)?;
                 eprintln!(
@@ -347,14 +378,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let md = report.markdown();
     println!("\n{md}");
     if !args.no_write {
-        if let Some(dir) = args.out.parent() {
+        let out = args.out.clone().unwrap_or_else(|| {
+            let name = if args.quick { "e2e-quick.md" } else { "e2e.md" };
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../bench")
+                .join(name)
+        });
+        if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&args.out, &md)
-            .with_context(|| format!("writing {}", args.out.display()))?;
-        let json = args.out.with_extension("json");
+        std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+        let json = out.with_extension("json");
         std::fs::write(&json, serde_json::to_string_pretty(&report.json())?)?;
-        eprintln!("wrote {} and {}", args.out.display(), json.display());
+        eprintln!("wrote {} and {}", out.display(), json.display());
     }
     drop(bench);
     drop(topo);
@@ -873,7 +909,10 @@ impl Report<'_> {
              latency). LB CPU = CPU of the benchmark's tasks (cgroup, softirq in their \
              context included) + ksoftirqd, per 10k requests, minus the same for the direct \
              run; *machine* = the same from /proc/stat; *own* = the LB's processes \
-             (+ the XDP program's run time for voxlb). See docs/bench.md.\n\n",
+             (+ the XDP program's run time for voxlb): a lower bound for HAProxy (its kernel \
+             TCP work in softirq is not all in its context), while *LB CPU* also holds the \
+             extra work an extra hop causes in the client's and compilers' stacks, which share \
+             the 2 CPUs here. See docs/bench.md.\n\n",
             t = a.threads,
             sc = a.short_connections,
             sb = a.short_bytes,
@@ -896,6 +935,9 @@ impl Report<'_> {
         let mut rows = Vec::new();
         for p in Pattern::ALL {
             for t in Target::ALL {
+                if !self.samples.iter().any(|s| s.target == t && s.pattern == p) {
+                    continue;
+                }
                 let r = self.row(t, p);
                 rows.push(vec![
                     p.name().to_owned(),
@@ -921,12 +963,16 @@ impl Report<'_> {
             "req/s vs nftables",
             "LB CPU vs HAProxy (target ≤ 0.10)",
             "LB CPU vs nftables",
+            "own CPU vs HAProxy",
             "1-conn p50 vs direct (target ≤ 1.05)",
             "p50 vs HAProxy",
             "p50 vs nftables",
         ];
         let mut rows = Vec::new();
         for p in Pattern::ALL {
+            if !self.samples.iter().any(|s| s.pattern == p) {
+                continue;
+            }
             let rps = |peer| self.ratio(peer, p, |v, o| v.loaded.rps() / o.loaded.rps());
             let p50 = |peer| self.ratio(peer, p, |v, o| v.loaded.p50_us / o.loaded.p50_us);
             rows.push(vec![
@@ -935,6 +981,7 @@ impl Report<'_> {
                 fmt_ratio(rps(Target::Nftables)),
                 fmt_ratio(self.cpu_ratio(Target::Haproxy, p)),
                 fmt_ratio(self.cpu_ratio(Target::Nftables, p)),
+                fmt_ratio(self.ratio(Target::Haproxy, p, |v, o| v.own_per_10k() / o.own_per_10k())),
                 fmt_ratio(self.ratio(Target::Direct, p, |v, o| v.probe.p50_us / o.probe.p50_us)),
                 fmt_ratio(p50(Target::Haproxy)),
                 fmt_ratio(p50(Target::Nftables)),
