@@ -541,7 +541,9 @@ pub fn fmt_us(us: f64) -> String {
 
 /// A ratio as `1.23×` (`–` when undefined).
 pub fn fmt_ratio(r: f64) -> String {
-    if r.is_finite() {
+    if r.is_finite() && r.abs() < 0.1 {
+        format!("{r:.3}×")
+    } else if r.is_finite() {
         format!("{r:.2}×")
     } else {
         "–".to_owned()
