@@ -4,6 +4,8 @@
 //!   OpenVox compiler (health route, `whoami`, long and catalog-sized
 //!   downloads, a control API). The `voxlb-testd` binary runs it; Rust tests
 //!   can run it in-process with [`backend::spawn`].
+//! - [`bench`]: CPU accounting, `wrk` runs and reports of the end-to-end
+//!   benchmark (`voxlb-bench-e2e`).
 //! - [`pki`]: a throwaway CA and per-backend certificates.
 //! - [`client`]: a small HTTP/1.1 (+TLS) client to talk to backends, through
 //!   the load balancer or not.
@@ -14,6 +16,7 @@
 //!   on one bridge), shared by the e2e tests, the demo and benchmarks.
 
 pub mod backend;
+pub mod bench;
 pub mod client;
 pub mod daemon;
 pub mod netns;

@@ -55,7 +55,7 @@ enum Cmd {
         #[arg(long)]
         cleanup: bool,
     },
-    /// Benchmarks: `dataplane`, `maglev`, or `all`.
+    /// Benchmarks: `dataplane`, `maglev`, `e2e` (vs HAProxy and nftables), or `all`.
     Bench {
         #[arg(default_value = "all")]
         which: String,
@@ -249,8 +249,35 @@ fn bench(which: &str, quick: bool) -> Result<()> {
             .args(q))?;
         ran = true;
     }
+    if all || which == "e2e" {
+        step("bench e2e (voxlb vs HAProxy vs nftables DNAT, in namespaces; needs root)");
+        // The bench finds the daemon and the test backend next to itself.
+        run(cargo().args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "lb-userspace",
+            "-p",
+            "voxlb-tests",
+            "--bins",
+        ]))?;
+        run(cargo()
+            .args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "voxlb-tests",
+                "--bin",
+                "voxlb-bench-e2e",
+                "--",
+            ])
+            .args(q))?;
+        ran = true;
+    }
     if !ran {
-        bail!("unknown benchmark {which:?}: use dataplane, maglev or all");
+        bail!("unknown benchmark {which:?}: use dataplane, maglev, e2e or all");
     }
     Ok(())
 }

@@ -1,0 +1,1058 @@
+//! `voxlb-bench-e2e`: voxlb against HAProxy and nftables DNAT on one
+//! topology, in one run (issue 6). `cargo xtask bench e2e` runs it.
+//!
+//! The namespaces of `voxlb_tests::topology` (client, LB, three compilers
+//! running the real HTTPS test server) stay up for the whole run; per round
+//! each target is set up on the LB namespace in turn, measured with `wrk`
+//! from the client namespace, and torn down:
+//!
+//! - `direct`: no LB, wrk's threads connect to the compilers' own addresses
+//!   (the baseline for latency and for the CPU attribution);
+//! - `voxlb`: the daemon (`voxlb run --config`), XDP on the LB's `eth0`, DSR;
+//! - `haproxy`: Debian's HAProxy, TCP mode, OpenVox health check over TLS;
+//! - `nftables`: DNAT with a hash over the flow; compilers route replies to
+//!   the client via the LB.
+//!
+//! Two patterns: `short` (a new TCP + TLS connection per request, the agent
+//! bootstrap pattern) and `keepalive` (catalog-sized answers on kept
+//! connections). Each is run loaded (many connections: throughput, CPU,
+//! latency under load) and with one connection (latency of the path).
+//!
+//! Needs root. Everything it makes (namespaces, processes, pins, cgroups,
+//! nft tables, which live in the LB namespace) is removed at the end, on
+//! error and on Ctrl-C. See `docs/bench.md`.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use voxlb_tests::{
+    bench::{
+        self, CG_LB, CG_LOAD, Cgroups, CpuDelta, CpuMeter, WrkResult, WrkRun, fmt_num, fmt_ratio,
+        fmt_us, median, ms_per_10k,
+    },
+    netns,
+    topology::{self, COMPILER_VIP4, PORT, Spec, Topology},
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "voxlb vs HAProxy vs nftables DNAT, end to end in namespaces")]
+struct Args {
+    /// One short round (the whole run in about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Rounds (the report takes medians). Default 3, 1 with --quick.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds of each loaded run. Default 10, 4 with --quick.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Seconds of each one-connection latency run. Default 4, 2 with --quick.
+    #[arg(long)]
+    probe: Option<u64>,
+    /// Concurrent connections of the loaded short-connection runs.
+    #[arg(long, default_value_t = 48)]
+    short_connections: usize,
+    /// Concurrent connections of the loaded keep-alive runs.
+    #[arg(long, default_value_t = 12)]
+    keepalive_connections: usize,
+    /// wrk threads (the direct run sends thread i to compiler i).
+    #[arg(long, default_value_t = 3)]
+    threads: usize,
+    /// Answer size of the short-connection requests (bytes).
+    #[arg(long, default_value_t = 2048)]
+    short_bytes: u64,
+    /// Answer size of the keep-alive requests: a catalog (bytes).
+    #[arg(long, default_value_t = 256 * 1024)]
+    catalog_bytes: u64,
+    /// Only these LBs (comma-separated: voxlb, haproxy, nftables); the
+    /// direct baseline always runs.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Only these patterns (comma-separated: short, keepalive).
+    #[arg(long, value_delimiter = ',')]
+    patterns: Vec<String>,
+    /// Markdown report; a JSON file with every sample goes next to it.
+    /// Default `bench/e2e.md` (the README's table is generated from it), or
+    /// `bench/e2e-quick.md` with --quick, which must not replace it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Do not write the report files.
+    #[arg(long)]
+    no_write: bool,
+    /// The voxlb binary (default: next to this one).
+    #[arg(long)]
+    voxlb: Option<PathBuf>,
+    /// The voxlb-testd binary (default: next to this one).
+    #[arg(long)]
+    testd: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Direct,
+    Voxlb,
+    Haproxy,
+    Nftables,
+}
+
+impl Target {
+    const ALL: [Target; 4] = [
+        Target::Direct,
+        Target::Voxlb,
+        Target::Haproxy,
+        Target::Nftables,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct (no LB)",
+            Target::Voxlb => "voxlb (XDP, DSR)",
+            Target::Haproxy => "HAProxy (TCP)",
+            Target::Nftables => "nftables DNAT",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Voxlb => "voxlb",
+            Target::Haproxy => "haproxy",
+            Target::Nftables => "nftables",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Pattern {
+    Short,
+    KeepAlive,
+}
+
+impl Pattern {
+    const ALL: [Pattern; 2] = [Pattern::Short, Pattern::KeepAlive];
+    fn name(self) -> &'static str {
+        match self {
+            Pattern::Short => "short (new TLS conn/request)",
+            Pattern::KeepAlive => "keep-alive, catalog",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Pattern::Short => "short",
+            Pattern::KeepAlive => "keepalive",
+        }
+    }
+}
+
+/// One measurement: a loaded run and a one-connection run.
+#[derive(Clone, Debug)]
+struct Sample {
+    round: usize,
+    target: Target,
+    pattern: Pattern,
+    loaded: WrkResult,
+    cpu: CpuDelta,
+    probe: WrkResult,
+    /// XDP program run time during the loaded run (voxlb only).
+    xdp: Option<Duration>,
+}
+
+impl Sample {
+    fn tasks_per_10k(&self) -> f64 {
+        ms_per_10k(self.cpu.tasks, self.loaded.requests)
+    }
+    /// Share of the machine's CPU capacity that others used during the
+    /// loaded run (machine busy minus ours): how noisy the figures are.
+    fn foreign_share(&self) -> f64 {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let capacity = self.cpu.wall.as_secs_f64() * cpus;
+        let foreign = self.cpu.machine.as_secs_f64() - self.cpu.tasks.as_secs_f64();
+        (foreign / capacity).clamp(0.0, 1.0)
+    }
+    fn machine_per_10k(&self) -> f64 {
+        ms_per_10k(self.cpu.machine, self.loaded.requests)
+    }
+    /// The LB's own accountable CPU: its processes, plus the XDP program.
+    fn own_per_10k(&self) -> f64 {
+        match self.target {
+            Target::Direct | Target::Nftables => f64::NAN,
+            Target::Haproxy => ms_per_10k(self.cpu.lb_process, self.loaded.requests),
+            Target::Voxlb => ms_per_10k(
+                self.cpu.lb_process + self.xdp.unwrap_or_default(),
+                self.loaded.requests,
+            ),
+        }
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn check_stop() -> anyhow::Result<()> {
+    if STOP.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+    }
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voxlb-bench-e2e: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let p = me.parent().context("exe dir")?.join(name);
+    ensure!(
+        p.exists(),
+        "{} not found (build it: cargo build --release -p lb-userspace -p voxlb-tests --bins)",
+        p.display()
+    );
+    Ok(p)
+}
+
+struct Plan {
+    rounds: usize,
+    duration: Duration,
+    probe: Duration,
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    ensure!(netns::is_root(), "the e2e benchmark needs root");
+    let plan = Plan {
+        rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+        duration: Duration::from_secs(args.duration.unwrap_or(if args.quick { 4 } else { 10 })),
+        probe: Duration::from_secs(args.probe.unwrap_or(if args.quick { 2 } else { 4 })),
+    };
+    let voxlb_bin = match &args.voxlb {
+        Some(p) => p.clone(),
+        None => sibling("voxlb")?,
+    };
+    let testd = match &args.testd {
+        Some(p) => p.clone(),
+        None => sibling("voxlb-testd")?,
+    };
+    for tool in ["wrk", "haproxy", "nft"] {
+        netns::run("sh", &["-c", &format!("command -v {tool}")])
+            .with_context(|| format!("{tool} is not installed"))?;
+    }
+    let started = Instant::now();
+    let date = netns::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?
+        .trim()
+        .to_owned();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    // Declared before the topology: dropped after it, once its processes
+    // are gone.
+    let cg = Cgroups::create(&format!("vxb-{}-0", std::process::id()))?;
+    eprintln!("building the topology (3 compilers)...");
+    let topo = Topology::build(&Spec {
+        kind: "vxb",
+        compilers: 3,
+        client_addrs: 1,
+        testd,
+    })?;
+    tune(&topo)?;
+    for c in &topo.compilers {
+        for pid in netns::pids_in(&c.ns) {
+            cg.add(CG_LOAD, pid)?;
+        }
+    }
+    // XDP program run time for the report; released (and the kernel's stats
+    // switched off again) when this fd is dropped.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| eprintln!("note: BPF run-time stats unavailable: {e}"))
+        .ok();
+    let meter = CpuMeter::new(&cg);
+    let bench = Bench {
+        topo: &topo,
+        cg: &cg,
+        meter: &meter,
+        args,
+        plan: &plan,
+        voxlb_bin,
+    };
+
+    for k in &args.only {
+        ensure!(
+            Target::ALL.iter().any(|t| t.key() == k),
+            "--only: unknown LB {k:?}"
+        );
+    }
+    for k in &args.patterns {
+        ensure!(
+            Pattern::ALL.iter().any(|p| p.key() == k),
+            "--patterns: unknown pattern {k:?}"
+        );
+    }
+    let targets: Vec<Target> = Target::ALL
+        .into_iter()
+        .filter(|t| {
+            *t == Target::Direct || args.only.is_empty() || args.only.iter().any(|k| k == t.key())
+        })
+        .collect();
+    let patterns: Vec<Pattern> = Pattern::ALL
+        .into_iter()
+        .filter(|p| args.patterns.is_empty() || args.patterns.iter().any(|k| k == p.key()))
+        .collect();
+    let mut samples = Vec::new();
+    for round in 0..plan.rounds {
+        // Rotate the order so that no target always runs first or last.
+        let mut order = targets.clone();
+        let n = order.len();
+        order.rotate_left(round % n);
+        for target in order {
+            check_stop()?;
+            eprintln!("round {}/{}: {}", round + 1, plan.rounds, target.name());
+            let mode = bench.setup(target, round)?;
+            for &pattern in &patterns {
+                check_stop()?;
+                let s = bench.measure(round, target, pattern, &mode)?;
+                eprintln!(
+                    "  {:<10} {:>8} req/s  p50 {:>9}  p99 {:>9}  1-conn p50 {:>9}  \
+                     CPU {:>7} ms/10k (machine {:>7}, own {:>6}, XDP {:>6})  others {:.0}%  \
+                     errors {}",
+                    pattern.key(),
+                    fmt_num(s.loaded.rps()),
+                    fmt_us(s.loaded.p50_us),
+                    fmt_us(s.loaded.p99_us),
+                    fmt_us(s.probe.p50_us),
+                    fmt_num(s.tasks_per_10k()),
+                    fmt_num(s.machine_per_10k()),
+                    fmt_num(s.own_per_10k()),
+                    fmt_num(s.xdp.map_or(f64::NAN, |d| ms_per_10k(d, s.loaded.requests))),
+                    s.foreign_share() * 100.0,
+                    s.loaded.errors + s.probe.errors,
+                );
+                samples.push(s);
+            }
+            drop(mode);
+        }
+    }
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let report = Report {
+        samples: &samples,
+        args,
+        plan: &plan,
+        date,
+        elapsed: started.elapsed(),
+        load: (
+            load_before
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+            load_after
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    };
+    let md = report.markdown();
+    println!("\n{md}");
+    if !args.no_write {
+        let out = args.out.clone().unwrap_or_else(|| {
+            let name = if args.quick { "e2e-quick.md" } else { "e2e.md" };
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../bench")
+                .join(name)
+        });
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
+        let json = out.with_extension("json");
+        std::fs::write(&json, serde_json::to_string_pretty(&report.json())?)?;
+        eprintln!("wrote {} and {}", out.display(), json.display());
+    }
+    drop(bench);
+    drop(topo);
+    drop(cg);
+    Ok(())
+}
+
+/// Per-namespace settings that every target gets (ports for many short
+/// connections).
+fn tune(topo: &Topology) -> anyhow::Result<()> {
+    for ns in [&topo.client.ns, &topo.lb.ns] {
+        sysctl(ns, "net.ipv4.ip_local_port_range", "1024 65000")?;
+        sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")?;
+    }
+    Ok(())
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    netns::exec(ns, "sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
+}
+
+struct Bench<'a> {
+    topo: &'a Topology,
+    cg: &'a Cgroups,
+    meter: &'a CpuMeter<'a>,
+    args: &'a Args,
+    plan: &'a Plan,
+    voxlb_bin: PathBuf,
+}
+
+/// A target set up on the LB namespace; tears itself down on drop.
+struct Mode<'a> {
+    target: Target,
+    topo: &'a Topology,
+    child: Option<Child>,
+    voxlb: Option<(PathBuf, PathBuf)>,
+    xdp_prog: Option<u32>,
+}
+
+impl Bench<'_> {
+    fn setup(&self, target: Target, round: usize) -> anyhow::Result<Mode<'_>> {
+        let mut mode = Mode {
+            target,
+            topo: self.topo,
+            child: None,
+            voxlb: None,
+            xdp_prog: None,
+        };
+        match target {
+            Target::Direct => return Ok(mode),
+            Target::Voxlb => {
+                let config = self.voxlb_config()?;
+                let log = self.topo.work_dir.join(format!("voxlb-r{round}.log"));
+                mode.voxlb = Some((self.voxlb_bin.clone(), config.clone()));
+                let child = self.spawn_lb(
+                    netns::command_in(&self.topo.lb.ns, &self.voxlb_bin)
+                        .arg("run")
+                        .arg("--config")
+                        .arg(&config),
+                    &log,
+                )?;
+                mode.child = Some(child);
+            }
+            Target::Haproxy => {
+                let lb = &self.topo.lb.ns;
+                netns::ip(
+                    lb,
+                    &["addr", "add", &format!("{COMPILER_VIP4}/32"), "dev", "lo"],
+                )?;
+                let config = self.haproxy_config()?;
+                netns::run("haproxy", &["-c", "-q", "-f", path_str(&config)?])
+                    .context("HAProxy rejects its configuration")?;
+                let log = self.topo.work_dir.join(format!("haproxy-r{round}.log"));
+                let child = self.spawn_lb(
+                    netns::command_in(lb, "haproxy").args(["-db", "-f", path_str(&config)?]),
+                    &log,
+                )?;
+                mode.child = Some(child);
+            }
+            Target::Nftables => {
+                let lb = &self.topo.lb.ns;
+                sysctl(lb, "net.ipv4.ip_forward", "1")?;
+                // The LB forwards out of the interface it received on: it
+                // would tell the hosts to go direct, which breaks the NAT.
+                sysctl(lb, "net.ipv4.conf.all.send_redirects", "0")?;
+                sysctl(
+                    lb,
+                    &format!("net.ipv4.conf.{}.send_redirects", topology::IFACE),
+                    "0",
+                )?;
+                let rules = self.topo.work_dir.join("nat.nft");
+                std::fs::write(&rules, self.nft_rules())?;
+                netns::exec(lb, "nft", &["-f", path_str(&rules)?])?;
+                for c in &self.topo.compilers {
+                    for client in &self.topo.client_addrs4 {
+                        netns::ip(
+                            &c.ns,
+                            &[
+                                "route",
+                                "add",
+                                &format!("{client}/32"),
+                                "via",
+                                &self.topo.lb.ip4.to_string(),
+                            ],
+                        )?;
+                    }
+                }
+            }
+        }
+        self.wait_ready(target)?;
+        if target == Target::Voxlb {
+            let pin = voxlb::xdp::link_pin(&self.topo.lb_pin_dir(), topology::IFACE);
+            mode.xdp_prog = bench::bpf_link_prog_id(&pin);
+        }
+        Ok(mode)
+    }
+
+    fn spawn_lb(&self, cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<Child> {
+        let file = std::fs::File::create(log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting the load balancer")?;
+        self.cg.add(CG_LB, child.id() as i32)?;
+        Ok(child)
+    }
+
+    /// Every compiler answers through the VIP (bounded by 30 s).
+    fn wait_ready(&self, target: Target) -> anyhow::Result<()> {
+        let vip = self.topo.compiler_vip(false);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            check_stop()?;
+            match self.topo.whoami_spread(vip, 30, 6) {
+                Ok(counts) if counts.len() == self.topo.compilers.len() => return Ok(()),
+                Ok(counts) => last = format!("answers {counts:?}"),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        bail!("{} not ready through the VIP: {last}", target.name())
+    }
+
+    fn voxlb_config(&self) -> anyhow::Result<PathBuf> {
+        let work = &self.topo.work_dir;
+        let mut s = format!(
+            "# written by voxlb-bench-e2e\n\
+             interfaces = [\"{iface}\"]\n\
+             xdp_mode = \"native\"\n\
+             pin_dir = \"{pin}\"\n\
+             control_socket = \"{work}/voxlb.sock\"\n\
+             state_dir = \"{work}/voxlb-state\"\n\n\
+             [[compiler_services]]\n\
+             name = \"compilers\"\n\
+             vip = \"{vip}:{PORT}\"\n\n\
+             [compiler_services.health_check]\n\
+             type = \"https\"\n\
+             ca_file = \"{work}/pki/ca.pem\"\n\
+             host = \"{host}\"\n\
+             path = \"/status/v1/simple\"\n\
+             interval = \"2s\"\n\
+             timeout = \"1s\"\n",
+            iface = topology::IFACE,
+            pin = self.topo.lb_pin_dir().display(),
+            work = work.display(),
+            vip = COMPILER_VIP4,
+            host = topology::SERVICE_NAME,
+        );
+        for c in &self.topo.compilers {
+            s += &format!(
+                "\n[[compiler_services.backends]]\naddress = \"{}\"\nname = \"{}\"\n",
+                c.ip4, c.name
+            );
+        }
+        let path = work.join("voxlb.toml");
+        std::fs::write(&path, s)?;
+        Ok(path)
+    }
+
+    /// HAProxy as the OpenVox/Puppet docs put it in front of compilers: TCP
+    /// mode (TLS passes through to the compilers, which need the client
+    /// certificates), least connections, and an HTTP check of
+    /// `/status/v1/simple` over TLS verified with the CA.
+    fn haproxy_config(&self) -> anyhow::Result<PathBuf> {
+        let work = &self.topo.work_dir;
+        let host = topology::SERVICE_NAME;
+        let mut s = format!(
+            "# written by voxlb-bench-e2e\n\
+             global\n\
+             \x20   maxconn 8000\n\
+             \x20   nbthread 2\n\
+             \x20   pidfile {work}/haproxy.pid\n\n\
+             defaults\n\
+             \x20   mode tcp\n\
+             \x20   timeout connect 5s\n\
+             \x20   timeout client 10m\n\
+             \x20   timeout server 10m\n\
+             \x20   retries 3\n\
+             \x20   option redispatch\n\n\
+             frontend puppet\n\
+             \x20   bind {vip}:{PORT}\n\
+             \x20   default_backend compilers\n\n\
+             backend compilers\n\
+             \x20   balance leastconn\n\
+             \x20   option httpchk\n\
+             \x20   http-check send meth GET uri /status/v1/simple ver HTTP/1.1 hdr Host {host}\n\
+             \x20   http-check expect status 200\n\
+             \x20   default-server check check-ssl verify required ca-file {work}/pki/ca.pem \
+             check-sni {host} verifyhost {host} inter 2s fall 3 rise 2\n",
+            work = work.display(),
+            vip = COMPILER_VIP4,
+        );
+        for c in &self.topo.compilers {
+            s += &format!("    server {} {}:{PORT}\n", c.name, c.ip4);
+        }
+        let path = work.join("haproxy.cfg");
+        std::fs::write(&path, s)?;
+        Ok(path)
+    }
+
+    /// DNAT of the VIP to a compiler picked by a hash of the client's address
+    /// and port (the flow; the VIP side is constant). Conntrack keeps the
+    /// choice for the connection and undoes the NAT on the replies.
+    fn nft_rules(&self) -> String {
+        let map: Vec<String> = self
+            .topo
+            .compilers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{i} : {}", c.ip4))
+            .collect();
+        format!(
+            "table ip {NFT_TABLE} {{\n\
+             \x20   chain prerouting {{\n\
+             \x20       type nat hook prerouting priority dstnat; policy accept;\n\
+             \x20       ip daddr {vip} tcp dport {PORT} dnat to jhash ip saddr . tcp sport mod {n} \
+             seed 0x766f78 map {{ {map} }}\n\
+             \x20   }}\n\
+             }}\n",
+            vip = COMPILER_VIP4,
+            n = self.topo.compilers.len(),
+            map = map.join(", "),
+        )
+    }
+
+    fn wrk_run(&self, target: Target, pattern: Pattern, probe: bool) -> WrkRun {
+        let path = match pattern {
+            Pattern::Short => format!("/catalog?bytes={}", self.args.short_bytes),
+            Pattern::KeepAlive => format!("/catalog?bytes={}", self.args.catalog_bytes),
+        };
+        let (host, targets): (IpAddr, Vec<IpAddr>) = match target {
+            Target::Direct => (
+                self.topo.compilers[0].ip4.into(),
+                self.topo.compilers.iter().map(|c| c.ip4.into()).collect(),
+            ),
+            _ => (COMPILER_VIP4.into(), Vec::new()),
+        };
+        let (threads, connections, duration) = if probe {
+            (1, 1, self.plan.probe)
+        } else {
+            let c = match pattern {
+                Pattern::Short => self.args.short_connections,
+                Pattern::KeepAlive => self.args.keepalive_connections,
+            };
+            (
+                self.args.threads,
+                c.max(self.args.threads),
+                self.plan.duration,
+            )
+        };
+        WrkRun {
+            url: format!("https://{host}:{PORT}{path}"),
+            threads,
+            connections,
+            duration,
+            close: pattern == Pattern::Short,
+            targets,
+            port: PORT,
+        }
+    }
+
+    fn measure(
+        &self,
+        round: usize,
+        target: Target,
+        pattern: Pattern,
+        mode: &Mode,
+    ) -> anyhow::Result<Sample> {
+        let ns = &self.topo.client.ns;
+        let dir = &self.topo.work_dir;
+        let loaded_run = self.wrk_run(target, pattern, false);
+        let xdp_before = mode.xdp_prog.and_then(bench::bpf_prog_runtime);
+        let before = self.meter.snapshot();
+        let loaded = bench::run_wrk(ns, &loaded_run, dir, self.cg, &STOP)?;
+        let after = self.meter.snapshot();
+        let xdp_after = mode.xdp_prog.and_then(bench::bpf_prog_runtime);
+        let xdp = match (xdp_before, xdp_after) {
+            (Some((a, _)), Some((b, _))) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        check_stop()?;
+        let probe = bench::run_wrk(
+            ns,
+            &self.wrk_run(target, pattern, true),
+            dir,
+            self.cg,
+            &STOP,
+        )?;
+        Ok(Sample {
+            round,
+            target,
+            pattern,
+            loaded,
+            cpu: before.delta(&after),
+            probe,
+            xdp,
+        })
+    }
+}
+
+const NFT_TABLE: &str = "vxb_nat";
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("non-UTF-8 path")
+}
+
+impl Drop for Mode<'_> {
+    fn drop(&mut self) {
+        let topo = self.topo;
+        let lb = &topo.lb.ns;
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory preconditions; the pid is our child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        match self.target {
+            Target::Direct => {}
+            Target::Voxlb => {
+                // The daemon leaves the data plane forwarding on exit, on
+                // purpose: detach it.
+                if let Some((bin, config)) = &self.voxlb {
+                    let _ = netns::command_in(lb, bin)
+                        .arg("detach")
+                        .arg("--config")
+                        .arg(config)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+            Target::Haproxy => {
+                let _ = netns::ip(
+                    lb,
+                    &["addr", "del", &format!("{COMPILER_VIP4}/32"), "dev", "lo"],
+                );
+            }
+            Target::Nftables => {
+                let _ = netns::exec(lb, "nft", &["delete", "table", "ip", NFT_TABLE]);
+                for c in &topo.compilers {
+                    for client in &topo.client_addrs4 {
+                        let _ = netns::ip(&c.ns, &["route", "del", &format!("{client}/32")]);
+                    }
+                }
+                let _ = sysctl(lb, "net.ipv4.ip_forward", "0");
+                let _ = sysctl(lb, "net.ipv4.conf.all.send_redirects", "1");
+                let _ = sysctl(
+                    lb,
+                    &format!("net.ipv4.conf.{}.send_redirects", topology::IFACE),
+                    "1",
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The report.
+
+struct Report<'a> {
+    samples: &'a [Sample],
+    args: &'a Args,
+    plan: &'a Plan,
+    date: String,
+    elapsed: Duration,
+    load: (String, String),
+}
+
+/// Medians over rounds for one target and pattern.
+struct Row {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    probe_p50: f64,
+    probe_p99: f64,
+    /// LB CPU: benchmark tasks' CPU per 10k minus the direct run's.
+    lb_cpu: f64,
+    /// The same from the machine-wide /proc/stat busy time.
+    lb_cpu_machine: f64,
+    own: f64,
+    errors: u64,
+    requests: u64,
+}
+
+impl Report<'_> {
+    fn sample(&self, round: usize, t: Target, p: Pattern) -> Option<&Sample> {
+        self.samples
+            .iter()
+            .find(|s| s.round == round && s.target == t && s.pattern == p)
+    }
+
+    fn rounds(&self) -> impl Iterator<Item = usize> + '_ {
+        0..self.plan.rounds
+    }
+
+    /// `f(sample of t, sample of direct)` per round, median.
+    fn per_round(&self, t: Target, p: Pattern, f: impl Fn(&Sample, &Sample) -> f64) -> f64 {
+        median(
+            self.rounds()
+                .filter_map(|r| Some(f(self.sample(r, t, p)?, self.sample(r, Target::Direct, p)?))),
+        )
+    }
+
+    fn row(&self, t: Target, p: Pattern) -> Row {
+        let of = |f: &dyn Fn(&Sample) -> f64| {
+            median(self.rounds().filter_map(|r| self.sample(r, t, p).map(f)))
+        };
+        let all: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.target == t && s.pattern == p)
+            .collect();
+        Row {
+            rps: of(&|s| s.loaded.rps()),
+            p50: of(&|s| s.loaded.p50_us),
+            p99: of(&|s| s.loaded.p99_us),
+            probe_p50: of(&|s| s.probe.p50_us),
+            probe_p99: of(&|s| s.probe.p99_us),
+            lb_cpu: if t == Target::Direct {
+                f64::NAN
+            } else {
+                self.per_round(t, p, |s, d| s.tasks_per_10k() - d.tasks_per_10k())
+            },
+            lb_cpu_machine: if t == Target::Direct {
+                f64::NAN
+            } else {
+                self.per_round(t, p, |s, d| s.machine_per_10k() - d.machine_per_10k())
+            },
+            own: of(&|s| s.own_per_10k()),
+            errors: all.iter().map(|s| s.loaded.errors + s.probe.errors).sum(),
+            requests: all
+                .iter()
+                .map(|s| s.loaded.requests + s.probe.requests)
+                .sum(),
+        }
+    }
+
+    /// voxlb's figure over a peer's, per round (same round), median.
+    fn ratio(&self, peer: Target, p: Pattern, f: impl Fn(&Sample, &Sample) -> f64) -> f64 {
+        median(self.rounds().filter_map(|r| {
+            let v = self.sample(r, Target::Voxlb, p)?;
+            let o = self.sample(r, peer, p)?;
+            Some(f(v, o))
+        }))
+    }
+
+    fn cpu_ratio(&self, peer: Target, p: Pattern) -> f64 {
+        median(self.rounds().filter_map(|r| {
+            let d = self.sample(r, Target::Direct, p)?.tasks_per_10k();
+            let v = self.sample(r, Target::Voxlb, p)?.tasks_per_10k() - d;
+            let o = self.sample(r, peer, p)?.tasks_per_10k() - d;
+            // Below the noise (voxlb's share ≤ 0) a ratio means nothing.
+            (v > 0.0 && o > 0.0).then_some(v / o)
+        }))
+    }
+
+    fn markdown(&self) -> String {
+        let a = self.args;
+        let mut s = String::new();
+        s += "<!-- generated by `cargo xtask bench e2e` (voxlb-bench-e2e); do not edit -->\n";
+        s += "## End to end: voxlb vs HAProxy vs nftables\n\n";
+        s += &format!(
+            "{date}; `{cmd}`; {rounds} round(s), medians; loaded runs {d} s, one-connection \
+             runs {pr} s; {cpus} CPUs, load average {l0} before, {l1} after; other processes used \
+             {fg:.0}% of the CPUs during the loaded runs (median; 0% is a quiet machine); \
+             {el:.0} s in all.\n\n",
+            date = self.date,
+            cmd = if a.quick {
+                "cargo xtask bench e2e --quick"
+            } else {
+                "cargo xtask bench e2e"
+            },
+            rounds = self.plan.rounds,
+            d = self.plan.duration.as_secs(),
+            pr = self.plan.probe.as_secs(),
+            cpus = std::thread::available_parallelism().map_or(0, |n| n.get()),
+            l0 = self.load.0,
+            l1 = self.load.1,
+            fg = median(self.samples.iter().map(Sample::foreign_share)) * 100.0,
+            el = self.elapsed.as_secs_f64(),
+        );
+        s += &format!(
+            "Same namespaces, compilers (3 × `voxlb-testd`, HTTPS), client and requests for \
+             every LB. **short**: `wrk -t{t} -c{sc} -H 'Connection: close'`, a new TCP + TLS \
+             connection per request for a {sb} B answer (agent bootstrap). **keep-alive**: \
+             `wrk -t{t} -c{kc}`, {kb} KiB answers (catalogs) on kept connections. \
+             Latency under load is wrk's (from the request being written: for *short*, after \
+             the TLS handshake); the 1-conn columns are `-t1 -c1` runs (the path's own \
+             latency). LB CPU = CPU of the benchmark's tasks (cgroup, softirq in their \
+             context included) + ksoftirqd, per 10k requests, minus the same for the direct \
+             run; *machine* = the same from /proc/stat; *own* = the LB's processes \
+             (+ the XDP program's run time for voxlb): a lower bound for HAProxy (its kernel \
+             TCP work in softirq is not all in its context), while *LB CPU* also holds the \
+             extra work an extra hop causes in the client's and compilers' stacks, which share \
+             the 2 CPUs here. See docs/bench.md.\n\n",
+            t = a.threads,
+            sc = a.short_connections,
+            sb = a.short_bytes,
+            kc = a.keepalive_connections,
+            kb = a.catalog_bytes / 1024,
+        );
+        let head = [
+            "pattern",
+            "LB",
+            "req/s",
+            "p50",
+            "p99",
+            "1-conn p50",
+            "1-conn p99",
+            "LB CPU ms/10k req",
+            "(machine)",
+            "own ms/10k",
+            "errors",
+        ];
+        let mut rows = Vec::new();
+        for p in Pattern::ALL {
+            for t in Target::ALL {
+                if !self.samples.iter().any(|s| s.target == t && s.pattern == p) {
+                    continue;
+                }
+                let r = self.row(t, p);
+                rows.push(vec![
+                    p.name().to_owned(),
+                    t.name().to_owned(),
+                    fmt_num(r.rps),
+                    fmt_us(r.p50),
+                    fmt_us(r.p99),
+                    fmt_us(r.probe_p50),
+                    fmt_us(r.probe_p99),
+                    fmt_num(r.lb_cpu),
+                    fmt_num(r.lb_cpu_machine),
+                    fmt_num(r.own),
+                    format!("{} / {}", r.errors, r.requests),
+                ]);
+            }
+        }
+        s += &bench::markdown_table(&head, &rows);
+        s += "\nvoxlb's ratios (per round, median; throughput: higher is better, CPU and \
+              latency: lower is better):\n\n";
+        let head = [
+            "pattern",
+            "req/s vs HAProxy",
+            "req/s vs nftables",
+            "LB CPU vs HAProxy (target ≤ 0.10)",
+            "LB CPU vs nftables",
+            "own CPU vs HAProxy",
+            "1-conn p50 vs direct (target ≤ 1.05)",
+            "p50 vs HAProxy",
+            "p50 vs nftables",
+        ];
+        let mut rows = Vec::new();
+        for p in Pattern::ALL {
+            if !self.samples.iter().any(|s| s.pattern == p) {
+                continue;
+            }
+            let rps = |peer| self.ratio(peer, p, |v, o| v.loaded.rps() / o.loaded.rps());
+            let p50 = |peer| self.ratio(peer, p, |v, o| v.loaded.p50_us / o.loaded.p50_us);
+            rows.push(vec![
+                p.name().to_owned(),
+                fmt_ratio(rps(Target::Haproxy)),
+                fmt_ratio(rps(Target::Nftables)),
+                fmt_ratio(self.cpu_ratio(Target::Haproxy, p)),
+                fmt_ratio(self.cpu_ratio(Target::Nftables, p)),
+                fmt_ratio(self.ratio(Target::Haproxy, p, |v, o| v.own_per_10k() / o.own_per_10k())),
+                fmt_ratio(self.ratio(Target::Direct, p, |v, o| v.probe.p50_us / o.probe.p50_us)),
+                fmt_ratio(p50(Target::Haproxy)),
+                fmt_ratio(p50(Target::Nftables)),
+            ]);
+        }
+        s += &bench::markdown_table(&head, &rows);
+        s
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let samples: Vec<serde_json::Value> = self
+            .samples
+            .iter()
+            .map(|s| {
+                let w = |r: &WrkResult| {
+                    serde_json::json!({
+                        "requests": r.requests, "duration_us": r.duration_us, "bytes": r.bytes,
+                        "errors": r.errors, "rps": r.rps(), "p50_us": r.p50_us,
+                        "p90_us": r.p90_us, "p99_us": r.p99_us, "max_us": r.max_us,
+                        "mean_us": r.mean_us,
+                    })
+                };
+                serde_json::json!({
+                    "round": s.round,
+                    "target": s.target.key(),
+                    "pattern": s.pattern.key(),
+                    "loaded": w(&s.loaded),
+                    "probe": w(&s.probe),
+                    "cpu_ms": {
+                        "wall": s.cpu.wall.as_secs_f64() * 1e3,
+                        "machine": s.cpu.machine.as_secs_f64() * 1e3,
+                        "tasks": s.cpu.tasks.as_secs_f64() * 1e3,
+                        "lb_process": s.cpu.lb_process.as_secs_f64() * 1e3,
+                        "xdp_prog": s.xdp.map(|d| d.as_secs_f64() * 1e3),
+                    },
+                    "per_10k_ms": {
+                        "tasks": s.tasks_per_10k(),
+                        "machine": s.machine_per_10k(),
+                        "own": s.own_per_10k(),
+                    },
+                    "foreign_share": s.foreign_share(),
+                })
+            })
+            .collect();
+        let mut by: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for p in Pattern::ALL {
+            for t in Target::ALL {
+                let r = self.row(t, p);
+                by.insert(
+                    format!("{}/{}", p.key(), t.key()),
+                    serde_json::json!({
+                        "rps": r.rps, "p50_us": r.p50, "p99_us": r.p99,
+                        "probe_p50_us": r.probe_p50, "probe_p99_us": r.probe_p99,
+                        "lb_cpu_ms_per_10k": r.lb_cpu,
+                        "lb_cpu_machine_ms_per_10k": r.lb_cpu_machine,
+                        "own_ms_per_10k": r.own,
+                        "errors": r.errors, "requests": r.requests,
+                    }),
+                );
+            }
+        }
+        serde_json::json!({
+            "date": self.date,
+            "quick": self.args.quick,
+            "rounds": self.plan.rounds,
+            "duration_s": self.plan.duration.as_secs(),
+            "probe_s": self.plan.probe.as_secs(),
+            "load_before": self.load.0,
+            "load_after": self.load.1,
+            "medians": by,
+            "samples": samples,
+        })
+    }
+}
