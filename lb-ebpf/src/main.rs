@@ -1,5 +1,7 @@
-//! voxlb data plane. Read top to bottom: parse, match a VIP, choose a
-//! backend, rewrite L2, transmit; every outcome counted under one reason.
+//! voxlb data plane. Read top to bottom: parse; drop out early for ports no
+//! VIP uses; an established compiler flow goes where the flow table says;
+//! otherwise match the VIP and choose a backend (CA steering or Maglev);
+//! rewrite L2 and transmit. Every outcome is counted under one reason.
 #![no_std]
 #![no_main]
 

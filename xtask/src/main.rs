@@ -143,11 +143,37 @@ fn test(no_setup: bool) -> Result<()> {
     step("test: build (debug) so the end-to-end tests have the voxlb binary");
     run(cargo().args(["build", "-p", "lb-userspace"]))?;
     step("test: unit, kernel (BPF_PROG_TEST_RUN) and end-to-end tests");
-    run(cargo()
-        .args(["test", "--", "--test-threads", "2"])
-        .env("VOXLB_BIN", root_dir().join("target/debug/voxlb")))?;
+    let out = run_tee(
+        cargo()
+            .args(["test", "--", "--test-threads", "2"])
+            .env("VOXLB_BIN", root_dir().join("target/debug/voxlb")),
+    )?;
     fuzz(FUZZ_CI_CASES, None, false)?;
+    let (passed, failed, ignored) = test_totals(&out);
+    // One closing line over every test binary (cargo prints one per binary,
+    // the last of which is often an empty doc-test run).
+    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
     Ok(())
+}
+
+/// Sum cargo's `test result: ok. P passed; F failed; I ignored; ...` lines.
+fn test_totals(out: &str) -> (u64, u64, u64) {
+    let mut t = (0, 0, 0);
+    for line in out.lines().filter(|l| l.starts_with("test result:")) {
+        for part in line.split([';', '.']) {
+            let mut w = part.split_whitespace();
+            if let (Some(n), Some(what)) = (w.next().and_then(|n| n.parse::<u64>().ok()), w.next())
+            {
+                match what {
+                    "passed" => t.0 += n,
+                    "failed" => t.1 += n,
+                    "ignored" => t.2 += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    t
 }
 
 fn demo(keep: bool, cleanup: bool) -> Result<()> {
@@ -379,7 +405,7 @@ fn main() -> ExitCode {
             }),
         Cmd::Test { no_setup } => test(no_setup),
         Cmd::Lint => lint(),
-        Cmd::Demo { keep, cleanup } => demo(keep, cleanup),
+        Cmd::Demo { keep, cleanup } => setup::setup().and_then(|_| demo(keep, cleanup)),
         Cmd::Bench { which, quick } => bench(&which, quick),
         Cmd::Fuzz {
             cases,
