@@ -421,3 +421,18 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::test_totals;
+
+    #[test]
+    fn totals_sum_every_test_binary() {
+        let out = "running 3 tests\n\
+            test result: ok. 17 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.18s\n\
+            test result: FAILED. 2 passed; 1 failed; 4 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+            test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n\
+            not a result: 99 passed\n";
+        assert_eq!(test_totals(out), (19, 1, 4));
+    }
+}
