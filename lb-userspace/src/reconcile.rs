@@ -252,6 +252,34 @@ fn state_name(state: u32, mac: Option<[u8; 6]>) -> &'static str {
     }
 }
 
+/// What planning decided for one backend slot: written to the data plane
+/// and shown to the CLI.
+struct Slot {
+    id: u32,
+    generation: u32,
+    state: u32,
+    mac: Option<[u8; 6]>,
+    healthy: Option<bool>,
+}
+
+impl Slot {
+    fn view(&self, b: &crate::config::Backend, source: &str, role: Option<&str>) -> BackendView {
+        BackendView {
+            address: b.address,
+            name: b.name.clone(),
+            id: self.id,
+            generation: self.generation,
+            weight: b.weight,
+            state: state_name(self.state, self.mac).into(),
+            healthy: self.healthy,
+            mac: self.mac.as_ref().map(format_mac),
+            source: source.into(),
+            role: role.map(Into::into),
+            slots: 0,
+        }
+    }
+}
+
 /// Compute the desired data plane. Allocates ids for new services and
 /// backends in `state` and releases those of vanished ones: persist `state`
 /// before applying the plan.
@@ -312,19 +340,14 @@ pub fn plan(
             desired
                 .backends
                 .insert(id, backend_info(b.address, mac, st, generation, sid));
-            views.push(BackendView {
-                address: b.address,
-                name: b.name.clone(),
+            let slot = Slot {
                 id,
                 generation,
-                weight: b.weight,
-                state: state_name(st, mac).into(),
+                state: st,
+                mac,
                 healthy,
-                mac: mac.as_ref().map(format_mac),
-                source: if e.from_config { "config" } else { "cli" }.into(),
-                role: None,
-                slots: 0,
-            });
+            };
+            views.push(slot.view(b, if e.from_config { "config" } else { "cli" }, None));
         }
         let table =
             maglev::build(&entries, svc.table_size).map_err(|problem| PlanError::Maglev {
@@ -380,19 +403,14 @@ pub fn plan(
             desired
                 .backends
                 .insert(id, backend_info(b.address, mac, st, generation, sid));
-            views.push(BackendView {
-                address: b.address,
-                name: b.name.clone(),
+            let slot = Slot {
                 id,
                 generation,
-                weight: b.weight,
-                state: state_name(st, mac).into(),
+                state: st,
+                mac,
                 healthy,
-                mac: mac.as_ref().map(format_mac),
-                source: "config".into(),
-                role: Some(role.into()),
-                slots: 0,
-            });
+            };
+            views.push(slot.view(b, "config", Some(role)));
         }
         desired
             .ca_targets
