@@ -117,6 +117,17 @@ impl XdpDataPlane {
         if opts.interfaces.is_empty() {
             return Err(other("no interface to attach to"));
         }
+        // Every interface must exist before anything is created or pinned.
+        for (i, iface) in opts.interfaces.iter().enumerate() {
+            let c = std::ffi::CString::new(iface.as_bytes()).map_err(other)?;
+            // SAFETY: `c` is a valid C string.
+            if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+                return Err(other(format!(
+                    "interfaces[{i}]: no interface named {iface:?} here"
+                )));
+            }
+        }
+        let fresh_dir = !opts.pin_dir.exists();
         std::fs::create_dir_all(&opts.pin_dir)
             .map_err(|e| other(format!("creating {}: {e}", opts.pin_dir.display())))?;
         check_bpffs(&opts.pin_dir)?;
@@ -154,14 +165,35 @@ impl XdpDataPlane {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(other)?;
-        {
-            let prog: &mut Xdp = program(&mut ebpf, PROGRAM_NAME)?;
-            prog.load().map_err(other)?;
-            for iface in &opts.interfaces {
-                attach(prog, iface, opts)?;
+        let existed: Vec<bool> = pins.iter().map(|(_, p)| p.exists()).collect();
+        let loaded = loader
+            .load(EBPF_OBJECT)
+            .map_err(other)
+            .and_then(|mut ebpf| {
+                let prog: &mut Xdp = program(&mut ebpf, PROGRAM_NAME)?;
+                prog.load().map_err(other)?;
+                for iface in &opts.interfaces {
+                    attach(prog, iface, opts)?;
+                }
+                Ok(ebpf)
+            });
+        let mut ebpf = match loaded {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                // Leave no half-made data plane behind: remove the pins this
+                // attempt created (never ones that held an earlier run's
+                // state), and the directory if we made it.
+                for ((_, path), existed) in pins.iter().zip(existed) {
+                    if !existed {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                if fresh_dir {
+                    let _ = std::fs::remove_dir(&opts.pin_dir);
+                }
+                return Err(e);
             }
-        }
+        };
         let maps = take_maps(&mut ebpf)?;
         let mut dp = Self::from_maps(Some(ebpf), maps, false)?;
         dp.hold_pins(opts)?;

@@ -698,3 +698,77 @@ fn deleted_pins_are_put_back_by_the_running_data_plane() {
     .join()
     .unwrap();
 }
+
+/// A `voxlb run` that cannot attach leaves no half-made data plane: an
+/// unknown interface is refused before anything is created, and a failed
+/// attach removes the pins that attempt created.
+#[test]
+fn a_failed_start_leaves_no_pins_behind() {
+    if !root() || !Path::new("/sys/fs/bpf").exists() {
+        eprintln!("skipped: needs root and bpffs");
+        return;
+    }
+    let id = std::process::id();
+    let ns = format!("vxh-fail-{id}");
+    let dir = temp_dir("failstart");
+    let pins = PathBuf::from(format!("/sys/fs/bpf/vxh-fail-{id}"));
+    let write = |iface: &str, mode: &str| {
+        let config = dir.join(format!("{iface}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+interfaces = ["{iface}"]
+xdp_mode = "{mode}"
+state_dir = "{dir}/state"
+control_socket = "{dir}/run/control.sock"
+pin_dir = "{pins}"
+flow_capacity = 1024
+
+[[compiler_services]]
+name = "compilers"
+vip = "192.0.2.10:8140"
+table_size = 1009
+health_check = {{ type = "tcp", interval = "1m" }}
+[[compiler_services.backends]]
+address = "10.0.0.1"
+mac = "02:00:00:00:00:01"
+"#,
+                dir = dir.display(),
+                pins = pins.display()
+            ),
+        )
+        .unwrap();
+        config
+    };
+    assert!(
+        sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"))
+            .status
+            .success()
+    );
+    let run = |config: &Path| {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(env!("CARGO_BIN_EXE_voxlb"))
+            .args(["run", "--config"])
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    // No such interface: refused by name, nothing created.
+    let unknown = run(&write("vxh-nosuch0", "auto"));
+    // `lo` has no native XDP: the attach fails after the maps were made.
+    let native = run(&write("lo", "native"));
+    let left = pins.exists();
+    let _ = sh(&format!("ip netns del {ns}"));
+    let _ = std::fs::remove_dir_all(&pins);
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success());
+    assert!(
+        err.contains("interfaces[0]") && err.contains("vxh-nosuch0"),
+        "{err}"
+    );
+    assert!(!native.status.success(), "native XDP on lo must fail");
+    assert!(!left, "a failed start left pins in {}", pins.display());
+}
