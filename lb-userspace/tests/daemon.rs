@@ -669,3 +669,70 @@ fn metrics_render_every_family() {
         }
     }
 }
+
+/// One HTTP request to the metrics endpoint, the whole response back.
+async fn http(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_serves_prometheus_text() {
+    let dir = temp_dir("metrics");
+    // A free loopback port for the endpoint.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config_text(&dir).replacen(
+        "\ninterfaces",
+        &format!("\nmetrics_listen = \"127.0.0.1:{port}\"\ninterfaces"),
+        1,
+    );
+    std::fs::write(dir.join("voxlb.toml"), text).unwrap();
+    let h = Harness::start(&dir, Shared::default()).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut page = String::new();
+    for _ in 0..50 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+        {
+            drop(s);
+            page = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("Content-Type: text/plain; version=0.0.4"));
+    for family in [
+        "voxlb_reason_packets_total",
+        "voxlb_service_packets_total",
+        "voxlb_backend_up",
+        "voxlb_service_usable_backends",
+    ] {
+        assert!(
+            page.contains(&format!("# TYPE {family}")),
+            "{family} missing"
+        );
+    }
+    assert!(page.contains("service=\"compilers\""), "{page}");
+    assert!(page.contains("backend=\"10.0.0.2\""), "{page}");
+    let other = http(addr, "GET /nope HTTP/1.1\r\n\r\n").await;
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    let post = http(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    h.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
