@@ -75,14 +75,7 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             },
         )?;
-        let mut identity = [0u8; 17];
-        identity[..16].copy_from_slice(&a);
-        identity[16] = family;
-        entries.push(Entry {
-            identity,
-            weight: 1,
-            value: id,
-        });
+        entries.push(Entry::from_addr(addr, 1, id));
     }
     dp.install_table(
         0,

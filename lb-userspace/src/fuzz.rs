@@ -191,14 +191,7 @@ impl World {
                         ..Default::default()
                     },
                 );
-                let mut identity = [0u8; 17];
-                identity[..16].copy_from_slice(&addr);
-                identity[16] = family;
-                entries.push(Entry {
-                    identity,
-                    weight: 1,
-                    value: id,
-                });
+                entries.push(Entry::from_addr(backend_addr(id, v6), 1, id));
             }
             let table = maglev::build(&entries, TABLE).expect("fixture table");
             w.tables.insert(service, table);

@@ -216,14 +216,6 @@ pub fn prune_overlay(config: &Config, state: &mut State) -> Vec<String> {
     dropped
 }
 
-fn identity(addr: IpAddr) -> [u8; 17] {
-    let (bytes, family) = addr_bytes(addr);
-    let mut id = [0u8; 17];
-    id[..16].copy_from_slice(&bytes);
-    id[16] = family;
-    id
-}
-
 fn backend_info(
     addr: IpAddr,
     mac: Option<[u8; 6]>,
@@ -331,11 +323,7 @@ pub fn plan(
                 BACKEND_ACTIVE
             };
             if st == BACKEND_ACTIVE {
-                entries.push(maglev::Entry {
-                    identity: identity(b.address),
-                    weight: b.weight,
-                    value: id,
-                });
+                entries.push(maglev::Entry::from_addr(b.address, b.weight, id));
             }
             desired
                 .backends

@@ -87,15 +87,7 @@ fn backend_addr(id: u32, v6: bool) -> IpAddr {
 }
 
 fn entry(id: u32, v6: bool, weight: u32) -> Entry {
-    let (a, fam) = addr_bytes(backend_addr(id, v6));
-    let mut identity = [0u8; 17];
-    identity[..16].copy_from_slice(&a);
-    identity[16] = fam;
-    Entry {
-        identity,
-        weight,
-        value: id,
-    }
+    Entry::from_addr(backend_addr(id, v6), weight, id)
 }
 
 impl Fixture {
@@ -991,15 +983,7 @@ fn two_separately_loaded_copies_agree_on_every_flow() {
         for &i in order {
             let id = ids[i];
             f.set_backend(id, S_V4, BACKEND_ACTIVE, 0, addrs[i]);
-            let (a, fam) = addr_bytes(addrs[i]);
-            let mut identity = [0u8; 17];
-            identity[..16].copy_from_slice(&a);
-            identity[16] = fam;
-            entries.push(Entry {
-                identity,
-                weight: 1,
-                value: id,
-            });
+            entries.push(Entry::from_addr(addrs[i], 1, id));
         }
         let t = maglev::build(&entries, 65537).unwrap();
         f.dp.install_table(S_V4, &t).unwrap();

@@ -71,17 +71,7 @@ fn backend_ip(id: u32) -> IpAddr {
 fn table(ids: &[u32]) -> Vec<u32> {
     let entries: Vec<Entry> = ids
         .iter()
-        .map(|&id| {
-            let (a, family) = addr_bytes(backend_ip(id));
-            let mut identity = [0u8; 17];
-            identity[..16].copy_from_slice(&a);
-            identity[16] = family;
-            Entry {
-                identity,
-                weight: 1,
-                value: id,
-            }
-        })
+        .map(|&id| Entry::from_addr(backend_ip(id), 1, id))
         .collect();
     maglev::build(&entries, TABLE).unwrap()
 }
