@@ -509,6 +509,38 @@ fn run_refuses_a_world_writable_state_dir_before_touching_anything() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A one-service config for `voxlb run` on `iface` in a test namespace,
+/// written as `dir/IFACE.toml`, pinning under `pins`.
+fn write_attach_config(dir: &Path, pins: &Path, iface: &str, mode: &str) -> PathBuf {
+    let config = dir.join(format!("{iface}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+interfaces = ["{iface}"]
+xdp_mode = "{mode}"
+state_dir = "{dir}/state"
+control_socket = "{dir}/run/control.sock"
+pin_dir = "{pins}"
+flow_capacity = 1024
+
+[[compiler_services]]
+name = "compilers"
+vip = "192.0.2.10:8140"
+table_size = 1009
+health_check = {{ type = "tcp", interval = "1m" }}
+[[compiler_services.backends]]
+address = "10.0.0.1"
+mac = "02:00:00:00:00:01"
+"#,
+            dir = dir.display(),
+            pins = pins.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// Names of the capabilities `voxlb` needs to run (docs/hostile.md).
 const NEEDED: &str = "+bpf,+net_admin,+perfmon";
 
@@ -538,32 +570,7 @@ fn the_daemon_runs_with_cap_bpf_net_admin_and_perfmon_only() {
     let ns = format!("vxh-{id}");
     let dir = temp_dir("caps");
     let pins = PathBuf::from(format!("/sys/fs/bpf/vxh-caps-{id}"));
-    let config = dir.join("voxlb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-interfaces = ["vxh0"]
-xdp_mode = "generic"
-state_dir = "{dir}/state"
-control_socket = "{dir}/run/control.sock"
-pin_dir = "{pins}"
-flow_capacity = 1024
-
-[[compiler_services]]
-name = "compilers"
-vip = "192.0.2.10:8140"
-table_size = 1009
-health_check = {{ type = "tcp", interval = "1m" }}
-[[compiler_services.backends]]
-address = "10.0.0.1"
-mac = "02:00:00:00:00:01"
-"#,
-            dir = dir.display(),
-            pins = pins.display()
-        ),
-    )
-    .unwrap();
+    let config = write_attach_config(&dir, &pins, "vxh0", "generic");
     assert!(sh(&format!("ip netns add {ns} && ip -n {ns} link add vxh0 type veth peer name vxh1 && ip -n {ns} link set vxh0 up && ip -n {ns} link set vxh1 up")).status.success());
     let run = |caps: &str| {
         // nsenter, not `ip netns exec`: that one remounts /sys, hiding bpffs.
@@ -712,35 +719,6 @@ fn a_failed_start_leaves_no_pins_behind() {
     let ns = format!("vxh-fail-{id}");
     let dir = temp_dir("failstart");
     let pins = PathBuf::from(format!("/sys/fs/bpf/vxh-fail-{id}"));
-    let write = |iface: &str, mode: &str| {
-        let config = dir.join(format!("{iface}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-interfaces = ["{iface}"]
-xdp_mode = "{mode}"
-state_dir = "{dir}/state"
-control_socket = "{dir}/run/control.sock"
-pin_dir = "{pins}"
-flow_capacity = 1024
-
-[[compiler_services]]
-name = "compilers"
-vip = "192.0.2.10:8140"
-table_size = 1009
-health_check = {{ type = "tcp", interval = "1m" }}
-[[compiler_services.backends]]
-address = "10.0.0.1"
-mac = "02:00:00:00:00:01"
-"#,
-                dir = dir.display(),
-                pins = pins.display()
-            ),
-        )
-        .unwrap();
-        config
-    };
     assert!(
         sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"))
             .status
@@ -756,9 +734,9 @@ mac = "02:00:00:00:00:01"
             .unwrap()
     };
     // No such interface: refused by name, nothing created.
-    let unknown = run(&write("vxh-nosuch0", "auto"));
+    let unknown = run(&write_attach_config(&dir, &pins, "vxh-nosuch0", "auto"));
     // `lo` has no native XDP: the attach fails after the maps were made.
-    let native = run(&write("lo", "native"));
+    let native = run(&write_attach_config(&dir, &pins, "lo", "native"));
     let left = pins.exists();
     let _ = sh(&format!("ip netns del {ns}"));
     let _ = std::fs::remove_dir_all(&pins);
