@@ -255,6 +255,35 @@ struct Slot {
 }
 
 impl Slot {
+    /// A backend without a MAC, or failing its health check, is down;
+    /// otherwise draining if drained, else active.
+    fn new(
+        (id, generation): (u32, u32),
+        mac: Option<[u8; 6]>,
+        healthy: Option<bool>,
+        drained: bool,
+    ) -> Slot {
+        let state = if mac.is_none() || healthy == Some(false) {
+            BACKEND_DOWN
+        } else if drained {
+            BACKEND_DRAINING
+        } else {
+            BACKEND_ACTIVE
+        };
+        Slot {
+            id,
+            generation,
+            state,
+            mac,
+            healthy,
+        }
+    }
+
+    /// The backend-map entry of this slot.
+    fn info(&self, addr: IpAddr, service_id: u32) -> BackendInfo {
+        backend_info(addr, self.mac, self.state, self.generation, service_id)
+    }
+
     fn view(&self, b: &crate::config::Backend, source: &str, role: Option<&str>) -> BackendView {
         BackendView {
             address: b.address,
@@ -311,30 +340,17 @@ pub fn plan(
         let mut views = Vec::new();
         for e in &eff {
             let b = &e.backend;
-            let (id, generation) = state.backend_id(&svc.name, b.address)?;
             keep.insert((svc.name.clone(), b.address));
-            let mac = b.mac.or_else(|| macs.get(&b.address).copied());
-            let healthy = up(&svc.name, b.address);
-            let st = if mac.is_none() || healthy == Some(false) {
-                BACKEND_DOWN
-            } else if e.drained {
-                BACKEND_DRAINING
-            } else {
-                BACKEND_ACTIVE
-            };
-            if st == BACKEND_ACTIVE {
-                entries.push(maglev::Entry::from_addr(b.address, b.weight, id));
+            let slot = Slot::new(
+                state.backend_id(&svc.name, b.address)?,
+                b.mac.or_else(|| macs.get(&b.address).copied()),
+                up(&svc.name, b.address),
+                e.drained,
+            );
+            if slot.state == BACKEND_ACTIVE {
+                entries.push(maglev::Entry::from_addr(b.address, b.weight, slot.id));
             }
-            desired
-                .backends
-                .insert(id, backend_info(b.address, mac, st, generation, sid));
-            let slot = Slot {
-                id,
-                generation,
-                state: st,
-                mac,
-                healthy,
-            };
+            desired.backends.insert(slot.id, slot.info(b.address, sid));
             views.push(slot.view(b, if e.from_config { "config" } else { "cli" }, None));
         }
         let table =
@@ -376,28 +392,17 @@ pub fn plan(
         let members = std::iter::once((&svc.primary, "primary"))
             .chain(svc.standby.as_ref().map(|b| (b, "standby")));
         for (b, role) in members {
-            let (id, generation) = state.backend_id(&svc.name, b.address)?;
             keep.insert((svc.name.clone(), b.address));
-            let mac = b.mac.or_else(|| macs.get(&b.address).copied());
-            let healthy = up(&svc.name, b.address);
-            let st = if mac.is_none() || healthy == Some(false) {
-                BACKEND_DOWN
-            } else {
-                BACKEND_ACTIVE
-            };
-            if st == BACKEND_ACTIVE && target.is_none() {
-                target = Some((id, b.address));
+            let slot = Slot::new(
+                state.backend_id(&svc.name, b.address)?,
+                b.mac.or_else(|| macs.get(&b.address).copied()),
+                up(&svc.name, b.address),
+                false,
+            );
+            if slot.state == BACKEND_ACTIVE && target.is_none() {
+                target = Some((slot.id, b.address));
             }
-            desired
-                .backends
-                .insert(id, backend_info(b.address, mac, st, generation, sid));
-            let slot = Slot {
-                id,
-                generation,
-                state: st,
-                mac,
-                healthy,
-            };
+            desired.backends.insert(slot.id, slot.info(b.address, sid));
             views.push(slot.view(b, "config", Some(role)));
         }
         desired
