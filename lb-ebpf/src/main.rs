@@ -45,7 +45,7 @@ fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
     }
     // Established compiler flows: the flow table alone decides.
     let known = match select::established(&pkt) {
-        Ok(choice) => return forward(c, &choice, len, Reason::TxCompiler),
+        Ok(choice) => return forward(c, &pkt, &choice, len, Reason::TxCompiler),
         Err(known) => known,
     };
     let vip = VipKey {
@@ -68,7 +68,7 @@ fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
         _ => return Err(Reason::PassNotVip),
     };
     match choice {
-        Ok(choice) => forward(c, &choice, len, reason),
+        Ok(choice) => forward(c, &pkt, &choice, len, reason),
         Err(r) => {
             stats::count_no_backend(info.service_id);
             Err(r)
@@ -80,10 +80,15 @@ fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
 #[inline(always)]
 fn forward(
     c: &Cursor,
+    pkt: &parse::Parsed,
     choice: &select::Choice,
     len: u64,
     reason: Reason,
 ) -> Result<Reason, Reason> {
+    if !pkt.unicast {
+        // A VIP packet sent to a group address: not something we route.
+        return Err(Reason::PassNotUnicast);
+    }
     rewrite_l2(c, &choice.mac)?;
     stats::count_forward(choice.service_id, choice.backend_id, len, choice.new_flow);
     Ok(reason)
@@ -96,10 +101,6 @@ fn rewrite_l2(c: &Cursor, backend_mac: &[u8; 6]) -> Result<(), Reason> {
     let eth: *mut [u8; 12] = c.ptr(0).ok_or(Reason::DropTruncatedL2)?;
     // SAFETY: the 12 address bytes lie inside the packet (checked by `ptr`).
     let eth = unsafe { &mut *eth };
-    if eth[0] & 1 != 0 {
-        // A VIP packet sent to a group address: not something we route.
-        return Err(Reason::PassNotUnicast);
-    }
     let mut ours = [0u8; 6];
     ours.copy_from_slice(&eth[0..6]);
     eth[0..6].copy_from_slice(backend_mac);

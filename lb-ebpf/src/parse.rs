@@ -35,6 +35,9 @@ pub struct Parsed {
     pub key: FlowKey,
     /// TCP flags, 0 for UDP.
     pub tcp_flags: u8,
+    /// Addressed to a unicast MAC (ours); group-addressed frames are never
+    /// forwarded nor remembered.
+    pub unicast: bool,
 }
 
 /// Bounds-checked access to the packet.
@@ -97,12 +100,16 @@ pub fn parse(c: &Cursor) -> Result<Parsed, Reason> {
         proto = be16(unsafe { [(*tag)[2], (*tag)[3]] });
         off += VLAN_HLEN;
     }
-    match proto {
+    // SAFETY: `eth` lies inside the packet (checked above).
+    let unicast = unsafe { (*eth)[0] } & 1 == 0;
+    let mut parsed = match proto {
         ETH_P_IPV4 => parse_ipv4(c, off),
         ETH_P_IPV6 => parse_ipv6(c, off),
         ETH_P_8021Q | ETH_P_8021AD => Err(Reason::PassVlanDepth),
         _ => Err(Reason::PassNotIp),
-    }
+    }?;
+    parsed.unicast = unicast;
+    Ok(parsed)
 }
 
 #[inline(always)]
@@ -216,6 +223,7 @@ fn parse_l4(c: &Cursor, off: usize, l4_len: usize, mut key: FlowKey) -> Result<P
             Ok(Parsed {
                 key,
                 tcp_flags: t[13],
+                unicast: true,
             })
         }
         PROTO_UDP => {
@@ -227,7 +235,11 @@ fn parse_l4(c: &Cursor, off: usize, l4_len: usize, mut key: FlowKey) -> Result<P
             let u = unsafe { &*u };
             key.sport_be = u16::from_ne_bytes([u[0], u[1]]);
             key.dport_be = u16::from_ne_bytes([u[2], u[3]]);
-            Ok(Parsed { key, tcp_flags: 0 })
+            Ok(Parsed {
+                key,
+                tcp_flags: 0,
+                unicast: true,
+            })
         }
         _ => Err(Reason::PassNotL4),
     }

@@ -98,7 +98,9 @@ pub fn compiler(service_id: u32, pkt: &Parsed, known: Known) -> Result<Choice, R
     // Only a SYN (or UDP, which has no handshake) creates an entry, so a
     // flood of random ACKs cannot evict established flows from the LRU. An
     // existing entry whose backend is gone is overwritten.
-    if is_syn(pkt) || pkt.key.proto != PROTO_TCP || matches!(known, Known::Stale) {
+    // A group-addressed frame is passed, never forwarded: it records nothing.
+    let creates = is_syn(pkt) || pkt.key.proto != PROTO_TCP || matches!(known, Known::Stale);
+    if creates && pkt.unicast {
         let v = FlowValue {
             backend_id: id,
             generation: be.generation,

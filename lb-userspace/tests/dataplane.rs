@@ -1009,3 +1009,21 @@ fn every_map_name_in_lb_common_exists_in_the_object() {
     // if one is missing; loading is the assertion.
     XdpDataPlane::load_private(1024).expect("all maps present");
 }
+
+#[test]
+fn a_group_addressed_syn_is_passed_and_remembers_nothing() {
+    need_root!();
+    let mut f = Fixture::new();
+    let out = f.run(&syn4(42100).with_dst_mac([0xff; 6]).build());
+    assert_eq!(out.action, XDP_PASS);
+    assert!(
+        f.dp.flow(&k4(42100)).is_none(),
+        "a broadcast SYN must not take a flow entry"
+    );
+    let multicast = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+    f.run(&syn4(42101).with_dst_mac(multicast).build());
+    assert!(f.dp.flow(&k4(42101)).is_none());
+    // The same SYN to our MAC does.
+    assert_eq!(f.run(&syn4(42100).build()).action, XDP_TX);
+    assert!(f.dp.flow(&k4(42100)).is_some());
+}
