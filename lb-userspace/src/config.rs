@@ -133,7 +133,17 @@ pub struct CompilerService {
     pub table_size: u32,
     pub health: HealthCheck,
     pub backends: Vec<Backend>,
+    /// How long a removed backend keeps its established flows at most
+    /// (see README, *Remove, drain, down*).
+    pub retire_grace: Duration,
 }
+
+/// Default `retire_grace`: a slow catalog compile (minutes on a loaded
+/// compiler) plus the file-content downloads that follow it on the same
+/// kept-alive connection.
+pub const DEFAULT_RETIRE_GRACE: Duration = Duration::from_secs(600);
+/// Longest `retire_grace` accepted.
+pub const MAX_RETIRE_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// The certificate authority behind one VIP: every flow goes to the primary
 /// while it is healthy, else to the standby.
@@ -225,6 +235,7 @@ struct RawCompilerService {
     protocol: Option<String>,
     table_size: Option<u32>,
     health_check: Option<RawHealthCheck>,
+    retire_grace: Option<String>,
     #[serde(default)]
     backends: Vec<RawBackend>,
 }
@@ -415,12 +426,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         total_backends += backends.len();
         let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
+        let retire_grace = match &s.retire_grace {
+            None => DEFAULT_RETIRE_GRACE,
+            Some(g) => {
+                let d = parse_duration(g).map_err(|p| invalid(format!("{key}.retire_grace"), p))?;
+                if d > MAX_RETIRE_GRACE {
+                    return Err(invalid(
+                        format!("{key}.retire_grace"),
+                        format!("{g:?} is longer than the maximum of 24h (1440m)"),
+                    ));
+                }
+                d
+            }
+        };
         compiler_services.push(CompilerService {
             name: s.name,
             vip,
             table_size,
             health,
             backends,
+            retire_grace,
         });
     }
 

@@ -171,6 +171,7 @@ fn remove(address: &str) -> Request {
     Request::BackendRemove {
         service: "compilers".into(),
         address: address.into(),
+        now: false,
     }
 }
 
@@ -355,6 +356,7 @@ async fn hostile_cli_input_is_refused_before_any_map_write() {
         Request::BackendRemove {
             service: "compilers".into(),
             address: "10.0.0.1%eth0".into(),
+            now: false,
         },
     ];
     for req in bad {
