@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz`: structure-aware fuzzing of the XDP program through
-//! BPF_PROG_TEST_RUN, against the real object (see `voxlb::fuzz`).
+//! BPF_PROG_TEST_RUN, against the real object (see `lb_testkit::fuzz`).
 //!
 //! ```text
 //! fuzz_dataplane [--cases N] [--seed S | --random-seed] [--only I] [--no-save]
@@ -19,12 +19,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use lb_common::Reason;
-use voxlb::{
-    dataplane::DataPlane,
-    fuzz::{Case, Generator, Regression, Violation, World, check_counters},
-    object::PROGRAM_NAME,
-    xdp::XdpDataPlane,
-};
+use lb_testkit::fuzz::{Case, Generator, Regression, Violation, World, check_counters};
+use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME, xdp::XdpDataPlane};
 
 /// Default seed: fixed, so CI runs the same cases every time.
 const DEFAULT_SEED: u64 = 0x766f_786c_0007;
@@ -298,6 +294,6 @@ trait VerdictName {
 
 impl VerdictName for Reason {
     fn verdict_name(&self) -> &'static str {
-        voxlb::fuzz::action_name(voxlb::fuzz::action_of(*self))
+        lb_testkit::fuzz::action_name(lb_testkit::fuzz::action_of(*self))
     }
 }

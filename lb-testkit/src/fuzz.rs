@@ -31,10 +31,11 @@ use lb_common::{
     reason::Verdict,
 };
 
+use voxlb::dataplane::{DataPlane, DataPlaneError};
+
 use crate::{
-    dataplane::{DataPlane, DataPlaneError},
+    harness::{RunOutput, TestDataPlane},
     packet::{CLIENT_MAC, Frame, L4, LB_MAC, arp_request, flags, l3_offset},
-    xdp::{RunOutput, XdpDataPlane},
 };
 
 /// XDP action codes as BPF_PROG_TEST_RUN returns them.
@@ -235,9 +236,9 @@ impl World {
     }
 
     /// A private copy of the data plane holding this world.
-    pub fn load(&self, flow_capacity: u32) -> Result<XdpDataPlane, DataPlaneError> {
-        let mut dp = XdpDataPlane::load_private(flow_capacity)?;
-        self.program(&mut dp)?;
+    pub fn load(&self, flow_capacity: u32) -> Result<TestDataPlane, DataPlaneError> {
+        let mut dp = TestDataPlane::load(flow_capacity)?;
+        self.program(&mut *dp)?;
         Ok(dp)
     }
 

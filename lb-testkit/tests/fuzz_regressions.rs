@@ -5,11 +5,8 @@
 //!
 //! Needs root (loading BPF programs).
 
-use voxlb::{
-    dataplane::DataPlane,
-    fuzz::{Regression, World, action_name, action_of, check_counters},
-    object::PROGRAM_NAME,
-};
+use lb_testkit::fuzz::{Regression, World, action_name, action_of, check_counters};
+use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
 
 const FILE: &str = include_str!("fuzz_regressions.txt");
 
@@ -31,11 +28,7 @@ fn the_regression_file_parses() {
 
 #[test]
 fn saved_fuzz_failures_stay_fixed() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: loading BPF programs needs root");
-        return;
-    }
+    lb_testkit::require_root!("loading BPF programs");
     let world = World::standard();
     let mut dp = world.load(4096).expect("load the XDP object");
     let mut failures = Vec::new();
@@ -57,7 +50,7 @@ fn saved_fuzz_failures_stay_fixed() {
         let (exp, mut problems) = world.check(&r.frame, &out);
         problems.extend(check_counters(&exp, out.action, &delta));
         if exp.reason != r.reason {
-            problems.push(voxlb::fuzz::Violation {
+            problems.push(lb_testkit::fuzz::Violation {
                 kind: "model",
                 detail: format!(
                     "the model now says {}, the file {}",
@@ -67,7 +60,7 @@ fn saved_fuzz_failures_stay_fixed() {
             });
         }
         if out.action != action_of(r.reason) {
-            problems.push(voxlb::fuzz::Violation {
+            problems.push(lb_testkit::fuzz::Violation {
                 kind: "verdict",
                 detail: format!(
                     "action {} want {}",
@@ -91,14 +84,10 @@ fn saved_fuzz_failures_stay_fixed() {
 fn the_checker_catches_a_sabotaged_data_plane() {
     // The fuzzer reporting 0 violations only means something if its checks
     // can fail: run it against maps that disagree with its model.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: loading BPF programs needs root");
-        return;
-    }
     use lb_common::{KIND_CA, PROTO_TCP, VipInfo, VipKey};
+    use lb_testkit::fuzz::{Generator, VIP4, VIP4_CA};
     use std::collections::BTreeMap;
-    use voxlb::fuzz::{Generator, VIP4, VIP4_CA};
+    lb_testkit::require_root!("loading BPF programs");
     let world = World::standard();
     let mut dp = world.load(4096).expect("load the XDP object");
     let ca = world.vips[&VipKey::new(VIP4_CA.into(), 8140, PROTO_TCP)].service_id;

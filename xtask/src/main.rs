@@ -207,8 +207,8 @@ fn demo(keep: bool, cleanup: bool) -> Result<()> {
 /// Cases `xtask test` fuzzes (a few seconds; `xtask fuzz` does a million).
 const FUZZ_CI_CASES: u64 = 30_000;
 
-/// The fuzzer needs the eBPF object, so it is an example of lb-userspace
-/// rather than part of xtask. It prints `fuzz: N cases, V invariant
+/// The fuzzer needs the eBPF object, so it is an example of the dev-only
+/// lb-testkit rather than part of xtask. It prints `fuzz: N cases, V invariant
 /// violations` and fails when V > 0.
 fn fuzz(cases: u64, seed: Option<&str>, random_seed: bool) -> Result<()> {
     step(&format!("fuzz: {cases} cases through BPF_PROG_TEST_RUN"));
@@ -218,7 +218,7 @@ fn fuzz(cases: u64, seed: Option<&str>, random_seed: bool) -> Result<()> {
         "--release",
         "-q",
         "-p",
-        "lb-userspace",
+        "lb-testkit",
         "--example",
         "fuzz_dataplane",
         "--",
@@ -339,7 +339,7 @@ fn bench(which: &str, quick: bool) -> Result<()> {
                     "--release",
                     "-q",
                     "-p",
-                    "lb-userspace",
+                    "lb-testkit",
                     "--example",
                     "bench_dataplane",
                     "--",
