@@ -109,7 +109,7 @@ fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("lint: clippy (userspace, all targets)");
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    step("lint: clippy (eBPF crate, bpfel-unknown-none, panic=abort)");
+    step("lint: clippy (eBPF crates, bpfel-unknown-none, panic=abort)");
     run(Command::new("rustup")
         .current_dir(root_dir())
         .args([
@@ -119,6 +119,8 @@ fn lint() -> Result<()> {
             "clippy",
             "-p",
             "lb-ebpf",
+            "-p",
+            "lb-testkit-ebpf",
             "--target",
             "bpfel-unknown-none",
             "-Z",
