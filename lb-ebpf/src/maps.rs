@@ -10,11 +10,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, BackendStats, Counter, FlowKey, FlowValue, ServiceStats, TableRegion, VipInfo,
-    VipKey,
+    VipKey, maps as names,
     maps::{
         DEFAULT_FLOW_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES, MAX_VIPS,
     },
-    maps as names,
     reason::REASON_COUNT,
 };
 
@@ -97,8 +96,7 @@ pinned!(
 
 pinned!(
     "vx_reasons_v1" == names::REASON_STATS,
-    pub static REASON_STATS: PerCpuArray<Counter> =
-        PerCpuArray::with_max_entries(REASON_COUNT, 0);
+    pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 );
 
 pinned!(

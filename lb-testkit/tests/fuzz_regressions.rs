@@ -5,6 +5,7 @@
 //!
 //! Needs root (loading BPF programs).
 
+use lb_common::Reason;
 use lb_testkit::fuzz::{Regression, World, action_name, action_of, check_counters};
 use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
 
@@ -20,10 +21,27 @@ fn regressions() -> Vec<(usize, Regression)> {
         .collect()
 }
 
+/// Every reason the fuzzer's world can produce: all but `drop_internal`
+/// (a table naming an unusable backend id, which the world never installs).
+fn reachable_reasons() -> Vec<Reason> {
+    Reason::ALL
+        .iter()
+        .copied()
+        .filter(|r| *r != Reason::DropInternal)
+        .collect()
+}
+
 #[test]
-fn the_regression_file_parses() {
-    // Runs without root: a malformed line fails here, not only in CI.
-    let _ = regressions();
+fn the_regression_file_parses_and_covers_every_reachable_reason() {
+    // Runs without root: a malformed line or a lost seed fails here, not
+    // only in CI.
+    let file = regressions();
+    let missing: Vec<&str> = reachable_reasons()
+        .into_iter()
+        .filter(|want| !file.iter().any(|(_, r)| r.reason == *want))
+        .map(|r| r.label())
+        .collect();
+    assert!(missing.is_empty(), "no saved frame for {missing:?}");
 }
 
 #[test]
@@ -32,7 +50,9 @@ fn saved_fuzz_failures_stay_fixed() {
     let world = World::standard();
     let mut dp = world.load(4096).expect("load the XDP object");
     let mut failures = Vec::new();
+    let mut replayed = 0;
     for (line, r) in regressions() {
+        replayed += 1;
         let counts = |dp: &voxlb::xdp::XdpDataPlane| -> Vec<u64> {
             dp.reason_stats()
                 .unwrap()
@@ -78,6 +98,10 @@ fn saved_fuzz_failures_stay_fixed() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        replayed >= reachable_reasons().len(),
+        "replayed only {replayed} saved frames"
+    );
 }
 
 #[test]
