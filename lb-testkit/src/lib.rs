@@ -13,5 +13,6 @@ pub mod fuzz;
 pub mod harness;
 pub mod object;
 pub mod packet;
+pub mod reference;
 pub mod skip;
 pub mod veth;
