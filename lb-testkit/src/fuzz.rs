@@ -18,15 +18,14 @@
 //! of the VIP's own service, and a CA VIP's only to a CA).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use lb_common::{
-    BACKEND_ACTIVE, BACKEND_DRAINING, BackendInfo, FAMILY_V4, FAMILY_V6, FlowKey, KIND_CA,
-    KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
-    hash::flow_hash,
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BackendInfo, KIND_CA, KIND_COMPILER,
+    NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
     maglev::{self, Entry},
     reason::Verdict,
 };
@@ -35,6 +34,7 @@ use voxlb::dataplane::{DataPlane, DataPlaneError};
 
 use crate::{
     harness::{RunOutput, TestDataPlane},
+    reference::{self, Member},
     packet::{CLIENT_MAC, Frame, L4, LB_MAC, arp_request, flags, l3_offset},
 };
 
@@ -114,16 +114,38 @@ pub fn backend_mac(id: u32) -> [u8; 6] {
     [0x02, kind, 0, 0, (id >> 8) as u8, id as u8]
 }
 
-/// The fixed map contents the fuzzer runs against.
+/// The map contents the fuzzer runs against, and the model's own view of
+/// them. [`World::standard`] is static; [`World::change`] moves it (drain,
+/// down, return, removal, id reuse, re-weighting: each a table flip).
 #[derive(Clone, Debug)]
 pub struct World {
     pub vips: BTreeMap<VipKey, VipInfo>,
     pub backends: BTreeMap<u32, BackendInfo>,
-    /// Active Maglev table per compiler service (absent: never installed).
+    /// Active Maglev table per compiler service as the data plane gets it
+    /// (lb-common's builder; absent: never installed).
     pub tables: BTreeMap<u32, Vec<u32>>,
     /// CA target per CA service.
     pub ca_targets: BTreeMap<u32, u32>,
+    /// Compiler pools: every backend with its table weight (0: drained,
+    /// down or otherwise out of the table).
+    pools: BTreeMap<u32, Vec<Member>>,
+    /// The model's tables, from [`reference::maglev`] over `pools`.
+    model_tables: BTreeMap<u32, Vec<u32>>,
+    /// The model's VIP index, by (address, port, protocol).
+    vip_index: BTreeMap<(IpAddr, u16, u8), VipInfo>,
+    /// Ids removed from a pool, with their service and last generation.
+    retired: BTreeMap<u32, (u32, u32)>,
+    /// Addresses handed out so far by id reuse (each reuse is a new host).
+    reused: u32,
 }
+
+/// The flow table as the model tracks it: 5-tuple -> (backend, generation).
+/// Only meaningful while the kernel's table cannot evict (see
+/// [`World::step`]).
+pub type ModelFlows = HashMap<FlowId, (u32, u32)>;
+
+/// A 5-tuple in the model's own form.
+pub type FlowId = (IpAddr, IpAddr, u16, u16, u8);
 
 fn backend_addr(id: u32, v6: bool) -> IpAddr {
     if v6 {
@@ -143,6 +165,11 @@ impl World {
             backends: BTreeMap::new(),
             tables: BTreeMap::new(),
             ca_targets: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            model_tables: BTreeMap::new(),
+            vip_index: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            reused: 0,
         };
         let vip = |a: IpAddr, port, proto| VipKey::new(a, port, proto);
         for (k, service_id, kind) in [
@@ -173,12 +200,31 @@ impl World {
         ] {
             w.vips.insert(k, VipInfo { service_id, kind });
         }
+        for (addr, port, proto, service_id, kind) in [
+            (IpAddr::from(VIP4), PORT, PROTO_TCP, S_V4, KIND_COMPILER),
+            (vip6().into(), PORT, PROTO_TCP, S_V6, KIND_COMPILER),
+            (VIP4_CA.into(), PORT, PROTO_TCP, S_CA, KIND_CA),
+            (VIP4_EMPTY.into(), PORT, PROTO_TCP, S_EMPTY, KIND_COMPILER),
+            (VIP4_UDP.into(), UDP_PORT, PROTO_UDP, S_UDP, KIND_COMPILER),
+            (vip6_ca().into(), PORT, PROTO_TCP, S_CA6, KIND_CA),
+            (VIP4_CA_NONE.into(), PORT, PROTO_TCP, S_CA_NONE, KIND_CA),
+            (
+                VIP4_UNINSTALLED.into(),
+                PORT,
+                PROTO_TCP,
+                S_UNINSTALLED,
+                KIND_COMPILER,
+            ),
+        ] {
+            w.vip_index
+                .insert((addr, port, proto), VipInfo { service_id, kind });
+        }
         for (service, ids, v6) in [
             (S_V4, [0u32, 1, 2], false),
             (S_V6, [10, 11, 12], true),
             (S_UDP, [20, 21, 22], false),
         ] {
-            let mut entries = Vec::new();
+            let mut pool = Vec::new();
             for id in ids {
                 let (addr, family) = addr_bytes(backend_addr(id, v6));
                 w.backends.insert(
@@ -192,12 +238,17 @@ impl World {
                         ..Default::default()
                     },
                 );
-                entries.push(Entry::from_addr(backend_addr(id, v6), 1, id));
+                pool.push(Member {
+                    addr: backend_addr(id, v6),
+                    weight: 1,
+                    value: id,
+                });
             }
-            let table = maglev::build(&entries, TABLE).expect("fixture table");
-            w.tables.insert(service, table);
+            w.pools.insert(service, pool);
+            w.rebuild(service);
         }
-        w.tables.insert(S_EMPTY, vec![NO_BACKEND; TABLE as usize]);
+        w.pools.insert(S_EMPTY, Vec::new());
+        w.rebuild(S_EMPTY);
         for (id, service) in [(30, S_CA), (31, S_CA), (32, S_CA6)] {
             let (addr, family) = addr_bytes(backend_addr(id, false));
             w.backends.insert(
@@ -242,6 +293,120 @@ impl World {
         Ok(dp)
     }
 
+    /// Rebuild a compiler service's table from its pool: lb-common's builder
+    /// for the data plane, the reference loop for the model.
+    fn rebuild(&mut self, service: u32) {
+        let pool = &self.pools[&service];
+        let entries: Vec<Entry> = pool
+            .iter()
+            .map(|m| Entry::from_addr(m.addr, m.weight, m.value))
+            .collect();
+        let table = maglev::build(&entries, TABLE).expect("fixture table");
+        self.tables.insert(service, table);
+        self.model_tables
+            .insert(service, reference::maglev(pool, TABLE));
+    }
+
+    /// Change the world as the daemon would, in the model and in `dp`: one
+    /// compiler backend is drained, taken down, brought back, removed, or
+    /// re-weighted, or a removed id is given to a new host (generation
+    /// bumped); the service's new table is staged and flipped. Returns what
+    /// was done.
+    pub fn change(&mut self, r: &mut Rng, dp: &mut dyn DataPlane) -> Result<String, DataPlaneError> {
+        let service = r.pick(&[S_V4, S_V6, S_UDP]);
+        let retired: Vec<u32> = self
+            .retired
+            .iter()
+            .filter(|(_, (s, _))| *s == service)
+            .map(|(id, _)| *id)
+            .collect();
+        let pool = self.pools.get_mut(&service).expect("compiler pool");
+        let what = if !retired.is_empty() && (pool.is_empty() || r.chance(25)) {
+            // Id reuse: a new host, the old id, the next generation.
+            let id = r.pick(&retired);
+            let (_, generation) = self.retired.remove(&id).expect("retired id");
+            self.reused += 1;
+            let addr = match backend_addr(id, service == S_V6) {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(10, 0, 2, self.reused as u8)),
+                IpAddr::V6(_) => {
+                    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, self.reused as u16))
+                }
+            };
+            let (a, family) = addr_bytes(addr);
+            self.backends.insert(
+                id,
+                BackendInfo {
+                    mac: backend_mac(id),
+                    state: BACKEND_ACTIVE,
+                    generation: generation + 1,
+                    service_id: service,
+                    addr: a,
+                    family,
+                    ..Default::default()
+                },
+            );
+            pool.push(Member {
+                addr,
+                weight: 1,
+                value: id,
+            });
+            format!("reuse id {id} for {addr} (generation {})", generation + 1)
+        } else if pool.is_empty() {
+            return Ok("nothing to change".into());
+        } else {
+            let i = r.below(pool.len());
+            let id = pool[i].value;
+            let be = self.backends.get_mut(&id).expect("pool backend");
+            match r.below(5) {
+                0 => {
+                    be.state = BACKEND_DRAINING;
+                    pool[i].weight = 0;
+                    format!("drain {id}")
+                }
+                1 => {
+                    be.state = BACKEND_DOWN;
+                    pool[i].weight = 0;
+                    format!("down {id}")
+                }
+                2 => {
+                    be.state = BACKEND_ACTIVE;
+                    pool[i].weight = pool[i].weight.max(1);
+                    format!("activate {id}")
+                }
+                3 => {
+                    let generation = be.generation;
+                    self.backends.remove(&id);
+                    pool.remove(i);
+                    self.retired.insert(id, (service, generation));
+                    format!("remove {id}")
+                }
+                _ => {
+                    be.state = BACKEND_ACTIVE;
+                    pool[i].weight = r.pick(&[1, 2, 5]);
+                    format!("weight {id} = {}", pool[i].weight)
+                }
+            }
+        };
+        self.rebuild(service);
+        // What the daemon writes: every backend of the service (a removed
+        // one as an empty slot), then the table.
+        for m in &self.pools[&service] {
+            dp.set_backend(m.value, self.backends[&m.value])?;
+        }
+        for (id, (s, _)) in &self.retired {
+            if *s == service {
+                dp.set_backend(*id, BackendInfo::default())?;
+            }
+        }
+        dp.install_table(service, &self.tables[&service])?;
+        Ok(what)
+    }
+
+    /// Whether any compiler table the model holds gives slots to `id`.
+    pub fn in_table(&self, id: u32) -> bool {
+        self.model_tables.values().any(|t| t.contains(&id))
+    }
+
     fn is_ca_backend(&self, id: u32) -> bool {
         self.backends.get(&id).is_some_and(|b| {
             self.vips
@@ -261,6 +426,8 @@ pub struct Expected {
     pub backend: Option<u32>,
     /// The VIP the frame is addressed to, if it parses that far and is one.
     pub vip: Option<VipInfo>,
+    /// The flow table decided (an entry whose backend may still have it).
+    pub established: bool,
 }
 
 impl Expected {
@@ -269,6 +436,7 @@ impl Expected {
             reason,
             backend: None,
             vip: None,
+            established: false,
         }
     }
 }
@@ -281,8 +449,34 @@ fn is_vlan(t: usize) -> bool {
     t == 0x8100 || t == 0x88a8
 }
 
+/// A parsed flow as the model sees it: its own form, not lb-common's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Flow {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    tcp_flags: u8,
+}
+
+impl Flow {
+    fn id(&self) -> FlowId {
+        (self.src, self.dst, self.sport, self.dport, self.proto)
+    }
+
+    /// A TCP SYN without ACK: the only TCP segment that starts a flow.
+    fn is_syn(&self) -> bool {
+        self.proto == PROTO_TCP && self.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN
+    }
+
+    fn hash(&self) -> u32 {
+        reference::flow_hash(self.src, self.dst, self.sport, self.dport, self.proto)
+    }
+}
+
 /// Ethernet, at most two VLAN tags, then IPv4/IPv6.
-fn model_parse(f: &[u8]) -> Result<FlowKey, Reason> {
+fn model_parse(f: &[u8]) -> Result<Flow, Reason> {
     if f.len() < 14 {
         return Err(Reason::DropTruncatedL2);
     }
@@ -307,7 +501,7 @@ fn model_parse(f: &[u8]) -> Result<FlowKey, Reason> {
 }
 
 /// `ip`: from the IPv4 header to the end of the frame.
-fn model_ipv4(ip: &[u8]) -> Result<FlowKey, Reason> {
+fn model_ipv4(ip: &[u8]) -> Result<Flow, Reason> {
     if ip.len() < 20 {
         return Err(Reason::DropTruncatedL3);
     }
@@ -326,21 +520,15 @@ fn model_ipv4(ip: &[u8]) -> Result<FlowKey, Reason> {
     if be16(ip, 6) & 0x3fff != 0 {
         return Err(Reason::PassFragment);
     }
-    let mut key = FlowKey {
-        family: FAMILY_V4,
-        proto: ip[9],
-        ..FlowKey::default()
-    };
-    key.src[..4].copy_from_slice(&ip[12..16]);
-    key.dst[..4].copy_from_slice(&ip[16..20]);
+    let v4 = |at: usize| IpAddr::from([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
     // Ethernet padding past the IP total length is not payload.
-    model_l4(&ip[header..total], key)
+    model_l4(&ip[header..total], ip[9], v4(12), v4(16))
 }
 
 /// Extension headers walked before handing the packet to the kernel.
 const MODEL_EXT_LIMIT: usize = 4;
 
-fn model_ipv6(ip: &[u8]) -> Result<FlowKey, Reason> {
+fn model_ipv6(ip: &[u8]) -> Result<Flow, Reason> {
     if ip.len() < 40 {
         return Err(Reason::DropTruncatedL3);
     }
@@ -351,12 +539,7 @@ fn model_ipv6(ip: &[u8]) -> Result<FlowKey, Reason> {
     if payload > ip.len() - 40 {
         return Err(Reason::DropTruncatedL3);
     }
-    let mut key = FlowKey {
-        family: FAMILY_V6,
-        ..FlowKey::default()
-    };
-    key.src.copy_from_slice(&ip[8..24]);
-    key.dst.copy_from_slice(&ip[24..40]);
+    let v6 = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
     let mut next = ip[6];
     let mut rest = &ip[40..40 + payload];
     let mut walked = 0;
@@ -387,13 +570,12 @@ fn model_ipv6(ip: &[u8]) -> Result<FlowKey, Reason> {
             _ => break,
         }
     }
-    key.proto = next;
-    model_l4(rest, key)
+    model_l4(rest, next, v6(8), v6(24))
 }
 
 /// `seg`: the L4 header and payload as the IP header delimits them.
-fn model_l4(seg: &[u8], mut key: FlowKey) -> Result<FlowKey, Reason> {
-    match key.proto {
+fn model_l4(seg: &[u8], proto: u8, src: IpAddr, dst: IpAddr) -> Result<Flow, Reason> {
+    match proto {
         PROTO_TCP => {
             if seg.len() < 20 {
                 return Err(Reason::DropTruncatedL4);
@@ -410,46 +592,119 @@ fn model_l4(seg: &[u8], mut key: FlowKey) -> Result<FlowKey, Reason> {
         }
         _ => return Err(Reason::PassNotL4),
     }
-    key.sport_be = u16::from_ne_bytes([seg[0], seg[1]]);
-    key.dport_be = u16::from_ne_bytes([seg[2], seg[3]]);
-    Ok(key)
+    Ok(Flow {
+        src,
+        dst,
+        sport: u16::from_be_bytes([seg[0], seg[1]]),
+        dport: u16::from_be_bytes([seg[2], seg[3]]),
+        proto,
+        tcp_flags: if proto == PROTO_TCP { seg[13] } else { 0 },
+    })
 }
 
 impl World {
-    /// What the program must do with `frame` in this world. The world never
-    /// changes while fuzzing, so a flow entry always names the backend the
-    /// table gives: the expected backend does not depend on earlier frames.
+    /// What the program must do with `frame` in this world, flow table
+    /// aside: valid while the world has not changed since the data plane
+    /// was programmed (every flow entry then names the backend the table
+    /// gives, so the expected backend does not depend on earlier frames).
     pub fn expect(&self, frame: &[u8]) -> Expected {
-        let key = match model_parse(frame) {
-            Ok(k) => k,
-            Err(r) => return Expected::of(r),
+        self.predict(frame, None).0
+    }
+
+    /// What the program must do with `frame`, with the model's copy of the
+    /// flow table, which this updates as the program updates its own: for a
+    /// world that changes between frames. Exact only while the kernel's flow
+    /// table does not evict (give it room for every flow the run creates).
+    pub fn step(&self, frame: &[u8], flows: &mut ModelFlows) -> Expected {
+        let (exp, insert) = self.predict(frame, Some(flows));
+        if let Some((id, entry)) = insert {
+            flows.insert(id, entry);
+        }
+        exp
+    }
+
+    /// The outcome, and the flow entry the program writes, if any.
+    fn predict(
+        &self,
+        frame: &[u8],
+        flows: Option<&ModelFlows>,
+    ) -> (Expected, Option<(FlowId, (u32, u32))>) {
+        let flow = match model_parse(frame) {
+            Ok(f) => f,
+            Err(r) => return (Expected::of(r), None),
         };
-        let vk = VipKey {
-            addr: key.dst,
-            port_be: key.dport_be,
-            proto: key.proto,
-            family: key.family,
-        };
-        let Some(info) = self.vips.get(&vk).copied() else {
-            return Expected::of(Reason::PassNotVip);
+        let unicast = frame[0] & 1 == 0;
+        // The established-flow path comes before the VIP lookup, but only
+        // for ports some VIP uses (the pre-filter).
+        let port_used = self.vip_index.keys().any(|(_, p, _)| *p == flow.dport);
+        let mut stale = false;
+        if let (true, Some(&(id, generation))) =
+            (port_used, flows.and_then(|f| f.get(&flow.id())))
+        {
+            let be = self.backends.get(&id).copied().unwrap_or_default();
+            let usable = be.state == BACKEND_ACTIVE
+                || (be.state == BACKEND_DRAINING && !flow.is_syn());
+            if usable && be.generation == generation {
+                let info = VipInfo {
+                    service_id: be.service_id,
+                    kind: KIND_COMPILER,
+                };
+                let exp = if unicast {
+                    Expected {
+                        reason: Reason::TxCompiler,
+                        backend: Some(id),
+                        vip: Some(info),
+                        established: true,
+                    }
+                } else {
+                    Expected {
+                        vip: Some(info),
+                        established: true,
+                        ..Expected::of(Reason::PassNotUnicast)
+                    }
+                };
+                return (exp, None);
+            }
+            stale = true;
+        }
+        let Some(info) = self
+            .vip_index
+            .get(&(flow.dst, flow.dport, flow.proto))
+            .copied()
+        else {
+            return (Expected::of(Reason::PassNotVip), None);
         };
         let chosen = match info.kind {
-            KIND_COMPILER => self.compiler(info.service_id, &key),
+            KIND_COMPILER => self.compiler(info.service_id, &flow),
             KIND_CA => self.ca(info.service_id),
             _ => Err(Reason::PassNotVip),
         };
+        let mut insert = None;
         let (reason, backend) = match chosen {
             // A group-addressed frame is not ours to route, but only once
             // a backend was found (a missing one is the louder problem).
-            Ok(_) if frame[0] & 1 != 0 => (Reason::PassNotUnicast, None),
-            Ok((r, b)) => (r, Some(b)),
+            Ok(_) if !unicast => (Reason::PassNotUnicast, None),
+            Ok((r, b)) => {
+                // Only a SYN, a UDP datagram or a stale entry's packet
+                // writes the flow table.
+                if r == Reason::TxCompiler
+                    && (flow.is_syn() || flow.proto != PROTO_TCP || stale)
+                {
+                    insert = Some((flow.id(), (b, self.backends[&b].generation)));
+                }
+                (r, Some(b))
+            }
             Err(r) => (r, None),
         };
-        Expected {
-            reason,
-            backend,
-            vip: Some(info),
-        }
+        (
+            Expected {
+                reason,
+                backend,
+                vip: Some(info),
+                established: false,
+            },
+            insert,
+        )
     }
 
     fn usable(&self, id: u32, service: u32, states: &[u32]) -> bool {
@@ -458,12 +713,15 @@ impl World {
             .is_some_and(|b| b.service_id == service && states.contains(&b.state))
     }
 
-    fn compiler(&self, service: u32, key: &FlowKey) -> Result<(Reason, u32), Reason> {
-        let table = self.tables.get(&service).ok_or(Reason::DropNoBackend)?;
+    fn compiler(&self, service: u32, flow: &Flow) -> Result<(Reason, u32), Reason> {
+        let table = self
+            .model_tables
+            .get(&service)
+            .ok_or(Reason::DropNoBackend)?;
         if table.is_empty() {
             return Err(Reason::DropNoBackend);
         }
-        let id = table[(flow_hash(key) % table.len() as u32) as usize];
+        let id = table[(flow.hash() % table.len() as u32) as usize];
         if id == NO_BACKEND || !self.usable(id, service, &[BACKEND_ACTIVE, BACKEND_DRAINING]) {
             return Err(Reason::DropNoBackend);
         }
@@ -499,6 +757,13 @@ impl World {
     /// costs 17 map lookups, so the fuzzer does it per batch.
     pub fn check(&self, frame: &[u8], out: &RunOutput) -> (Expected, Vec<Violation>) {
         let exp = self.expect(frame);
+        (exp, self.verify(frame, out, &exp))
+    }
+
+    /// Check one run against an expectation from [`Self::expect`] or
+    /// [`Self::step`] and against the data plane's rules.
+    pub fn verify(&self, frame: &[u8], out: &RunOutput, exp: &Expected) -> Vec<Violation> {
+        let exp = *exp;
         let mut v = Vec::new();
         let want = action_of(exp.reason);
         if out.action != want {
@@ -529,7 +794,7 @@ impl World {
             }
             other => v.push(violation("verdict", format!("unexpected action {other}"))),
         }
-        (exp, v)
+        v
     }
 
     fn check_tx(&self, frame: &[u8], out: &RunOutput, exp: &Expected) -> Vec<Violation> {
@@ -768,6 +1033,50 @@ pub struct Case {
     pub frame: Vec<u8>,
     /// What was done to it, for reports and saved regressions.
     pub desc: String,
+}
+
+/// A valid packet of one of a small set of compiler flows (16 clients × 4
+/// ports per compiler VIP, over IPv4, IPv6 and UDP), so that flows recur
+/// across world changes: a SYN, an ACK or FIN of an established
+/// connection, a datagram, now and then to a group address.
+pub fn flow_case(r: &mut Rng) -> Case {
+    let (class, dst, dport): (Class, IpAddr, u16) = match r.below(3) {
+        0 => (Class::CompilerV4, VIP4.into(), PORT),
+        1 => (Class::CompilerV6, vip6().into(), PORT),
+        _ => (Class::UdpV4, VIP4_UDP.into(), UDP_PORT),
+    };
+    let n = r.below(16) as u8;
+    let src: IpAddr = if class == Class::CompilerV6 {
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(n) + 1).into()
+    } else {
+        Ipv4Addr::new(192, 0, 2, n + 1).into()
+    };
+    let sport = 40000 + r.below(4) as u16;
+    let (mut frame, what) = if class == Class::UdpV4 {
+        (Frame::udp(src, sport, dst, dport), "datagram")
+    } else {
+        let (bits, what) = r.pick(&[
+            (flags::SYN, "SYN"),
+            (flags::ACK, "ACK"),
+            (flags::ACK, "ACK"),
+            (flags::ACK | flags::PSH, "data"),
+            (flags::FIN | flags::ACK, "FIN"),
+            (flags::SYN | flags::ACK, "SYN-ACK"),
+        ]);
+        (Frame::tcp(src, sport, dst, dport, bits), what)
+    };
+    let group = r.chance(5);
+    if group {
+        frame = frame.with_dst_mac([0x01, 0x00, 0x5e, 0, 0, 1]);
+    }
+    Case {
+        class,
+        frame: frame.build(),
+        desc: format!(
+            "flow {src}:{sport} -> {dst}:{dport} {what}{}",
+            if group { " to a group address" } else { "" }
+        ),
+    }
 }
 
 fn client4(r: &mut Rng) -> IpAddr {
