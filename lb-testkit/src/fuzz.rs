@@ -34,8 +34,8 @@ use voxlb::dataplane::{DataPlane, DataPlaneError};
 
 use crate::{
     harness::{RunOutput, TestDataPlane},
-    reference::{self, Member},
     packet::{CLIENT_MAC, Frame, L4, LB_MAC, arp_request, flags, l3_offset},
+    reference::{self, Member},
 };
 
 /// XDP action codes as BPF_PROG_TEST_RUN returns them.
@@ -312,7 +312,11 @@ impl World {
     /// re-weighted, or a removed id is given to a new host (generation
     /// bumped); the service's new table is staged and flipped. Returns what
     /// was done.
-    pub fn change(&mut self, r: &mut Rng, dp: &mut dyn DataPlane) -> Result<String, DataPlaneError> {
+    pub fn change(
+        &mut self,
+        r: &mut Rng,
+        dp: &mut dyn DataPlane,
+    ) -> Result<String, DataPlaneError> {
         let service = r.pick(&[S_V4, S_V6, S_UDP]);
         let retired: Vec<u32> = self
             .retired
@@ -638,12 +642,11 @@ impl World {
         // for ports some VIP uses (the pre-filter).
         let port_used = self.vip_index.keys().any(|(_, p, _)| *p == flow.dport);
         let mut stale = false;
-        if let (true, Some(&(id, generation))) =
-            (port_used, flows.and_then(|f| f.get(&flow.id())))
+        if let (true, Some(&(id, generation))) = (port_used, flows.and_then(|f| f.get(&flow.id())))
         {
             let be = self.backends.get(&id).copied().unwrap_or_default();
-            let usable = be.state == BACKEND_ACTIVE
-                || (be.state == BACKEND_DRAINING && !flow.is_syn());
+            let usable =
+                be.state == BACKEND_ACTIVE || (be.state == BACKEND_DRAINING && !flow.is_syn());
             if usable && be.generation == generation {
                 let info = VipInfo {
                     service_id: be.service_id,
@@ -687,9 +690,7 @@ impl World {
             Ok((r, b)) => {
                 // Only a SYN, a UDP datagram or a stale entry's packet
                 // writes the flow table.
-                if r == Reason::TxCompiler
-                    && (flow.is_syn() || flow.proto != PROTO_TCP || stale)
-                {
+                if r == Reason::TxCompiler && (flow.is_syn() || flow.proto != PROTO_TCP || stale) {
                     insert = Some((flow.id(), (b, self.backends[&b].generation)));
                 }
                 (r, Some(b))
