@@ -139,10 +139,12 @@ pub struct World {
     reused: u32,
 }
 
-/// The flow table as the model tracks it: 5-tuple -> (backend, generation).
-/// Only meaningful while the kernel's table cannot evict (see
-/// [`World::step`]).
-pub type ModelFlows = HashMap<FlowId, (u32, u32)>;
+/// A flow entry as the model tracks it: (backend id, generation).
+pub type FlowEntry = (u32, u32);
+
+/// The flow table as the model tracks it. Only meaningful while the
+/// kernel's table cannot evict (see [`World::step`]).
+pub type ModelFlows = HashMap<FlowId, FlowEntry>;
 
 /// A 5-tuple in the model's own form.
 pub type FlowId = (IpAddr, IpAddr, u16, u16, u8);
@@ -171,35 +173,6 @@ impl World {
             retired: BTreeMap::new(),
             reused: 0,
         };
-        let vip = |a: IpAddr, port, proto| VipKey::new(a, port, proto);
-        for (k, service_id, kind) in [
-            (vip(VIP4.into(), PORT, PROTO_TCP), S_V4, KIND_COMPILER),
-            (vip(vip6().into(), PORT, PROTO_TCP), S_V6, KIND_COMPILER),
-            (vip(VIP4_CA.into(), PORT, PROTO_TCP), S_CA, KIND_CA),
-            (
-                vip(VIP4_EMPTY.into(), PORT, PROTO_TCP),
-                S_EMPTY,
-                KIND_COMPILER,
-            ),
-            (
-                vip(VIP4_UDP.into(), UDP_PORT, PROTO_UDP),
-                S_UDP,
-                KIND_COMPILER,
-            ),
-            (vip(vip6_ca().into(), PORT, PROTO_TCP), S_CA6, KIND_CA),
-            (
-                vip(VIP4_CA_NONE.into(), PORT, PROTO_TCP),
-                S_CA_NONE,
-                KIND_CA,
-            ),
-            (
-                vip(VIP4_UNINSTALLED.into(), PORT, PROTO_TCP),
-                S_UNINSTALLED,
-                KIND_COMPILER,
-            ),
-        ] {
-            w.vips.insert(k, VipInfo { service_id, kind });
-        }
         for (addr, port, proto, service_id, kind) in [
             (IpAddr::from(VIP4), PORT, PROTO_TCP, S_V4, KIND_COMPILER),
             (vip6().into(), PORT, PROTO_TCP, S_V6, KIND_COMPILER),
@@ -216,8 +189,10 @@ impl World {
                 KIND_COMPILER,
             ),
         ] {
-            w.vip_index
-                .insert((addr, port, proto), VipInfo { service_id, kind });
+            let info = VipInfo { service_id, kind };
+            // The data plane's key form, and the model's own.
+            w.vips.insert(VipKey::new(addr, port, proto), info);
+            w.vip_index.insert((addr, port, proto), info);
         }
         for (service, ids, v6) in [
             (S_V4, [0u32, 1, 2], false),
@@ -632,7 +607,7 @@ impl World {
         &self,
         frame: &[u8],
         flows: Option<&ModelFlows>,
-    ) -> (Expected, Option<(FlowId, (u32, u32))>) {
+    ) -> (Expected, Option<(FlowId, FlowEntry)>) {
         let flow = match model_parse(frame) {
             Ok(f) => f,
             Err(r) => return (Expected::of(r), None),
