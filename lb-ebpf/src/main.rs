@@ -108,32 +108,6 @@ fn rewrite_l2(c: &Cursor, backend_mac: &[u8; 6]) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Benchmark reference only: swap the MACs and bounce the frame. It is what
-/// `cargo xtask bench dataplane` compares every path against; it is never
-/// attached by the daemon.
-#[xdp]
-pub fn vx_bench_reflect(ctx: XdpContext) -> u32 {
-    let c = Cursor::new(&ctx);
-    let Some(eth) = c.ptr::<[u8; 12]>(0) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: the 12 address bytes lie inside the packet.
-    let eth = unsafe { &mut *eth };
-    let mut tmp = [0u8; 6];
-    tmp.copy_from_slice(&eth[0..6]);
-    eth.copy_within(6..12, 0);
-    eth[6..12].copy_from_slice(&tmp);
-    xdp_action::XDP_TX
-}
-
-/// Test topologies only: XDP_TX on a veth delivers the frame only when the
-/// peer veth runs an XDP program too; this do-nothing one is attached there.
-/// A real NIC needs nothing of the kind.
-#[xdp]
-pub fn vx_veth_peer(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -1,6 +1,8 @@
 //! Every map of the data plane, in one place. Names and sizes come from
-//! `lb_common::maps`; a userspace test checks that each name there exists in
-//! the object, since the `#[map]` attribute needs a literal.
+//! `lb_common::maps`. The `#[map]` attribute needs a literal name, so each
+//! map is declared through [`pinned!`], which also asserts at compile time
+//! that the literal equals the lb-common constant: the eBPF build fails on
+//! drift instead of a root test at run time.
 
 use aya_ebpf::{
     macros::map,
@@ -8,49 +10,103 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, BackendStats, Counter, FlowKey, FlowValue, ServiceStats, TableRegion, VipInfo,
-    VipKey,
+    VipKey, maps as names,
     maps::{
         DEFAULT_FLOW_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES, MAX_VIPS,
     },
     reason::REASON_COUNT,
 };
 
+/// Byte-for-byte string equality, usable in a `const` assertion.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Declare a map whose literal name must equal an lb-common constant.
+macro_rules! pinned {
+    ($lit:literal == $name:expr, $(#[$doc:meta])* $vis:vis static $id:ident: $ty:ty = $init:expr;) => {
+        const _: () = assert!(
+            same($lit, $name),
+            concat!("map name \"", $lit, "\" differs from its lb_common::maps constant")
+        );
+        $(#[$doc])*
+        #[map(name = $lit)]
+        $vis static $id: $ty = $init;
+    };
+}
+
+// Every constant of lb_common::maps::ALL is declared below.
+const _: () = assert!(names::ALL.len() == 11, "a map was added: declare it here");
+
 /// Per-CPU LRU lists: inserting a flow takes no lock shared by all CPUs.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
-#[map(name = "vx_vips_v2")]
-pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+pinned!(
+    "vx_vips_v2" == names::VIPS,
+    pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+);
 
-#[map(name = "vx_vip_ports_v2")]
-pub static VIP_PORTS: Array<u32> = Array::with_max_entries(65536, 0);
+pinned!(
+    "vx_vip_ports_v2" == names::VIP_PORTS,
+    pub static VIP_PORTS: Array<u32> = Array::with_max_entries(65536, 0);
+);
 
-#[map(name = "vx_backends_v2")]
-pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
+pinned!(
+    "vx_backends_v2" == names::BACKENDS,
+    pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
+);
 
-#[map(name = "vx_maglev_v2")]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_CAPACITY, 0);
+pinned!(
+    "vx_maglev_v2" == names::MAGLEV,
+    pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_CAPACITY, 0);
+);
 
-#[map(name = "vx_regions_v2")]
-pub static REGIONS: Array<TableRegion> = Array::with_max_entries(MAX_REGIONS, 0);
+pinned!(
+    "vx_regions_v2" == names::REGIONS,
+    pub static REGIONS: Array<TableRegion> = Array::with_max_entries(MAX_REGIONS, 0);
+);
 
-#[map(name = "vx_active_v2")]
-pub static ACTIVE: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+pinned!(
+    "vx_active_v2" == names::ACTIVE,
+    pub static ACTIVE: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+);
 
-#[map(name = "vx_ca_steer_v2")]
-pub static CA_STEER: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+pinned!(
+    "vx_ca_steer_v2" == names::CA_STEER,
+    pub static CA_STEER: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+);
 
-/// Resized by the loader from the config's `flow_capacity`.
-#[map(name = "vx_flows_v2")]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_NO_COMMON_LRU);
+pinned!(
+    "vx_flows_v2" == names::FLOWS,
+    /// Resized by the loader from the config's `flow_capacity`.
+    pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+        LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_NO_COMMON_LRU);
+);
 
-#[map(name = "vx_reasons_v2")]
-pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+pinned!(
+    "vx_reasons_v2" == names::REASON_STATS,
+    pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+);
 
-#[map(name = "vx_svc_stats_v2")]
-pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
-    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+pinned!(
+    "vx_svc_stats_v2" == names::SERVICE_STATS,
+    pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
+        PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+);
 
-#[map(name = "vx_be_stats_v2")]
-pub static BACKEND_STATS: PerCpuArray<BackendStats> =
-    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pinned!(
+    "vx_be_stats_v2" == names::BACKEND_STATS,
+    pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+        PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+);

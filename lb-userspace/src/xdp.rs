@@ -26,7 +26,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
-        TestRun, TestRunOptions, Xdp,
+        Xdp,
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpMode as AyaXdpMode},
     },
@@ -86,7 +86,9 @@ fn other<E: Into<Box<dyn std::error::Error>>>(e: E) -> DataPlaneError {
 
 /// Handles on every map, plus the loaded object when this process loaded it.
 pub struct XdpDataPlane {
-    ebpf: Option<Ebpf>,
+    /// The object when this process loaded it: owning it keeps the program
+    /// loaded while the links are being made and pinned.
+    _ebpf: Option<Ebpf>,
     vips: HashMap<MapData, VipKey, VipInfo>,
     vip_ports: Array<MapData, u32>,
     backends: Array<MapData, BackendInfo>,
@@ -255,19 +257,13 @@ impl XdpDataPlane {
         Ok(())
     }
 
-    /// Load the object with private (unpinned) maps and attach nothing: for
-    /// BPF_PROG_TEST_RUN tests and benchmarks. Each call is an independent
-    /// copy of the data plane.
-    pub fn load_private(flow_capacity: u32) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::FLOWS, flow_capacity)
-            .load(EBPF_OBJECT)
-            .map_err(other)?;
-        for name in [PROGRAM_NAME, BENCH_REFLECTOR] {
-            program(&mut ebpf, name)?.load().map_err(other)?;
-        }
-        let maps = take_maps(&mut ebpf)?;
-        Self::from_maps(Some(ebpf), maps, true)
+    /// A data plane over the maps of an object the caller loaded without
+    /// pins and attached nowhere (the test kit's BPF_PROG_TEST_RUN harness,
+    /// which keeps `ebpf` to run its programs). The maps are taken out of
+    /// `ebpf`; they start empty, so nothing is read back.
+    pub fn from_unpinned(ebpf: &mut Ebpf) -> Result<Self> {
+        let maps = take_maps(ebpf)?;
+        Self::from_maps(None, maps, true)
     }
 
     fn from_maps(
@@ -295,7 +291,7 @@ impl XdpDataPlane {
             }
         };
         Ok(XdpDataPlane {
-            ebpf,
+            _ebpf: ebpf,
             flows_fd,
             vips: take!(names::VIPS),
             vip_ports: take!(names::VIP_PORTS),
@@ -313,37 +309,6 @@ impl XdpDataPlane {
             ports_shadow: fresh.then(BTreeMap::new),
             pins: Vec::new(),
         })
-    }
-
-    /// Run a program of this copy on one frame (BPF_PROG_TEST_RUN).
-    /// `program` is [`PROGRAM_NAME`] or [`BENCH_REFLECTOR`].
-    pub fn test_run(&mut self, program_name: &str, frame: &[u8], repeat: u32) -> Result<RunOutput> {
-        let ebpf = self
-            .ebpf
-            .as_mut()
-            .ok_or_else(|| other("program not loaded by this process"))?;
-        let prog = program(ebpf, program_name)?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.repeat = repeat.max(1);
-        let r = prog.test_run(opts).map_err(other)?;
-        out.truncate(r.data_size_out as usize);
-        Ok(RunOutput {
-            action: r.return_value,
-            frame: out,
-            duration: r.duration,
-        })
-    }
-
-    /// Remove every entry of the flow table (tests).
-    pub fn clear_flows(&mut self) -> Result<()> {
-        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
-        for k in keys {
-            let _ = self.flows.remove(&k);
-        }
-        Ok(())
     }
 
     /// Look one flow up.
@@ -619,45 +584,6 @@ fn scan_batched<K: Copy + Default, V: Copy + Default>(
         first = false;
     }
 }
-
-/// Result of one BPF_PROG_TEST_RUN.
-#[derive(Debug, Clone)]
-pub struct RunOutput {
-    /// XDP action (`XDP_PASS` = 2, `XDP_TX` = 3, `XDP_DROP` = 1).
-    pub action: u32,
-    /// The frame as the program left it.
-    pub frame: Vec<u8>,
-    /// Kernel-measured average time per repeat.
-    pub duration: std::time::Duration,
-}
-
-/// Name of the veth-peer helper program (see [`attach_veth_peer`]).
-pub const VETH_PEER: &str = "vx_veth_peer";
-
-/// Attach the do-nothing XDP program to `iface` (the veth peer of an
-/// interface voxlb runs on) and pin its link at `pin`, so that XDP_TX works
-/// across the veth pair after this process exits. Test topologies and the
-/// demo need it; a physical NIC does not. Runs in the caller's network
-/// namespace.
-pub fn attach_veth_peer(iface: &str, pin: &Path) -> Result<()> {
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(names::FLOWS, 16)
-        .map_max_entries(names::MAGLEV, 16)
-        .load(EBPF_OBJECT)
-        .map_err(other)?;
-    let prog = program(&mut ebpf, VETH_PEER)?;
-    prog.load().map_err(other)?;
-    let id = prog.attach(iface, AyaXdpMode::Driver).map_err(other)?;
-    let link = prog.take_link(id).map_err(other)?;
-    FdLink::try_from(link)
-        .map_err(other)?
-        .pin(pin)
-        .map_err(other)?;
-    Ok(())
-}
-
-/// Name of the benchmark reference program in the object.
-pub const BENCH_REFLECTOR: &str = "vx_bench_reflect";
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)

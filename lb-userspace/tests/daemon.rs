@@ -615,7 +615,10 @@ async fn cli_output_and_exit_codes() {
 
 #[test]
 fn metrics_render_every_family() {
-    use voxlb::control::{BackendStat, ReasonStat, ServiceStat, StatsView, StatusView};
+    use voxlb::{
+        control::{BackendStat, ReasonStat, ServiceStat, StatsView, StatusView},
+        reconcile::{BackendView, ServiceView},
+    };
     let stats = StatsView {
         reasons: vec![ReasonStat {
             reason: "drop_no_backend".into(),
@@ -641,17 +644,75 @@ fn metrics_render_every_family() {
             }],
         }],
     };
+    let backend = |address: &str, state: &str, healthy: Option<bool>| BackendView {
+        address: address.parse().unwrap(),
+        name: None,
+        id: 0,
+        generation: 1,
+        weight: 100,
+        state: state.into(),
+        healthy,
+        mac: None,
+        source: "config".into(),
+        role: None,
+        slots: 0,
+    };
+    let service = |name: &str, kind: &str, active, backends| ServiceView {
+        name: name.into(),
+        kind: kind.into(),
+        vip: "192.0.2.10:8140".into(),
+        service_id: 0,
+        table_size: None,
+        active,
+        ca_target: None,
+        backends,
+    };
     let status = StatusView {
         version: "0".into(),
         pid: 1,
         uptime_secs: 0,
         config: None,
         interfaces: vec![],
-        services: vec![],
+        services: vec![
+            service(
+                "compilers",
+                "compiler",
+                1,
+                vec![
+                    backend("10.0.0.1", "active", None),
+                    backend("10.0.0.2", "down", Some(false)),
+                ],
+            ),
+            service(
+                "ca \"eu\"",
+                "ca",
+                1,
+                vec![backend("10.0.0.9", "active", Some(true))],
+            ),
+        ],
         unresolved: vec![],
         last_reload_error: None,
     };
     let text = voxlb::metrics::render(&stats, &status);
+    // The gauges come from the status view: one line per service and
+    // backend, with the state that explains a 0, and label values escaped.
+    for want in [
+        "voxlb_service_usable_backends{service=\"compilers\",kind=\"compiler\"} 1",
+        "voxlb_service_usable_backends{service=\"ca \\\"eu\\\"\",kind=\"ca\"} 1",
+        "voxlb_backend_up{service=\"compilers\",backend=\"10.0.0.1\",state=\"active\"} 1",
+        "voxlb_backend_up{service=\"compilers\",backend=\"10.0.0.2\",state=\"down\"} 0",
+        "voxlb_backend_healthy{service=\"compilers\",backend=\"10.0.0.1\"} 1",
+        "voxlb_backend_healthy{service=\"compilers\",backend=\"10.0.0.2\"} 0",
+        "voxlb_backend_healthy{service=\"ca \\\"eu\\\"\",backend=\"10.0.0.9\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want} missing:\n{text}");
+    }
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("voxlb_backend_up{"))
+            .count(),
+        3
+    );
     assert!(
         text.contains("voxlb_reason_packets_total{reason=\"drop_no_backend\",verdict=\"drop\"} 3")
     );

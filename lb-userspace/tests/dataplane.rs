@@ -15,11 +15,11 @@ use lb_common::{
     hash::flow_hash,
     maglev::{self, Entry},
 };
-use voxlb::{
-    dataplane::DataPlane,
+use lb_testkit::{
+    harness::{RunOutput, TestDataPlane},
     packet::{CLIENT_MAC, Frame, LB_MAC, arp_request, flags, l3_offset},
-    xdp::{RunOutput, XdpDataPlane},
 };
+use voxlb::dataplane::DataPlane;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -62,20 +62,12 @@ const CA_PRIMARY: u32 = 30;
 const CA_STANDBY: u32 = 31;
 
 struct Fixture {
-    dp: XdpDataPlane,
-}
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    dp: TestDataPlane,
 }
 
 macro_rules! need_root {
     () => {
-        if !root() {
-            eprintln!("skipped: loading BPF programs needs root");
-            return;
-        }
+        lb_testkit::require_root!("loading BPF programs");
     };
 }
 
@@ -93,7 +85,7 @@ fn entry(id: u32, v6: bool, weight: u32) -> Entry {
 
 impl Fixture {
     fn new() -> Self {
-        let mut dp = XdpDataPlane::load_private(4096).expect("load the XDP object");
+        let mut dp = TestDataPlane::load(4096).expect("load the XDP object");
         let vips = [
             (
                 VipKey::new(VIP4.into(), 8140, PROTO_TCP),
@@ -341,7 +333,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "IPv6 no-next-header",
             frame: Frame {
-                l4: voxlb::packet::L4::Other(59),
+                l4: lb_testkit::packet::L4::Other(59),
                 ..syn6(40003)
             }
             .build(),
@@ -585,7 +577,7 @@ fn cases() -> Vec<Case> {
     c.push(tx(
         "IPv4 SYN with TCP options (MSS, SACK, timestamps)",
         Frame {
-            l4: voxlb::packet::L4::Tcp {
+            l4: lb_testkit::packet::L4::Tcp {
                 sport: 41004,
                 dport: 8140,
                 flags: flags::SYN,
@@ -1001,14 +993,6 @@ fn two_separately_loaded_copies_agree_on_every_flow() {
         seen.insert(ia);
     }
     assert_eq!(seen.len(), 5, "every backend should get flows");
-}
-
-#[test]
-fn every_map_name_in_lb_common_exists_in_the_object() {
-    need_root!();
-    // load_private takes every map of lb_common::maps::ALL by name and fails
-    // if one is missing; loading is the assertion.
-    XdpDataPlane::load_private(1024).expect("all maps present");
 }
 
 #[test]

@@ -36,11 +36,6 @@ use voxlb::{
     xdp::{self, LoadOptions, XdpDataPlane, XdpMode},
 };
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A fake data plane that outlives a daemon, like pinned maps do, and
 /// counts the daemon's pin checks.
 #[derive(Clone, Default)]
@@ -560,14 +555,13 @@ fn sh(cmd: &str) -> std::process::Output {
 
 #[test]
 fn the_daemon_runs_with_cap_bpf_net_admin_and_perfmon_only() {
-    if !root() || !["setpriv", "nsenter", "ip"].iter().all(|c| have(c)) {
-        eprintln!("skipped: needs root, setpriv, nsenter and ip");
-        return;
-    }
-    if !Path::new("/sys/fs/bpf").exists() {
-        eprintln!("skipped: needs bpffs");
-        return;
-    }
+    lb_testkit::require_root!("capabilities, namespaces and BPF");
+    lb_testkit::skip_unless!(
+        ["setpriv", "nsenter", "ip"].iter().all(|c| have(c)),
+        "needs setpriv, nsenter and ip",
+        root: true
+    );
+    lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     let id = std::process::id();
     let ns = format!("vxh-{id}");
     let dir = temp_dir("caps");
@@ -645,10 +639,8 @@ fn the_daemon_runs_with_cap_bpf_net_admin_and_perfmon_only() {
 
 #[test]
 fn deleted_pins_are_put_back_by_the_running_data_plane() {
-    if !root() || !Path::new("/sys/fs/bpf").exists() {
-        eprintln!("skipped: needs root and bpffs");
-        return;
-    }
+    lb_testkit::require_root!("pinning BPF objects");
+    lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     // In a network namespace of its own (this thread only), on its loopback.
     std::thread::spawn(|| {
         // SAFETY: unshare has no memory preconditions; it moves this thread only.
@@ -713,10 +705,8 @@ fn deleted_pins_are_put_back_by_the_running_data_plane() {
 /// attach removes the pins that attempt created.
 #[test]
 fn a_failed_start_leaves_no_pins_behind() {
-    if !root() || !Path::new("/sys/fs/bpf").exists() {
-        eprintln!("skipped: needs root and bpffs");
-        return;
-    }
+    lb_testkit::require_root!("pinning BPF objects");
+    lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     let id = std::process::id();
     let ns = format!("vxh-fail-{id}");
     let dir = temp_dir("failstart");

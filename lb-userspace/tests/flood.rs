@@ -27,13 +27,12 @@ use lb_common::{
     hash::flow_hash,
     maglev::{self, Entry},
 };
-use voxlb::{
-    dataplane::DataPlane,
+use lb_testkit::{
     fuzz::Rng,
-    object::PROGRAM_NAME,
+    harness::TestDataPlane,
     packet::{Frame, flags},
-    xdp::XdpDataPlane,
 };
+use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
 
 const XDP_TX: u32 = 3;
 const CAPACITY: u32 = 1024;
@@ -46,17 +45,9 @@ const PORT: u16 = 8140;
 const AGENT_NET: [u8; 3] = [192, 0, 2];
 const ESTABLISHED: usize = 50;
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 macro_rules! need_root {
     () => {
-        if !root() {
-            eprintln!("skipped: loading BPF programs needs root");
-            return;
-        }
+        lb_testkit::require_root!("loading BPF programs");
     };
 }
 
@@ -108,7 +99,7 @@ impl Conn {
 }
 
 struct Lb {
-    dp: XdpDataPlane,
+    dp: TestDataPlane,
 }
 
 /// Run the calling thread (and so every BPF_PROG_TEST_RUN it makes) on the
@@ -152,7 +143,7 @@ impl Lb {
     /// One compiler VIP with backends 0, 1 and 2.
     fn new() -> Lb {
         pin_to_one_cpu();
-        let mut dp = XdpDataPlane::load_private(CAPACITY).expect("load the XDP object");
+        let mut dp = TestDataPlane::load(CAPACITY).expect("load the XDP object");
         dp.upsert_vip(
             VipKey::new(VIP.into(), PORT, PROTO_TCP),
             VipInfo {

@@ -394,7 +394,7 @@ impl Topology {
         // XDP_TX out of the LB's veth needs an XDP program on its peer.
         let peer_pin = pin_dir.join(format!("veth_peer_{LB_PEER}"));
         netns::run_in(&bridge_ns, || {
-            voxlb::xdp::attach_veth_peer(LB_PEER, &peer_pin)
+            lb_testkit::veth::attach_veth_peer(LB_PEER, &peer_pin)
         })??;
 
         // Certificates: each backend's own addresses, the VIPs, the service.

@@ -8,7 +8,7 @@
 //! topologies from being built at once when the harness runs tests in
 //! parallel.
 //!
-//! Needs root; prints "skipped: needs root" otherwise.
+//! Needs root; otherwise each test prints a `SKIP:` line (lb_testkit::skip).
 
 use std::{
     collections::BTreeMap,
@@ -41,10 +41,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 macro_rules! need_root {
     () => {
-        if !netns::is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        lb_testkit::require_root!("network namespaces and XDP");
     };
 }
 

@@ -109,7 +109,7 @@ fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("lint: clippy (userspace, all targets)");
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    step("lint: clippy (eBPF crate, bpfel-unknown-none, panic=abort)");
+    step("lint: clippy (eBPF crates, bpfel-unknown-none, panic=abort)");
     run(Command::new("rustup")
         .current_dir(root_dir())
         .args([
@@ -119,6 +119,8 @@ fn lint() -> Result<()> {
             "clippy",
             "-p",
             "lb-ebpf",
+            "-p",
+            "lb-testkit-ebpf",
             "--target",
             "bpfel-unknown-none",
             "-Z",
@@ -149,31 +151,87 @@ fn test(no_setup: bool) -> Result<()> {
             .env("VOXLB_BIN", root_dir().join("target/debug/voxlb")),
     )?;
     fuzz(FUZZ_CI_CASES, None, false)?;
-    let (passed, failed, ignored) = test_totals(&out);
+    let t = test_totals(&out);
     // One closing line over every test binary (cargo prints one per binary,
     // the last of which is often an empty doc-test run).
-    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    println!(
+        "\ntests: {} passed, {} failed, {} skipped",
+        t.passed, t.failed, t.skipped
+    );
+    if running_as_root() && !t.root_skips.is_empty() {
+        bail!(
+            "{} test(s) that must run as root skipped although this run is root:\n  {}",
+            t.root_skips.len(),
+            t.root_skips.join("\n  ")
+        );
+    }
     Ok(())
 }
 
-/// Sum cargo's `test result: ok. P passed; F failed; I ignored; ...` lines.
-fn test_totals(out: &str) -> (u64, u64, u64) {
-    let mut t = (0, 0, 0);
-    for line in out.lines().filter(|l| l.starts_with("test result:")) {
+/// What `cargo test` reported over every test binary.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    /// Tests that ran and passed (a test that printed a skip marker is not
+    /// one of them, though libtest counts it as passed).
+    passed: u64,
+    failed: u64,
+    /// `#[ignore]`d tests plus tests that printed a skip marker.
+    skipped: u64,
+    /// Skip lines of tests that must run as root (`lb_testkit::skip`).
+    root_skips: Vec<String>,
+}
+
+/// Sum cargo's `test result: ok. P passed; F failed; I ignored; ...` lines
+/// and count the `SKIP: <test>: <why>` markers of lb_testkit::skip (found
+/// anywhere in a line: libtest may have half-written a line of its own).
+fn test_totals(out: &str) -> Totals {
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    let mut markers = 0;
+    let mut root_skips = Vec::new();
+    for line in out.lines() {
+        if let Some(at) = line.find("SKIP: ") {
+            markers += 1;
+            let marker = &line[at..];
+            if marker.contains(": [root] ") {
+                root_skips.push(marker.to_owned());
+            }
+            continue;
+        }
+        if !line.starts_with("test result:") {
+            continue;
+        }
         for part in line.split([';', '.']) {
             let mut w = part.split_whitespace();
             if let (Some(n), Some(what)) = (w.next().and_then(|n| n.parse::<u64>().ok()), w.next())
             {
                 match what {
-                    "passed" => t.0 += n,
-                    "failed" => t.1 += n,
-                    "ignored" => t.2 += n,
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
                     _ => {}
                 }
             }
         }
     }
-    t
+    Totals {
+        passed: passed.saturating_sub(markers),
+        failed,
+        skipped: ignored + markers,
+        root_skips,
+    }
+}
+
+/// Whether xtask runs with effective uid 0 (`Uid:` in /proc/self/status:
+/// real, effective, saved, filesystem).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
 }
 
 fn demo(keep: bool, cleanup: bool) -> Result<()> {
@@ -207,8 +265,8 @@ fn demo(keep: bool, cleanup: bool) -> Result<()> {
 /// Cases `xtask test` fuzzes (a few seconds; `xtask fuzz` does a million).
 const FUZZ_CI_CASES: u64 = 30_000;
 
-/// The fuzzer needs the eBPF object, so it is an example of lb-userspace
-/// rather than part of xtask. It prints `fuzz: N cases, V invariant
+/// The fuzzer needs the eBPF object, so it is an example of the dev-only
+/// lb-testkit rather than part of xtask. It prints `fuzz: N cases, V invariant
 /// violations` and fails when V > 0.
 fn fuzz(cases: u64, seed: Option<&str>, random_seed: bool) -> Result<()> {
     step(&format!("fuzz: {cases} cases through BPF_PROG_TEST_RUN"));
@@ -218,7 +276,7 @@ fn fuzz(cases: u64, seed: Option<&str>, random_seed: bool) -> Result<()> {
         "--release",
         "-q",
         "-p",
-        "lb-userspace",
+        "lb-testkit",
         "--example",
         "fuzz_dataplane",
         "--",
@@ -339,7 +397,7 @@ fn bench(which: &str, quick: bool) -> Result<()> {
                     "--release",
                     "-q",
                     "-p",
-                    "lb-userspace",
+                    "lb-testkit",
                     "--example",
                     "bench_dataplane",
                     "--",
@@ -424,7 +482,7 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::test_totals;
+    use super::{Totals, test_totals};
 
     #[test]
     fn totals_sum_every_test_binary() {
@@ -433,6 +491,35 @@ mod tests {
             test result: FAILED. 2 passed; 1 failed; 4 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
             test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n\
             not a result: 99 passed\n";
-        assert_eq!(test_totals(out), (19, 1, 4));
+        assert_eq!(
+            test_totals(out),
+            Totals {
+                passed: 19,
+                failed: 1,
+                skipped: 4,
+                root_skips: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn a_skip_marker_moves_a_test_from_passed_to_skipped() {
+        let out = "running 4 tests\n\
+            SKIP: flood::one: [root] needs root: loading BPF programs\n\
+            test flood::one ... ok\n\
+            test health::v6 ... SKIP: health::v6: no IPv6 loopback here\n\
+            ok\n\
+            test result: ok. 4 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.10s\n";
+        assert_eq!(
+            test_totals(out),
+            Totals {
+                passed: 2,
+                failed: 0,
+                skipped: 3,
+                root_skips: vec![
+                    "SKIP: flood::one: [root] needs root: loading BPF programs".into()
+                ],
+            }
+        );
     }
 }

@@ -13,12 +13,12 @@ use lb_common::{
     BACKEND_ACTIVE, BackendInfo, KIND_CA, KIND_COMPILER, PROTO_TCP, VipInfo, VipKey, addr_bytes,
     maglev::{self, Entry},
 };
-use voxlb::{
-    dataplane::DataPlane,
-    object::PROGRAM_NAME,
+use lb_testkit::{
+    harness::TestDataPlane,
+    object::BENCH_REFLECTOR,
     packet::{Frame, flags},
-    xdp::{BENCH_REFLECTOR, XdpDataPlane},
 };
+use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 const CA_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         .map(|v| v.parse::<u32>())
         .transpose()?
         .unwrap_or(lb_common::maps::DEFAULT_FLOW_CAPACITY);
-    let mut dp = XdpDataPlane::load_private(capacity)?;
+    let mut dp = TestDataPlane::load(capacity)?;
     dp.upsert_vip(
         VipKey::new(VIP.into(), 8140, PROTO_TCP),
         VipInfo {
@@ -117,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         .with_payload(&[0; 32])
         .build();
 
-    let ns = |dp: &mut XdpDataPlane, prog: &str, f: &[u8], rep: u32| -> anyhow::Result<f64> {
+    let ns = |dp: &mut TestDataPlane, prog: &str, f: &[u8], rep: u32| -> anyhow::Result<f64> {
         Ok(dp.test_run(prog, f, rep)?.duration.as_nanos() as f64)
     };
     let (mut refl, mut pass, mut cav, mut estv, mut missv, mut refl1, mut synv) =

@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz`: structure-aware fuzzing of the XDP program through
-//! BPF_PROG_TEST_RUN, against the real object (see `voxlb::fuzz`).
+//! BPF_PROG_TEST_RUN, against the real object (see `lb_testkit::fuzz`).
 //!
 //! ```text
 //! fuzz_dataplane [--cases N] [--seed S | --random-seed] [--only I] [--no-save]
@@ -19,12 +19,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use lb_common::Reason;
-use voxlb::{
-    dataplane::DataPlane,
-    fuzz::{Case, Generator, Regression, Violation, World, check_counters},
-    object::PROGRAM_NAME,
-    xdp::XdpDataPlane,
+use lb_testkit::fuzz::{
+    Case, Generator, ModelFlows, Regression, Rng, Violation, World, check_counters, flow_case,
 };
+use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME, xdp::XdpDataPlane};
 
 /// Default seed: fixed, so CI runs the same cases every time.
 const DEFAULT_SEED: u64 = 0x766f_786c_0007;
@@ -33,6 +31,13 @@ const BATCH: u64 = 64;
 const KEEP: usize = 20;
 /// Small enough that random SYNs keep the LRU evicting.
 const FLOW_CAPACITY: u32 = 4096;
+/// The changing-world phase's flow table: far more room than its flows
+/// need, so the kernel never evicts and the model's copy stays exact.
+const CHANGING_FLOW_CAPACITY: u32 = 1 << 17;
+/// One case in this many runs in the changing world.
+const CHANGING_SHARE: u64 = 10;
+/// Cases between two world changes.
+const CHANGE_EVERY: u64 = 16;
 
 struct Args {
     cases: u64,
@@ -168,6 +173,7 @@ fn run() -> Result<bool> {
         return Ok(v.is_empty());
     }
 
+    let changing = changing_world(&a)?;
     let started = Instant::now();
     let mut t = Tally::default();
     let mut by_class: BTreeMap<String, u64> = BTreeMap::new();
@@ -285,11 +291,115 @@ fn run() -> Result<bool> {
         }
         println!("fuzz: {} failing input(s) saved to {path}", t.found.len());
     }
+    let violations = t.violations + changing.violations;
     println!(
         "fuzz: {} cases, {} invariant violations",
-        a.cases, t.violations
+        a.cases + changing_cases(&a),
+        violations
     );
-    Ok(t.violations == 0)
+    Ok(violations == 0)
+}
+
+fn changing_cases(a: &Args) -> u64 {
+    a.cases / CHANGING_SHARE
+}
+
+/// The changing world: the standard world on fresh maps, changed every
+/// [`CHANGE_EVERY`] cases (drain, down, return, removal, id reuse,
+/// re-weighting, each a table flip), with traffic that keeps coming back to
+/// the same flows (plus ordinary fuzz cases), each checked against the
+/// model's prediction from its own copy of the flow table. Failures are
+/// reported with the changes that led to them, not saved: a frame alone does
+/// not replay them.
+fn changing_world(a: &Args) -> Result<Tally> {
+    let cases = changing_cases(a);
+    let mut t = Tally::default();
+    if cases == 0 || a.only.is_some() {
+        return Ok(t);
+    }
+    let started = Instant::now();
+    let mut world = World::standard();
+    let mut dp = world
+        .load(CHANGING_FLOW_CAPACITY)
+        .context("loading the XDP object (needs root)")?;
+    let mut flows = ModelFlows::new();
+    let mut r = Rng::new(a.seed ^ 0x6368_616e_6765);
+    let generator = Generator::new(a.seed ^ 1);
+    let mut changes: Vec<String> = Vec::new();
+    let mut by_reason = vec![0u64; Reason::ALL.len()];
+    // Established-flow decisions whose backend is no longer in the table
+    // (drained, or the table moved it): what only a flow table explains.
+    let (mut hits, mut kept) = (0u64, 0u64);
+    for i in 0..cases {
+        if i % CHANGE_EVERY == CHANGE_EVERY - 1 {
+            changes.push(world.change(&mut r, &mut *dp)?);
+        }
+        let case = if r.chance(80) {
+            flow_case(&mut r)
+        } else {
+            generator.case(r.next_u64() % 1_000_000)
+        };
+        let before = counters(&dp)?;
+        let out = dp.test_run(PROGRAM_NAME, &case.frame, 1)?;
+        let delta: Vec<u64> = counters(&dp)?
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a - b)
+            .collect();
+        let exp = world.step(&case.frame, &mut flows);
+        if exp.established {
+            hits += 1;
+            if exp.backend.is_some_and(|b| !world.in_table(b)) {
+                kept += 1;
+            }
+        }
+        by_reason[exp.reason as usize] += 1;
+        let mut v = world.verify(&case.frame, &out, &exp);
+        v.extend(check_counters(&exp, out.action, &delta));
+        if !v.is_empty() {
+            let recent = changes.len().saturating_sub(4);
+            let case = Case {
+                desc: format!(
+                    "{} (after {} changes, last: {})",
+                    case.desc,
+                    changes.len(),
+                    changes[recent..].join("; ")
+                ),
+                ..case
+            };
+            t.record(i, &case, exp.reason, v);
+        }
+    }
+    println!(
+        "fuzz: changing world: {cases} cases, {} changes, {} flows tracked, {hits} decided by the flow table ({kept} to a backend the table no longer picks), {:.1} s",
+        changes.len(),
+        flows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in &changes {
+        *kinds.entry(c.split(' ').next().unwrap_or("")).or_default() += 1;
+    }
+    println!("fuzz: changing world: changes by kind {kinds:?}");
+    println!("fuzz: changing world: outcomes (model):");
+    for r in Reason::ALL {
+        if by_reason[*r as usize] > 0 {
+            println!("  {:<20} {:>9}", r.label(), by_reason[*r as usize]);
+        }
+    }
+    for f in &t.found {
+        println!(
+            "VIOLATION changing-world case {} ({}): model {}\n  frame {}",
+            f.index,
+            f.case.desc,
+            f.want.label(),
+            hex(&f.case.frame)
+        );
+        for p in &f.problems {
+            println!("  {}: {}", p.kind, p.detail);
+        }
+    }
+    Ok(t)
 }
 
 trait VerdictName {
@@ -298,6 +408,6 @@ trait VerdictName {
 
 impl VerdictName for Reason {
     fn verdict_name(&self) -> &'static str {
-        voxlb::fuzz::action_name(voxlb::fuzz::action_of(*self))
+        lb_testkit::fuzz::action_name(lb_testkit::fuzz::action_of(*self))
     }
 }

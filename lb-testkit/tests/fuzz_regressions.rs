@@ -5,11 +5,9 @@
 //!
 //! Needs root (loading BPF programs).
 
-use voxlb::{
-    dataplane::DataPlane,
-    fuzz::{Regression, World, action_name, action_of, check_counters},
-    object::PROGRAM_NAME,
-};
+use lb_common::Reason;
+use lb_testkit::fuzz::{Regression, World, action_name, action_of, check_counters};
+use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
 
 const FILE: &str = include_str!("fuzz_regressions.txt");
 
@@ -23,23 +21,38 @@ fn regressions() -> Vec<(usize, Regression)> {
         .collect()
 }
 
+/// Every reason the fuzzer's world can produce: all but `drop_internal`
+/// (a table naming an unusable backend id, which the world never installs).
+fn reachable_reasons() -> Vec<Reason> {
+    Reason::ALL
+        .iter()
+        .copied()
+        .filter(|r| *r != Reason::DropInternal)
+        .collect()
+}
+
 #[test]
-fn the_regression_file_parses() {
-    // Runs without root: a malformed line fails here, not only in CI.
-    let _ = regressions();
+fn the_regression_file_parses_and_covers_every_reachable_reason() {
+    // Runs without root: a malformed line or a lost seed fails here, not
+    // only in CI.
+    let file = regressions();
+    let missing: Vec<&str> = reachable_reasons()
+        .into_iter()
+        .filter(|want| !file.iter().any(|(_, r)| r.reason == *want))
+        .map(|r| r.label())
+        .collect();
+    assert!(missing.is_empty(), "no saved frame for {missing:?}");
 }
 
 #[test]
 fn saved_fuzz_failures_stay_fixed() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: loading BPF programs needs root");
-        return;
-    }
+    lb_testkit::require_root!("loading BPF programs");
     let world = World::standard();
     let mut dp = world.load(4096).expect("load the XDP object");
     let mut failures = Vec::new();
+    let mut replayed = 0;
     for (line, r) in regressions() {
+        replayed += 1;
         let counts = |dp: &voxlb::xdp::XdpDataPlane| -> Vec<u64> {
             dp.reason_stats()
                 .unwrap()
@@ -57,7 +70,7 @@ fn saved_fuzz_failures_stay_fixed() {
         let (exp, mut problems) = world.check(&r.frame, &out);
         problems.extend(check_counters(&exp, out.action, &delta));
         if exp.reason != r.reason {
-            problems.push(voxlb::fuzz::Violation {
+            problems.push(lb_testkit::fuzz::Violation {
                 kind: "model",
                 detail: format!(
                     "the model now says {}, the file {}",
@@ -67,7 +80,7 @@ fn saved_fuzz_failures_stay_fixed() {
             });
         }
         if out.action != action_of(r.reason) {
-            problems.push(voxlb::fuzz::Violation {
+            problems.push(lb_testkit::fuzz::Violation {
                 kind: "verdict",
                 detail: format!(
                     "action {} want {}",
@@ -85,20 +98,20 @@ fn saved_fuzz_failures_stay_fixed() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        replayed >= reachable_reasons().len(),
+        "replayed only {replayed} saved frames"
+    );
 }
 
 #[test]
 fn the_checker_catches_a_sabotaged_data_plane() {
     // The fuzzer reporting 0 violations only means something if its checks
     // can fail: run it against maps that disagree with its model.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: loading BPF programs needs root");
-        return;
-    }
     use lb_common::{KIND_CA, PROTO_TCP, VipInfo, VipKey};
+    use lb_testkit::fuzz::{Generator, VIP4, VIP4_CA};
     use std::collections::BTreeMap;
-    use voxlb::fuzz::{Generator, VIP4, VIP4_CA};
+    lb_testkit::require_root!("loading BPF programs");
     let world = World::standard();
     let mut dp = world.load(4096).expect("load the XDP object");
     let ca = world.vips[&VipKey::new(VIP4_CA.into(), 8140, PROTO_TCP)].service_id;

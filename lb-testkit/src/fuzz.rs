@@ -18,23 +18,25 @@
 //! of the VIP's own service, and a CA VIP's only to a CA).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use lb_common::{
-    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_RETIRING, BackendInfo, FAMILY_V4, FAMILY_V6, FlowKey,
-    KIND_CA, KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
-    hash::flow_hash,
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_RETIRING, BackendInfo, KIND_CA,
+    KIND_COMPILER,
+    NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
     maglev::{self, Entry},
     reason::Verdict,
 };
 
+use voxlb::dataplane::{DataPlane, DataPlaneError};
+
 use crate::{
-    dataplane::{DataPlane, DataPlaneError},
+    harness::{RunOutput, TestDataPlane},
     packet::{CLIENT_MAC, Frame, L4, LB_MAC, arp_request, flags, l3_offset},
-    xdp::{RunOutput, XdpDataPlane},
+    reference::{self, Member},
 };
 
 /// XDP action codes as BPF_PROG_TEST_RUN returns them.
@@ -62,6 +64,9 @@ pub fn action_name(a: u32) -> &'static str {
         _ => "other",
     }
 }
+
+mod model;
+pub use model::*;
 
 // ---------------------------------------------------------------- the world
 
@@ -113,16 +118,40 @@ pub fn backend_mac(id: u32) -> [u8; 6] {
     [0x02, kind, 0, 0, (id >> 8) as u8, id as u8]
 }
 
-/// The fixed map contents the fuzzer runs against.
+/// The map contents the fuzzer runs against, and the model's own view of
+/// them. [`World::standard`] is static; [`World::change`] moves it (drain,
+/// down, return, removal, id reuse, re-weighting: each a table flip).
 #[derive(Clone, Debug)]
 pub struct World {
     pub vips: BTreeMap<VipKey, VipInfo>,
     pub backends: BTreeMap<u32, BackendInfo>,
-    /// Active Maglev table per compiler service (absent: never installed).
+    /// Active Maglev table per compiler service as the data plane gets it
+    /// (lb-common's builder; absent: never installed).
     pub tables: BTreeMap<u32, Vec<u32>>,
     /// CA target per CA service.
     pub ca_targets: BTreeMap<u32, u32>,
+    /// Compiler pools: every backend with its table weight (0: drained,
+    /// down or otherwise out of the table).
+    pools: BTreeMap<u32, Vec<Member>>,
+    /// The model's tables, from [`reference::maglev`] over `pools`.
+    model_tables: BTreeMap<u32, Vec<u32>>,
+    /// The model's VIP index, by (address, port, protocol).
+    vip_index: BTreeMap<(IpAddr, u16, u8), VipInfo>,
+    /// Ids removed from a pool, with their service and last generation.
+    retired: BTreeMap<u32, (u32, u32)>,
+    /// Addresses handed out so far by id reuse (each reuse is a new host).
+    reused: u32,
 }
+
+/// A flow entry as the model tracks it: (backend id, generation, closed).
+pub type FlowEntry = (u32, u32, bool);
+
+/// The flow table as the model tracks it. Only meaningful while the
+/// kernel's table cannot evict (see [`World::step`]).
+pub type ModelFlows = HashMap<FlowId, FlowEntry>;
+
+/// A 5-tuple in the model's own form.
+pub type FlowId = (IpAddr, IpAddr, u16, u16, u8);
 
 fn backend_addr(id: u32, v6: bool) -> IpAddr {
     if v6 {
@@ -142,42 +171,39 @@ impl World {
             backends: BTreeMap::new(),
             tables: BTreeMap::new(),
             ca_targets: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            model_tables: BTreeMap::new(),
+            vip_index: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            reused: 0,
         };
-        let vip = |a: IpAddr, port, proto| VipKey::new(a, port, proto);
-        for (k, service_id, kind) in [
-            (vip(VIP4.into(), PORT, PROTO_TCP), S_V4, KIND_COMPILER),
-            (vip(vip6().into(), PORT, PROTO_TCP), S_V6, KIND_COMPILER),
-            (vip(VIP4_CA.into(), PORT, PROTO_TCP), S_CA, KIND_CA),
+        for (addr, port, proto, service_id, kind) in [
+            (IpAddr::from(VIP4), PORT, PROTO_TCP, S_V4, KIND_COMPILER),
+            (vip6().into(), PORT, PROTO_TCP, S_V6, KIND_COMPILER),
+            (VIP4_CA.into(), PORT, PROTO_TCP, S_CA, KIND_CA),
+            (VIP4_EMPTY.into(), PORT, PROTO_TCP, S_EMPTY, KIND_COMPILER),
+            (VIP4_UDP.into(), UDP_PORT, PROTO_UDP, S_UDP, KIND_COMPILER),
+            (vip6_ca().into(), PORT, PROTO_TCP, S_CA6, KIND_CA),
+            (VIP4_CA_NONE.into(), PORT, PROTO_TCP, S_CA_NONE, KIND_CA),
             (
-                vip(VIP4_EMPTY.into(), PORT, PROTO_TCP),
-                S_EMPTY,
-                KIND_COMPILER,
-            ),
-            (
-                vip(VIP4_UDP.into(), UDP_PORT, PROTO_UDP),
-                S_UDP,
-                KIND_COMPILER,
-            ),
-            (vip(vip6_ca().into(), PORT, PROTO_TCP), S_CA6, KIND_CA),
-            (
-                vip(VIP4_CA_NONE.into(), PORT, PROTO_TCP),
-                S_CA_NONE,
-                KIND_CA,
-            ),
-            (
-                vip(VIP4_UNINSTALLED.into(), PORT, PROTO_TCP),
+                VIP4_UNINSTALLED.into(),
+                PORT,
+                PROTO_TCP,
                 S_UNINSTALLED,
                 KIND_COMPILER,
             ),
         ] {
-            w.vips.insert(k, VipInfo { service_id, kind });
+            let info = VipInfo { service_id, kind };
+            // The data plane's key form, and the model's own.
+            w.vips.insert(VipKey::new(addr, port, proto), info);
+            w.vip_index.insert((addr, port, proto), info);
         }
         for (service, ids, v6) in [
             (S_V4, [0u32, 1, 2], false),
             (S_V6, [10, 11, 12], true),
             (S_UDP, [20, 21, 22], false),
         ] {
-            let mut entries = Vec::new();
+            let mut pool = Vec::new();
             for id in ids {
                 let (addr, family) = addr_bytes(backend_addr(id, v6));
                 w.backends.insert(
@@ -191,12 +217,17 @@ impl World {
                         ..Default::default()
                     },
                 );
-                entries.push(Entry::from_addr(backend_addr(id, v6), 1, id));
+                pool.push(Member {
+                    addr: backend_addr(id, v6),
+                    weight: 1,
+                    value: id,
+                });
             }
-            let table = maglev::build(&entries, TABLE).expect("fixture table");
-            w.tables.insert(service, table);
+            w.pools.insert(service, pool);
+            w.rebuild(service);
         }
-        w.tables.insert(S_EMPTY, vec![NO_BACKEND; TABLE as usize]);
+        w.pools.insert(S_EMPTY, Vec::new());
+        w.rebuild(S_EMPTY);
         for (id, service) in [(30, S_CA), (31, S_CA), (32, S_CA6)] {
             let (addr, family) = addr_bytes(backend_addr(id, false));
             w.backends.insert(
@@ -235,10 +266,133 @@ impl World {
     }
 
     /// A private copy of the data plane holding this world.
-    pub fn load(&self, flow_capacity: u32) -> Result<XdpDataPlane, DataPlaneError> {
-        let mut dp = XdpDataPlane::load_private(flow_capacity)?;
-        self.program(&mut dp)?;
+    pub fn load(&self, flow_capacity: u32) -> Result<TestDataPlane, DataPlaneError> {
+        let mut dp = TestDataPlane::load(flow_capacity)?;
+        self.program(&mut *dp)?;
         Ok(dp)
+    }
+
+    /// Rebuild a compiler service's table from its pool: lb-common's builder
+    /// for the data plane, the reference loop for the model.
+    fn rebuild(&mut self, service: u32) {
+        let pool = &self.pools[&service];
+        let entries: Vec<Entry> = pool
+            .iter()
+            .map(|m| Entry::from_addr(m.addr, m.weight, m.value))
+            .collect();
+        let table = maglev::build(&entries, TABLE).expect("fixture table");
+        self.tables.insert(service, table);
+        self.model_tables
+            .insert(service, reference::maglev(pool, TABLE));
+    }
+
+    /// Change the world as the daemon would, in the model and in `dp`: one
+    /// compiler backend is drained, taken down, brought back, removed, or
+    /// re-weighted, or a removed id is given to a new host (generation
+    /// bumped); the service's new table is staged and flipped. Returns what
+    /// was done.
+    pub fn change(
+        &mut self,
+        r: &mut Rng,
+        dp: &mut dyn DataPlane,
+    ) -> Result<String, DataPlaneError> {
+        let service = r.pick(&[S_V4, S_V6, S_UDP]);
+        let retired: Vec<u32> = self
+            .retired
+            .iter()
+            .filter(|(_, (s, _))| *s == service)
+            .map(|(id, _)| *id)
+            .collect();
+        let pool = self.pools.get_mut(&service).expect("compiler pool");
+        let what = if !retired.is_empty() && (pool.is_empty() || r.chance(25)) {
+            // Id reuse: a new host, the old id, the next generation.
+            let id = r.pick(&retired);
+            let (_, generation) = self.retired.remove(&id).expect("retired id");
+            self.reused += 1;
+            let addr = match backend_addr(id, service == S_V6) {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(10, 0, 2, self.reused as u8)),
+                IpAddr::V6(_) => {
+                    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, self.reused as u16))
+                }
+            };
+            let (a, family) = addr_bytes(addr);
+            self.backends.insert(
+                id,
+                BackendInfo {
+                    mac: backend_mac(id),
+                    state: BACKEND_ACTIVE,
+                    generation: generation + 1,
+                    service_id: service,
+                    addr: a,
+                    family,
+                    ..Default::default()
+                },
+            );
+            pool.push(Member {
+                addr,
+                weight: 1,
+                value: id,
+            });
+            format!("reuse id {id} for {addr} (generation {})", generation + 1)
+        } else if pool.is_empty() {
+            return Ok("nothing to change".into());
+        } else {
+            let i = r.below(pool.len());
+            let id = pool[i].value;
+            let be = self.backends.get_mut(&id).expect("pool backend");
+            match r.below(6) {
+                0 => {
+                    be.state = BACKEND_DRAINING;
+                    pool[i].weight = 0;
+                    format!("drain {id}")
+                }
+                5 => {
+                    be.state = BACKEND_RETIRING;
+                    pool[i].weight = 0;
+                    format!("retire {id}")
+                }
+                1 => {
+                    be.state = BACKEND_DOWN;
+                    pool[i].weight = 0;
+                    format!("down {id}")
+                }
+                2 => {
+                    be.state = BACKEND_ACTIVE;
+                    pool[i].weight = pool[i].weight.max(1);
+                    format!("activate {id}")
+                }
+                3 => {
+                    let generation = be.generation;
+                    self.backends.remove(&id);
+                    pool.remove(i);
+                    self.retired.insert(id, (service, generation));
+                    format!("remove {id}")
+                }
+                _ => {
+                    be.state = BACKEND_ACTIVE;
+                    pool[i].weight = r.pick(&[1, 2, 5]);
+                    format!("weight {id} = {}", pool[i].weight)
+                }
+            }
+        };
+        self.rebuild(service);
+        // What the daemon writes: every backend of the service (a removed
+        // one as an empty slot), then the table.
+        for m in &self.pools[&service] {
+            dp.set_backend(m.value, self.backends[&m.value])?;
+        }
+        for (id, (s, _)) in &self.retired {
+            if *s == service {
+                dp.set_backend(*id, BackendInfo::default())?;
+            }
+        }
+        dp.install_table(service, &self.tables[&service])?;
+        Ok(what)
+    }
+
+    /// Whether any compiler table the model holds gives slots to `id`.
+    pub fn in_table(&self, id: u32) -> bool {
+        self.model_tables.values().any(|t| t.contains(&id))
     }
 
     fn is_ca_backend(&self, id: u32) -> bool {
@@ -248,430 +402,6 @@ impl World {
                 .any(|v| v.service_id == b.service_id && v.kind == KIND_CA)
         })
     }
-}
-
-// ---------------------------------------------------------- reference model
-
-/// What the model says must happen to a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Expected {
-    pub reason: Reason,
-    /// Backend id a forwarded frame must go to.
-    pub backend: Option<u32>,
-    /// The VIP the frame is addressed to, if it parses that far and is one.
-    pub vip: Option<VipInfo>,
-}
-
-impl Expected {
-    fn of(reason: Reason) -> Expected {
-        Expected {
-            reason,
-            backend: None,
-            vip: None,
-        }
-    }
-}
-
-fn be16(b: &[u8], at: usize) -> usize {
-    u16::from_be_bytes([b[at], b[at + 1]]) as usize
-}
-
-fn is_vlan(t: usize) -> bool {
-    t == 0x8100 || t == 0x88a8
-}
-
-/// Ethernet, at most two VLAN tags, then IPv4/IPv6.
-fn model_parse(f: &[u8]) -> Result<FlowKey, Reason> {
-    if f.len() < 14 {
-        return Err(Reason::DropTruncatedL2);
-    }
-    let mut ethertype = be16(f, 12);
-    let mut off = 14;
-    for _ in 0..2 {
-        if !is_vlan(ethertype) {
-            break;
-        }
-        if f.len() < off + 4 {
-            return Err(Reason::DropTruncatedL2);
-        }
-        ethertype = be16(f, off + 2);
-        off += 4;
-    }
-    match ethertype {
-        0x0800 => model_ipv4(&f[off..]),
-        0x86dd => model_ipv6(&f[off..]),
-        t if is_vlan(t) => Err(Reason::PassVlanDepth),
-        _ => Err(Reason::PassNotIp),
-    }
-}
-
-/// `ip`: from the IPv4 header to the end of the frame.
-fn model_ipv4(ip: &[u8]) -> Result<FlowKey, Reason> {
-    if ip.len() < 20 {
-        return Err(Reason::DropTruncatedL3);
-    }
-    if ip[0] >> 4 != 4 {
-        return Err(Reason::DropBadL3);
-    }
-    let header = usize::from(ip[0] & 0x0f) * 4;
-    let total = be16(ip, 2);
-    if header < 20 || total < header {
-        return Err(Reason::DropBadL3);
-    }
-    if total > ip.len() {
-        return Err(Reason::DropTruncatedL3);
-    }
-    // MF or a fragment offset; DF and the reserved bit do not matter.
-    if be16(ip, 6) & 0x3fff != 0 {
-        return Err(Reason::PassFragment);
-    }
-    let mut key = FlowKey {
-        family: FAMILY_V4,
-        proto: ip[9],
-        ..FlowKey::default()
-    };
-    key.src[..4].copy_from_slice(&ip[12..16]);
-    key.dst[..4].copy_from_slice(&ip[16..20]);
-    // Ethernet padding past the IP total length is not payload.
-    model_l4(&ip[header..total], key)
-}
-
-/// Extension headers walked before handing the packet to the kernel.
-const MODEL_EXT_LIMIT: usize = 4;
-
-fn model_ipv6(ip: &[u8]) -> Result<FlowKey, Reason> {
-    if ip.len() < 40 {
-        return Err(Reason::DropTruncatedL3);
-    }
-    if ip[0] >> 4 != 6 {
-        return Err(Reason::DropBadL3);
-    }
-    let payload = be16(ip, 4);
-    if payload > ip.len() - 40 {
-        return Err(Reason::DropTruncatedL3);
-    }
-    let mut key = FlowKey {
-        family: FAMILY_V6,
-        ..FlowKey::default()
-    };
-    key.src.copy_from_slice(&ip[8..24]);
-    key.dst.copy_from_slice(&ip[24..40]);
-    let mut next = ip[6];
-    let mut rest = &ip[40..40 + payload];
-    let mut walked = 0;
-    loop {
-        match next {
-            // Hop-by-hop, routing, destination options: 8-byte units; AH: 4-byte.
-            0 | 43 | 60 | 51 => {
-                if walked == MODEL_EXT_LIMIT {
-                    return Err(Reason::PassIpv6ExtLimit);
-                }
-                if rest.len() < 2 {
-                    return Err(Reason::DropTruncatedL3);
-                }
-                let len = if next == 51 {
-                    (usize::from(rest[1]) + 2) * 4
-                } else {
-                    (usize::from(rest[1]) + 1) * 8
-                };
-                if len > rest.len() {
-                    return Err(Reason::DropTruncatedL3);
-                }
-                next = rest[0];
-                rest = &rest[len..];
-                walked += 1;
-            }
-            44 => return Err(Reason::PassFragment),
-            59 => return Err(Reason::PassNotL4),
-            _ => break,
-        }
-    }
-    key.proto = next;
-    model_l4(rest, key)
-}
-
-/// `seg`: the L4 header and payload as the IP header delimits them.
-fn model_l4(seg: &[u8], mut key: FlowKey) -> Result<FlowKey, Reason> {
-    match key.proto {
-        PROTO_TCP => {
-            if seg.len() < 20 {
-                return Err(Reason::DropTruncatedL4);
-            }
-            let data_offset = usize::from(seg[12] >> 4) * 4;
-            if data_offset < 20 || data_offset > seg.len() {
-                return Err(Reason::DropBadL4);
-            }
-        }
-        PROTO_UDP => {
-            if seg.len() < 8 {
-                return Err(Reason::DropTruncatedL4);
-            }
-        }
-        _ => return Err(Reason::PassNotL4),
-    }
-    key.sport_be = u16::from_ne_bytes([seg[0], seg[1]]);
-    key.dport_be = u16::from_ne_bytes([seg[2], seg[3]]);
-    Ok(key)
-}
-
-impl World {
-    /// What the program must do with `frame` in this world. The world never
-    /// changes while fuzzing, so a flow entry always names the backend the
-    /// table gives: the expected backend does not depend on earlier frames.
-    /// (The FIN/RST close mark does not change that either: the flow keeps
-    /// its backend, and a SYN on a closed entry is re-picked from the same
-    /// table.)
-    pub fn expect(&self, frame: &[u8]) -> Expected {
-        let key = match model_parse(frame) {
-            Ok(k) => k,
-            Err(r) => return Expected::of(r),
-        };
-        let vk = VipKey {
-            addr: key.dst,
-            port_be: key.dport_be,
-            proto: key.proto,
-            family: key.family,
-        };
-        let Some(info) = self.vips.get(&vk).copied() else {
-            return Expected::of(Reason::PassNotVip);
-        };
-        let chosen = match info.kind {
-            KIND_COMPILER => self.compiler(info.service_id, &key),
-            KIND_CA => self.ca(info.service_id),
-            _ => Err(Reason::PassNotVip),
-        };
-        let (reason, backend) = match chosen {
-            // A group-addressed frame is not ours to route, but only once
-            // a backend was found (a missing one is the louder problem).
-            Ok(_) if frame[0] & 1 != 0 => (Reason::PassNotUnicast, None),
-            Ok((r, b)) => (r, Some(b)),
-            Err(r) => (r, None),
-        };
-        Expected {
-            reason,
-            backend,
-            vip: Some(info),
-        }
-    }
-
-    fn usable(&self, id: u32, service: u32, states: &[u32]) -> bool {
-        self.backends
-            .get(&id)
-            .is_some_and(|b| b.service_id == service && states.contains(&b.state))
-    }
-
-    fn compiler(&self, service: u32, key: &FlowKey) -> Result<(Reason, u32), Reason> {
-        let table = self.tables.get(&service).ok_or(Reason::DropNoBackend)?;
-        if table.is_empty() {
-            return Err(Reason::DropNoBackend);
-        }
-        let id = table[(flow_hash(key) % table.len() as u32) as usize];
-        if id == NO_BACKEND
-            || !self.usable(
-                id,
-                service,
-                &[BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_RETIRING],
-            )
-        {
-            return Err(Reason::DropNoBackend);
-        }
-        Ok((Reason::TxCompiler, id))
-    }
-
-    fn ca(&self, service: u32) -> Result<(Reason, u32), Reason> {
-        let id = self.ca_targets.get(&service).copied().unwrap_or(0);
-        if id == NO_BACKEND || !self.usable(id, service, &[BACKEND_ACTIVE]) {
-            return Err(Reason::DropNoCa);
-        }
-        Ok((Reason::TxCa, id))
-    }
-}
-
-// ---------------------------------------------------------------- checking
-
-/// One broken invariant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// Short class of the problem (for the summary).
-    pub kind: &'static str,
-    pub detail: String,
-}
-
-fn violation(kind: &'static str, detail: String) -> Violation {
-    Violation { kind, detail }
-}
-
-impl World {
-    /// Check one run against the model and the data plane's rules. The
-    /// reason counters are checked apart ([`check_counters`]): reading them
-    /// costs 17 map lookups, so the fuzzer does it per batch.
-    pub fn check(&self, frame: &[u8], out: &RunOutput) -> (Expected, Vec<Violation>) {
-        let exp = self.expect(frame);
-        let mut v = Vec::new();
-        let want = action_of(exp.reason);
-        if out.action != want {
-            v.push(violation(
-                "verdict",
-                format!(
-                    "action {} but the model says {} ({})",
-                    action_name(out.action),
-                    action_name(want),
-                    exp.reason.label()
-                ),
-            ));
-        }
-        // Rules that hold whatever the model says.
-        match out.action {
-            XDP_TX => v.extend(self.check_tx(frame, out, &exp)),
-            XDP_PASS | XDP_DROP => {
-                if out.frame != frame {
-                    v.push(violation(
-                        "modified",
-                        format!(
-                            "{} frame changed (first difference at byte {})",
-                            action_name(out.action),
-                            first_difference(frame, &out.frame)
-                        ),
-                    ));
-                }
-            }
-            other => v.push(violation("verdict", format!("unexpected action {other}"))),
-        }
-        (exp, v)
-    }
-
-    fn check_tx(&self, frame: &[u8], out: &RunOutput, exp: &Expected) -> Vec<Violation> {
-        let mut v = Vec::new();
-        let o = &out.frame;
-        if o.len() != frame.len() || o.get(12..) != frame.get(12..) {
-            v.push(violation(
-                "rewrite",
-                format!(
-                    "forwarded frame differs beyond the MACs (lengths {} -> {}, first difference at byte {})",
-                    frame.len(),
-                    o.len(),
-                    first_difference(&frame[12..], o.get(12..).unwrap_or(&[])) + 12
-                ),
-            ));
-        }
-        if o.len() >= 12 && o[6..12] != frame[0..6] {
-            v.push(violation(
-                "rewrite",
-                "source MAC is not the frame's original destination".into(),
-            ));
-        }
-        let Some(vip) = exp.vip else {
-            v.push(violation(
-                "tx-not-vip",
-                "forwarded a frame whose destination is not a VIP".into(),
-            ));
-            return v;
-        };
-        let mac = &o[0..6.min(o.len())];
-        let Some((id, b)) = self.backends.iter().find(|(_, b)| b.mac[..] == *mac) else {
-            v.push(violation(
-                "backend",
-                format!("forwarded to unknown MAC {mac:02x?}"),
-            ));
-            return v;
-        };
-        if b.service_id != vip.service_id {
-            v.push(violation(
-                "backend",
-                format!(
-                    "service {} traffic sent to backend {id} of service {}",
-                    vip.service_id, b.service_id
-                ),
-            ));
-        }
-        if (vip.kind == KIND_CA) != self.is_ca_backend(*id) {
-            v.push(violation(
-                "ca-steering",
-                format!(
-                    "{} VIP traffic sent to backend {id}, a {}",
-                    if vip.kind == KIND_CA {
-                        "CA"
-                    } else {
-                        "compiler"
-                    },
-                    if self.is_ca_backend(*id) {
-                        "CA"
-                    } else {
-                        "compiler"
-                    }
-                ),
-            ));
-        }
-        if let Some(want) = exp.backend
-            && want != *id
-        {
-            v.push(violation(
-                "backend",
-                format!("sent to backend {id}, the table says {want}"),
-            ));
-        }
-        v
-    }
-}
-
-/// Check a reason-counter delta for one frame: exactly one counter moved,
-/// by one, it is the model's reason, and its verdict is the action taken.
-pub fn check_counters(exp: &Expected, action: u32, delta: &[u64]) -> Vec<Violation> {
-    let mut v = Vec::new();
-    let moved: Vec<(usize, u64)> = delta
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, d)| *d != 0)
-        .collect();
-    let label = |i: usize| Reason::from_code(i as u32).map_or("?", |r| r.label());
-    match moved.as_slice() {
-        [(i, 1)] => {
-            if *i != exp.reason as usize {
-                v.push(violation(
-                    "reason",
-                    format!(
-                        "counted as {}, the model says {}",
-                        label(*i),
-                        exp.reason.label()
-                    ),
-                ));
-            }
-            if let Some(r) = Reason::from_code(*i as u32)
-                && action_of(r) != action
-            {
-                v.push(violation(
-                    "reason",
-                    format!(
-                        "counted as {} but the action was {}",
-                        r.label(),
-                        action_name(action)
-                    ),
-                ));
-            }
-        }
-        other => {
-            let list: Vec<String> = other
-                .iter()
-                .map(|(i, d)| format!("{}+{d}", label(*i)))
-                .collect();
-            v.push(violation(
-                "counters",
-                format!(
-                    "not exactly one counter moved by one: [{}]",
-                    list.join(", ")
-                ),
-            ));
-        }
-    }
-    v
-}
-
-fn first_difference(a: &[u8], b: &[u8]) -> usize {
-    a.iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(b.len()))
 }
 
 // --------------------------------------------------------------- generation
@@ -776,6 +506,51 @@ pub struct Case {
     pub frame: Vec<u8>,
     /// What was done to it, for reports and saved regressions.
     pub desc: String,
+}
+
+/// A valid packet of one of a small set of compiler flows (16 clients × 4
+/// ports per compiler VIP, over IPv4, IPv6 and UDP), so that flows recur
+/// across world changes: a SYN, an ACK or FIN of an established
+/// connection, a datagram, now and then to a group address.
+pub fn flow_case(r: &mut Rng) -> Case {
+    let (class, dst, dport): (Class, IpAddr, u16) = match r.below(3) {
+        0 => (Class::CompilerV4, VIP4.into(), PORT),
+        1 => (Class::CompilerV6, vip6().into(), PORT),
+        _ => (Class::UdpV4, VIP4_UDP.into(), UDP_PORT),
+    };
+    let n = r.below(16) as u8;
+    let src: IpAddr = if class == Class::CompilerV6 {
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(n) + 1).into()
+    } else {
+        Ipv4Addr::new(192, 0, 2, n + 1).into()
+    };
+    let sport = 40000 + r.below(4) as u16;
+    let (mut frame, what) = if class == Class::UdpV4 {
+        (Frame::udp(src, sport, dst, dport), "datagram")
+    } else {
+        let (bits, what) = r.pick(&[
+            (flags::SYN, "SYN"),
+            (flags::ACK, "ACK"),
+            (flags::ACK, "ACK"),
+            (flags::ACK | flags::PSH, "data"),
+            (flags::FIN | flags::ACK, "FIN"),
+            (flags::RST, "RST"),
+            (flags::SYN | flags::ACK, "SYN-ACK"),
+        ]);
+        (Frame::tcp(src, sport, dst, dport, bits), what)
+    };
+    let group = r.chance(5);
+    if group {
+        frame = frame.with_dst_mac([0x01, 0x00, 0x5e, 0, 0, 1]);
+    }
+    Case {
+        class,
+        frame: frame.build(),
+        desc: format!(
+            "flow {src}:{sport} -> {dst}:{dport} {what}{}",
+            if group { " to a group address" } else { "" }
+        ),
+    }
 }
 
 fn client4(r: &mut Rng) -> IpAddr {

@@ -1,0 +1,538 @@
+//! The fuzzer's reference model of the XDP program and the checks of a
+//! run against it: a child of [`super`] so that it sees the world's private
+//! state. Written from the reason codes' definitions and the README's
+//! decisions, with its own flow form, hash and Maglev tables
+//! ([`crate::reference`]), never from the eBPF code or lb-common's.
+
+use super::*;
+
+// ---------------------------------------------------------- reference model
+
+/// What the model says must happen to a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub reason: Reason,
+    /// Backend id a forwarded frame must go to.
+    pub backend: Option<u32>,
+    /// The VIP the frame is addressed to, if it parses that far and is one.
+    pub vip: Option<VipInfo>,
+    /// The flow table decided (an entry whose backend may still have it).
+    pub established: bool,
+}
+
+impl Expected {
+    pub(super) fn of(reason: Reason) -> Expected {
+        Expected {
+            reason,
+            backend: None,
+            vip: None,
+            established: false,
+        }
+    }
+}
+
+pub(super) fn be16(b: &[u8], at: usize) -> usize {
+    u16::from_be_bytes([b[at], b[at + 1]]) as usize
+}
+
+pub(super) fn is_vlan(t: usize) -> bool {
+    t == 0x8100 || t == 0x88a8
+}
+
+/// A parsed flow as the model sees it: its own form, not lb-common's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Flow {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    tcp_flags: u8,
+}
+
+impl Flow {
+    fn id(&self) -> FlowId {
+        (self.src, self.dst, self.sport, self.dport, self.proto)
+    }
+
+    /// A TCP SYN without ACK: the only TCP segment that starts a flow.
+    fn is_syn(&self) -> bool {
+        self.proto == PROTO_TCP && self.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN
+    }
+
+    /// The agent ending its connection: a FIN or RST.
+    fn is_close(&self) -> bool {
+        self.proto == PROTO_TCP && self.tcp_flags & (flags::FIN | flags::RST) != 0
+    }
+
+    fn hash(&self) -> u32 {
+        reference::flow_hash(self.src, self.dst, self.sport, self.dport, self.proto)
+    }
+}
+
+/// Ethernet, at most two VLAN tags, then IPv4/IPv6.
+pub(super) fn model_parse(f: &[u8]) -> Result<Flow, Reason> {
+    if f.len() < 14 {
+        return Err(Reason::DropTruncatedL2);
+    }
+    let mut ethertype = be16(f, 12);
+    let mut off = 14;
+    for _ in 0..2 {
+        if !is_vlan(ethertype) {
+            break;
+        }
+        if f.len() < off + 4 {
+            return Err(Reason::DropTruncatedL2);
+        }
+        ethertype = be16(f, off + 2);
+        off += 4;
+    }
+    match ethertype {
+        0x0800 => model_ipv4(&f[off..]),
+        0x86dd => model_ipv6(&f[off..]),
+        t if is_vlan(t) => Err(Reason::PassVlanDepth),
+        _ => Err(Reason::PassNotIp),
+    }
+}
+
+/// `ip`: from the IPv4 header to the end of the frame.
+pub(super) fn model_ipv4(ip: &[u8]) -> Result<Flow, Reason> {
+    if ip.len() < 20 {
+        return Err(Reason::DropTruncatedL3);
+    }
+    if ip[0] >> 4 != 4 {
+        return Err(Reason::DropBadL3);
+    }
+    let header = usize::from(ip[0] & 0x0f) * 4;
+    let total = be16(ip, 2);
+    if header < 20 || total < header {
+        return Err(Reason::DropBadL3);
+    }
+    if total > ip.len() {
+        return Err(Reason::DropTruncatedL3);
+    }
+    // MF or a fragment offset; DF and the reserved bit do not matter.
+    if be16(ip, 6) & 0x3fff != 0 {
+        return Err(Reason::PassFragment);
+    }
+    let v4 = |at: usize| IpAddr::from([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+    // Ethernet padding past the IP total length is not payload.
+    model_l4(&ip[header..total], ip[9], v4(12), v4(16))
+}
+
+/// Extension headers walked before handing the packet to the kernel.
+pub(super) const MODEL_EXT_LIMIT: usize = 4;
+
+pub(super) fn model_ipv6(ip: &[u8]) -> Result<Flow, Reason> {
+    if ip.len() < 40 {
+        return Err(Reason::DropTruncatedL3);
+    }
+    if ip[0] >> 4 != 6 {
+        return Err(Reason::DropBadL3);
+    }
+    let payload = be16(ip, 4);
+    if payload > ip.len() - 40 {
+        return Err(Reason::DropTruncatedL3);
+    }
+    let v6 = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+    let mut next = ip[6];
+    let mut rest = &ip[40..40 + payload];
+    let mut walked = 0;
+    loop {
+        match next {
+            // Hop-by-hop, routing, destination options: 8-byte units; AH: 4-byte.
+            0 | 43 | 60 | 51 => {
+                if walked == MODEL_EXT_LIMIT {
+                    return Err(Reason::PassIpv6ExtLimit);
+                }
+                if rest.len() < 2 {
+                    return Err(Reason::DropTruncatedL3);
+                }
+                let len = if next == 51 {
+                    (usize::from(rest[1]) + 2) * 4
+                } else {
+                    (usize::from(rest[1]) + 1) * 8
+                };
+                if len > rest.len() {
+                    return Err(Reason::DropTruncatedL3);
+                }
+                next = rest[0];
+                rest = &rest[len..];
+                walked += 1;
+            }
+            44 => return Err(Reason::PassFragment),
+            59 => return Err(Reason::PassNotL4),
+            _ => break,
+        }
+    }
+    model_l4(rest, next, v6(8), v6(24))
+}
+
+/// `seg`: the L4 header and payload as the IP header delimits them.
+pub(super) fn model_l4(seg: &[u8], proto: u8, src: IpAddr, dst: IpAddr) -> Result<Flow, Reason> {
+    match proto {
+        PROTO_TCP => {
+            if seg.len() < 20 {
+                return Err(Reason::DropTruncatedL4);
+            }
+            let data_offset = usize::from(seg[12] >> 4) * 4;
+            if data_offset < 20 || data_offset > seg.len() {
+                return Err(Reason::DropBadL4);
+            }
+        }
+        PROTO_UDP => {
+            if seg.len() < 8 {
+                return Err(Reason::DropTruncatedL4);
+            }
+        }
+        _ => return Err(Reason::PassNotL4),
+    }
+    Ok(Flow {
+        src,
+        dst,
+        sport: u16::from_be_bytes([seg[0], seg[1]]),
+        dport: u16::from_be_bytes([seg[2], seg[3]]),
+        proto,
+        tcp_flags: if proto == PROTO_TCP { seg[13] } else { 0 },
+    })
+}
+
+impl World {
+    /// What the program must do with `frame` in this world, flow table
+    /// aside: valid while the world has not changed since the data plane
+    /// was programmed (every flow entry then names the backend the table
+    /// gives, so the expected backend does not depend on earlier frames).
+    pub fn expect(&self, frame: &[u8]) -> Expected {
+        self.predict(frame, None).0
+    }
+
+    /// What the program must do with `frame`, with the model's copy of the
+    /// flow table, which this updates as the program updates its own: for a
+    /// world that changes between frames. Exact only while the kernel's flow
+    /// table does not evict (give it room for every flow the run creates).
+    pub fn step(&self, frame: &[u8], flows: &mut ModelFlows) -> Expected {
+        let (exp, write) = self.predict(frame, Some(flows));
+        if let Some((id, entry)) = write {
+            flows.insert(id, entry);
+        }
+        exp
+    }
+
+    /// The outcome, and the flow entry the program writes, if any.
+    fn predict(
+        &self,
+        frame: &[u8],
+        flows: Option<&ModelFlows>,
+    ) -> (Expected, Option<(FlowId, FlowEntry)>) {
+        let flow = match model_parse(frame) {
+            Ok(f) => f,
+            Err(r) => return (Expected::of(r), None),
+        };
+        let unicast = frame[0] & 1 == 0;
+        // The established-flow path comes before the VIP lookup, but only
+        // for ports some VIP uses (the pre-filter).
+        let port_used = self.vip_index.keys().any(|(_, p, _)| *p == flow.dport);
+        let mut stale = false;
+        if let (true, Some(&(id, generation, closed))) =
+            (port_used, flows.and_then(|f| f.get(&flow.id())))
+        {
+            let be = self.backends.get(&id).copied().unwrap_or_default();
+            // Active, draining and retiring backends keep their flows; a SYN
+            // is a new connection when the backend takes no new ones or the
+            // agent already closed this 5-tuple.
+            let keeps = [BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_RETIRING].contains(&be.state);
+            let usable = keeps && !(flow.is_syn() && (be.state != BACKEND_ACTIVE || closed));
+            if usable && be.generation == generation {
+                // The agent's first FIN/RST marks the entry closed, whatever
+                // the frame's destination MAC.
+                let mark = (flow.is_close() && !closed).then(|| (flow.id(), (id, generation, true)));
+                let info = VipInfo {
+                    service_id: be.service_id,
+                    kind: KIND_COMPILER,
+                };
+                let exp = if unicast {
+                    Expected {
+                        reason: Reason::TxCompiler,
+                        backend: Some(id),
+                        vip: Some(info),
+                        established: true,
+                    }
+                } else {
+                    Expected {
+                        vip: Some(info),
+                        established: true,
+                        ..Expected::of(Reason::PassNotUnicast)
+                    }
+                };
+                return (exp, mark);
+            }
+            stale = true;
+        }
+        let Some(info) = self
+            .vip_index
+            .get(&(flow.dst, flow.dport, flow.proto))
+            .copied()
+        else {
+            return (Expected::of(Reason::PassNotVip), None);
+        };
+        let chosen = match info.kind {
+            KIND_COMPILER => self.compiler(info.service_id, &flow),
+            KIND_CA => self.ca(info.service_id),
+            _ => Err(Reason::PassNotVip),
+        };
+        let mut insert = None;
+        let (reason, backend) = match chosen {
+            // A group-addressed frame is not ours to route, but only once
+            // a backend was found (a missing one is the louder problem).
+            Ok(_) if !unicast => (Reason::PassNotUnicast, None),
+            Ok((r, b)) => {
+                // Only a SYN, a UDP datagram or a stale entry's packet
+                // writes the flow table.
+                if r == Reason::TxCompiler && (flow.is_syn() || flow.proto != PROTO_TCP || stale) {
+                    let entry = (b, self.backends[&b].generation, flow.is_close());
+                    insert = Some((flow.id(), entry));
+                }
+                (r, Some(b))
+            }
+            Err(r) => (r, None),
+        };
+        (
+            Expected {
+                reason,
+                backend,
+                vip: Some(info),
+                established: false,
+            },
+            insert,
+        )
+    }
+
+    fn usable(&self, id: u32, service: u32, states: &[u32]) -> bool {
+        self.backends
+            .get(&id)
+            .is_some_and(|b| b.service_id == service && states.contains(&b.state))
+    }
+
+    fn compiler(&self, service: u32, flow: &Flow) -> Result<(Reason, u32), Reason> {
+        let table = self
+            .model_tables
+            .get(&service)
+            .ok_or(Reason::DropNoBackend)?;
+        if table.is_empty() {
+            return Err(Reason::DropNoBackend);
+        }
+        let id = table[(flow.hash() % table.len() as u32) as usize];
+        if id == NO_BACKEND
+            || !self.usable(
+                id,
+                service,
+                &[BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_RETIRING],
+            )
+        {
+            return Err(Reason::DropNoBackend);
+        }
+        Ok((Reason::TxCompiler, id))
+    }
+
+    fn ca(&self, service: u32) -> Result<(Reason, u32), Reason> {
+        let id = self.ca_targets.get(&service).copied().unwrap_or(0);
+        if id == NO_BACKEND || !self.usable(id, service, &[BACKEND_ACTIVE]) {
+            return Err(Reason::DropNoCa);
+        }
+        Ok((Reason::TxCa, id))
+    }
+}
+
+// ---------------------------------------------------------------- checking
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Short class of the problem (for the summary).
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+pub(super) fn violation(kind: &'static str, detail: String) -> Violation {
+    Violation { kind, detail }
+}
+
+impl World {
+    /// Check one run against the model and the data plane's rules. The
+    /// reason counters are checked apart ([`check_counters`]): reading them
+    /// costs 17 map lookups, so the fuzzer does it per batch.
+    pub fn check(&self, frame: &[u8], out: &RunOutput) -> (Expected, Vec<Violation>) {
+        let exp = self.expect(frame);
+        (exp, self.verify(frame, out, &exp))
+    }
+
+    /// Check one run against an expectation from [`Self::expect`] or
+    /// [`Self::step`] and against the data plane's rules.
+    pub fn verify(&self, frame: &[u8], out: &RunOutput, exp: &Expected) -> Vec<Violation> {
+        let exp = *exp;
+        let mut v = Vec::new();
+        let want = action_of(exp.reason);
+        if out.action != want {
+            v.push(violation(
+                "verdict",
+                format!(
+                    "action {} but the model says {} ({})",
+                    action_name(out.action),
+                    action_name(want),
+                    exp.reason.label()
+                ),
+            ));
+        }
+        // Rules that hold whatever the model says.
+        match out.action {
+            XDP_TX => v.extend(self.check_tx(frame, out, &exp)),
+            XDP_PASS | XDP_DROP => {
+                if out.frame != frame {
+                    v.push(violation(
+                        "modified",
+                        format!(
+                            "{} frame changed (first difference at byte {})",
+                            action_name(out.action),
+                            first_difference(frame, &out.frame)
+                        ),
+                    ));
+                }
+            }
+            other => v.push(violation("verdict", format!("unexpected action {other}"))),
+        }
+        v
+    }
+
+    fn check_tx(&self, frame: &[u8], out: &RunOutput, exp: &Expected) -> Vec<Violation> {
+        let mut v = Vec::new();
+        let o = &out.frame;
+        if o.len() != frame.len() || o.get(12..) != frame.get(12..) {
+            v.push(violation(
+                "rewrite",
+                format!(
+                    "forwarded frame differs beyond the MACs (lengths {} -> {}, first difference at byte {})",
+                    frame.len(),
+                    o.len(),
+                    first_difference(&frame[12..], o.get(12..).unwrap_or(&[])) + 12
+                ),
+            ));
+        }
+        if o.len() >= 12 && o[6..12] != frame[0..6] {
+            v.push(violation(
+                "rewrite",
+                "source MAC is not the frame's original destination".into(),
+            ));
+        }
+        let Some(vip) = exp.vip else {
+            v.push(violation(
+                "tx-not-vip",
+                "forwarded a frame whose destination is not a VIP".into(),
+            ));
+            return v;
+        };
+        let mac = &o[0..6.min(o.len())];
+        let Some((id, b)) = self.backends.iter().find(|(_, b)| b.mac[..] == *mac) else {
+            v.push(violation(
+                "backend",
+                format!("forwarded to unknown MAC {mac:02x?}"),
+            ));
+            return v;
+        };
+        if b.service_id != vip.service_id {
+            v.push(violation(
+                "backend",
+                format!(
+                    "service {} traffic sent to backend {id} of service {}",
+                    vip.service_id, b.service_id
+                ),
+            ));
+        }
+        if (vip.kind == KIND_CA) != self.is_ca_backend(*id) {
+            v.push(violation(
+                "ca-steering",
+                format!(
+                    "{} VIP traffic sent to backend {id}, a {}",
+                    if vip.kind == KIND_CA {
+                        "CA"
+                    } else {
+                        "compiler"
+                    },
+                    if self.is_ca_backend(*id) {
+                        "CA"
+                    } else {
+                        "compiler"
+                    }
+                ),
+            ));
+        }
+        if let Some(want) = exp.backend
+            && want != *id
+        {
+            v.push(violation(
+                "backend",
+                format!("sent to backend {id}, the table says {want}"),
+            ));
+        }
+        v
+    }
+}
+
+/// Check a reason-counter delta for one frame: exactly one counter moved,
+/// by one, it is the model's reason, and its verdict is the action taken.
+pub fn check_counters(exp: &Expected, action: u32, delta: &[u64]) -> Vec<Violation> {
+    let mut v = Vec::new();
+    let moved: Vec<(usize, u64)> = delta
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, d)| *d != 0)
+        .collect();
+    let label = |i: usize| Reason::from_code(i as u32).map_or("?", |r| r.label());
+    match moved.as_slice() {
+        [(i, 1)] => {
+            if *i != exp.reason as usize {
+                v.push(violation(
+                    "reason",
+                    format!(
+                        "counted as {}, the model says {}",
+                        label(*i),
+                        exp.reason.label()
+                    ),
+                ));
+            }
+            if let Some(r) = Reason::from_code(*i as u32)
+                && action_of(r) != action
+            {
+                v.push(violation(
+                    "reason",
+                    format!(
+                        "counted as {} but the action was {}",
+                        r.label(),
+                        action_name(action)
+                    ),
+                ));
+            }
+        }
+        other => {
+            let list: Vec<String> = other
+                .iter()
+                .map(|(i, d)| format!("{}+{d}", label(*i)))
+                .collect();
+            v.push(violation(
+                "counters",
+                format!(
+                    "not exactly one counter moved by one: [{}]",
+                    list.join(", ")
+                ),
+            ));
+        }
+    }
+    v
+}
+
+pub(super) fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}

@@ -1,0 +1,111 @@
+//! BPF_PROG_TEST_RUN harness: the production program on private (unpinned)
+//! maps, attached nowhere, plus the benchmark reflector from the test
+//! object. Each [`TestDataPlane`] is an independent copy of the data plane;
+//! it derefs to the daemon's [`XdpDataPlane`], so tests program it through
+//! the same code the daemon uses.
+
+use std::ops::{Deref, DerefMut};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use lb_common::maps as names;
+use voxlb::{
+    dataplane::{DataPlaneError, Result},
+    object::{EBPF_OBJECT, PROGRAM_NAME},
+    xdp::XdpDataPlane,
+};
+
+use crate::object::{BENCH_REFLECTOR, TEST_OBJECT};
+
+/// Result of one BPF_PROG_TEST_RUN.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// XDP action (`XDP_PASS` = 2, `XDP_TX` = 3, `XDP_DROP` = 1).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// Kernel-measured average time per repeat.
+    pub duration: std::time::Duration,
+}
+
+/// The production object (program loaded, maps private) and the test object.
+pub struct TestDataPlane {
+    product: Ebpf,
+    test: Ebpf,
+    dp: XdpDataPlane,
+}
+
+/// Flatten an error and its sources into one line (aya keeps the errno in
+/// the source).
+pub(crate) fn other<E: Into<Box<dyn std::error::Error>>>(e: E) -> DataPlaneError {
+    let boxed: Box<dyn std::error::Error> = e.into();
+    let mut msg = boxed.to_string();
+    let mut src = boxed.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    DataPlaneError::Other(msg)
+}
+
+pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| other(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(other)
+}
+
+impl TestDataPlane {
+    /// Load both objects; the production maps get a flow table of
+    /// `flow_capacity` entries.
+    pub fn load(flow_capacity: u32) -> Result<Self> {
+        let mut product = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, flow_capacity)
+            .load(EBPF_OBJECT)
+            .map_err(other)?;
+        program(&mut product, PROGRAM_NAME)?.load().map_err(other)?;
+        let mut test = Ebpf::load(TEST_OBJECT).map_err(other)?;
+        program(&mut test, BENCH_REFLECTOR)?.load().map_err(other)?;
+        let dp = XdpDataPlane::from_unpinned(&mut product)?;
+        Ok(TestDataPlane { product, test, dp })
+    }
+
+    /// Run `program_name` ([`PROGRAM_NAME`] or [`BENCH_REFLECTOR`]) on one
+    /// frame, `repeat` times on the same buffer.
+    pub fn test_run(&mut self, program_name: &str, frame: &[u8], repeat: u32) -> Result<RunOutput> {
+        let ebpf = if program_name == BENCH_REFLECTOR {
+            &mut self.test
+        } else {
+            &mut self.product
+        };
+        let prog = program(ebpf, program_name)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat.max(1);
+        let r = prog.test_run(opts).map_err(other)?;
+        out.truncate(r.data_size_out as usize);
+        Ok(RunOutput {
+            action: r.return_value,
+            frame: out,
+            duration: r.duration,
+        })
+    }
+}
+
+impl Deref for TestDataPlane {
+    type Target = XdpDataPlane;
+    fn deref(&self) -> &XdpDataPlane {
+        &self.dp
+    }
+}
+
+impl DerefMut for TestDataPlane {
+    fn deref_mut(&mut self) -> &mut XdpDataPlane {
+        &mut self.dp
+    }
+}

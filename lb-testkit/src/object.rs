@@ -1,0 +1,11 @@
+//! The test XDP object built by `build.rs` (crate `lb-testkit-ebpf`).
+
+/// The compiled `lb-testkit-ebpf` ELF object (empty with `AYA_BUILD_SKIP=1`).
+pub static TEST_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-testkit-ebpf"));
+
+/// The benchmark reference program: swaps the MACs and returns XDP_TX.
+pub const BENCH_REFLECTOR: &str = "vx_bench_reflect";
+
+/// The do-nothing program attached to the peer of a veth voxlb runs on.
+pub const VETH_PEER: &str = "vx_veth_peer";

@@ -1,0 +1,266 @@
+//! Reference implementations of what lb-common computes for the data plane,
+//! written apart from it for the fuzzer's model, so that a bug in lb-common
+//! shows up as a disagreement instead of being copied into the model:
+//!
+//! - the flow hash is the published MurmurHash3_x86_32 over the flow's 40
+//!   key bytes as the spec in `lb_common::hash` lays them out, implemented
+//!   for any byte string and checked against published test vectors;
+//! - the Maglev table is the paper's population loop in its plainest form:
+//!   every permutation written out in full, the next turn found by scanning
+//!   every backend for the earliest virtual time (no heap, no round-robin
+//!   shortcut), each turn claiming the backend's next free slot.
+
+use std::net::IpAddr;
+
+/// The flow hash's seed ("voxl").
+pub const FLOW_SEED: u32 = 0x766f_786c;
+
+/// MurmurHash3_x86_32 (Appleby), any length, any seed.
+pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
+    const C1: u32 = 0xcc9e_2d51;
+    const C2: u32 = 0x1b87_3593;
+    let scramble = |k: u32| k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    let mut h = seed;
+    let mut blocks = data.chunks_exact(4);
+    for b in &mut blocks {
+        h ^= scramble(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+    }
+    let tail = blocks.remainder();
+    if !tail.is_empty() {
+        let mut k = 0u32;
+        for (i, b) in tail.iter().enumerate() {
+            k |= u32::from(*b) << (8 * i);
+        }
+        h ^= scramble(k);
+    }
+    h ^= data.len() as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// An address as 16 bytes (IPv4 in the first four, the rest zero) and its
+/// family tag (4 or 6): the form keys and identities use.
+pub fn addr16(a: IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match a {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, 4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), 6),
+    }
+}
+
+/// The 40 bytes the flow hash covers: source (16), destination (16), source
+/// and destination port in network order (2 + 2), protocol, family, and two
+/// zero bytes.
+pub fn flow_bytes(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> [u8; 40] {
+    let (s, family) = addr16(src);
+    let (d, _) = addr16(dst);
+    let mut b = [0u8; 40];
+    b[..16].copy_from_slice(&s);
+    b[16..32].copy_from_slice(&d);
+    b[32..34].copy_from_slice(&sport.to_be_bytes());
+    b[34..36].copy_from_slice(&dport.to_be_bytes());
+    b[36] = proto;
+    b[37] = family;
+    b
+}
+
+/// The flow hash of a 5-tuple.
+pub fn flow_hash(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> u32 {
+    murmur3_32(&flow_bytes(src, dst, sport, dport, proto), FLOW_SEED)
+}
+
+/// MurmurHash3's 64-bit finaliser (fmix64).
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
+
+/// A backend's identity hash under a seed, per `lb_common::maglev`'s spec:
+/// the 17 identity bytes (address as 16, family tag) as two little-endian
+/// words and a last word holding the tag and the length 17 in its top byte,
+/// each folded in after rotating the state left by 29 (not before the
+/// first), with fmix64 after every step, starting from fmix64(seed).
+fn identity_hash(seed: u64, addr: IpAddr) -> u64 {
+    let (a, family) = addr16(addr);
+    let words = [
+        u64::from_le_bytes(a[..8].try_into().unwrap()),
+        u64::from_le_bytes(a[8..].try_into().unwrap()),
+        u64::from(family) | (17 << 56),
+    ];
+    let mut h = fmix64(seed);
+    for (i, w) in words.into_iter().enumerate() {
+        let state = if i == 0 { h } else { h.rotate_left(29) };
+        h = fmix64(state ^ w);
+    }
+    h
+}
+
+const SEED_OFFSET: u64 = u64::from_be_bytes(*b"voxloffs");
+const SEED_SKIP: u64 = u64::from_be_bytes(*b"voxlskip");
+
+/// One backend of a reference table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub addr: IpAddr,
+    /// 0: in no slot.
+    pub weight: u32,
+    /// What its slots hold.
+    pub value: u32,
+}
+
+/// The Maglev table of `m` (prime) slots: `u32::MAX` everywhere when no
+/// member has a weight.
+pub fn maglev(members: &[Member], m: u32) -> Vec<u32> {
+    let m = m as usize;
+    let mut live: Vec<Member> = members.iter().copied().filter(|b| b.weight > 0).collect();
+    // Identity order: address bytes, then family (IPv4 sorts by its four
+    // bytes followed by zeroes).
+    live.sort_by_key(|b| {
+        let (a, f) = addr16(b.addr);
+        (a, f)
+    });
+    if live.is_empty() {
+        return vec![u32::MAX; m];
+    }
+    // The paper's permutation table, written out in full.
+    let permutation: Vec<Vec<usize>> = live
+        .iter()
+        .map(|b| {
+            let offset = (identity_hash(SEED_OFFSET, b.addr) % m as u64) as usize;
+            let skip = (identity_hash(SEED_SKIP, b.addr) % (m as u64 - 1) + 1) as usize;
+            (0..m).map(|j| (offset + j * skip) % m).collect()
+        })
+        .collect();
+    let mut next = vec![0usize; live.len()];
+    let mut turns = vec![0u64; live.len()];
+    let mut table: Vec<Option<usize>> = vec![None; m];
+    for _ in 0..m {
+        // Backend i's turn k falls at (k + 1/2) / w_i; the earliest goes,
+        // ties to the lower identity. Compared exactly: (2k+1) * w_j.
+        let mut who = 0;
+        for i in 1..live.len() {
+            let mine = (2 * turns[i] + 1) as u128 * live[who].weight as u128;
+            let theirs = (2 * turns[who] + 1) as u128 * live[i].weight as u128;
+            if mine < theirs {
+                who = i;
+            }
+        }
+        turns[who] += 1;
+        let mut c = permutation[who][next[who]];
+        while table[c].is_some() {
+            next[who] += 1;
+            c = permutation[who][next[who]];
+        }
+        table[c] = Some(who);
+        next[who] += 1;
+    }
+    table
+        .into_iter()
+        .map(|o| live[o.expect("every slot filled")].value)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn murmur3_matches_published_vectors() {
+        // SMHasher's verification values as commonly published for
+        // MurmurHash3_x86_32 (empty input, seeds; short inputs; tails).
+        for (data, seed, want) in [
+            (&b""[..], 0, 0),
+            (b"", 1, 0x514e_28b7),
+            (b"", 0xffff_ffff, 0x81f1_6f39),
+            (b"\0\0\0\0", 0, 0x2362_f9de),
+            (b"aaaa", 0x9747_b28c, 0x5a97_808a),
+            (b"abc", 0, 0xb3dd_93fa),
+            (b"Hello, world!", 0x9747_b28c, 0x2488_4cba),
+            (
+                b"The quick brown fox jumps over the lazy dog",
+                0x9747_b28c,
+                0x2fa8_26cd,
+            ),
+        ] {
+            assert_eq!(murmur3_32(data, seed), want, "{data:?} seed {seed:#x}");
+        }
+    }
+
+    #[test]
+    fn lb_common_flow_hash_is_murmur3_over_the_key_bytes() {
+        let mut r = crate::fuzz::Rng::new(7);
+        for _ in 0..20_000 {
+            let v6 = r.chance(50);
+            let addr = |r: &mut crate::fuzz::Rng| -> IpAddr {
+                if v6 {
+                    Ipv6Addr::from(u128::from(r.next_u64()) << 64 | u128::from(r.next_u64())).into()
+                } else {
+                    Ipv4Addr::from(r.next_u64() as u32).into()
+                }
+            };
+            let (src, dst) = (addr(&mut r), addr(&mut r));
+            let (sport, dport) = (r.next_u64() as u16, r.next_u64() as u16);
+            let proto = r.pick(&[6u8, 17]);
+            let ((s, family), (d, _)) = (lb_common::addr_bytes(src), lb_common::addr_bytes(dst));
+            let key = lb_common::FlowKey {
+                src: s,
+                dst: d,
+                sport_be: sport.to_be(),
+                dport_be: dport.to_be(),
+                proto,
+                family,
+                ..Default::default()
+            };
+            assert_eq!(
+                lb_common::hash::flow_hash(&key),
+                flow_hash(src, dst, sport, dport, proto),
+                "{src} {sport} -> {dst} {dport} proto {proto}"
+            );
+        }
+    }
+
+    #[test]
+    fn lb_common_maglev_equals_the_plain_population_loop() {
+        let mut r = crate::fuzz::Rng::new(11);
+        for round in 0..40 {
+            let n = 1 + r.below(12);
+            let equal = round % 2 == 0;
+            let members: Vec<Member> = (0..n)
+                .map(|i| Member {
+                    addr: if r.chance(30) {
+                        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, round, i as u16).into()
+                    } else {
+                        Ipv4Addr::new(10, round as u8, 0, i as u8 + 1).into()
+                    },
+                    weight: if equal {
+                        1
+                    } else {
+                        r.pick(&[0, 1, 2, 3, 10, 100])
+                    },
+                    value: i as u32,
+                })
+                .collect();
+            let m = r.pick(&[1201, 2003, 4099]);
+            let entries: Vec<lb_common::maglev::Entry> = members
+                .iter()
+                .map(|b| lb_common::maglev::Entry::from_addr(b.addr, b.weight, b.value))
+                .collect();
+            assert_eq!(
+                lb_common::maglev::build(&entries, m).unwrap(),
+                maglev(&members, m),
+                "round {round}: {members:?} M={m}"
+            );
+        }
+    }
+}
