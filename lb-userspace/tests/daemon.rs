@@ -656,6 +656,8 @@ fn metrics_render_every_family() {
         source: "config".into(),
         role: None,
         slots: 0,
+        retire_deadline_unix_ms: None,
+        open_flows: None,
     };
     let service = |name: &str, kind: &str, active, backends| ServiceView {
         name: name.into(),

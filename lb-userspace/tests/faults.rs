@@ -752,10 +752,8 @@ fn a_failed_start_leaves_no_pins_behind() {
 fn v1_pins_are_migrated_to_v2_with_their_flows() {
     use aya::maps::{HashMap as BpfHash, MapData};
     use lb_common::{FlowValueV1, maps as names};
-    if !root() || !Path::new("/sys/fs/bpf").exists() {
-        eprintln!("skipped: needs root and bpffs");
-        return;
-    }
+    lb_testkit::require_root!("pinning BPF objects");
+    lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     std::thread::spawn(|| {
         // SAFETY: unshare has no memory preconditions; it moves this thread only.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
