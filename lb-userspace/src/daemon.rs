@@ -927,6 +927,10 @@ pub async fn run(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
     );
+    // Attached, first reconcile applied, control socket serving: tell
+    // systemd (Type=notify), if it started us.
+    let notifier = crate::notify::Notifier::from_env();
+    notifier.ready(&ready_status(&daemon));
     loop {
         tokio::select! {
             Some(call) = calls_rx.recv() => {
@@ -935,7 +939,14 @@ pub async fn run(
                     Request::BackendList { .. } | Request::Status {} | Request::Stats {} | Request::Flows { .. }
                 );
                 let desc = format!("{:?}", call.request);
+                let reload = matches!(call.request, Request::Reload {});
+                if reload {
+                    notifier.reloading();
+                }
                 let resp = daemon.handle(call.request);
+                if reload {
+                    notifier.ready(&ready_status(&daemon));
+                }
                 if is_change {
                     match &resp {
                         Response::Ok { message } => info!("control: {message}"),
@@ -951,7 +962,9 @@ pub async fn run(
             _ = pins.tick() => daemon.check_pins(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
+                notifier.reloading();
                 daemon.reload();
+                notifier.ready(&ready_status(&daemon));
             }
             _ = recv_signal(&mut term) => {
                 info!("SIGTERM: exiting; the data plane keeps forwarding");
@@ -964,6 +977,7 @@ pub async fn run(
             _ = wait_stop(&mut stop) => break,
         }
     }
+    notifier.stopping();
     let _ = shutdown_tx.send(true);
     daemon.stop_checkers();
     let _ = server.await;
@@ -972,6 +986,20 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// The `STATUS=` systemd shows next to the unit.
+fn ready_status(d: &Daemon) -> String {
+    let s = d.status();
+    let usable: usize = s.services.iter().map(|v| v.active).sum();
+    let all: usize = s.services.iter().map(|v| v.backends.len()).sum();
+    match &s.last_reload_error {
+        Some(e) => format!("serving; LAST RELOAD FAILED (old config kept): {e}"),
+        None => format!(
+            "serving {} service(s), {usable}/{all} backend(s) usable",
+            s.services.len()
+        ),
+    }
 }
 
 async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {

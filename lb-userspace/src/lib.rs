@@ -9,6 +9,7 @@ pub mod fuzz;
 pub mod health;
 pub mod metrics;
 pub mod neigh;
+pub mod notify;
 pub mod object;
 pub mod packet;
 pub mod reconcile;
