@@ -142,6 +142,7 @@ pub struct Daemon {
     spawner: CheckerSpawner,
     health_tx: mpsc::Sender<HealthUpdate>,
     checkers: HashMap<(String, IpAddr), Checker>,
+    telemetry: crate::telemetry::Telemetry,
 }
 
 /// What [`run`] needs besides the config and the data plane.
@@ -194,12 +195,15 @@ impl Daemon {
             spawner,
             health_tx,
             checkers: HashMap::new(),
+            telemetry: Default::default(),
         };
         let mut state = d.state.clone();
+        let t0 = Instant::now();
         let plan = reconcile::plan(&d.config, &mut state, &d.health, &d.macs)?;
         d.store.save(&state)?;
         d.state = state;
         let applied = reconcile::apply(&plan.desired, None, d.dp.as_mut())?;
+        d.telemetry.rebuilt(applied.tables, t0.elapsed());
         info!(
             "data plane reconciled: {} backend, {} table, {} CA, {}+{}- VIP writes",
             applied.backends,
@@ -270,6 +274,7 @@ impl Daemon {
             Err(e) => return Response::error(e),
         };
         let cfg = config.as_ref().unwrap_or(&self.config);
+        let t0 = Instant::now();
         let plan = match reconcile::plan(cfg, &mut state, &self.health, &self.macs) {
             Ok(p) => p,
             Err(e) => return Response::error(e.to_string()),
@@ -279,7 +284,11 @@ impl Daemon {
         {
             return Response::error(format!("not changed: cannot persist the state: {e}"));
         }
-        if let Err(e) = reconcile::apply(&plan.desired, self.last.as_ref(), self.dp.as_mut()) {
+        let applied = reconcile::apply(&plan.desired, self.last.as_ref(), self.dp.as_mut());
+        if let Ok(a) = &applied {
+            self.telemetry.rebuilt(a.tables, t0.elapsed());
+        }
+        if let Err(e) = applied {
             error!("data plane write failed: {e}; rolling back");
             self.last = None;
             let rollback = self
@@ -472,6 +481,7 @@ impl Daemon {
                 Err(e) => Response::error(format!("reading the flow table: {e}")),
             },
             Request::Reload {} => self.reload(),
+            Request::Telemetry {} => Response::Telemetry(self.telemetry()),
         }
     }
 
@@ -598,6 +608,8 @@ impl Daemon {
             );
         }
         self.health.insert(key, ev.up);
+        self.telemetry
+            .health_event(&ev.service, ev.addr, ev.up, &ev.detail);
         self.refresh();
     }
 
@@ -766,6 +778,20 @@ impl Daemon {
         }
     }
 
+    /// Count the flow table (on a timer: see [`crate::telemetry`]).
+    pub fn census(&mut self) {
+        match self.dp.flow_census() {
+            Ok(c) => self.telemetry.set_census(c),
+            Err(e) => warn!("flow-table census: {e}"),
+        }
+    }
+
+    /// Census, rebuilds, health events and latency.
+    pub fn telemetry(&self) -> crate::telemetry::TelemetryView {
+        let live: Vec<(String, IpAddr)> = self.checkers.keys().cloned().collect();
+        self.telemetry.view(&live)
+    }
+
     /// Counters from the data plane.
     pub fn stats(&self) -> Result<StatsView, DataPlaneError> {
         let reasons = self
@@ -923,6 +949,7 @@ pub async fn run(
     let mut retry = tokio::time::interval(NEIGH_RETRY);
     let mut refresh = tokio::time::interval(NEIGH_REFRESH);
     let mut pins = tokio::time::interval(PIN_CHECK);
+    let mut census = tokio::time::interval(crate::telemetry::CENSUS_INTERVAL);
     info!(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
@@ -936,7 +963,7 @@ pub async fn run(
             Some(call) = calls_rx.recv() => {
                 let is_change = !matches!(
                     call.request,
-                    Request::BackendList { .. } | Request::Status {} | Request::Stats {} | Request::Flows { .. }
+                    Request::BackendList { .. } | Request::Status {} | Request::Stats {} | Request::Flows { .. } | Request::Telemetry {}
                 );
                 let desc = format!("{:?}", call.request);
                 let reload = matches!(call.request, Request::Reload {});
@@ -960,6 +987,7 @@ pub async fn run(
             _ = retry.tick() => daemon.neigh_tick(false),
             _ = refresh.tick() => daemon.neigh_tick(true),
             _ = pins.tick() => daemon.check_pins(),
+            _ = census.tick() => daemon.census(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
                 notifier.reloading();

@@ -75,6 +75,15 @@ pub trait DataPlane: Send {
     fn ensure_pinned(&mut self) -> Result<bool> {
         Ok(false)
     }
+    /// Count the flow table (see [`crate::telemetry`]). The default walks
+    /// [`DataPlane::flows`], fine for in-memory data planes; the XDP one
+    /// counts in batches.
+    fn flow_census(&self) -> Result<crate::telemetry::FlowCensus> {
+        Ok(crate::telemetry::FlowCensus::from_entries(
+            &self.flows(usize::MAX)?,
+            None,
+        ))
+    }
 }
 
 fn check_service(id: u32) -> Result<()> {
@@ -106,6 +115,8 @@ pub struct FakeDataPlane {
     pub table_installs: BTreeMap<u32, u32>,
     /// When set, every write fails with this message (fault injection).
     pub fail_writes: Option<String>,
+    /// Capacity the flow census reports (`None`: unknown).
+    pub flow_capacity: Option<u64>,
 }
 
 impl FakeDataPlane {
@@ -188,5 +199,11 @@ impl DataPlane for FakeDataPlane {
     }
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>> {
         Ok(self.flows.iter().take(limit).copied().collect())
+    }
+    fn flow_census(&self) -> Result<crate::telemetry::FlowCensus> {
+        Ok(crate::telemetry::FlowCensus::from_entries(
+            &self.flows,
+            self.flow_capacity,
+        ))
     }
 }

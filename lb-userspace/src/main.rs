@@ -44,6 +44,22 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_ERROR)
             }
         },
+        Command::Top {
+            once,
+            interval,
+            service,
+            sort,
+        } => voxlb::top::main(&cli.socket, *once, *interval, service.clone(), *sort),
+        Command::GenDocs { out } => match voxlb::docs::write_all(out) {
+            Ok(files) => {
+                println!("{} file(s) written under {}", files.len(), out.display());
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("voxlb: gen-docs {}: {e}", out.display());
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
         _ => voxlb::cli::client(&cli),
     }
 }

@@ -774,6 +774,15 @@ impl DataPlane for XdpDataPlane {
         Ok(repinned)
     }
 
+    fn flow_census(&self) -> Result<crate::telemetry::FlowCensus> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        let map = self.flows.map();
+        let capacity = map.info().map_err(map_err(names::FLOWS))?.max_entries();
+        crate::telemetry::census_batched(map.fd().as_fd(), capacity.into())
+            .map_err(|e| other(format!("counting {}: {e}", names::FLOWS)))
+    }
+
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>> {
         let mut out = Vec::new();
         for r in self.flows.iter() {

@@ -48,7 +48,10 @@ fn the_readme_range_is_accepted_in_the_config() {
     assert_eq!(h.interval, Duration::from_secs(3600));
     assert_eq!(h.timeout, Duration::from_secs(90));
     let c = with("90s", "500ms").expect("90s interval");
-    assert_eq!(c.compiler_services[0].health.interval, Duration::from_secs(90));
+    assert_eq!(
+        c.compiler_services[0].health.interval,
+        Duration::from_secs(90)
+    );
     assert_eq!(
         c.compiler_services[0].health.timeout,
         Duration::from_millis(500)
