@@ -364,3 +364,29 @@ fn the_name_extractor_sees_through_promql() {
         ["voxlb_x_bucket", "voxlb_y"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_suggested_alert_names_an_exported_metric() {
+    let (page, _) = populated_page("alerts").await;
+    let families: BTreeSet<String> = voxlb::metrics::family_names(&page).into_iter().collect();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("### Suggested alerts").expect("alerts section");
+    let block = &readme[start..];
+    let block = &block[block.find("```yaml").unwrap()..];
+    let block = &block[..block[7..].find("```").unwrap() + 7];
+    let exprs: Vec<&str> = block
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: "))
+        .collect();
+    assert!(exprs.len() >= 8, "{block}");
+    for e in exprs {
+        for n in metric_names(e) {
+            let base = n
+                .strip_suffix("_bucket")
+                .filter(|b| families.contains(*b))
+                .unwrap_or(&n);
+            assert!(families.contains(base), "alert {e}: {n} is not exported");
+        }
+    }
+}

@@ -283,7 +283,7 @@ fn once_prints_plain_text() {
         t.contains("compilers  10.0.0.1   c1    active    up      100      100      100.0%  10.0   800.0  1.2M     250"),
         "{t}"
     );
-    assert!(t.contains("  drop_bad_l4") == false, "zero rates left out");
+    assert!(!t.contains("  drop_bad_l4"), "zero rates left out");
     assert!(t.contains("  tx_compiler          tx       1.0k"), "{t}");
     assert!(t.contains("07:01:05 compilers 10.0.0.3 DOWN"), "{t}");
 }
