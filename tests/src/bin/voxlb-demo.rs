@@ -49,6 +49,11 @@ struct Args {
     /// Seconds per step.
     #[arg(long, default_value_t = 14)]
     step_secs: u64,
+    /// Also serve the daemon's metrics and scrape them every 2 s into this
+    /// file (JSON lines: seconds since start, page); `dashboards/render.py`
+    /// draws the dashboard's queries from it (the README picture).
+    #[arg(long)]
+    metrics_log: Option<std::path::PathBuf>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -87,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         unsafe { std::env::set_var("VOXLB_BIN", exe_dir.join("voxlb")) };
     }
     let mut demo = Demo::new(&exe_dir.join("voxlb-testd"), args.step_secs)?;
+    demo.metrics_log = args.metrics_log.clone();
     let result = demo.run();
     if let Err(e) = &result {
         demo.event(format!("stopped: {e:#}"));
@@ -125,6 +131,8 @@ struct Demo {
     redraws: u64,
     /// The previous `voxlb top` snapshot (rates are per redraw).
     top_prev: Option<voxlb::top::Snapshot>,
+    metrics_log: Option<std::path::PathBuf>,
+    scraper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Demo {
@@ -152,6 +160,8 @@ impl Demo {
             tty: std::io::stdout().is_terminal(),
             redraws: 0,
             top_prev: None,
+            metrics_log: None,
+            scraper: None,
         };
         demo.event(format!(
             "topology {} built: clients, LB, 4 compilers, CA + standby on one bridge",
@@ -184,6 +194,9 @@ impl Demo {
             d.config.display()
         ));
         self.daemon = Some(d);
+        if let Some(path) = self.metrics_log.clone() {
+            self.start_scraper(&path)?;
+        }
         self.start_traffic();
         self.event("clients: 6 agents opening TLS connections to the VIP, one /whoami each".into());
 
@@ -230,6 +243,9 @@ impl Demo {
         self.show_for(self.step)?;
 
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(s) = self.scraper.take() {
+            let _ = s.join();
+        }
         let results = self
             .topo
             .finish_transfers(std::mem::take(&mut self.transfers));
@@ -259,6 +275,56 @@ impl Demo {
             out.stderr
         );
         self.event(format!("voxlb {}: {}", args.join(" "), out.stdout.trim()));
+        Ok(())
+    }
+
+    /// Restart the daemon with `metrics_listen` (the generated config has
+    /// none) and scrape `/metrics` in the LB namespace every 2 s.
+    fn start_scraper(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        const LISTEN: &str = "127.0.0.1:9814";
+        let d = self.daemon.as_mut().context("daemon")?;
+        d.stop()?;
+        let text = std::fs::read_to_string(&d.config)?;
+        std::fs::write(
+            &d.config,
+            text.replacen(
+                "\ninterfaces",
+                &format!("\nmetrics_listen = \"{LISTEN}\"\ninterfaces"),
+                1,
+            ),
+        )?;
+        d.spawn()?;
+        let mut out = std::fs::File::create(path)?;
+        let (stop, ns, start) = (self.stop.clone(), self.topo.lb.ns.clone(), self.start);
+        self.scraper = Some(std::thread::spawn(move || {
+            // Bounded: at most an hour of scrapes.
+            for _ in 0..1800 {
+                if stop.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed) {
+                    break;
+                }
+                let page = netns::run_in(&ns, || {
+                    use std::io::{Read, Write as _};
+                    let mut s = std::net::TcpStream::connect(LISTEN).ok()?;
+                    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+                    let mut body = String::new();
+                    s.read_to_string(&mut body).ok()?;
+                    Some(body.split_once("\r\n\r\n")?.1.to_owned())
+                });
+                if let Ok(Some(page)) = page {
+                    let line = serde_json::json!({
+                        "t": start.elapsed().as_secs_f64(),
+                        "page": page,
+                    });
+                    let _ = writeln!(out, "{line}");
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }));
+        self.event(format!(
+            "metrics at http://{LISTEN}/metrics, scraped into {}",
+            path.display()
+        ));
         Ok(())
     }
 
