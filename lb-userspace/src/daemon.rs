@@ -607,9 +607,13 @@ impl Daemon {
                 ev.service, ev.addr, ev.detail
             );
         }
+        // A first "up" only confirms the assumed state: not an event.
+        let first_up = ev.up && !self.health.contains_key(&key);
         self.health.insert(key, ev.up);
-        self.telemetry
-            .health_event(&ev.service, ev.addr, ev.up, &ev.detail);
+        if !first_up {
+            self.telemetry
+                .health_event(&ev.service, ev.addr, ev.up, &ev.detail);
+        }
         self.refresh();
     }
 
