@@ -248,6 +248,14 @@ fn run_exec_start_against_a_topology(argv: &[String], bounding: &str, ambient: &
         .unwrap();
     let log = topo.work_dir.join("voxlb-packaged.log");
     let logf = std::fs::File::create(&log).unwrap();
+    // As under systemd: JOURNAL_STREAM names the stream stderr is (here a
+    // file standing in for the journal socket), so voxlb logs the journald
+    // way: priority prefix, no timestamp of its own.
+    let journal_stream = {
+        use std::os::unix::fs::MetadataExt;
+        let m = logf.metadata().unwrap();
+        format!("{}:{}", m.dev(), m.ino())
+    };
     // ExecStart with the test's config in place of /etc/voxlb/voxlb.toml;
     // setpriv applies the unit's bounding and ambient sets (and inheritable,
     // which ambient capabilities need), so the process holds those three.
@@ -263,6 +271,7 @@ fn run_exec_start_against_a_topology(argv: &[String], bounding: &str, ambient: &
         .arg("--no-new-privs")
         .args(&args)
         .env("NOTIFY_SOCKET", &notify_path)
+        .env("JOURNAL_STREAM", &journal_stream)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(logf.try_clone().unwrap())
@@ -313,9 +322,18 @@ fn run_exec_start_against_a_topology(argv: &[String], bounding: &str, ambient: &
             .expect("traffic through the packaged voxlb");
         assert_eq!(spread.values().sum::<usize>(), 40, "{spread:?}");
         assert_eq!(spread.len(), 2, "both compilers answer: {spread:?}");
-        // Journald-style lines when JOURNAL_STREAM does not match: plain
-        // (this is not journald), so the normal format with timestamps.
-        assert!(log_text().contains("voxlb daemon ready"), "{}", log_text());
+        // Journald-style lines: `<6>target: message`, no timestamp.
+        let text = log_text();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("<6>voxlb::daemon: voxlb daemon ready")),
+            "{text}"
+        );
+        assert!(
+            text.lines().all(|l| l.starts_with('<')),
+            "a line without a priority prefix: {text}"
+        );
+        assert!(!text.contains("\x1b["), "colour codes for journald: {text}");
 
         // ExecReload: SIGHUP -> RELOADING=1, READY=1.
         // SAFETY: signalling our own child.
