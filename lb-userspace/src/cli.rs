@@ -51,6 +51,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: attach (or reuse) the XDP program and serve.
     Run {
+        /// Config file (TOML; see the README's configuration reference).
         #[arg(long)]
         config: PathBuf,
         /// Replace an attached program by the one in this binary.
@@ -59,11 +60,13 @@ pub enum Command {
     },
     /// Detach the XDP program and remove the pinned maps (stops forwarding).
     Detach {
+        /// Config file of the daemon to detach (interfaces, pin_dir).
         #[arg(long)]
         config: PathBuf,
     },
     /// Validate a config file and exit.
     CheckConfig {
+        /// Config file to validate.
         #[arg(long)]
         config: PathBuf,
     },
@@ -78,9 +81,45 @@ pub enum Command {
     Stats,
     /// Entries of the flow table.
     Flows {
+        /// Show at most this many entries.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Live full-screen view of services, compilers, rates and health events.
+    ///
+    /// Keys: s / S cycle the sort column / reverse it, f cycles the service
+    /// filter, p or space pauses, q or Esc quits. With --once (or when stdout
+    /// is not a terminal) it prints one frame as plain text and exits.
+    Top {
+        /// Print one frame as plain text and exit (for scripts).
+        #[arg(long)]
+        once: bool,
+        /// Time between refreshes (and the rate window of --once), e.g.
+        /// "1s", "500ms".
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Show only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Initial sort column.
+        #[arg(long, value_enum, default_value_t = crate::top::SortKey::Name)]
+        sort: crate::top::SortKey,
+    },
+    /// Write man pages and shell completions under DIR (packaging).
+    #[command(hide = true)]
+    GenDocs {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `--interval`: a duration (humantime), 100 ms to 1 h.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = config::parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{s:?} is out of range 100ms..=1h"));
+    }
+    Ok(d)
 }
 
 /// `voxlb backend ...`
@@ -199,7 +238,11 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
                 service: service.as_deref().map(svc).transpose()?,
             },
         },
-        Command::Run { .. } | Command::Detach { .. } | Command::CheckConfig { .. } => {
+        Command::Run { .. }
+        | Command::Detach { .. }
+        | Command::CheckConfig { .. }
+        | Command::Top { .. }
+        | Command::GenDocs { .. } => {
             return Err("not a client command".into());
         }
     })
@@ -254,6 +297,11 @@ pub fn render(resp: &Response, json: bool) -> (String, u8) {
         Response::Status(s) => render_status(s),
         Response::Stats(s) => render_stats(s),
         Response::Flows { flows } => render_flows(flows),
+        Response::Telemetry(t) => {
+            let mut s = serde_json::to_string_pretty(t).expect("telemetry serializes");
+            s.push('\n');
+            s
+        }
     };
     (text, code)
 }

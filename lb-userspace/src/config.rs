@@ -649,19 +649,14 @@ fn parse_opt_mac(key: &str, s: Option<&str>) -> Result<Option<[u8; 6]>, ConfigEr
         .transpose()
 }
 
-/// Parse a duration: an integer followed by `ms`, `s` or `m`.
+/// Parse a duration the way operators write them: `500ms`, `90s`, `1m30s`,
+/// `1h`, `2h 30m` (humantime's grammar: integer-unit spans, concatenated).
+/// Every duration of the config and the CLI goes through here, so they all
+/// accept the same forms.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration such as \"500ms\", \"2s\" or \"1m\"");
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(bad()),
-    };
-    Ok(d)
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("{s:?} is not a duration such as \"500ms\", \"90s\", \"1m30s\" or \"1h\" ({e})")
+    })
 }
 
 fn parse_health(

@@ -78,10 +78,12 @@ pub enum Request {
         limit: usize,
     },
     Reload {},
+    /// Flow-table census, rebuilds, health events and latency, start time.
+    Telemetry {},
 }
 
 /// The daemon's answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     /// A change was made (or was already in effect).
@@ -100,6 +102,7 @@ pub enum Response {
     Flows {
         flows: Vec<FlowView>,
     },
+    Telemetry(crate::telemetry::TelemetryView),
 }
 
 impl Response {

@@ -148,6 +148,7 @@ pub struct Daemon {
     checkers: HashMap<(String, IpAddr), Checker>,
     /// Open connections of each retiring backend at the last scan.
     retire_counts: HashMap<(String, IpAddr), u64>,
+    telemetry: crate::telemetry::Telemetry,
 }
 
 /// What [`run`] needs besides the config and the data plane.
@@ -201,12 +202,15 @@ impl Daemon {
             health_tx,
             checkers: HashMap::new(),
             retire_counts: HashMap::new(),
+            telemetry: Default::default(),
         };
         let mut state = d.state.clone();
+        let t0 = Instant::now();
         let plan = reconcile::plan(&d.config, &mut state, &d.health, &d.macs)?;
         d.store.save(&state)?;
         d.state = state;
         let applied = reconcile::apply(&plan.desired, None, d.dp.as_mut())?;
+        d.telemetry.rebuilt(applied.tables, t0.elapsed());
         info!(
             "data plane reconciled: {} backend, {} table, {} CA, {}+{}- VIP writes",
             applied.backends,
@@ -278,6 +282,7 @@ impl Daemon {
             Err(e) => return Response::error(e),
         };
         let cfg = config.as_ref().unwrap_or(&self.config);
+        let t0 = Instant::now();
         let plan = match reconcile::plan(cfg, &mut state, &self.health, &self.macs) {
             Ok(p) => p,
             Err(e) => return Response::error(e.to_string()),
@@ -287,7 +292,11 @@ impl Daemon {
         {
             return Response::error(format!("not changed: cannot persist the state: {e}"));
         }
-        if let Err(e) = reconcile::apply(&plan.desired, self.last.as_ref(), self.dp.as_mut()) {
+        let applied = reconcile::apply(&plan.desired, self.last.as_ref(), self.dp.as_mut());
+        if let Ok(a) = &applied {
+            self.telemetry.rebuilt(a.tables, t0.elapsed());
+        }
+        if let Err(e) = applied {
             error!("data plane write failed: {e}; rolling back");
             self.last = None;
             let rollback = self
@@ -488,6 +497,7 @@ impl Daemon {
                 Err(e) => Response::error(format!("reading the flow table: {e}")),
             },
             Request::Reload {} => self.reload(),
+            Request::Telemetry {} => Response::Telemetry(self.telemetry()),
         }
     }
 
@@ -665,7 +675,13 @@ impl Daemon {
                 ev.service, ev.addr, ev.detail
             );
         }
+        // A first "up" only confirms the assumed state: not an event.
+        let first_up = ev.up && !self.health.contains_key(&key);
         self.health.insert(key, ev.up);
+        if !first_up {
+            self.telemetry
+                .health_event(&ev.service, ev.addr, ev.up, &ev.detail);
+        }
         self.refresh();
     }
 
@@ -1044,6 +1060,20 @@ impl Daemon {
         }
     }
 
+    /// Count the flow table (on a timer: see [`crate::telemetry`]).
+    pub fn census(&mut self) {
+        match self.dp.flow_census() {
+            Ok(c) => self.telemetry.set_census(c),
+            Err(e) => warn!("flow-table census: {e}"),
+        }
+    }
+
+    /// Census, rebuilds, health events and latency.
+    pub fn telemetry(&self) -> crate::telemetry::TelemetryView {
+        let live: Vec<(String, IpAddr)> = self.checkers.keys().cloned().collect();
+        self.telemetry.view(&live)
+    }
+
     /// Counters from the data plane.
     pub fn stats(&self) -> Result<StatsView, DataPlaneError> {
         let reasons = self
@@ -1212,19 +1242,31 @@ pub async fn run(
     let mut refresh = tokio::time::interval(NEIGH_REFRESH);
     let mut pins = tokio::time::interval(PIN_CHECK);
     let mut retire_tick = tokio::time::interval(RETIRE_TICK);
+    let mut census = tokio::time::interval(crate::telemetry::CENSUS_INTERVAL);
     info!(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
     );
+    // Attached, first reconcile applied, control socket serving: tell
+    // systemd (Type=notify), if it started us.
+    let notifier = crate::notify::Notifier::from_env();
+    notifier.ready(&ready_status(&daemon));
     loop {
         tokio::select! {
             Some(call) = calls_rx.recv() => {
                 let is_change = !matches!(
                     call.request,
-                    Request::BackendList { .. } | Request::Status {} | Request::Stats {} | Request::Flows { .. }
+                    Request::BackendList { .. } | Request::Status {} | Request::Stats {} | Request::Flows { .. } | Request::Telemetry {}
                 );
                 let desc = format!("{:?}", call.request);
+                let reload = matches!(call.request, Request::Reload {});
+                if reload {
+                    notifier.reloading();
+                }
                 let resp = daemon.handle(call.request);
+                if reload {
+                    notifier.ready(&ready_status(&daemon));
+                }
                 if is_change {
                     match &resp {
                         Response::Ok { message } => info!("control: {message}"),
@@ -1239,9 +1281,12 @@ pub async fn run(
             _ = refresh.tick() => daemon.neigh_tick(true),
             _ = pins.tick() => daemon.check_pins(),
             _ = retire_tick.tick() => daemon.retire_tick(),
+            _ = census.tick() => daemon.census(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
+                notifier.reloading();
                 daemon.reload();
+                notifier.ready(&ready_status(&daemon));
             }
             _ = recv_signal(&mut term) => {
                 info!("SIGTERM: exiting; the data plane keeps forwarding");
@@ -1254,6 +1299,7 @@ pub async fn run(
             _ = wait_stop(&mut stop) => break,
         }
     }
+    notifier.stopping();
     let _ = shutdown_tx.send(true);
     daemon.stop_checkers();
     let _ = server.await;
@@ -1262,6 +1308,20 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// The `STATUS=` systemd shows next to the unit.
+fn ready_status(d: &Daemon) -> String {
+    let s = d.status();
+    let usable: usize = s.services.iter().map(|v| v.active).sum();
+    let all: usize = s.services.iter().map(|v| v.backends.len()).sum();
+    match &s.last_reload_error {
+        Some(e) => format!("serving; LAST RELOAD FAILED (old config kept): {e}"),
+        None => format!(
+            "serving {} service(s), {usable}/{all} backend(s) usable",
+            s.services.len()
+        ),
+    }
 }
 
 async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {

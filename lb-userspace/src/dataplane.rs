@@ -84,6 +84,20 @@ pub trait DataPlane: Send {
     fn ensure_pinned(&mut self) -> Result<bool> {
         Ok(false)
     }
+    /// `max_entries` of the flow table, where there is one.
+    fn flow_capacity(&self) -> Option<u64> {
+        None
+    }
+    /// Count the flow table (see [`crate::telemetry`]) in one
+    /// [`DataPlane::scan_flows`] walk.
+    fn flow_census(&self) -> Result<crate::telemetry::FlowCensus> {
+        let mut c = crate::telemetry::FlowCensus {
+            capacity: self.flow_capacity(),
+            ..Default::default()
+        };
+        self.scan_flows(&mut |_, v| c.add(v))?;
+        Ok(c)
+    }
 }
 
 fn check_service(id: u32) -> Result<()> {
@@ -115,6 +129,8 @@ pub struct FakeDataPlane {
     pub table_installs: BTreeMap<u32, u32>,
     /// When set, every write fails with this message (fault injection).
     pub fail_writes: Option<String>,
+    /// Capacity the flow census reports (`None`: unknown).
+    pub flow_capacity: Option<u64>,
 }
 
 impl FakeDataPlane {
@@ -197,5 +213,8 @@ impl DataPlane for FakeDataPlane {
     }
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>> {
         Ok(self.flows.iter().take(limit).copied().collect())
+    }
+    fn flow_capacity(&self) -> Option<u64> {
+        self.flow_capacity
     }
 }

@@ -438,7 +438,10 @@ async fn run_checker(
             _ = stopped(&mut shutdown) => return,
             result = async {
                 interval.tick().await;
-                prober.probe(target.addr).await
+                let started = std::time::Instant::now();
+                let r = prober.probe(target.addr).await;
+                crate::telemetry::record_probe(&target.service, target.addr, started);
+                r
             } => result,
         };
         let transition = state.observe(result.is_ok());

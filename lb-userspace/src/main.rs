@@ -44,14 +44,70 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_ERROR)
             }
         },
+        Command::Top {
+            once,
+            interval,
+            service,
+            sort,
+        } => voxlb::top::main(&cli.socket, *once, *interval, service.clone(), *sort),
+        Command::GenDocs { out } => match voxlb::docs::write_all(out) {
+            Ok(files) => {
+                println!("{} file(s) written under {}", files.len(), out.display());
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("voxlb: gen-docs {}: {e}", out.display());
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
         _ => voxlb::cli::client(&cli),
     }
 }
 
+/// Logs to stderr. Under journald (see [`voxlb::notify::stderr_is_journal`])
+/// each line starts with its syslog priority (`<4>` = warning) and carries no
+/// timestamp or colour of ours: journald stamps lines itself, and
+/// `journalctl -p warning -u voxlb` then filters by level. tracing's fields
+/// stay as `key=value` in the message.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if voxlb::notify::stderr_is_journal() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .event_format(JournalFormat)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+/// `<priority>target: message key=value ...`, for journald.
+struct JournalFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        write!(
+            writer,
+            "{}{}: ",
+            voxlb::notify::syslog_prefix(meta.level()),
+            meta.target()
+        )?;
+        use tracing_subscriber::fmt::FormatFields as _;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

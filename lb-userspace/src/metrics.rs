@@ -67,9 +67,16 @@ async fn serve_one(mut s: TcpStream, calls: mpsc::Sender<Call>) -> std::io::Resu
         match (
             ask(&calls, Request::Stats {}).await,
             ask(&calls, Request::Status {}).await,
+            ask(&calls, Request::Telemetry {}).await,
         ) {
-            (Some(Response::Stats(stats)), Some(Response::Status(status))) => {
-                ("200 OK", render(&stats, &status))
+            (
+                Some(Response::Stats(stats)),
+                Some(Response::Status(status)),
+                Some(Response::Telemetry(t)),
+            ) => {
+                let mut page = render(&stats, &status);
+                page.push_str(&render_telemetry(&t, &status));
+                ("200 OK", page)
             }
             _ => (
                 "503 Service Unavailable",
@@ -280,4 +287,139 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         );
     }
     o
+}
+
+fn histogram(o: &mut String, name: &str, labels: &str, h: &crate::telemetry::Histogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cum = 0;
+    for (i, le) in crate::telemetry::LATENCY_BUCKETS.iter().enumerate() {
+        cum += h.buckets.get(i).copied().unwrap_or(0);
+        let _ = writeln!(o, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
+    }
+    let _ = writeln!(o, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(o, "{name}_sum{{{labels}}} {}", h.sum);
+    let _ = writeln!(o, "{name}_count{{{labels}}} {}", h.count);
+}
+
+/// The families from the `telemetry` request: flow-table fill, entries per
+/// backend, table rebuilds, health-check latency, start time, build info.
+pub fn render_telemetry(t: &crate::telemetry::TelemetryView, status: &StatusView) -> String {
+    let mut o = String::new();
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut o,
+        "voxlb_build_info",
+        "gauge",
+        "Always 1; the version of the running daemon.",
+    );
+    let _ = writeln!(o, "voxlb_build_info{{version=\"{}\"}} 1", esc(&t.version));
+    family(
+        &mut o,
+        "voxlb_process_start_time_seconds",
+        "gauge",
+        "Unix time the daemon started.",
+    );
+    let _ = writeln!(o, "voxlb_process_start_time_seconds {}", t.start_time);
+    if let (Some(c), Some(at)) = (&t.flow_census, t.census_at) {
+        family(
+            &mut o,
+            "voxlb_flow_table_entries",
+            "gauge",
+            "Entries in the flow table (LRU), counted every 10 s.",
+        );
+        let _ = writeln!(o, "voxlb_flow_table_entries {}", c.entries);
+        if let Some(cap) = c.capacity {
+            family(
+                &mut o,
+                "voxlb_flow_table_capacity",
+                "gauge",
+                "Capacity of the flow table (max entries).",
+            );
+            let _ = writeln!(o, "voxlb_flow_table_capacity {cap}");
+        }
+        family(
+            &mut o,
+            "voxlb_flow_table_census_timestamp_seconds",
+            "gauge",
+            "Unix time of the last flow-table count.",
+        );
+        let _ = writeln!(o, "voxlb_flow_table_census_timestamp_seconds {at}");
+        family(
+            &mut o,
+            "voxlb_backend_flow_entries",
+            "gauge",
+            "Flow-table entries pointing at each backend (recent flows: an entry stays until the LRU evicts it).",
+        );
+        for s in &status.services {
+            for b in &s.backends {
+                let n = c.of(b.id, b.generation);
+                let _ = writeln!(
+                    o,
+                    "voxlb_backend_flow_entries{{service=\"{}\",backend=\"{}\",name=\"{}\"}} {n}",
+                    esc(&s.name),
+                    b.address,
+                    esc(b.name.as_deref().unwrap_or(""))
+                );
+            }
+        }
+    }
+    let r = &t.rebuilds;
+    family(
+        &mut o,
+        "voxlb_table_rebuilds_total",
+        "counter",
+        "Changes that installed at least one Maglev table.",
+    );
+    let _ = writeln!(o, "voxlb_table_rebuilds_total {}", r.rebuilds);
+    family(
+        &mut o,
+        "voxlb_table_installs_total",
+        "counter",
+        "Maglev tables installed (a rebuild may install several).",
+    );
+    let _ = writeln!(o, "voxlb_table_installs_total {}", r.tables);
+    family(
+        &mut o,
+        "voxlb_table_rebuild_duration_seconds",
+        "histogram",
+        "Time of a rebuild: Maglev build plus map writes.",
+    );
+    histogram(
+        &mut o,
+        "voxlb_table_rebuild_duration_seconds",
+        "",
+        &r.duration,
+    );
+    family(
+        &mut o,
+        "voxlb_health_check_duration_seconds",
+        "histogram",
+        "Duration of health probes (failed ones included: a timeout shows as slow).",
+    );
+    for p in &t.probe_latency {
+        let labels = format!("service=\"{}\",backend=\"{}\"", esc(&p.service), p.address);
+        histogram(
+            &mut o,
+            "voxlb_health_check_duration_seconds",
+            &labels,
+            &p.histogram,
+        );
+    }
+    o
+}
+
+/// Every metric family name the daemon exports (the dashboard test checks
+/// its queries against this list).
+pub fn family_names(page: &str) -> Vec<String> {
+    let mut v: Vec<String> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }

@@ -884,6 +884,11 @@ impl DataPlane for XdpDataPlane {
             .map_err(|e| other(format!("reading {} in batches: {e}", names::FLOWS)))
     }
 
+    fn flow_capacity(&self) -> Option<u64> {
+        use aya::maps::IterableMap as _;
+        self.flows.map().info().ok().map(|i| i.max_entries().into())
+    }
+
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>> {
         let mut out = Vec::new();
         for r in self.flows.iter() {

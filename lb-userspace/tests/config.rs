@@ -302,7 +302,7 @@ fn health_check_errors() {
     assert_err(
         &BASE.replace(
             "{ insecure = true }",
-            "{ insecure = true, interval = \"2 s\" }",
+            "{ insecure = true, interval = \"two seconds\" }",
         ),
         "health_check.interval",
         "not a duration",

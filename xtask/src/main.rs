@@ -4,6 +4,7 @@
 //! builds on a fresh machine and can install that toolchain (`setup`).
 
 mod bench_maglev;
+mod deb;
 mod setup;
 
 use std::{
@@ -46,6 +47,8 @@ enum Cmd {
     },
     /// fmt --check and clippy -D warnings, for userspace and the eBPF crate.
     Lint,
+    /// Build the Debian package (target/deb/voxlb_VERSION_ARCH.deb) with dpkg-deb.
+    Deb,
     /// The demo in network namespaces (root): live traffic, drain, failure.
     Demo {
         /// Leave it running at the end and print commands to explore it.
@@ -144,11 +147,15 @@ fn test(no_setup: bool) -> Result<()> {
     lint()?;
     step("test: build (debug) so the end-to-end tests have the voxlb binary");
     run(cargo().args(["build", "-p", "lb-userspace"]))?;
-    step("test: unit, kernel (BPF_PROG_TEST_RUN) and end-to-end tests");
+    // The package test (tests/tests/package.rs) installs this .deb with
+    // dpkg, runs it and purges it.
+    let deb = deb::build()?;
+    step("test: unit, kernel (BPF_PROG_TEST_RUN), end-to-end and package tests");
     let out = run_tee(
         cargo()
             .args(["test", "--", "--test-threads", "2"])
-            .env("VOXLB_BIN", root_dir().join("target/debug/voxlb")),
+            .env("VOXLB_BIN", root_dir().join("target/debug/voxlb"))
+            .env("VOXLB_DEB", &deb),
     )?;
     fuzz(FUZZ_CI_CASES, None, false)?;
     let t = test_totals(&out);
@@ -463,6 +470,7 @@ fn main() -> ExitCode {
             }),
         Cmd::Test { no_setup } => test(no_setup),
         Cmd::Lint => lint(),
+        Cmd::Deb => setup::setup().and_then(|_| deb::build().map(|_| ())),
         Cmd::Demo { keep, cleanup } => setup::setup().and_then(|_| demo(keep, cleanup)),
         Cmd::Bench { which, quick } => bench(&which, quick),
         Cmd::Fuzz {

@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "wrk",
     "curl",
+    "tmux",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

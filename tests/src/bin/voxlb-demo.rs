@@ -26,7 +26,6 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
-use voxlb::control::Response;
 use voxlb_tests::{
     daemon::{self, COMPILERS, Daemon, HealthTiming, Options},
     netns,
@@ -50,6 +49,11 @@ struct Args {
     /// Seconds per step.
     #[arg(long, default_value_t = 14)]
     step_secs: u64,
+    /// Also serve the daemon's metrics and scrape them every 2 s into this
+    /// file (JSON lines: seconds since start, page); `dashboards/render.py`
+    /// draws the dashboard's queries from it (the README picture).
+    #[arg(long)]
+    metrics_log: Option<std::path::PathBuf>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         unsafe { std::env::set_var("VOXLB_BIN", exe_dir.join("voxlb")) };
     }
     let mut demo = Demo::new(&exe_dir.join("voxlb-testd"), args.step_secs)?;
+    demo.metrics_log = args.metrics_log.clone();
     let result = demo.run();
     if let Err(e) = &result {
         demo.event(format!("stopped: {e:#}"));
@@ -124,6 +129,10 @@ struct Demo {
     step: Duration,
     tty: bool,
     redraws: u64,
+    /// The previous `voxlb top` snapshot (rates are per redraw).
+    top_prev: Option<voxlb::top::Snapshot>,
+    metrics_log: Option<std::path::PathBuf>,
+    scraper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Demo {
@@ -150,6 +159,9 @@ impl Demo {
             step: Duration::from_secs(step_secs.clamp(3, 120)),
             tty: std::io::stdout().is_terminal(),
             redraws: 0,
+            top_prev: None,
+            metrics_log: None,
+            scraper: None,
         };
         demo.event(format!(
             "topology {} built: clients, LB, 4 compilers, CA + standby on one bridge",
@@ -182,6 +194,9 @@ impl Demo {
             d.config.display()
         ));
         self.daemon = Some(d);
+        if let Some(path) = self.metrics_log.clone() {
+            self.start_scraper(&path)?;
+        }
         self.start_traffic();
         self.event("clients: 6 agents opening TLS connections to the VIP, one /whoami each".into());
 
@@ -228,6 +243,9 @@ impl Demo {
         self.show_for(self.step)?;
 
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(s) = self.scraper.take() {
+            let _ = s.join();
+        }
         let results = self
             .topo
             .finish_transfers(std::mem::take(&mut self.transfers));
@@ -257,6 +275,56 @@ impl Demo {
             out.stderr
         );
         self.event(format!("voxlb {}: {}", args.join(" "), out.stdout.trim()));
+        Ok(())
+    }
+
+    /// Restart the daemon with `metrics_listen` (the generated config has
+    /// none) and scrape `/metrics` in the LB namespace every 2 s.
+    fn start_scraper(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        const LISTEN: &str = "127.0.0.1:9814";
+        let d = self.daemon.as_mut().context("daemon")?;
+        d.stop()?;
+        let text = std::fs::read_to_string(&d.config)?;
+        std::fs::write(
+            &d.config,
+            text.replacen(
+                "\ninterfaces",
+                &format!("\nmetrics_listen = \"{LISTEN}\"\ninterfaces"),
+                1,
+            ),
+        )?;
+        d.spawn()?;
+        let mut out = std::fs::File::create(path)?;
+        let (stop, ns, start) = (self.stop.clone(), self.topo.lb.ns.clone(), self.start);
+        self.scraper = Some(std::thread::spawn(move || {
+            // Bounded: at most an hour of scrapes.
+            for _ in 0..1800 {
+                if stop.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed) {
+                    break;
+                }
+                let page = netns::run_in(&ns, || {
+                    use std::io::{Read, Write as _};
+                    let mut s = std::net::TcpStream::connect(LISTEN).ok()?;
+                    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+                    let mut body = String::new();
+                    s.read_to_string(&mut body).ok()?;
+                    Some(body.split_once("\r\n\r\n")?.1.to_owned())
+                });
+                if let Ok(Some(page)) = page {
+                    let line = serde_json::json!({
+                        "t": start.elapsed().as_secs_f64(),
+                        "page": page,
+                    });
+                    let _ = writeln!(out, "{line}");
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }));
+        self.event(format!(
+            "metrics at http://{LISTEN}/metrics, scraped into {}",
+            path.display()
+        ));
         Ok(())
     }
 
@@ -347,96 +415,41 @@ impl Demo {
         let _ = std::io::stdout().flush();
     }
 
+    /// The frame `voxlb top --once` prints (the shared renderer), and what
+    /// the clients saw.
     fn table(&mut self) -> anyhow::Result<String> {
         let d = self.daemon.as_ref().context("daemon not running")?;
-        let backends = match d.json(&["backend", "list"])? {
-            Response::Backends { services } => services,
-            other => anyhow::bail!("backend list: {other:?}"),
+        let cur = voxlb::top::snapshot(&d.socket, self.start)?;
+        let opts = voxlb::top::Options {
+            sort: voxlb::top::SortKey::Name,
+            reverse: false,
+            service: None,
+            paused: false,
         };
-        let stats = match d.json(&["stats"])? {
-            Response::Stats(s) => s,
-            other => anyhow::bail!("stats: {other:?}"),
-        };
+        let view = voxlb::top::View::build(self.top_prev.as_ref(), &cur, &opts);
+        let mut out = voxlb::top::render_text(&view);
+        self.top_prev = Some(cur);
+
         let seen = self.seen.per_backend.lock().unwrap().clone();
         let dt = self.last_tick.elapsed().as_secs_f64().max(0.1);
         self.last_tick = Instant::now();
-
-        let svc = backends.iter().find(|s| s.name == COMPILERS);
-        let svc_stats = stats.services.iter().find(|s| s.name == COMPILERS);
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<9} {:<11} {:<9} {:<9} {:>6} {:>7} {:>8} {:>5} {:>9} {:>9} {:>10}",
-            "COMPILER",
-            "ADDRESS",
-            "STATE",
-            "HEALTH",
-            "SLOTS",
-            "CONN/S",
-            "SERVED",
-            "OPEN",
-            "BE_CONNS",
-            "XDP_PKTS",
-            "NEW_FLOWS"
-        );
-        for node in &self.topo.compilers {
-            let b = svc.and_then(|s| {
-                s.backends
-                    .iter()
-                    .find(|b| b.address == std::net::IpAddr::from(node.ip4))
-            });
-            let bs = svc_stats.and_then(|s| {
-                s.backends
-                    .iter()
-                    .find(|b| b.address == std::net::IpAddr::from(node.ip4))
-            });
-            let served = seen.get(&node.name).copied().unwrap_or(0);
-            let rate = (served - self.last_seen.get(&node.name).copied().unwrap_or(0)) as f64 / dt;
-            let be = self.topo.backend_stats(node).ok();
-            let _ = writeln!(
-                out,
-                "{:<9} {:<11} {:<9} {:<9} {:>6} {:>7.0} {:>8} {:>5} {:>9} {:>9} {:>10}",
-                node.name,
-                node.ip4.to_string(),
-                b.map(|b| b.state.as_str()).unwrap_or("-"),
-                match b.and_then(|b| b.healthy) {
-                    Some(true) => "up",
-                    Some(false) => "DOWN",
-                    None => "unchecked",
-                },
-                b.map(|b| b.slots).unwrap_or(0),
-                rate,
-                served,
-                be.map(|s| s.active_connections.to_string())
-                    .unwrap_or_else(|| "dead".into()),
-                be.map(|s| s.connections.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                bs.map(|b| b.packets).unwrap_or(0),
-                bs.map(|b| b.new_flows).unwrap_or(0),
-            );
-        }
-        self.last_seen = seen;
-        let ca = backends.iter().find(|s| s.name == daemon::CA);
-        let _ = writeln!(
-            out,
-            "\nclients: {} connections answered, {} failed;  CA VIP -> {}",
-            self.last_seen.values().sum::<u64>(),
-            self.seen.failed.load(Ordering::Relaxed),
-            ca.and_then(|s| s.ca_target)
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "-".into())
-        );
-        let reasons: Vec<String> = stats
-            .reasons
+        let per: Vec<String> = self
+            .topo
+            .compilers
             .iter()
-            .filter(|r| r.packets > 0)
-            .map(|r| format!("{} {}", r.reason, r.packets))
+            .map(|n| {
+                let served = seen.get(&n.name).copied().unwrap_or(0);
+                let rate = (served - self.last_seen.get(&n.name).copied().unwrap_or(0)) as f64 / dt;
+                format!("{} {rate:.0}/s", n.name)
+            })
             .collect();
-        let _ = writeln!(out, "XDP reasons (packets): {}", reasons.join(", "));
+        self.last_seen = seen;
         let _ = writeln!(
             out,
-            "\nSTATE/HEALTH/SLOTS: voxlb backend list   XDP_PKTS/NEW_FLOWS: voxlb stats\n\
-             CONN/S, SERVED: /whoami answers the clients got   OPEN, BE_CONNS: the backend's own counters (incl. health checks)"
+            "\nclients: {} connections answered ({}), {} failed",
+            self.last_seen.values().sum::<u64>(),
+            per.join(", "),
+            self.seen.failed.load(Ordering::Relaxed),
         );
         Ok(out)
     }
