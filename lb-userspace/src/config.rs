@@ -96,6 +96,8 @@ pub struct Config {
     pub flow_capacity: u32,
     pub compiler_services: Vec<CompilerService>,
     pub ca_services: Vec<CaService>,
+    /// `[bgp]`: announce the VIPs through BIRD (see [`crate::announce`]).
+    pub bgp: Option<crate::announce::BgpConfig>,
 }
 
 /// A VIP: address, port and L4 protocol.
@@ -215,6 +217,7 @@ struct RawConfig {
     compiler_services: Vec<RawCompilerService>,
     #[serde(default)]
     ca_services: Vec<RawCaService>,
+    bgp: Option<crate::announce::RawBgp>,
 }
 
 #[derive(Deserialize)]
@@ -479,6 +482,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
 
+    let all_vips: Vec<Vip> = compiler_services
+        .iter()
+        .map(|s| s.vip)
+        .chain(ca_services.iter().map(|s| s.vip))
+        .collect();
+    let bgp = raw
+        .bgp
+        .map(|b| crate::announce::validate(b, &all_vips))
+        .transpose()?;
+
     Ok(Config {
         interfaces: raw.interfaces,
         xdp_mode: raw.xdp_mode,
@@ -491,6 +504,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         flow_capacity,
         compiler_services,
         ca_services,
+        bgp,
     })
 }
 

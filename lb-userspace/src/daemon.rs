@@ -35,6 +35,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    announce::{self, bird::Announcer},
     config::{self, Config, ConfigError},
     control::{
         self, BackendStat, Call, FlowView, ReasonStat, Request, Response, ServiceStat, StatsView,
@@ -54,6 +55,13 @@ pub const NEIGH_REFRESH: Duration = Duration::from_secs(60);
 /// How often the bpffs pins are checked (and put back if deleted); every
 /// control request checks them too.
 pub const PIN_CHECK: Duration = Duration::from_secs(5);
+
+/// How often BIRD is supervised and its sessions read.
+pub const ANNOUNCE_TICK: Duration = Duration::from_secs(1);
+/// File in `state_dir` whose presence means `voxlb host drain` is in
+/// effect; it survives restarts, so a host under maintenance stays
+/// withdrawn until `voxlb host undrain`.
+pub const HOST_DRAIN_FILE: &str = "host-drained";
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +150,10 @@ pub struct Daemon {
     spawner: CheckerSpawner,
     health_tx: mpsc::Sender<HealthUpdate>,
     checkers: HashMap<(String, IpAddr), Checker>,
+    /// BIRD, with `[bgp]`.
+    announcer: Option<Announcer>,
+    /// `voxlb host drain` in effect.
+    drained: bool,
 }
 
 /// What [`run`] needs besides the config and the data plane.
@@ -194,7 +206,14 @@ impl Daemon {
             spawner,
             health_tx,
             checkers: HashMap::new(),
+            announcer: None,
+            drained: false,
         };
+        d.drained = d.config.state_dir.join(HOST_DRAIN_FILE).exists();
+        if d.drained {
+            warn!("host drained (voxlb host drain): no VIP is announced until voxlb host undrain");
+        }
+        d.announcer = d.config.bgp.clone().map(Announcer::new);
         let mut state = d.state.clone();
         let plan = reconcile::plan(&d.config, &mut state, &d.health, &d.macs)?;
         d.store.save(&state)?;
@@ -255,6 +274,77 @@ impl Daemon {
             }
         }
         self.views = new;
+        self.announce();
+    }
+
+    /// Whether the program is attached on every interface: the interface
+    /// exists and its link pin is in place (the daemon holds the link open
+    /// and puts a deleted pin back).
+    pub fn attached(&self) -> bool {
+        crate::fitness::program_attached(&self.config.pin_dir, &self.config.interfaces)
+    }
+
+    /// Decide what to announce and hand it to BIRD (no-op without `[bgp]`).
+    fn announce(&mut self) {
+        let host = announce::HostState {
+            attached: self.attached(),
+            drained: self.drained,
+        };
+        if let Some(a) = self.announcer.as_mut() {
+            let decision = announce::decide(a.config(), &self.views, host);
+            a.set(decision, host.drained);
+        }
+    }
+
+    /// Supervise BIRD, re-decide (attachment may change), read sessions.
+    pub fn announce_tick(&mut self) {
+        if self.announcer.is_none() {
+            return;
+        }
+        self.announce();
+        if let Some(a) = self.announcer.as_mut() {
+            a.tick();
+        }
+    }
+
+    /// The daemon stops: withdraw (see [`Announcer::stop`]).
+    pub fn stop_announcing(&mut self) {
+        if let Some(mut a) = self.announcer.take() {
+            a.stop();
+        }
+    }
+
+    /// `voxlb host drain` / `undrain`: persisted first, then announced.
+    fn set_host_drain(&mut self, drain: bool) -> Response {
+        let marker = self.config.state_dir.join(HOST_DRAIN_FILE);
+        let r = if drain {
+            std::fs::write(&marker, b"drained by voxlb host drain\n")
+        } else {
+            match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        };
+        if let Err(e) = r {
+            return Response::error(format!(
+                "not changed: cannot persist the drain in {}: {e}",
+                marker.display()
+            ));
+        }
+        let was = self.drained;
+        self.drained = drain;
+        self.announce();
+        let what = match (drain, was) {
+            (true, true) => "host was already drained",
+            (true, false) => {
+                "host drained: every VIP withdrawn; flows that still arrive are forwarded"
+            }
+            (false, false) => "host was not drained",
+            (false, true) => "host undrained: VIPs announced again where services are fit",
+        };
+        Response::Ok {
+            message: what.into(),
+        }
     }
 
     /// Make a change all-or-nothing (see the module docs). `change` edits a
@@ -472,6 +562,8 @@ impl Daemon {
                 Err(e) => Response::error(format!("reading the flow table: {e}")),
             },
             Request::Reload {} => self.reload(),
+            Request::HostDrain {} => self.set_host_drain(true),
+            Request::HostUndrain {} => self.set_host_drain(false),
         }
     }
 
@@ -553,6 +645,7 @@ impl Daemon {
                 warn!("reload: {k} changed; it takes effect at the next restart");
             }
         }
+        let bgp_changed = new.bgp != self.config.bgp;
         let mut dropped = Vec::new();
         let resp = self.change(Some(new.clone()), |st| {
             dropped = reconcile::prune_overlay(&new, st);
@@ -565,6 +658,15 @@ impl Daemon {
                 }
                 self.last_reload_error = None;
                 info!("config reloaded from {}", path.display());
+                if bgp_changed {
+                    match (self.announcer.as_mut(), new.bgp.clone()) {
+                        (Some(a), Some(b)) => a.reconfigure(b),
+                        (Some(_), None) => self.stop_announcing(),
+                        (None, Some(b)) => self.announcer = Some(Announcer::new(b)),
+                        (None, None) => {}
+                    }
+                    self.announce();
+                }
                 self.solicit_unresolved();
                 self.sync_checkers();
             }
@@ -763,6 +865,9 @@ impl Daemon {
             services: self.views.clone(),
             unresolved: self.unresolved(),
             last_reload_error: self.last_reload_error.clone(),
+            attached: self.attached(),
+            drained: self.drained,
+            announce: self.announcer.as_ref().map(Announcer::view),
         }
     }
 
@@ -923,6 +1028,7 @@ pub async fn run(
     let mut retry = tokio::time::interval(NEIGH_RETRY);
     let mut refresh = tokio::time::interval(NEIGH_REFRESH);
     let mut pins = tokio::time::interval(PIN_CHECK);
+    let mut announce_tick = tokio::time::interval(ANNOUNCE_TICK);
     info!(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
@@ -949,6 +1055,7 @@ pub async fn run(
             _ = retry.tick() => daemon.neigh_tick(false),
             _ = refresh.tick() => daemon.neigh_tick(true),
             _ = pins.tick() => daemon.check_pins(),
+            _ = announce_tick.tick() => daemon.announce_tick(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
                 daemon.reload();
@@ -966,6 +1073,7 @@ pub async fn run(
     }
     let _ = shutdown_tx.send(true);
     daemon.stop_checkers();
+    daemon.stop_announcing();
     let _ = server.await;
     if let Some(m) = metrics {
         let _ = m.await;

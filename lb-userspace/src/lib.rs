@@ -1,10 +1,12 @@
 //! voxlb control plane: loads and drives the XDP data plane.
 
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod fitness;
 pub mod fuzz;
 pub mod health;
 pub mod metrics;

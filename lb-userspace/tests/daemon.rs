@@ -648,6 +648,9 @@ fn metrics_render_every_family() {
         services: vec![],
         unresolved: vec![],
         last_reload_error: None,
+        attached: true,
+        drained: false,
+        announce: None,
     };
     let text = voxlb::metrics::render(&stats, &status);
     assert!(
