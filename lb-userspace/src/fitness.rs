@@ -9,7 +9,7 @@
 //! | 3 | the daemon cannot be reached (the same code as every CLI command) |
 //! | 4 | the XDP program is not attached on every interface |
 //! | 5 | the host is drained (`voxlb host drain`) |
-//! | 6 | a service has fewer usable backends than `--min-healthy` (a CA service: none) |
+//! | 6 | a service has fewer healthy usable backends than `--min-healthy` (a CA service: none); a backend counts once its health check has passed |
 
 use std::{
     path::Path,
@@ -60,15 +60,14 @@ pub fn evaluate(status: &StatusView, min_healthy: u32) -> (u8, Vec<String>) {
     }
     let mut why = Vec::new();
     for s in &status.services {
-        let need = if s.kind == "ca" {
-            1
-        } else {
-            min_healthy as usize
-        };
-        if s.active < need {
+        let (have, need) = (
+            crate::announce::healthy_usable(s),
+            crate::announce::needed(s, min_healthy),
+        );
+        if have < need {
             why.push(format!(
-                "service {} has {} usable backend(s), needs {need}",
-                s.name, s.active
+                "service {} has {have} healthy backend(s), needs {need}",
+                s.name
             ));
         }
     }

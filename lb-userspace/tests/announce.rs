@@ -79,10 +79,34 @@ fn config(extra: &str) -> Result<Config, String> {
     Config::parse(&format!("{SERVICES}{extra}")).map_err(|e| e.to_string())
 }
 
+/// Every backend of `cfg` checked and up, then `health` on top.
 fn views(cfg: &Config, health: &HealthMap) -> Vec<ServiceView> {
-    plan(cfg, &mut State::new(), health, &MacMap::new())
+    let mut all = HealthMap::new();
+    for s in &cfg.compiler_services {
+        for b in &s.backends {
+            all.insert((s.name.clone(), b.address), true);
+        }
+    }
+    for s in &cfg.ca_services {
+        all.insert((s.name.clone(), s.primary.address), true);
+    }
+    all.extend(health.iter().map(|(k, v)| (k.clone(), *v)));
+    plan(cfg, &mut State::new(), &all, &MacMap::new())
         .unwrap()
         .services
+}
+
+#[test]
+fn unchecked_backends_do_not_count_for_announcing() {
+    let c = config(BGP).unwrap();
+    let bgp = c.bgp.clone().unwrap();
+    let unchecked = plan(&c, &mut State::new(), &HealthMap::new(), &MacMap::new())
+        .unwrap()
+        .services;
+    assert_eq!(unchecked[0].active, 3, "they forward");
+    let d = announce::decide(&bgp, &unchecked, FIT);
+    assert!(d.iter().all(|v| !v.announced), "{d:?}");
+    assert!(d[0].reason.contains("has 0 healthy"), "{:?}", d[0]);
 }
 
 const FIT: HostState = HostState {
@@ -189,7 +213,7 @@ fn a_vip_is_announced_only_while_every_service_on_it_is_fit() {
     assert!(!v6.announced);
     assert_eq!(
         v6.reason,
-        "service compilers-v6 has 1 usable backend(s), needs 2"
+        "service compilers-v6 has 1 healthy backend(s), needs 2"
     );
 
     // Two of three compilers down: below min_healthy = 2.
@@ -199,7 +223,11 @@ fn a_vip_is_announced_only_while_every_service_on_it_is_fit() {
     health.insert(("compilers".into(), ip("10.0.0.2")), false);
     let d = announce::decide(&bgp, &views(&c, &health), FIT);
     assert!(!d[0].announced);
-    assert!(d[0].reason.contains("compilers has 1 usable"), "{:?}", d[0]);
+    assert!(
+        d[0].reason.contains("compilers has 1 healthy"),
+        "{:?}",
+        d[0]
+    );
 
     // The CA on the same address, down: the address is withdrawn even with
     // every compiler up.
@@ -418,7 +446,7 @@ fn fitness_exit_codes() {
     assert_eq!(code, 6);
     assert_eq!(
         why,
-        vec!["service compilers-v6 has 1 usable backend(s), needs 2"]
+        vec!["service compilers-v6 has 1 healthy backend(s), needs 2"]
     );
     health.insert(("ca".into(), ip("10.0.1.1")), false);
     let (code, why) = fitness::evaluate(&status(&c, &health, true, false), 1);

@@ -414,16 +414,14 @@ pub fn decide(bgp: &BgpConfig, services: &[ServiceView], host: HostState) -> Vec
                 "program not attached".to_string()
             } else if host.drained {
                 "host drained".to_string()
-            } else if let Some(s) = svcs.iter().find(|s| {
-                // A CA service serves from one backend at a time.
-                let need = if s.kind == "ca" { 1 } else { min as usize };
-                s.active < need
-            }) {
+            } else if let Some((s, have, need)) = svcs
+                .iter()
+                .map(|s| (s, healthy_usable(s), needed(s, min)))
+                .find(|(_, have, need)| have < need)
+            {
                 format!(
-                    "service {} has {} usable backend(s), needs {}",
-                    s.name,
-                    s.active,
-                    if s.kind == "ca" { 1 } else { min }
+                    "service {} has {have} healthy backend(s), needs {need}",
+                    s.name
                 )
             } else {
                 String::new()
@@ -435,6 +433,24 @@ pub fn decide(bgp: &BgpConfig, services: &[ServiceView], host: HostState) -> Vec
             }
         })
         .collect()
+}
+
+/// Backends of a service that take flows *and* passed their health check.
+/// A backend not checked yet counts as up for forwarding (a restart must
+/// not take healthy backends out), but not for announcing: a host that just
+/// started must not attract traffic before it knows where to send it.
+pub fn healthy_usable(s: &ServiceView) -> usize {
+    s.backends
+        .iter()
+        .filter(|b| b.state == "active" && b.healthy == Some(true))
+        .filter(|b| s.kind != "ca" || s.ca_target == Some(b.address))
+        .count()
+}
+
+/// Healthy usable backends a service needs: `min` for a compiler service,
+/// one for a CA service (it serves from one at a time).
+pub fn needed(s: &ServiceView, min: u32) -> usize {
+    if s.kind == "ca" { 1 } else { min as usize }
 }
 
 /// One BGP session as BIRD reports it.
