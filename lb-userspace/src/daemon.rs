@@ -130,6 +130,17 @@ struct Checker {
     check: HealthCheck,
     stop: watch::Sender<bool>,
     _task: JoinHandle<()>,
+    /// A probe has passed since it started. Only then does its backend
+    /// count for *announcing* a VIP: a checker reports "up" after a failed
+    /// first probe (only `fall` failures take a backend down), and a host
+    /// that just started must not attract traffic on that.
+    passed: bool,
+}
+
+impl Checker {
+    fn settled(&self) -> bool {
+        self.passed
+    }
 }
 
 /// Everything the daemon loop owns.
@@ -290,8 +301,24 @@ impl Daemon {
             attached: self.attached(),
             drained: self.drained,
         };
+        if self.announcer.is_none() {
+            return;
+        }
+        // Backends whose health is not settled count as unknown here.
+        let mut views = self.views.clone();
+        for s in &mut views {
+            for b in &mut s.backends {
+                let settled = self
+                    .checkers
+                    .get(&(s.name.clone(), b.address))
+                    .is_some_and(Checker::settled);
+                if !settled {
+                    b.healthy = None;
+                }
+            }
+        }
         if let Some(a) = self.announcer.as_mut() {
-            let decision = announce::decide(a.config(), &self.views, host);
+            let decision = announce::decide(a.config(), &views, host);
             a.set(decision, host.drained);
         }
     }
@@ -682,8 +709,12 @@ impl Daemon {
     /// A checker's verdict.
     pub fn on_health(&mut self, ev: HealthUpdate) {
         let key = (ev.service.clone(), ev.addr);
-        if !self.checkers.contains_key(&key) {
+        let Some(checker) = self.checkers.get_mut(&key) else {
             return; // a late event from a stopped checker
+        };
+        if ev.up && ev.detail == "ok" && !checker.passed {
+            checker.passed = true;
+            self.announce();
         }
         if self.health.get(&key) == Some(&ev.up) {
             return;
@@ -834,6 +865,7 @@ impl Daemon {
                     check,
                     stop,
                     _task: task,
+                    passed: false,
                 },
             );
         }
