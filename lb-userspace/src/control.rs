@@ -133,7 +133,7 @@ pub struct StatusView {
     pub drained: bool,
     /// BGP announcements and sessions (with `[bgp]`).
     #[serde(default)]
-    pub announce: Option<crate::announce::AnnounceView>,
+    pub announce: Option<Box<crate::announce::AnnounceView>>,
 }
 
 /// `voxlb stats`.

@@ -899,7 +899,7 @@ impl Daemon {
             last_reload_error: self.last_reload_error.clone(),
             attached: self.attached(),
             drained: self.drained,
-            announce: self.announcer.as_ref().map(Announcer::view),
+            announce: self.announcer.as_ref().map(|a| Box::new(a.view())),
         }
     }
 
