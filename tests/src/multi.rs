@@ -8,8 +8,8 @@
 //! ```
 //!
 //! - [`Upstream::Bgp`]: the agents route the VIPs via the router `rt`, which
-//!   runs BIRD with ECMP (`merge paths`) and L4 hashing
-//!   (`fib_multipath_hash_policy = 1`) and peers with every LB host's
+//!   runs BIRD with ECMP (`merge paths`) and L4 hashing on the 5-tuple
+//!   (`fib_multipath_hash_policy = 3`, see [`Multi::build`]) and peers with every LB host's
 //!   voxlb-managed BIRD (eBGP, hold 3 s, BFD 100 ms × 3). A VIP reaches an LB
 //!   host only while that host announces it.
 //! - [`Upstream::Vrrp`]: no router; the agents route the VIPs via
@@ -133,8 +133,16 @@ impl Multi {
                 .add_node("rt", ROUTER_IP4, Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1))?;
         for kv in [
             "net.ipv4.ip_forward=1",
-            // L4 hashing: flows of one agent spread over the LB hosts.
-            "net.ipv4.fib_multipath_hash_policy=1",
+            // L4 hashing on the packet's 5-tuple, as a hardware router does:
+            // flows of one agent spread over the LB hosts. Not policy 1: it
+            // reuses a forwarded skb's L4 hash when it has one, and here the
+            // agents' sockets share the router's segment, so their TCP
+            // txhash (which Linux changes on every retransmission timeout)
+            // would steer the flow, moving it between LB hosts mid-connection.
+            // Policy 3 hashes the fields below: src/dst address, protocol,
+            // src/dst port.
+            "net.ipv4.fib_multipath_hash_policy=3",
+            "net.ipv4.fib_multipath_hash_fields=0x0037",
             "net.ipv4.conf.all.send_redirects=0",
             "net.ipv4.conf.eth0.send_redirects=0",
         ] {
@@ -378,6 +386,41 @@ impl Multi {
             d.kill9();
         }
         netns::kill_all_in(&ns);
+        Ok(())
+    }
+
+    /// Waits until every running LB host has the same table fingerprints
+    /// (after a change, health checks on two hosts settle at slightly
+    /// different times).
+    pub fn wait_agree(&self, limit: Duration) -> anyhow::Result<()> {
+        let up: Vec<usize> = (0..self.lbs.len())
+            .filter(|i| self.daemons[*i].is_some())
+            .collect();
+        netns::wait_for(limit, Duration::from_millis(100), || {
+            let fps: Vec<_> = up.iter().map(|i| self.fingerprints(*i).ok()).collect();
+            (fps.iter().all(|f| f.is_some() && *f == fps[0])).then_some(())
+        })
+        .context("the LB hosts' table fingerprints do not agree")
+    }
+
+    /// Brings a dead LB host's link back (its IPv6 address too: the kernel
+    /// flushes IPv6 addresses when a link goes down); start its daemon with
+    /// [`Self::start_lb`].
+    pub fn revive_lb(&mut self, i: usize) -> anyhow::Result<()> {
+        let lb = &self.lbs[i];
+        netns::ip(&lb.ns, &["link", "set", IFACE, "up"])?;
+        netns::ip(
+            &lb.ns,
+            &[
+                "-6",
+                "addr",
+                "replace",
+                &format!("{}/64", lb.ip6),
+                "dev",
+                IFACE,
+                "nodad",
+            ],
+        )?;
         Ok(())
     }
 
