@@ -453,3 +453,117 @@ fn fitness_exit_codes() {
     assert_eq!(code, 6);
     assert!(why[0].contains("service ca has 0"), "{why:?}");
 }
+
+/// Include mode against a real BIRD (the "site's"), run in a namespace of
+/// its own so that its BGP session attempts stay inside it: voxlb writes
+/// the protocol file, reloads BIRD through its socket, and the VIP routes
+/// appear in and vanish from BIRD's table. Needs root and BIRD.
+#[test]
+fn include_mode_drives_a_sites_bird() {
+    use std::process::Command;
+    // SAFETY: geteuid has no preconditions.
+    if Command::new("bird").arg("--version").output().is_err() || unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root and bird");
+        return;
+    }
+    let tag = format!("vxa-{}", std::process::id());
+    let dir = std::env::temp_dir().join(&tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (site, file, sock, pid) = (
+        dir.join("bird.conf"),
+        dir.join("voxlb.conf"),
+        dir.join("bird.ctl"),
+        dir.join("bird.pid"),
+    );
+    // The site's own config: router id, device, and the include. The file
+    // must exist before BIRD starts.
+    std::fs::write(
+        &site,
+        format!(
+            "router id 10.0.0.250;\nprotocol device {{}}\ninclude \"{}\";\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(&file, "").unwrap();
+    struct Cleanup(String, std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(p) = std::fs::read_to_string(&self.2)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                // SAFETY: signalling the BIRD this test started.
+                unsafe { libc::kill(p, libc::SIGTERM) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &tag])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _cleanup = Cleanup(tag.clone(), dir.clone(), pid.clone());
+    let st = Command::new("ip")
+        .args(["netns", "exec", &tag, "bird", "-c"])
+        .arg(&site)
+        .arg("-s")
+        .arg(&sock)
+        .arg("-P")
+        .arg(&pid)
+        .status()
+        .unwrap();
+    assert!(st.success(), "bird did not start");
+
+    let text = BGP
+        .replace("mode = \"managed\"", "mode = \"include\"")
+        .replace("/run/voxlb-test/bird.ctl", sock.to_str().unwrap())
+        .replace("/run/voxlb-test/bird.conf", file.to_str().unwrap());
+    let c = config(&text).unwrap();
+    let bgp = c.bgp.clone().unwrap();
+    let mut a = bird::Announcer::new(bgp.clone());
+    let routes =
+        || bird::birdc(&bgp.birdc_binary, &bgp.bird_socket, &["show", "route"]).unwrap_or_default();
+    a.set(
+        announce::decide(&bgp, &views(&c, &HealthMap::new()), FIT),
+        false,
+    );
+    a.tick();
+    let v = a.view();
+    assert_eq!(v.bird_error, None, "{v:?}");
+    assert_eq!(
+        v.sessions.len(),
+        2,
+        "both neighbours' protocols loaded: {v:?}"
+    );
+    let r = routes();
+    assert!(r.contains("192.0.2.10/32"), "VIP not in BIRD's table:\n{r}");
+
+    // Drained: withdrawn from the site's BIRD, which keeps running.
+    let drained = HostState {
+        attached: true,
+        drained: true,
+    };
+    a.set(
+        announce::decide(&bgp, &views(&c, &HealthMap::new()), drained),
+        true,
+    );
+    let r = routes();
+    assert!(!r.contains("192.0.2.10/32"), "still announced:\n{r}");
+    assert!(a.view().bird_error.is_none());
+
+    // Announced again; then the daemon stops: withdrawn.
+    a.set(
+        announce::decide(&bgp, &views(&c, &HealthMap::new()), FIT),
+        false,
+    );
+    assert!(routes().contains("192.0.2.10/32"));
+    a.stop();
+    let r = routes();
+    assert!(!r.contains("192.0.2.10/32"), "stop must withdraw:\n{r}");
+}

@@ -69,6 +69,8 @@ pub struct Multi {
     /// The daemon of each LB host, once started.
     pub daemons: Vec<Option<Daemon>>,
     pub opts: Options,
+    /// `keep_announcing_on_stop` in the LB hosts' `[bgp]`.
+    pub keep_announcing: bool,
 }
 
 impl Multi {
@@ -107,6 +109,7 @@ impl Multi {
                 compilers_in_config: spec.compilers,
                 health: Default::default(),
             },
+            keep_announcing: false,
             topo,
         };
         match upstream {
@@ -240,7 +243,9 @@ impl Multi {
             text.push_str(&format!(
                 "\n[bgp]\nmode = \"managed\"\nlocal_as = {LB_AS}\nrouter_id = \"{rid}\"\n\
                  bird_socket = \"{sock}\"\nbird_config = \"{conf}\"\n\n\
+                 keep_announcing_on_stop = {keep}\n\n\
                  [[bgp.neighbors]]\naddress = \"{ROUTER_IP4}\"\nas = {ROUTER_AS}\nhold_time = 3\nkeepalive_time = 1\nbfd = true\n",
+                keep = self.keep_announcing,
                 rid = lb.ip4,
                 sock = w.join(format!("bird-{}.ctl", lb.name)).display(),
                 conf = w.join(format!("bird-{}.conf", lb.name)).display(),

@@ -348,6 +348,38 @@ fn bgp_host_dies_and_host_joins_mid_transfer() {
     assert!(m.forwarded(2).unwrap() > 0, "the new host got no traffic");
     all_intact(&m, transfers, load);
     assert_eq!(m.fingerprints(0).unwrap(), m.fingerprints(2).unwrap());
+
+    // keep_announcing_on_stop: a stopped daemon leaves its BIRD announcing
+    // (the pinned program forwards on), a restarted one adopts that BIRD,
+    // and `voxlb detach` withdraws.
+    m.daemons[0].as_mut().unwrap().stop().unwrap();
+    m.wait_nexthops(COMPILER_VIP4, &[2], SETTLE).unwrap();
+    m.keep_announcing = true;
+    std::fs::write(m.config_path(0), m.lb_config(0)).unwrap();
+    m.daemons[0].as_mut().unwrap().spawn().unwrap();
+    m.wait_nexthops(COMPILER_VIP4, &[0, 2], SETTLE).unwrap();
+    m.daemons[0].as_mut().unwrap().stop().unwrap();
+    sleep(Duration::from_secs(4)); // past the 3 s hold time
+    assert_eq!(
+        m.nexthops(COMPILER_VIP4).len(),
+        2,
+        "withdrawn despite keep_announcing_on_stop"
+    );
+    m.topo
+        .whoami_spread(vip(), 16, 4)
+        .expect("served with the daemon stopped");
+    m.daemons[0].as_mut().unwrap().spawn().unwrap();
+    let a = m.status(0).unwrap().announce.unwrap();
+    assert_eq!(a.bird_error, None);
+    m.daemons[0].as_mut().unwrap().stop().unwrap();
+    let config = m.config_path(0);
+    let out = m
+        .daemon(0)
+        .unwrap()
+        .cli(&["detach", "--config", config.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(out.code(), 0, "{}{}", out.stdout, out.stderr);
+    m.wait_nexthops(COMPILER_VIP4, &[2], SETTLE).unwrap();
 }
 
 /// keepalived pair: the master is the one with the VRRP address; an unfit

@@ -403,6 +403,8 @@ fn bench(which: &str, quick: bool) -> Result<()> {
         ]))?;
         let figures: String = out
             .lines()
+            // `-q` prints a progress dot before a test's first line.
+            .map(|l| l.trim_start_matches('.'))
             .filter(|l| l.starts_with("figure:") || l.starts_with("test "))
             .map(|l| format!("{l}\n"))
             .collect();
