@@ -567,3 +567,36 @@ fn include_mode_drives_a_sites_bird() {
     let r = routes();
     assert!(!r.contains("192.0.2.10/32"), "stop must withdraw:\n{r}");
 }
+
+#[test]
+fn metrics_show_fingerprints_fitness_announcements_and_sessions() {
+    let c = config(BGP).unwrap();
+    let bgp = c.bgp.clone().unwrap();
+    let mut st = status(&c, &HealthMap::new(), true, false);
+    let fp = st.services[0].fingerprint.clone().unwrap();
+    st.announce = Some(Box::new(announce::AnnounceView {
+        mode: "managed".into(),
+        drained: false,
+        vips: announce::decide(&bgp, &st.services, FIT),
+        sessions: bird::parse_protocols(
+            &bgp,
+            "voxlb_n0   BGP        ---        up     05:42:58.151  Established\n",
+        ),
+        bird_error: None,
+    }));
+    let stats = voxlb::control::StatsView {
+        reasons: vec![],
+        services: vec![],
+    };
+    let text = voxlb::metrics::render(&stats, &st);
+    for want in [
+        format!("voxlb_service_table_fingerprint{{service=\"compilers\",fingerprint=\"{fp}\"}} 1"),
+        "voxlb_host_attached 1".into(),
+        "voxlb_host_drained 0".into(),
+        "voxlb_vip_announced{vip=\"192.0.2.10\"} 1".into(),
+        "voxlb_vip_announced{vip=\"2001:db8::10\"} 0".into(),
+        "voxlb_bgp_session_established{neighbor=\"10.0.0.254\"} 1".into(),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in\n{text}");
+    }
+}
