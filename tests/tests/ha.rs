@@ -334,7 +334,10 @@ fn bgp_host_dies_and_host_joins_mid_transfer() {
     );
     all_intact(&m, transfers, load);
 
-    // A host joins.
+    // A host joins. Longer downloads: starting a host takes seconds on a
+    // loaded machine, and they must still be running when the router
+    // rehashes.
+    let load = Load::lasting(20);
     let transfers = m.topo.start_transfers(vip(), 16, load).unwrap();
     sleep(Duration::from_millis(1000));
     let t0 = Instant::now();
@@ -344,7 +347,9 @@ fn bgp_host_dies_and_host_joins_mid_transfer() {
         "figure: LB host start -> in the router's route after {} ms (voxlb start + BGP session + health)",
         (t0.elapsed().max(d)).as_millis()
     );
-    sleep(Duration::from_millis(1000));
+    m.topo
+        .whoami_spread(vip(), 32, 8)
+        .expect("connections after the join");
     assert!(m.forwarded(2).unwrap() > 0, "the new host got no traffic");
     all_intact(&m, transfers, load);
     assert_eq!(m.fingerprints(0).unwrap(), m.fingerprints(2).unwrap());
