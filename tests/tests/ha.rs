@@ -273,13 +273,15 @@ fn bgp_two_hosts_announce_spread_agree_drain_withdraw() {
     cli_ok(&m, 1, &["host", "undrain"]);
     m.wait_nexthops(COMPILER_VIP4, &[0, 1], SETTLE).unwrap();
 
-    // Every compiler fails: the compiler VIP is withdrawn, the CA VIP stays.
+    // Every compiler fails its health check (503): the compiler VIP is
+    // withdrawn, the CA VIP stays.
     let t0 = Instant::now();
     for c in &compilers {
-        m.topo.kill_backend(c);
+        m.topo.control(c, "POST", "/control/fail").unwrap();
     }
     m.wait_nexthops(COMPILER_VIP4, &[], SETTLE).unwrap();
     let t = t0.elapsed();
+
     println!(
         "figure: all compilers dead -> compiler VIP withdrawn after {t:?} (health 500 ms x fall 2)"
     );
@@ -326,11 +328,12 @@ fn bgp_host_dies_and_host_joins_mid_transfer() {
     // then every process of the host.
     let t0 = Instant::now();
     netns::ip(&m.lbs[1].ns, &["link", "set", "eth0", "down"]).unwrap();
+    let d = m.wait_nexthops(COMPILER_VIP4, &[0], SETTLE).unwrap();
+    let dead = t0.elapsed();
     m.kill_lb(1).unwrap();
-    m.wait_nexthops(COMPILER_VIP4, &[0], SETTLE).unwrap();
     println!(
         "figure: LB host death -> router stops using it after {} ms (BFD 100 ms x 3, hold 3 s)",
-        t0.elapsed().as_millis()
+        dead.max(d).as_millis()
     );
     all_intact(&m, transfers, load);
 
@@ -424,12 +427,15 @@ fn vrrp_failover_mid_transfer() {
     sleep(Duration::from_millis(1500));
     assert!(m.forwarded(0).unwrap() > 0);
     let before = m.forwarded(1).unwrap();
+    // Death: the link first (the adverts stop), then every process.
     let t0 = Instant::now();
-    m.kill_lb(0).unwrap();
+    netns::ip(&m.lbs[0].ns, &["link", "set", "eth0", "down"]).unwrap();
     m.wait_vrrp_master(1, SETTLE).unwrap();
+    let took = t0.elapsed();
+    m.kill_lb(0).unwrap();
     println!(
         "figure: VRRP master death -> standby holds the address after {} ms (advert 100 ms)",
-        t0.elapsed().as_millis()
+        took.as_millis()
     );
     all_intact(&m, transfers, load);
     assert!(
