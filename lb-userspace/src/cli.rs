@@ -111,6 +111,41 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check this host (for keepalived's track_script and monitoring).
+    Check {
+        /// Exit code by fitness: 0 fit, 3 daemon unreachable, 4 program
+        /// not attached, 5 host drained, 6 a service below --min-healthy.
+        #[arg(long, required = true)]
+        fit: bool,
+        /// Usable backends every compiler service needs.
+        #[arg(long, default_value_t = 1)]
+        min_healthy: u32,
+        /// Print nothing (keepalived logs only the exit code).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Withdraw (drain) or announce again (undrain) this host's VIPs.
+    #[command(subcommand)]
+    Host(HostCmd),
+}
+
+/// `voxlb host ...`
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// Withdraw every VIP of this host; flows that still arrive are
+    /// forwarded. Persists across restarts until `undrain`.
+    Drain {
+        /// Then wait until no packet has been forwarded for --quiet-secs.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 5)]
+        quiet_secs: u64,
+        /// Give up waiting (exit 1) after this long.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Announce the VIPs again.
+    Undrain,
 }
 
 /// `--interval`: a duration (humantime), 100 ms to 1 h.
@@ -180,6 +215,8 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
         Command::Status => Request::Status {},
         Command::Stats => Request::Stats {},
         Command::Flows { limit } => Request::Flows { limit: *limit },
+        Command::Host(HostCmd::Drain { .. }) => Request::HostDrain {},
+        Command::Host(HostCmd::Undrain) => Request::HostUndrain {},
         Command::Backend(b) => match b {
             BackendCmd::Add {
                 service,
@@ -242,7 +279,8 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
         | Command::Detach { .. }
         | Command::CheckConfig { .. }
         | Command::Top { .. }
-        | Command::GenDocs { .. } => {
+        | Command::GenDocs { .. }
+        | Command::Check { .. } => {
             return Err("not a client command".into());
         }
     })
@@ -419,6 +457,16 @@ fn render_status(s: &StatusView) -> String {
             list.join(", ")
         );
     }
+    let _ = writeln!(
+        out,
+        "program {}, host {}",
+        if s.attached {
+            "attached"
+        } else {
+            "NOT ATTACHED"
+        },
+        if s.drained { "DRAINED" } else { "in service" }
+    );
     out.push('\n');
     let rows: Vec<Vec<String>> = s
         .services
@@ -436,11 +484,15 @@ fn render_status(s: &StatusView) -> String {
                 v.kind.clone(),
                 v.vip.clone(),
                 format!("{}/{}", v.active, v.backends.len()),
+                dash(v.fingerprint.clone()),
                 note,
             ]
         })
         .collect();
-    out.push_str(&table(&["SERVICE", "KIND", "VIP", "USABLE", ""], &rows));
+    out.push_str(&table(
+        &["SERVICE", "KIND", "VIP", "USABLE", "FINGERPRINT", ""],
+        &rows,
+    ));
     for v in &s.services {
         for b in v
             .backends
@@ -455,6 +507,43 @@ fn render_status(s: &StatusView) -> String {
                 state_cell(b)
             );
         }
+    }
+    if let Some(a) = &s.announce {
+        out.push('\n');
+        let _ = writeln!(out, "bgp ({}):", a.mode);
+        if let Some(e) = &a.bird_error {
+            let _ = writeln!(out, "BIRD ERROR: {e}");
+        }
+        let rows: Vec<Vec<String>> = a
+            .vips
+            .iter()
+            .map(|v| {
+                vec![
+                    v.address.to_string(),
+                    if v.announced {
+                        "announced"
+                    } else {
+                        "withdrawn"
+                    }
+                    .into(),
+                    v.reason.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["VIP", "ANNOUNCEMENT", "WHY"], &rows));
+        let rows: Vec<Vec<String>> = a
+            .sessions
+            .iter()
+            .map(|x| {
+                vec![
+                    x.name.clone(),
+                    x.neighbor.to_string(),
+                    x.state.clone(),
+                    x.info.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["SESSION", "NEIGHBOR", "STATE", "INFO"], &rows));
     }
     out
 }

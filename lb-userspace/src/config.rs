@@ -96,6 +96,8 @@ pub struct Config {
     pub flow_capacity: u32,
     pub compiler_services: Vec<CompilerService>,
     pub ca_services: Vec<CaService>,
+    /// `[bgp]`: announce the VIPs through BIRD (see [`crate::announce`]).
+    pub bgp: Option<crate::announce::BgpConfig>,
 }
 
 /// A VIP: address, port and L4 protocol.
@@ -225,6 +227,7 @@ struct RawConfig {
     compiler_services: Vec<RawCompilerService>,
     #[serde(default)]
     ca_services: Vec<RawCaService>,
+    bgp: Option<crate::announce::RawBgp>,
 }
 
 #[derive(Deserialize)]
@@ -504,6 +507,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
 
+    let all_vips: Vec<Vip> = compiler_services
+        .iter()
+        .map(|s| s.vip)
+        .chain(ca_services.iter().map(|s| s.vip))
+        .collect();
+    let bgp = raw
+        .bgp
+        .map(|b| crate::announce::validate(b, &all_vips))
+        .transpose()?;
+
     Ok(Config {
         interfaces: raw.interfaces,
         xdp_mode: raw.xdp_mode,
@@ -516,6 +529,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         flow_capacity,
         compiler_services,
         ca_services,
+        bgp,
     })
 }
 

@@ -80,6 +80,10 @@ pub enum Request {
     Reload {},
     /// Flow-table census, rebuilds, health events and latency, start time.
     Telemetry {},
+    /// Withdraw every VIP of this host (maintenance); forwarding goes on.
+    HostDrain {},
+    /// Announce again.
+    HostUndrain {},
 }
 
 /// The daemon's answer.
@@ -127,6 +131,16 @@ pub struct StatusView {
     pub unresolved: Vec<IpAddr>,
     /// The last reload's error, if it failed (the old config stays).
     pub last_reload_error: Option<String>,
+    /// The XDP program is attached on every interface (its link pins are
+    /// in place).
+    #[serde(default)]
+    pub attached: bool,
+    /// `voxlb host drain` is in effect.
+    #[serde(default)]
+    pub drained: bool,
+    /// BGP announcements and sessions (with `[bgp]`).
+    #[serde(default)]
+    pub announce: Option<Box<crate::announce::AnnounceView>>,
 }
 
 /// `voxlb stats`.

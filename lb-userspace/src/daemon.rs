@@ -35,6 +35,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    announce::{self, bird::Announcer},
     config::{self, Config, ConfigError},
     control::{
         self, BackendStat, Call, FlowView, ReasonStat, Request, Response, ServiceStat, StatsView,
@@ -58,6 +59,13 @@ pub const PIN_CHECK: Duration = Duration::from_secs(5);
 /// How often, while a backend is retiring, the flow table is scanned for
 /// its open connections (and the backend freed when none is left).
 pub const RETIRE_TICK: Duration = Duration::from_secs(1);
+
+/// How often BIRD is supervised and its sessions read.
+pub const ANNOUNCE_TICK: Duration = Duration::from_secs(1);
+/// File in `state_dir` whose presence means `voxlb host drain` is in
+/// effect; it survives restarts, so a host under maintenance stays
+/// withdrawn until `voxlb host undrain`.
+pub const HOST_DRAIN_FILE: &str = "host-drained";
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +134,17 @@ struct Checker {
     check: HealthCheck,
     stop: watch::Sender<bool>,
     _task: JoinHandle<()>,
+    /// A probe has passed since it started. Only then does its backend
+    /// count for *announcing* a VIP: a checker reports "up" after a failed
+    /// first probe (only `fall` failures take a backend down), and a host
+    /// that just started must not attract traffic on that.
+    passed: bool,
+}
+
+impl Checker {
+    fn settled(&self) -> bool {
+        self.passed
+    }
 }
 
 /// Everything the daemon loop owns.
@@ -149,6 +168,10 @@ pub struct Daemon {
     /// Open connections of each retiring backend at the last scan.
     retire_counts: HashMap<(String, IpAddr), u64>,
     telemetry: crate::telemetry::Telemetry,
+    /// BIRD, with `[bgp]`.
+    announcer: Option<Announcer>,
+    /// `voxlb host drain` in effect.
+    drained: bool,
 }
 
 /// What [`run`] needs besides the config and the data plane.
@@ -203,7 +226,14 @@ impl Daemon {
             checkers: HashMap::new(),
             retire_counts: HashMap::new(),
             telemetry: Default::default(),
+            announcer: None,
+            drained: false,
         };
+        d.drained = d.config.state_dir.join(HOST_DRAIN_FILE).exists();
+        if d.drained {
+            warn!("host drained (voxlb host drain): no VIP is announced until voxlb host undrain");
+        }
+        d.announcer = d.config.bgp.clone().map(Announcer::new);
         let mut state = d.state.clone();
         let t0 = Instant::now();
         let plan = reconcile::plan(&d.config, &mut state, &d.health, &d.macs)?;
@@ -267,6 +297,93 @@ impl Daemon {
             }
         }
         self.views = new;
+        self.announce();
+    }
+
+    /// Whether the program is attached on every interface: the interface
+    /// exists and its link pin is in place (the daemon holds the link open
+    /// and puts a deleted pin back).
+    pub fn attached(&self) -> bool {
+        crate::fitness::program_attached(&self.config.pin_dir, &self.config.interfaces)
+    }
+
+    /// Decide what to announce and hand it to BIRD (no-op without `[bgp]`).
+    fn announce(&mut self) {
+        let host = announce::HostState {
+            attached: self.attached(),
+            drained: self.drained,
+        };
+        if self.announcer.is_none() {
+            return;
+        }
+        // Backends whose health is not settled count as unknown here.
+        let mut views = self.views.clone();
+        for s in &mut views {
+            for b in &mut s.backends {
+                let settled = self
+                    .checkers
+                    .get(&(s.name.clone(), b.address))
+                    .is_some_and(Checker::settled);
+                if !settled {
+                    b.healthy = None;
+                }
+            }
+        }
+        if let Some(a) = self.announcer.as_mut() {
+            let decision = announce::decide(a.config(), &views, host);
+            a.set(decision, host.drained);
+        }
+    }
+
+    /// Supervise BIRD, re-decide (attachment may change), read sessions.
+    pub fn announce_tick(&mut self) {
+        if self.announcer.is_none() {
+            return;
+        }
+        self.announce();
+        if let Some(a) = self.announcer.as_mut() {
+            a.tick();
+        }
+    }
+
+    /// The daemon stops: withdraw (see [`Announcer::stop`]).
+    pub fn stop_announcing(&mut self) {
+        if let Some(mut a) = self.announcer.take() {
+            a.stop();
+        }
+    }
+
+    /// `voxlb host drain` / `undrain`: persisted first, then announced.
+    fn set_host_drain(&mut self, drain: bool) -> Response {
+        let marker = self.config.state_dir.join(HOST_DRAIN_FILE);
+        let r = if drain {
+            std::fs::write(&marker, b"drained by voxlb host drain\n")
+        } else {
+            match std::fs::remove_file(&marker) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        };
+        if let Err(e) = r {
+            return Response::error(format!(
+                "not changed: cannot persist the drain in {}: {e}",
+                marker.display()
+            ));
+        }
+        let was = self.drained;
+        self.drained = drain;
+        self.announce();
+        let what = match (drain, was) {
+            (true, true) => "host was already drained",
+            (true, false) => {
+                "host drained: every VIP withdrawn; flows that still arrive are forwarded"
+            }
+            (false, false) => "host was not drained",
+            (false, true) => "host undrained: VIPs announced again where services are fit",
+        };
+        Response::Ok {
+            message: what.into(),
+        }
     }
 
     /// Make a change all-or-nothing (see the module docs). `change` edits a
@@ -498,6 +615,8 @@ impl Daemon {
             },
             Request::Reload {} => self.reload(),
             Request::Telemetry {} => Response::Telemetry(self.telemetry()),
+            Request::HostDrain {} => self.set_host_drain(true),
+            Request::HostUndrain {} => self.set_host_drain(false),
         }
     }
 
@@ -584,6 +703,7 @@ impl Daemon {
                 warn!("reload: {k} changed; it takes effect at the next restart");
             }
         }
+        let bgp_changed = new.bgp != self.config.bgp;
         let mut dropped = Vec::new();
         let mut retired = Vec::new();
         let old = self.config.clone();
@@ -643,6 +763,15 @@ impl Daemon {
                 }
                 self.last_reload_error = None;
                 info!("config reloaded from {}", path.display());
+                if bgp_changed {
+                    match (self.announcer.as_mut(), new.bgp.clone()) {
+                        (Some(a), Some(b)) => a.reconfigure(b),
+                        (Some(_), None) => self.stop_announcing(),
+                        (None, Some(b)) => self.announcer = Some(Announcer::new(b)),
+                        (None, None) => {}
+                    }
+                    self.announce();
+                }
                 self.solicit_unresolved();
                 self.sync_checkers();
             }
@@ -658,8 +787,12 @@ impl Daemon {
     /// A checker's verdict.
     pub fn on_health(&mut self, ev: HealthUpdate) {
         let key = (ev.service.clone(), ev.addr);
-        if !self.checkers.contains_key(&key) {
+        let Some(checker) = self.checkers.get_mut(&key) else {
             return; // a late event from a stopped checker
+        };
+        if ev.up && ev.detail == "ok" && !checker.passed {
+            checker.passed = true;
+            self.announce();
         }
         if self.health.get(&key) == Some(&ev.up) {
             return;
@@ -821,6 +954,7 @@ impl Daemon {
                     check,
                     stop,
                     _task: task,
+                    passed: false,
                 },
             );
         }
@@ -1057,6 +1191,9 @@ impl Daemon {
             services: self.views.clone(),
             unresolved: self.unresolved(),
             last_reload_error: self.last_reload_error.clone(),
+            attached: self.attached(),
+            drained: self.drained,
+            announce: self.announcer.as_ref().map(|a| Box::new(a.view())),
         }
     }
 
@@ -1243,6 +1380,7 @@ pub async fn run(
     let mut pins = tokio::time::interval(PIN_CHECK);
     let mut retire_tick = tokio::time::interval(RETIRE_TICK);
     let mut census = tokio::time::interval(crate::telemetry::CENSUS_INTERVAL);
+    let mut announce_tick = tokio::time::interval(ANNOUNCE_TICK);
     info!(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
@@ -1282,6 +1420,7 @@ pub async fn run(
             _ = pins.tick() => daemon.check_pins(),
             _ = retire_tick.tick() => daemon.retire_tick(),
             _ = census.tick() => daemon.census(),
+            _ = announce_tick.tick() => daemon.announce_tick(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
                 notifier.reloading();
@@ -1302,6 +1441,7 @@ pub async fn run(
     notifier.stopping();
     let _ = shutdown_tx.send(true);
     daemon.stop_checkers();
+    daemon.stop_announcing();
     let _ = server.await;
     if let Some(m) = metrics {
         let _ = m.await;

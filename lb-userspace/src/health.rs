@@ -410,7 +410,10 @@ pub fn spawn_checker(
 /// Probes run every `interval` (the first one at once; a slow probe delays
 /// the next tick rather than bunching them). Events: one after the first
 /// probe, with the state it leaves (up, unless `fall` is 1), then one per
-/// transition. The task ends when `shutdown` turns true or its sender is
+/// transition, plus one (up, "ok") at the first passing probe if the first
+/// probe failed: a backend reported up only because `fall` failures have not
+/// happened yet is not *known* to be up, and announcing a VIP over BGP waits
+/// for that knowledge (see `crate::announce`). The task ends when `shutdown` turns true or its sender is
 /// dropped, or when `tx` is closed.
 pub fn spawn_prober(
     target: Target,
@@ -432,6 +435,7 @@ async fn run_checker(
     let mut interval = tokio::time::interval(check.interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut first = true;
+    let mut passed = false;
     loop {
         let result = tokio::select! {
             biased;
@@ -460,7 +464,9 @@ async fn run_checker(
             ),
             (Ok(()), None) => {}
         }
-        if transition.is_none() && !first {
+        let first_pass = !passed && result.is_ok() && state.is_up();
+        passed |= first_pass;
+        if transition.is_none() && !first && !first_pass {
             continue;
         }
         first = false;

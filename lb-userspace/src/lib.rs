@@ -1,11 +1,13 @@
 //! voxlb control plane: loads and drives the XDP data plane.
 
+pub mod announce;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod docs;
+pub mod fitness;
 pub mod health;
 pub mod metrics;
 pub mod neigh;

@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode};
 use anyhow::Context;
 use clap::Parser;
 use voxlb::{
-    cli::{Cli, Command, EXIT_ERROR, EXIT_OK},
+    cli::{Cli, Command, EXIT_ERROR, EXIT_OK, HostCmd},
     config::{Config, XdpMode},
     control,
     daemon::{self, RunOptions},
@@ -25,6 +25,24 @@ fn main() -> ExitCode {
         Command::Detach { config } => {
             init_logging();
             report(detach(config))
+        }
+        Command::Check {
+            min_healthy, quiet, ..
+        } => voxlb::fitness::check_fit(&cli.socket, *min_healthy, *quiet),
+        Command::Host(HostCmd::Drain {
+            wait: true,
+            quiet_secs,
+            timeout_secs,
+        }) => {
+            let code = voxlb::cli::client(&cli);
+            if code != ExitCode::from(EXIT_OK) {
+                return code;
+            }
+            voxlb::fitness::wait_quiet(
+                &cli.socket,
+                std::time::Duration::from_secs(*quiet_secs),
+                std::time::Duration::from_secs(*timeout_secs),
+            )
         }
         Command::CheckConfig { config } => match Config::load(config)
             .map_err(|e| e.to_string())
@@ -185,6 +203,11 @@ fn detach(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     xdp::detach(&load_options(&config, false)).context("detaching")?;
+    // Nothing forwards now: nothing may attract traffic either (a BIRD
+    // left announcing by keep_announcing_on_stop included).
+    if let Some(bgp) = &config.bgp {
+        voxlb::announce::bird::withdraw_all(bgp, None);
+    }
     println!(
         "detached from {}; pinned maps removed",
         config.interfaces.join(", ")

@@ -286,6 +286,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             deadline.saturating_sub(now) / 1000
         );
     }
+    render_multi_host(&mut o, status);
     o
 }
 
@@ -422,4 +423,66 @@ pub fn family_names(page: &str) -> Vec<String> {
     v.sort();
     v.dedup();
     v
+}
+
+/// What several LB hosts must agree on and what they announce: the table
+/// fingerprint (an info metric: compare the label across hosts), the host's
+/// fitness, each VIP's announcement and each BGP session.
+fn render_multi_host(o: &mut String, status: &StatusView) {
+    let family = |o: &mut String, name: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+    };
+    family(
+        o,
+        "voxlb_service_table_fingerprint",
+        "Always 1; the label is a hash of the active Maglev table by backend address, equal on hosts that pick the same compilers.",
+    );
+    for s in &status.services {
+        if let Some(f) = &s.fingerprint {
+            let _ = writeln!(
+                o,
+                "voxlb_service_table_fingerprint{{service=\"{}\",fingerprint=\"{f}\"}} 1",
+                esc(&s.name)
+            );
+        }
+    }
+    family(
+        o,
+        "voxlb_host_attached",
+        "1 if the XDP program is attached on every interface.",
+    );
+    let _ = writeln!(o, "voxlb_host_attached {}", status.attached as u8);
+    family(
+        o,
+        "voxlb_host_drained",
+        "1 while voxlb host drain is in effect.",
+    );
+    let _ = writeln!(o, "voxlb_host_drained {}", status.drained as u8);
+    if let Some(a) = &status.announce {
+        family(
+            o,
+            "voxlb_vip_announced",
+            "1 if this host announces the VIP address over BGP.",
+        );
+        for v in &a.vips {
+            let _ = writeln!(
+                o,
+                "voxlb_vip_announced{{vip=\"{}\"}} {}",
+                v.address, v.announced as u8
+            );
+        }
+        family(
+            o,
+            "voxlb_bgp_session_established",
+            "1 if the BGP session with the neighbour is established.",
+        );
+        for x in &a.sessions {
+            let _ = writeln!(
+                o,
+                "voxlb_bgp_session_established{{neighbor=\"{}\"}} {}",
+                x.neighbor,
+                (x.info == "Established") as u8
+            );
+        }
+    }
 }

@@ -100,6 +100,32 @@ pub struct ServiceView {
     /// CA services: address of the backend that gets the flows, if any.
     pub ca_target: Option<IpAddr>,
     pub backends: Vec<BackendView>,
+    /// Compiler services: [`table_fingerprint`] of the active table. Equal
+    /// on two hosts = they send every new flow to the same compiler.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+/// A hash of a Maglev table by backend *address* (slot by slot), not by
+/// backend id: ids are local to a host, addresses are what two hosts must
+/// agree on. FNV-1a 64 over the table size and, per slot, the 17-byte
+/// identity of its backend (`0xff`s for an empty slot); 16 hex digits.
+pub fn table_fingerprint(table: &[u32], identity: &HashMap<u32, [u8; 17]>) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    eat(&(table.len() as u64).to_le_bytes());
+    let none = [0xffu8; 17];
+    for v in table {
+        eat(identity.get(v).unwrap_or(&none));
+    }
+    format!("{h:016x}")
 }
 
 /// One backend as the CLI shows it.
@@ -419,6 +445,8 @@ pub fn plan(
         for v in &mut views {
             v.slots = slots.get(&v.id).copied().unwrap_or(0);
         }
+        let ids: HashMap<u32, [u8; 17]> = entries.iter().map(|e| (e.value, e.identity)).collect();
+        let fingerprint = table_fingerprint(&table, &ids);
         desired.tables.insert(sid, table);
         services.push(ServiceView {
             name: svc.name.clone(),
@@ -429,6 +457,7 @@ pub fn plan(
             active: entries.len(),
             ca_target: None,
             backends: views,
+            fingerprint: Some(fingerprint),
         });
     }
 
@@ -471,6 +500,7 @@ pub fn plan(
             active: target.is_some() as usize,
             ca_target: target.map(|t| t.1),
             backends: views,
+            fingerprint: None,
         });
     }
     state.release_others(&keep);

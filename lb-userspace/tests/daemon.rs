@@ -668,6 +668,7 @@ fn metrics_render_every_family() {
         active,
         ca_target: None,
         backends,
+        fingerprint: None,
     };
     let status = StatusView {
         version: "0".into(),
@@ -694,6 +695,9 @@ fn metrics_render_every_family() {
         ],
         unresolved: vec![],
         last_reload_error: None,
+        attached: true,
+        drained: false,
+        announce: None,
     };
     let text = voxlb::metrics::render(&stats, &status);
     // The gauges come from the status view: one line per service and

@@ -608,6 +608,34 @@ async fn checker_reports_down_after_fall_and_up_after_rise() {
         .unwrap();
 }
 
+/// A backend is reported up after a failed first probe (only `fall`
+/// failures take it down); the first probe that passes is then reported too,
+/// though the state does not change: announcing a VIP over BGP waits for it.
+#[tokio::test]
+async fn checker_reports_the_first_passing_probe_after_a_failed_first_one() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let port = serve(Behavior::Switch(healthy.clone()), None).await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut check = http_check(port, Some("running"));
+    check.fall = 100;
+    let task = spawn_checker(target(), check, tx, stop_rx);
+
+    let first = next_event(&mut rx).await;
+    assert!(first.up, "{first:?}");
+    assert!(first.detail.contains("503"), "{first:?}");
+    healthy.store(true, Ordering::SeqCst);
+    let passed = next_event(&mut rx).await;
+    assert!(passed.up, "{passed:?}");
+    assert_eq!(passed.detail, "ok");
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("checker did not stop")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn checker_of_a_dead_backend_goes_down_and_stops_when_the_sender_goes() {
     let (tx, mut rx) = mpsc::channel(16);

@@ -72,6 +72,7 @@ fn snap(at: f64, k: u64) -> Snapshot {
                     backend("10.0.0.2", "c2", 2, 100, "draining", 0),
                     backend("10.0.0.3", "c3", 3, 50, "down", 0),
                 ],
+                fingerprint: None,
             },
             ServiceView {
                 name: "ca".into(),
@@ -82,10 +83,14 @@ fn snap(at: f64, k: u64) -> Snapshot {
                 active: 1,
                 ca_target: Some(ip("10.0.0.21")),
                 backends: vec![ca_primary, ca_standby],
+                fingerprint: None,
             },
         ],
         unresolved: vec![],
         last_reload_error: None,
+        attached: true,
+        drained: false,
+        announce: None,
     };
     let stats = StatsView {
         reasons: vec![

@@ -241,6 +241,28 @@ impl Daemon {
         Ok(d)
     }
 
+    /// A daemon in namespace `ns` with a config of its own (several LB
+    /// hosts in one topology: `crate::multi`); started like [`Self::start`].
+    pub fn start_in(
+        ns: &str,
+        config: PathBuf,
+        text: &str,
+        socket: PathBuf,
+        log: PathBuf,
+    ) -> anyhow::Result<Daemon> {
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        let mut d = Daemon {
+            bin: voxlb_bin()?,
+            config,
+            socket,
+            log,
+            ns: ns.to_owned(),
+            child: None,
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
     /// Starts `voxlb run` (again) and waits until it is ready.
     pub fn spawn(&mut self) -> anyhow::Result<()> {
         self.spawn_args(&[])

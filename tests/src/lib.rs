@@ -12,6 +12,8 @@
 //! - [`pattern`]: the deterministic body bytes, to check downloads.
 //! - [`daemon`]: the real `voxlb` daemon in a topology, and its CLI.
 //! - [`netns`]: namespaces, threads and runtimes inside them, cleanup.
+//! - [`multi`]: several LB hosts behind a BGP router (ECMP) or a
+//!   keepalived pair (VRRP), in one topology.
 //! - [`topology`]: the end-to-end topology (clients, LB, compilers, CAs
 //!   on one bridge), shared by the e2e tests, the demo and benchmarks.
 
@@ -19,6 +21,7 @@ pub mod backend;
 pub mod bench;
 pub mod client;
 pub mod daemon;
+pub mod multi;
 pub mod netns;
 pub mod pattern;
 pub mod pki;

@@ -650,6 +650,57 @@ impl Topology {
             .collect()
     }
 
+    /// Adds one more namespace `PREFIX-NAME` on the segment (veth `p-NAME`
+    /// on the bridge, `eth0` inside, offloads off, the addresses given),
+    /// removed with the topology. For topologies with several LB hosts and
+    /// a router (`crate::multi`).
+    pub fn add_node(&mut self, name: &str, ip4: Ipv4Addr, ip6: Ipv6Addr) -> anyhow::Result<Node> {
+        let ns = format!("{}-{name}", self.prefix);
+        netns::run("ip", &["netns", "add", &ns])?;
+        self.guard.namespaces.push(ns.clone());
+        netns::ip(&ns, &["link", "set", "lo", "up"])?;
+        let port = format!("p-{name}");
+        netns::ip(
+            &self.bridge_ns,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", IFACE, "netns", &ns,
+            ],
+        )?;
+        netns::ip(
+            &self.bridge_ns,
+            &["link", "set", &port, "master", "br0", "up"],
+        )?;
+        offloads_off(&self.bridge_ns, &port)?;
+        offloads_off(&ns, IFACE)?;
+        netns::ip(&ns, &["addr", "add", &format!("{ip4}/24"), "dev", IFACE])?;
+        netns::ip(
+            &ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                IFACE,
+                "nodad",
+            ],
+        )?;
+        netns::ip(&ns, &["link", "set", IFACE, "up"])?;
+        let mac = read_mac(&ns, IFACE)?;
+        Ok(Node {
+            name: name.to_owned(),
+            ns,
+            ip4,
+            ip6,
+            mac,
+        })
+    }
+
+    /// Kills and reaps `child` with the topology.
+    pub fn adopt_child(&mut self, child: Child) {
+        self.guard.children.push(child);
+    }
+
     /// Shell commands that remove the topology by hand.
     pub fn teardown_commands(&self) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -58,7 +58,8 @@ enum Cmd {
         #[arg(long)]
         cleanup: bool,
     },
-    /// Benchmarks: `dataplane`, `maglev`, `e2e` (vs HAProxy and nftables), or `all`.
+    /// Benchmarks: `dataplane`, `maglev`, `e2e` (vs HAProxy and nftables),
+    /// `ha` (failover figures of several LB hosts), or `all`.
     Bench {
         #[arg(default_value = "all")]
         which: String,
@@ -447,8 +448,38 @@ fn bench(which: &str, quick: bool) -> Result<()> {
         }
         ran = true;
     }
+    if all || which == "ha" {
+        step(
+            "bench ha (several LB hosts: failover figures from the namespace tests; needs root, bird, keepalived)",
+        );
+        // The figures are what tests/tests/ha.rs measures while it proves
+        // that no connection is lost; they are printed, never asserted.
+        let out = run_tee(cargo().args([
+            "test",
+            "-q",
+            "-p",
+            "voxlb-tests",
+            "--test",
+            "ha",
+            "--",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ]))?;
+        let figures: String = out
+            .lines()
+            // `-q` prints a progress dot before a test's first line.
+            .map(|l| l.trim_start_matches('.'))
+            .filter(|l| l.starts_with("figure:") || l.starts_with("test "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if !quick {
+            publish("ha", "cargo xtask bench ha", &figures)?;
+        }
+        ran = true;
+    }
     if !ran {
-        bail!("unknown benchmark {which:?}: use dataplane, maglev, e2e or all");
+        bail!("unknown benchmark {which:?}: use dataplane, maglev, e2e, ha or all");
     }
     Ok(())
 }

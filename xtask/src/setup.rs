@@ -23,7 +23,15 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "curl",
     "tmux",
+    // Several LB hosts (tests/tests/ha.rs): BGP through BIRD 2, VRRP
+    // through keepalived. Tests run their own instances in namespaces.
+    "bird2",
+    "keepalived",
 ];
+
+/// Services the packages above start on install: the tests run their own
+/// instances, a system-wide one would only get in the way (and announce).
+const STOP_SERVICES: &[&str] = &["bird", "keepalived"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -51,6 +59,14 @@ pub fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing))?;
+        for svc in STOP_SERVICES {
+            // Best effort: without systemd the package did not start it.
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", svc])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 
     let toolchains = String::from_utf8(

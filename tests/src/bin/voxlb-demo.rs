@@ -7,9 +7,14 @@
 //! voxlb-demo --cleanup  remove what a --keep (or a crashed demo) left
 //! ```
 //!
-//! Steps: build the topology (4 compilers, a CA and its standby), start
-//! `voxlb run`, drive agent-like TLS traffic; then drain one compiler, then
-//! kill another (its health check fails), then bring it back.
+//! What a site runs in production: two LB hosts, each with `voxlb run` and
+//! its BIRD announcing the VIPs to a router that spreads the agents' flows
+//! over both (ECMP, L4 hash, BFD). Steps: build the topology (router, 2 LB
+//! hosts, 4 compilers, a CA and its standby), start voxlb on both hosts,
+//! drive agent-like TLS traffic; drain one compiler, kill another (its
+//! health check fails), bring both back; then an LB host dies mid-transfer
+//! (link cut, voxlb and BIRD killed) and the downloads finish through the
+//! other; then it comes back.
 
 use std::{
     collections::BTreeMap,
@@ -26,10 +31,12 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
+use voxlb::control::Response;
 use voxlb_tests::{
-    daemon::{self, COMPILERS, Daemon, HealthTiming, Options},
+    daemon::{self, COMPILERS},
+    multi::{Multi, Upstream},
     netns,
-    topology::{self, Load, Spec, Topology, Transfer},
+    topology::{self, COMPILER_VIP4, Load, Spec, Transfer},
 };
 
 /// Name kind of everything the demo makes (tests use `vxe`).
@@ -49,11 +56,6 @@ struct Args {
     /// Seconds per step.
     #[arg(long, default_value_t = 14)]
     step_secs: u64,
-    /// Also serve the daemon's metrics and scrape them every 2 s into this
-    /// file (JSON lines: seconds since start, page); `dashboards/render.py`
-    /// draws the dashboard's queries from it (the README picture).
-    #[arg(long)]
-    metrics_log: Option<std::path::PathBuf>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -92,7 +94,6 @@ fn main() -> anyhow::Result<()> {
         unsafe { std::env::set_var("VOXLB_BIN", exe_dir.join("voxlb")) };
     }
     let mut demo = Demo::new(&exe_dir.join("voxlb-testd"), args.step_secs)?;
-    demo.metrics_log = args.metrics_log.clone();
     let result = demo.run();
     if let Err(e) = &result {
         demo.event(format!("stopped: {e:#}"));
@@ -119,8 +120,7 @@ struct Demo {
     stop: Arc<AtomicBool>,
     seen: Arc<Seen>,
     transfers: Vec<Transfer>,
-    daemon: Option<Daemon>,
-    topo: Topology,
+    m: Multi,
     start: Instant,
     events: Vec<String>,
     phase: String,
@@ -129,28 +129,29 @@ struct Demo {
     step: Duration,
     tty: bool,
     redraws: u64,
-    /// The previous `voxlb top` snapshot (rates are per redraw).
-    top_prev: Option<voxlb::top::Snapshot>,
-    metrics_log: Option<std::path::PathBuf>,
-    scraper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Demo {
     fn new(testd: &std::path::Path, step_secs: u64) -> anyhow::Result<Demo> {
-        println!("voxlb demo: building the topology (namespaces, bridge, veths, backends)...");
-        let topo = Topology::build(&Spec {
-            kind: KIND,
-            compilers: 4,
-            client_addrs: 16,
-            testd: testd.to_path_buf(),
-        })?;
+        println!(
+            "voxlb demo: building the topology (namespaces, bridge, router, 2 LB hosts, backends)..."
+        );
+        let m = Multi::build(
+            &Spec {
+                kind: KIND,
+                compilers: 4,
+                client_addrs: 16,
+                testd: testd.to_path_buf(),
+            },
+            2,
+            Upstream::Bgp,
+        )?;
         let now = Instant::now();
         let mut demo = Demo {
             stop: Arc::new(AtomicBool::new(false)),
             seen: Arc::new(Seen::default()),
             transfers: Vec::new(),
-            daemon: None,
-            topo,
+            m,
             start: now,
             events: Vec::new(),
             phase: "starting".into(),
@@ -159,13 +160,10 @@ impl Demo {
             step: Duration::from_secs(step_secs.clamp(3, 120)),
             tty: std::io::stdout().is_terminal(),
             redraws: 0,
-            top_prev: None,
-            metrics_log: None,
-            scraper: None,
         };
         demo.event(format!(
-            "topology {} built: clients, LB, 4 compilers, CA + standby on one bridge",
-            demo.topo.prefix
+            "topology {} built: agents, a BGP router (BIRD, ECMP), LB hosts lb and lb2, 4 compilers, CA + standby",
+            demo.m.topo.prefix
         ));
         Ok(demo)
     }
@@ -179,33 +177,35 @@ impl Demo {
     }
 
     fn run(&mut self) -> anyhow::Result<()> {
-        self.phase = "starting voxlb".into();
-        let d = Daemon::start(
-            &self.topo,
-            &Options {
-                compilers_in_config: 4,
-                health: HealthTiming::default(),
-            },
-        )?;
-        self.event(format!(
-            "voxlb run started in {} (pid {}), config {}",
-            self.topo.lb.ns,
-            d.pid().unwrap_or(0),
-            d.config.display()
-        ));
-        self.daemon = Some(d);
-        if let Some(path) = self.metrics_log.clone() {
-            self.start_scraper(&path)?;
+        self.phase = "starting voxlb on both LB hosts".into();
+        for i in 0..2 {
+            self.m.start_lb(i)?;
+            let d = self.m.daemon(i)?;
+            self.event(format!(
+                "voxlb run started on {} (pid {}), config {}, with its BIRD",
+                self.m.lbs[i].name,
+                d.pid().unwrap_or(0),
+                d.config.display()
+            ));
         }
+        let t = self
+            .m
+            .wait_nexthops(COMPILER_VIP4, &[0, 1], Duration::from_secs(30))?;
+        self.event(format!(
+            "router: {COMPILER_VIP4} via both LB hosts after {:.1}s (announced once health checks passed)",
+            t.as_secs_f64()
+        ));
         self.start_traffic();
         self.event("clients: 6 agents opening TLS connections to the VIP, one /whoami each".into());
 
-        self.phase = "1/4 balanced: Maglev spreads new connections evenly".into();
+        self.phase =
+            "1/6 balanced: the router spreads flows over 2 LB hosts, Maglev over 4 compilers"
+                .into();
         self.show_for(self.step)?;
 
-        let c2 = self.topo.compilers[1].clone();
-        self.transfers = self.topo.start_transfers(
-            self.topo.compiler_vip(false),
+        let c2 = self.m.topo.compilers[1].clone();
+        self.transfers = self.m.topo.start_transfers(
+            self.m.topo.compiler_vip(false),
             12,
             Load {
                 bytes: 4 * 1024 * 1024,
@@ -216,37 +216,81 @@ impl Demo {
         self.event("12 long downloads started (~25 s each)".into());
         self.cli(&["backend", "drain", COMPILERS, &c2.ip4.to_string()])?;
         self.phase = format!(
-            "2/4 {} drained: no new connections; its open ones (OPEN) continue",
+            "2/6 {} drained on both hosts: no new connections; its open ones (OPEN) continue",
             c2.name
         );
         self.show_for(self.step)?;
 
-        let c3 = self.topo.compilers[2].clone();
-        self.topo.kill_backend(&c3);
+        let c3 = self.m.topo.compilers[2].clone();
+        self.m.topo.kill_backend(&c3);
         self.event(format!(
             "killed the server on {} (kill -9): its health check will fail",
             c3.name
         ));
         self.phase = format!(
-            "3/4 {} dead: out after fall x interval; its share goes to the others",
+            "3/6 {} dead: out after fall x interval; its share goes to the others",
             c3.name
         );
         self.show_for(self.step + Duration::from_secs(4))?;
 
         self.cli(&["backend", "undrain", COMPILERS, &c2.ip4.to_string()])?;
-        self.topo.start_backend(&c3)?;
+        self.m.topo.start_backend(&c3)?;
         self.event(format!(
             "{} restarted, {} undrained: both come back (after `rise` checks)",
             c3.name, c2.name
         ));
-        self.phase = "4/4 recovered: all four share again".into();
+        self.phase = "4/6 recovered: all four share again".into();
+        self.show_for(self.step)?;
+        self.report_transfers(&c3.name);
+
+        // An LB host dies with downloads in flight.
+        self.m.wait_agree(Duration::from_secs(30))?;
+        self.transfers = self.m.topo.start_transfers(
+            self.m.topo.compiler_vip(false),
+            12,
+            Load {
+                bytes: 3 * 1024 * 1024,
+                chunk: 16 * 1024,
+                delay_ms: 100,
+            },
+        )?;
+        self.event("12 long downloads started (~19 s each), through both LB hosts".into());
+        std::thread::sleep(Duration::from_secs(2));
+        let dead = Instant::now();
+        netns::ip(&self.m.lbs[1].ns, &["link", "set", "eth0", "down"])?;
+        self.m.kill_lb(1)?;
+        self.event("lb2 DIED: link cut, voxlb and its BIRD killed (kill -9)".into());
+        self.m
+            .wait_nexthops(COMPILER_VIP4, &[0], Duration::from_secs(30))?;
+        self.event(format!(
+            "router: lb2 gone from the route {} ms after its death (BFD); its flows now reach lb, whose Maglev table sends them to the same compilers",
+            dead.elapsed().as_millis()
+        ));
+        self.phase = "5/6 lb2 dead: every agent flow goes through lb; downloads continue".into();
+        self.show_for(self.step)?;
+
+        self.m.revive_lb(1)?;
+        self.m.start_lb(1)?;
+        let t = self
+            .m
+            .wait_nexthops(COMPILER_VIP4, &[0, 1], Duration::from_secs(30))?;
+        self.event(format!(
+            "lb2 back: voxlb restarted (same pinned flow table), announced again after {:.1}s",
+            t.as_secs_f64()
+        ));
+        self.phase = "6/6 both LB hosts again: the router spreads flows over them".into();
         self.show_for(self.step)?;
 
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(s) = self.scraper.take() {
-            let _ = s.join();
-        }
+        self.report_transfers("(none)");
+        self.redraw();
+        Ok(())
+    }
+
+    /// Waits for the long downloads and reports how they ended.
+    fn report_transfers(&mut self, may_break: &str) {
         let results = self
+            .m
             .topo
             .finish_transfers(std::mem::take(&mut self.transfers));
         let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
@@ -256,86 +300,46 @@ impl Demo {
             .map(|(b, _)| b.as_str())
             .collect();
         self.event(format!(
-            "long downloads: {ok} finished intact, {} broken {:?} (only those on the killed {} may break)",
+            "long downloads: {ok} finished intact, {} broken {:?} (only those on the killed compiler {may_break} may break)",
             broken.len(),
             broken,
-            c3.name
         ));
-        self.redraw();
-        Ok(())
     }
 
+    /// The same CLI change on every running LB host: hosts must keep
+    /// identical tables (compare the fingerprints).
     fn cli(&mut self, args: &[&str]) -> anyhow::Result<()> {
-        let d = self.daemon.as_ref().context("daemon")?;
-        let out = d.cli(args)?;
-        anyhow::ensure!(
-            out.code() == 0,
-            "voxlb {} failed: {}",
-            args.join(" "),
-            out.stderr
-        );
-        self.event(format!("voxlb {}: {}", args.join(" "), out.stdout.trim()));
-        Ok(())
-    }
-
-    /// Restart the daemon with `metrics_listen` (the generated config has
-    /// none) and scrape `/metrics` in the LB namespace every 2 s.
-    fn start_scraper(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
-        const LISTEN: &str = "127.0.0.1:9814";
-        let d = self.daemon.as_mut().context("daemon")?;
-        d.stop()?;
-        let text = std::fs::read_to_string(&d.config)?;
-        std::fs::write(
-            &d.config,
-            text.replacen(
-                "\ninterfaces",
-                &format!("\nmetrics_listen = \"{LISTEN}\"\ninterfaces"),
-                1,
-            ),
-        )?;
-        d.spawn()?;
-        let mut out = std::fs::File::create(path)?;
-        let (stop, ns, start) = (self.stop.clone(), self.topo.lb.ns.clone(), self.start);
-        self.scraper = Some(std::thread::spawn(move || {
-            // Bounded: at most an hour of scrapes.
-            for _ in 0..1800 {
-                if stop.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed) {
-                    break;
-                }
-                let page = netns::run_in(&ns, || {
-                    use std::io::{Read, Write as _};
-                    let mut s = std::net::TcpStream::connect(LISTEN).ok()?;
-                    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-                    let mut body = String::new();
-                    s.read_to_string(&mut body).ok()?;
-                    Some(body.split_once("\r\n\r\n")?.1.to_owned())
-                });
-                if let Ok(Some(page)) = page {
-                    let line = serde_json::json!({
-                        "t": start.elapsed().as_secs_f64(),
-                        "page": page,
-                    });
-                    let _ = writeln!(out, "{line}");
-                }
-                std::thread::sleep(Duration::from_secs(2));
-            }
-        }));
-        self.event(format!(
-            "metrics at http://{LISTEN}/metrics, scraped into {}",
-            path.display()
-        ));
+        let mut said = Vec::new();
+        for i in 0..self.m.lbs.len() {
+            let Some(d) = self.m.daemons[i].as_ref() else {
+                continue;
+            };
+            let out = d.cli(args)?;
+            anyhow::ensure!(
+                out.code() == 0,
+                "voxlb {} on {} failed: {}",
+                args.join(" "),
+                self.m.lbs[i].name,
+                out.stderr
+            );
+            said.push(format!("{}: {}", self.m.lbs[i].name, out.stdout.trim()));
+        }
+        self.event(format!("voxlb {} -> {}", args.join(" "), said.join("; ")));
         Ok(())
     }
 
     /// Agents: 6 tasks, each opening one TLS connection after the other.
     fn start_traffic(&mut self) {
-        let vip = self.topo.compiler_vip(false);
-        let sources = self.topo.sources(false);
+        let vip = self.m.topo.compiler_vip(false);
+        let sources = self.m.topo.sources(false);
         for w in 0..6usize {
-            let (stop, seen, tls) = (self.stop.clone(), self.seen.clone(), self.topo.tls.clone());
+            let (stop, seen, tls) = (
+                self.stop.clone(),
+                self.seen.clone(),
+                self.m.topo.tls.clone(),
+            );
             let sources = sources.clone();
-            self.topo.rt.spawn(async move {
+            self.m.topo.rt.spawn(async move {
                 // Bounded: at most a million connections per agent.
                 for i in 0..1_000_000usize {
                     if stop.load(Ordering::Relaxed) {
@@ -399,7 +403,7 @@ impl Demo {
             out,
             "voxlb demo  t={:.0}s  ({})\n\nSTEP {}\n",
             self.start.elapsed().as_secs_f64(),
-            self.topo.prefix,
+            self.m.topo.prefix,
             self.phase
         );
         out.push_str(&table);
@@ -415,41 +419,156 @@ impl Demo {
         let _ = std::io::stdout().flush();
     }
 
-    /// The frame `voxlb top --once` prints (the shared renderer), and what
-    /// the clients saw.
     fn table(&mut self) -> anyhow::Result<String> {
-        let d = self.daemon.as_ref().context("daemon not running")?;
-        let cur = voxlb::top::snapshot(&d.socket, self.start)?;
-        let opts = voxlb::top::Options {
-            sort: voxlb::top::SortKey::Name,
-            reverse: false,
-            service: None,
-            paused: false,
+        let d = self.m.daemon(0).context("voxlb on lb not running")?;
+        let backends = match d.json(&["backend", "list"])? {
+            Response::Backends { services } => services,
+            other => anyhow::bail!("backend list: {other:?}"),
         };
-        let view = voxlb::top::View::build(self.top_prev.as_ref(), &cur, &opts);
-        let mut out = voxlb::top::render_text(&view);
-        self.top_prev = Some(cur);
-
+        let stats = match d.json(&["stats"])? {
+            Response::Stats(s) => s,
+            other => anyhow::bail!("stats: {other:?}"),
+        };
         let seen = self.seen.per_backend.lock().unwrap().clone();
         let dt = self.last_tick.elapsed().as_secs_f64().max(0.1);
         self.last_tick = Instant::now();
-        let per: Vec<String> = self
-            .topo
-            .compilers
-            .iter()
-            .map(|n| {
-                let served = seen.get(&n.name).copied().unwrap_or(0);
-                let rate = (served - self.last_seen.get(&n.name).copied().unwrap_or(0)) as f64 / dt;
-                format!("{} {rate:.0}/s", n.name)
-            })
-            .collect();
-        self.last_seen = seen;
+
+        let svc = backends.iter().find(|s| s.name == COMPILERS);
+        let svc_stats = stats.services.iter().find(|s| s.name == COMPILERS);
+        let mut out = String::new();
         let _ = writeln!(
             out,
-            "\nclients: {} connections answered ({}), {} failed",
+            "{:<9} {:<11} {:<9} {:<9} {:>6} {:>7} {:>8} {:>5} {:>9} {:>9} {:>10}",
+            "COMPILER",
+            "ADDRESS",
+            "STATE",
+            "HEALTH",
+            "SLOTS",
+            "CONN/S",
+            "SERVED",
+            "OPEN",
+            "BE_CONNS",
+            "XDP_PKTS",
+            "NEW_FLOWS"
+        );
+        for node in &self.m.topo.compilers {
+            let b = svc.and_then(|s| {
+                s.backends
+                    .iter()
+                    .find(|b| b.address == std::net::IpAddr::from(node.ip4))
+            });
+            let bs = svc_stats.and_then(|s| {
+                s.backends
+                    .iter()
+                    .find(|b| b.address == std::net::IpAddr::from(node.ip4))
+            });
+            let served = seen.get(&node.name).copied().unwrap_or(0);
+            let rate = (served - self.last_seen.get(&node.name).copied().unwrap_or(0)) as f64 / dt;
+            let be = self.m.topo.backend_stats(node).ok();
+            let _ = writeln!(
+                out,
+                "{:<9} {:<11} {:<9} {:<9} {:>6} {:>7.0} {:>8} {:>5} {:>9} {:>9} {:>10}",
+                node.name,
+                node.ip4.to_string(),
+                b.map(|b| b.state.as_str()).unwrap_or("-"),
+                match b.and_then(|b| b.healthy) {
+                    Some(true) => "up",
+                    Some(false) => "DOWN",
+                    None => "unchecked",
+                },
+                b.map(|b| b.slots).unwrap_or(0),
+                rate,
+                served,
+                be.map(|s| s.active_connections.to_string())
+                    .unwrap_or_else(|| "dead".into()),
+                be.map(|s| s.connections.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                bs.map(|b| b.packets).unwrap_or(0),
+                bs.map(|b| b.new_flows).unwrap_or(0),
+            );
+        }
+        self.last_seen = seen;
+        let ca = backends.iter().find(|s| s.name == daemon::CA);
+        let _ = writeln!(
+            out,
+            "\nclients: {} connections answered, {} failed;  CA VIP -> {}",
             self.last_seen.values().sum::<u64>(),
-            per.join(", "),
             self.seen.failed.load(Ordering::Relaxed),
+            ca.and_then(|s| s.ca_target)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+        let reasons: Vec<String> = stats
+            .reasons
+            .iter()
+            .filter(|r| r.packets > 0)
+            .map(|r| format!("{} {}", r.reason, r.packets))
+            .collect();
+        let _ = writeln!(out, "XDP reasons on lb (packets): {}", reasons.join(", "));
+        let _ = writeln!(
+            out,
+            "\n{:<6} {:<10} {:<22} {:<12} {:>10} {:<18}",
+            "LB", "ADDRESS", "VIP 10.77.1.10", "BGP SESSION", "XDP_PKTS", "FINGERPRINT"
+        );
+        for i in 0..self.m.lbs.len() {
+            let name = self.m.lbs[i].name.clone();
+            let addr = self.m.lbs[i].ip4.to_string();
+            let line = match self.m.status(i) {
+                Ok(st) => {
+                    let a = st.announce.unwrap_or_default();
+                    let vip = a
+                        .vips
+                        .iter()
+                        .find(|v| v.address == std::net::IpAddr::from(COMPILER_VIP4))
+                        .map(|v| {
+                            if v.announced {
+                                "announced"
+                            } else {
+                                "withdrawn"
+                            }
+                            .to_string()
+                        })
+                        .unwrap_or_else(|| "-".into());
+                    let session = a
+                        .sessions
+                        .first()
+                        .map(|x| x.info.clone())
+                        .unwrap_or_else(|| "-".into());
+                    let fp = st
+                        .services
+                        .iter()
+                        .find(|s| s.name == COMPILERS)
+                        .and_then(|s| s.fingerprint.clone())
+                        .unwrap_or_default();
+                    format!(
+                        "{name:<6} {addr:<10} {vip:<22} {session:<12} {:>10} {fp:<18}",
+                        self.m.forwarded(i).unwrap_or(0)
+                    )
+                }
+                Err(_) => format!("{name:<6} {addr:<10} {:<22}", "DEAD (no daemon)"),
+            };
+            let _ = writeln!(out, "{line}");
+        }
+        let hops: Vec<String> = self
+            .m
+            .nexthops(COMPILER_VIP4)
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "router: {COMPILER_VIP4} via {}",
+            if hops.is_empty() {
+                "nothing".to_string()
+            } else {
+                hops.join(", ")
+            }
+        );
+        let _ = writeln!(
+            out,
+            "\nSTATE/HEALTH/SLOTS: voxlb backend list   XDP_PKTS/NEW_FLOWS: voxlb stats\n\
+             CONN/S, SERVED: /whoami answers the clients got   OPEN, BE_CONNS: the backend's own counters (incl. health checks)\n\
+             LB table: voxlb status of each host (announcement, BGP session, table fingerprint) and its XDP forwarded packets"
         );
         Ok(out)
     }
@@ -457,22 +576,39 @@ impl Demo {
     /// `--keep`: leave everything up and say how to explore and remove it.
     fn keep(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let sock = daemon::socket_path(&self.topo);
+        let sock = daemon::socket_path(&self.m.topo);
         let bin = self
-            .daemon
-            .as_ref()
+            .m
+            .daemon(0)
             .map(|d| d.bin.clone())
-            .unwrap_or_else(|| PathBuf::from("voxlb"));
-        let lb = netns::ns_path(&self.topo.lb.ns);
-        let cl = netns::ns_path(&self.topo.client.ns);
-        let ca = self.topo.work_dir.join("pki/ca.pem");
-        let vip: SocketAddr = self.topo.compiler_vip(false);
-        let vip6: SocketAddr = self.topo.compiler_vip(true);
-        let c1 = &self.topo.compilers[0];
+            .unwrap_or_else(|_| PathBuf::from("voxlb"));
+        let lb = netns::ns_path(&self.m.topo.lb.ns);
+        let cl = netns::ns_path(&self.m.topo.client.ns);
+        let ca = self.m.topo.work_dir.join("pki/ca.pem");
+        let vip: SocketAddr = self.m.topo.compiler_vip(false);
+        let vip6: SocketAddr = self.m.topo.compiler_vip(true);
+        let c1 = &self.m.topo.compilers[0];
         let demo = std::env::current_exe().unwrap_or_else(|_| "voxlb-demo".into());
         println!(
             "\nThe topology stays up ({}). To explore it:\n",
-            self.topo.prefix
+            self.m.topo.prefix
+        );
+        if let Some(rt) = &self.m.router {
+            println!(
+                "  ip netns exec {} ip route show {COMPILER_VIP4}     # the router's ECMP route",
+                rt.ns
+            );
+            println!(
+                "  nsenter --net={} birdc -s {} show protocols",
+                netns::ns_path(&rt.ns),
+                self.m.topo.work_dir.join("router-bird.ctl").display()
+            );
+        }
+        println!(
+            "  nsenter --net={} {} --socket {} status     # the other LB host",
+            netns::ns_path(&self.m.lbs[1].ns),
+            bin.display(),
+            self.m.socket(1).display()
         );
         println!(
             "  nsenter --net={lb} {} --socket {} status",
@@ -513,12 +649,17 @@ impl Demo {
             c1.control(),
             c1.name
         );
-        println!("  ip netns list | grep {}", self.topo.prefix);
-        println!("  less {}", self.topo.work_dir.join("voxlb.log").display());
+        println!("  ip netns list | grep {}", self.m.topo.prefix);
+        println!(
+            "  less {}",
+            self.m.topo.work_dir.join("voxlb-lb.log").display()
+        );
         println!("\nTo remove it all:\n\n  {} --cleanup\n", demo.display());
-        if let Some(d) = self.daemon.take() {
-            d.leave_running();
+        for d in self.m.daemons.iter_mut() {
+            if let Some(d) = d.take() {
+                d.leave_running();
+            }
         }
-        self.topo.keep();
+        self.m.topo.keep();
     }
 }
