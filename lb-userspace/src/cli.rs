@@ -81,6 +81,8 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// On a compiler: unwrap IPIP/GUE traffic to the VIPs (routed forwarding).
+    Decap(crate::decap::DecapArgs),
 }
 
 /// `voxlb backend ...`
@@ -186,7 +188,10 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
                 service: service.as_deref().map(svc).transpose()?,
             },
         },
-        Command::Run { .. } | Command::Detach { .. } | Command::CheckConfig { .. } => {
+        Command::Run { .. }
+        | Command::Detach { .. }
+        | Command::CheckConfig { .. }
+        | Command::Decap(_) => {
             return Err("not a client command".into());
         }
     })

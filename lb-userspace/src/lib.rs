@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod decap;
 pub mod health;
 pub mod metrics;
 pub mod neigh;
