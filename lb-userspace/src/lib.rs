@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod neigh;
 pub mod object;
 pub mod reconcile;
+pub mod route;
 pub mod state;
 pub mod xdp;
