@@ -518,8 +518,11 @@ pub fn if_mtu(iface: &str) -> Option<u32> {
             &mut req,
         )
     };
+    if rc != 0 {
+        return None;
+    }
     // SAFETY: SIOCGIFMTU filled the ifru_mtu member.
-    (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_mtu } as u32)
+    Some(unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
 
 /// What this host lacks to receive encapsulated VIP traffic on `iface`.
