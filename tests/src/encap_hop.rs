@@ -54,6 +54,12 @@ pub struct HopSpec {
     /// Outer destinations (compilers); all of one family.
     pub compilers: Vec<IpAddr>,
     pub encap: Encap,
+    /// ICMP errors to a VIP (a router on the compilers' return path
+    /// telling the VIP "fragmentation needed" / "packet too big"): `true`
+    /// forwards each to the compiler of the flow it quotes, as the LB must;
+    /// `false` drops them, as an LB that passes them to its own kernel
+    /// effectively does.
+    pub steer_icmp: bool,
 }
 
 /// A running hop; stops and removes its device on drop.
@@ -64,6 +70,8 @@ pub struct EncapHop {
     pub sent: Arc<AtomicU64>,
     /// Packets that could not be sent (a send error).
     pub errors: Arc<AtomicU64>,
+    /// ICMP errors to a VIP seen (steered or not).
+    pub icmp: Arc<AtomicU64>,
     ns: String,
     dev: String,
 }
@@ -157,6 +165,44 @@ fn flow_hash(inner: &[u8]) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// For an ICMP "fragmentation needed" / ICMPv6 "packet too big", the
+/// quoted packet's header reversed (source and destination addresses and
+/// ports swapped), in the form [`flow_hash`] reads.
+fn quoted_flow(pkt: &[u8]) -> Option<Vec<u8>> {
+    match pkt[0] >> 4 {
+        4 => {
+            let ihl = ((pkt[0] & 0xf) as usize) * 4;
+            // ICMP type 3 code 4, the quoted IPv4 header 8 bytes later.
+            if pkt[9] != 1 || pkt.get(ihl) != Some(&3) || pkt.get(ihl + 1) != Some(&4) {
+                return None;
+            }
+            let q = pkt.get(ihl + 8..)?;
+            let qihl = ((q.first()? & 0xf) as usize) * 4;
+            let mut r = q.get(..qihl + 4)?.to_vec();
+            r[..20].copy_from_slice(&q[..20]);
+            r[12..16].copy_from_slice(&q[16..20]);
+            r[16..20].copy_from_slice(&q[12..16]);
+            r[qihl..qihl + 2].copy_from_slice(&q[qihl + 2..qihl + 4]);
+            r[qihl + 2..qihl + 4].copy_from_slice(&q[qihl..qihl + 2]);
+            Some(r)
+        }
+        6 => {
+            // ICMPv6 type 2 (packet too big), the quoted header 8 bytes later.
+            if pkt[6] != 58 || pkt.get(40) != Some(&2) {
+                return None;
+            }
+            let q = pkt.get(48..)?;
+            let mut r = q.get(..44)?.to_vec();
+            r[8..24].copy_from_slice(&q[24..40]);
+            r[24..40].copy_from_slice(&q[8..24]);
+            r[40..42].copy_from_slice(&q[42..44]);
+            r[42..44].copy_from_slice(&q[40..42]);
+            Some(r)
+        }
+        _ => None,
+    }
 }
 
 /// The outer packet (IP header onwards) around `inner`.
@@ -281,6 +327,7 @@ impl EncapHop {
             thread: None,
             sent: Arc::new(AtomicU64::new(0)),
             errors: Arc::new(AtomicU64::new(0)),
+            icmp: Arc::new(AtomicU64::new(0)),
             ns: spec.ns.clone(),
             dev: TUN_DEV.into(),
         };
@@ -307,6 +354,7 @@ impl EncapHop {
             )?;
         }
         let (stop, sent, errors) = (hop.stop.clone(), hop.sent.clone(), hop.errors.clone());
+        let (icmp, steer_icmp) = (hop.icmp.clone(), spec.steer_icmp);
         let compilers = spec.compilers.clone();
         let encap = spec.encap;
         hop.thread = Some(std::thread::spawn(move || {
@@ -327,7 +375,19 @@ impl EncapHop {
                 if n < 20 || !matches!(inner[0] >> 4, 4 | 6) {
                     continue;
                 }
-                let dst = compilers[flow_hash(inner) as usize % compilers.len()];
+                let hash = match quoted_flow(inner) {
+                    Some(quoted) => {
+                        icmp.fetch_add(1, Ordering::Relaxed);
+                        if !steer_icmp {
+                            continue;
+                        }
+                        // The quoted packet went compiler -> client: its
+                        // reverse is the client's flow, hashed the same way.
+                        flow_hash(&quoted)
+                    }
+                    None => flow_hash(inner),
+                };
+                let dst = compilers[hash as usize % compilers.len()];
                 let pkt = encapsulate(inner, src, dst, encap);
                 match send_to(&raw, &pkt, dst) {
                     Ok(()) => sent.fetch_add(1, Ordering::Relaxed),

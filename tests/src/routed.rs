@@ -3,6 +3,7 @@
 //! routed-forwarding (ipip/gue) end-to-end tests.
 //!
 //! ```text
+//!      ┌──────────── ret link (return path, optional small MTU) ───────┐
 //!   {p}-cl ──┐                                ┌── {p}-c1 .. {p}-cN
 //!   client   │   br0 (front)      br1 (back)  │   compilers, voxlb decap,
 //!   {p}-lb ──┼── 10.78.0.0/24 ── {p}-rt ── 10.78.2.0/24   VIPs on lo
@@ -17,9 +18,13 @@
 //!   so their replies (source: the VIP, DSR) go compiler → router → client
 //!   and never through the LB. The router routes the VIPs via the LB, so an
 //!   ICMP error it sends about a reply (to the VIP) reaches the LB.
-//! - `return_mtu` lowers the MTU of the router's front link (both veth
-//!   ends): the return path's narrow link, for path-MTU tests. Only large
-//!   replies use it; requests and ACKs are small.
+//! - The return path has a link of its own: the router reaches the client's
+//!   front address over a direct veth (`ret` 10.78.3.1 / fd78:3::1 <->
+//!   client `ret0` .100 / ::100), so compiler → router → client never
+//!   shares a link with LB → router → compiler. `return_mtu` lowers that
+//!   link's MTU (both ends): the narrow link of path-MTU tests, crossed only
+//!   by replies, while the forward path (encapsulated packets, and the
+//!   ICMP errors the LB forwards to compilers) keeps 1500.
 //! - The clients' VIP routes carry `mtu client_vip_mtu`: until the LB can
 //!   answer "too big" for encapsulated traffic, the client must not send
 //!   segments that do not fit after encapsulation (1500 - 48 worst case).
@@ -60,7 +65,7 @@ pub struct RoutedSpec {
     pub kind: &'static str,
     /// Compilers behind the router (1..=9).
     pub compilers: usize,
-    /// MTU of the router's front link (the return path), if lowered.
+    /// MTU of the return link (router -> client), if lowered.
     pub return_mtu: Option<u32>,
     /// MTU on the clients' routes to the VIPs.
     pub client_vip_mtu: u32,
@@ -335,10 +340,63 @@ fn wire(p: &mut Plan, guard: &mut Guard, spec: &RoutedSpec) -> anyhow::Result<()
         netns::ip(ns, &["-6", "addr", "add", a6, "dev", dev, "nodad"])?;
         netns::ip(ns, &["link", "set", dev, "up"])?;
     }
-    if let Some(mtu) = spec.return_mtu {
-        let m = mtu.to_string();
-        netns::ip(&p.router.ns, &["link", "set", "front", "mtu", &m])?;
-        netns::ip(&br, &["link", "set", "p-rt", "mtu", &m])?;
+    // The return link: router `ret` <-> client `ret0`, a direct veth. The
+    // router sends the replies to the client's front address over it, so
+    // only the return direction crosses it.
+    netns::ip(
+        &p.router.ns,
+        &[
+            "link",
+            "add",
+            "ret",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ret0",
+            "netns",
+            &p.client.ns,
+        ],
+    )?;
+    for (ns, dev, a4, a6) in [
+        (&p.router.ns, "ret", "10.78.3.1/24", "fd78:3::1/64"),
+        (&p.client.ns, "ret0", "10.78.3.100/24", "fd78:3::100/64"),
+    ] {
+        offloads_off(ns, dev)?;
+        netns::ip(ns, &["addr", "add", a4, "dev", dev])?;
+        netns::ip(ns, &["-6", "addr", "add", a6, "dev", dev, "nodad"])?;
+        if let Some(mtu) = spec.return_mtu {
+            netns::ip(ns, &["link", "set", dev, "mtu", &mtu.to_string()])?;
+        }
+        netns::ip(ns, &["link", "set", dev, "up"])?;
+    }
+    netns::ip(
+        &p.router.ns,
+        &[
+            "route",
+            "add",
+            &format!("{}/32", p.client.ip4),
+            "via",
+            "10.78.3.100",
+        ],
+    )?;
+    netns::ip(
+        &p.router.ns,
+        &[
+            "-6",
+            "route",
+            "add",
+            &format!("{}/128", p.client.ip6),
+            "via",
+            "fd78:3::100",
+        ],
+    )?;
+    // Replies to the client's front address arrive on ret0.
+    for k in [
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        netns::exec(&p.client.ns, "sysctl", &["-qw", k])?;
     }
     p.client.mac = read_mac(&p.client.ns, IFACE)?;
     p.lb.mac = read_mac(&p.lb.ns, IFACE)?;
