@@ -33,7 +33,7 @@ use lb_common::{
     Counter,
     decap::{self as names, DecapAddr, DecapConfig, DecapReason},
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::object::{DECAP_OBJECT, DECAP_PROGRAM_NAME};
 
@@ -427,7 +427,10 @@ fn load_and_attach(opts: &AttachOptions, locals: &BTreeSet<IpAddr>) -> Result<At
             DecapXdpMode::Generic => prog.attach(iface, AyaXdpMode::Skb).map_err(other)?,
             DecapXdpMode::Auto => match prog.attach(iface, AyaXdpMode::Driver) {
                 Ok(id) => id,
-                Err(_) => prog.attach(iface, AyaXdpMode::Skb).map_err(other)?,
+                Err(e) => {
+                    warn!(iface, error = %e, "decap: native XDP unavailable; using generic mode");
+                    prog.attach(iface, AyaXdpMode::Skb).map_err(other)?
+                }
             },
         };
         let link = prog.take_link(id).map_err(other)?;
