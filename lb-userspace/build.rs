@@ -1,4 +1,5 @@
-//! Builds the XDP object (lb-ebpf) on nightly and leaves it in OUT_DIR, where
+//! Builds the XDP objects of lb-ebpf (the load balancer, `lb-ebpf`, and the
+//! compiler-side decapsulator, `voxlb-decap`) on nightly and leaves it in OUT_DIR, where
 //! `src/object.rs` embeds it. `AYA_BUILD_SKIP=1` skips this (clippy of the
 //! userspace crate alone); the binary then refuses to load anything.
 fn main() -> anyhow::Result<()> {
@@ -8,6 +9,7 @@ fn main() -> anyhow::Result<()> {
     if skip {
         // An empty object keeps include_bytes! happy; loading it fails clearly.
         std::fs::write(out.join("lb-ebpf"), b"")?;
+        std::fs::write(out.join("voxlb-decap"), b"")?;
     }
     aya_build::build_ebpf(
         [aya_build::Package {

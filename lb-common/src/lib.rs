@@ -10,6 +10,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod decap;
 pub mod hash;
 #[cfg(feature = "alloc")]
 pub mod maglev;

@@ -9,6 +9,7 @@
 //! - [`fuzz`]: the structure-aware fuzzer and its reference model;
 //! - [`skip`]: the one way a test says it did not run.
 
+pub mod decap;
 pub mod fuzz;
 pub mod harness;
 pub mod object;

@@ -127,6 +127,8 @@ pub enum Command {
     /// Withdraw (drain) or announce again (undrain) this host's VIPs.
     #[command(subcommand)]
     Host(HostCmd),
+    /// On a compiler: unwrap IPIP/GUE traffic to the VIPs (routed forwarding).
+    Decap(crate::decap::DecapArgs),
 }
 
 /// `voxlb host ...`
@@ -280,7 +282,8 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
         | Command::CheckConfig { .. }
         | Command::Top { .. }
         | Command::GenDocs { .. }
-        | Command::Check { .. } => {
+        | Command::Check { .. }
+        | Command::Decap(_) => {
             return Err("not a client command".into());
         }
     })

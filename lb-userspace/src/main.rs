@@ -78,6 +78,10 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_ERROR)
             }
         },
+        Command::Decap(args) => {
+            init_logging();
+            ExitCode::from(voxlb::decap::run_cli(args, cli.json))
+        }
         _ => voxlb::cli::client(&cli),
     }
 }

@@ -91,6 +91,45 @@ impl Drop for Fd {
 
 impl MacResolver for NetlinkResolver {
     fn table(&mut self) -> Result<HashMap<IpAddr, [u8; 6]>, NeighError> {
+        let mut out = HashMap::new();
+        self.dump(|this, body| {
+            if let Some((_, addr, mac)) = this.parse_neigh(body) {
+                out.insert(addr, mac);
+            }
+        })?;
+        Ok(out)
+    }
+
+    fn solicit(&mut self, addr: IpAddr) {
+        let local: SocketAddr = match addr {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        if let Ok(s) = UdpSocket::bind(local) {
+            let _ = s.set_nonblocking(true);
+            // Discard port: harmless if it arrives, and the send makes the
+            // kernel resolve the neighbour first.
+            let _ = s.send_to(&[], (addr, 9));
+        }
+    }
+}
+
+impl NetlinkResolver {
+    /// Every usable neighbour keyed by (ifindex, address): one address can
+    /// be a neighbour on two interfaces with two MACs, and next-hop
+    /// resolution ([`crate::route`]) needs the one on the egress interface.
+    pub fn table_by_ifindex(&mut self) -> Result<HashMap<(u32, IpAddr), [u8; 6]>, NeighError> {
+        let mut out = HashMap::new();
+        self.dump(|this, body| {
+            if let Some((ifindex, addr, mac)) = this.parse_neigh(body) {
+                out.insert((ifindex, addr), mac);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// One RTM_GETNEIGH dump; `each` gets the body of every RTM_NEWNEIGH.
+    fn dump(&mut self, mut each: impl FnMut(&Self, &[u8])) -> Result<(), NeighError> {
         // SAFETY: plain socket(2) call.
         let fd = unsafe {
             libc::socket(
@@ -129,7 +168,6 @@ impl MacResolver for NetlinkResolver {
         if sent < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        let mut out = HashMap::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             // SAFETY: buf is valid for its length.
@@ -145,7 +183,7 @@ impl MacResolver for NetlinkResolver {
                     return Err(NeighError::Malformed);
                 }
                 match ty as i32 {
-                    libc::NLMSG_DONE => return Ok(out),
+                    libc::NLMSG_DONE => return Ok(()),
                     libc::NLMSG_ERROR => {
                         let errno = msgs
                             .get(16..20)
@@ -156,9 +194,7 @@ impl MacResolver for NetlinkResolver {
                         }
                     }
                     _ if ty == libc::RTM_NEWNEIGH => {
-                        if let Some((addr, mac)) = self.parse_neigh(&msgs[NLMSG_HDRLEN..len]) {
-                            out.insert(addr, mac);
-                        }
+                        each(self, &msgs[NLMSG_HDRLEN..len]);
                     }
                     _ => {}
                 }
@@ -167,22 +203,8 @@ impl MacResolver for NetlinkResolver {
         }
     }
 
-    fn solicit(&mut self, addr: IpAddr) {
-        let local: SocketAddr = match addr {
-            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        if let Ok(s) = UdpSocket::bind(local) {
-            let _ = s.set_nonblocking(true);
-            // Discard port: harmless if it arrives, and the send makes the
-            // kernel resolve the neighbour first.
-            let _ = s.send_to(&[], (addr, 9));
-        }
-    }
-}
-
-impl NetlinkResolver {
-    fn parse_neigh(&self, body: &[u8]) -> Option<(IpAddr, [u8; 6])> {
+    /// (ifindex, address, MAC) of a usable neighbour message.
+    fn parse_neigh(&self, body: &[u8]) -> Option<(u32, IpAddr, [u8; 6])> {
         if body.len() < NDMSG_LEN {
             return None;
         }
@@ -212,7 +234,7 @@ impl NetlinkResolver {
             attrs = &attrs[align4(len).min(attrs.len())..];
         }
         let mac = mac.filter(|m| *m != [0; 6])?;
-        Some((dst?, mac))
+        Some((ifindex, dst?, mac))
     }
 }
 
@@ -238,7 +260,7 @@ mod tests {
         m.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0, 0]);
         assert_eq!(
             r.parse_neigh(&m),
-            Some(("10.0.0.1".parse().unwrap(), [2, 0, 0, 0, 0, 1]))
+            Some((2, "10.0.0.1".parse().unwrap(), [2, 0, 0, 0, 0, 1]))
         );
         // Incomplete entries and other interfaces are not usable.
         let mut inc = m.clone();

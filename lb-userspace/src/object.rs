@@ -5,3 +5,11 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Name of the XDP program inside [`EBPF_OBJECT`].
 pub const PROGRAM_NAME: &str = "voxlb";
+
+/// The compiled decapsulator object (`voxlb decap`), a second bin of the
+/// lb-ebpf crate with its own maps (empty with `AYA_BUILD_SKIP=1`).
+pub static DECAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/voxlb-decap"));
+
+/// Name of the XDP program inside [`DECAP_OBJECT`].
+pub const DECAP_PROGRAM_NAME: &str = "voxlb_decap";

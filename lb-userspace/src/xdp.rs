@@ -703,7 +703,7 @@ fn bpf_obj_pin(fd: &OwnedFd, path: &Path) -> std::io::Result<()> {
     bpf_obj(BPF_OBJ_PIN, path, fd.as_raw_fd() as u32).map(|_| ())
 }
 
-fn check_bpffs(dir: &Path) -> Result<()> {
+pub(crate) fn check_bpffs(dir: &Path) -> Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(other)?;
     // SAFETY: statfs writes into the zeroed struct we pass; `c` is a valid C string.

@@ -484,40 +484,9 @@ impl Topology {
     /// Starts `voxlb-testd` on `node` (HTTPS on `[::]:8140`, control on
     /// `[::]:9140`) and waits for its ready line.
     pub fn start_backend(&mut self, node: &Node) -> anyhow::Result<()> {
-        let pki = self.work_dir.join("pki");
-        let log = std::fs::File::create(self.work_dir.join(format!("{}.log", node.name)))?;
-        let mut child = netns::command_in(&node.ns, &self.testd)
-            .args(["--name", &node.name, "--listen"])
-            .arg(format!("[::]:{PORT}"))
-            .arg("--cert")
-            .arg(pki.join(format!("{}.pem", node.name)))
-            .arg("--key")
-            .arg(pki.join(format!("{}.key", node.name)))
-            .arg("--control")
-            .arg(format!("[::]:{CONTROL_PORT}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.testd.display()))?;
-        let stdout = child.stdout.take().context("testd stdout")?;
+        let child = spawn_testd(&self.testd, &self.work_dir, node)?;
         self.guard.children.push(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            // Drain until the process ends.
-            for _ in lines {}
-        });
-        match rx.recv_timeout(PATIENCE) {
-            Ok(Some(Ok(line))) if line.contains("\"ready\":true") => Ok(()),
-            other => bail!(
-                "backend {} did not get ready ({other:?}); see {}",
-                node.name,
-                self.work_dir.join(format!("{}.log", node.name)).display()
-            ),
-        }
+        Ok(())
     }
 
     /// Kills (SIGKILL) the backend process of `node`: it stops answering,
@@ -805,8 +774,51 @@ pub async fn whoami(
     .with_context(|| format!("whoami from {src} to {vip} timed out"))?
 }
 
+/// Starts `voxlb-testd` on `node` (HTTPS on `[::]:8140`, control on
+/// `[::]:9140`, certificate `work_dir/pki/NAME.pem`) and waits for its
+/// ready line. The caller owns (and must kill) the child.
+pub fn spawn_testd(testd: &Path, work_dir: &Path, node: &Node) -> anyhow::Result<Child> {
+    let pki = work_dir.join("pki");
+    let log = std::fs::File::create(work_dir.join(format!("{}.log", node.name)))?;
+    let mut child = netns::command_in(&node.ns, testd)
+        .args(["--name", &node.name, "--listen"])
+        .arg(format!("[::]:{PORT}"))
+        .arg("--cert")
+        .arg(pki.join(format!("{}.pem", node.name)))
+        .arg("--key")
+        .arg(pki.join(format!("{}.key", node.name)))
+        .arg("--control")
+        .arg(format!("[::]:{CONTROL_PORT}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", testd.display()))?;
+    let stdout = child.stdout.take().context("testd stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next();
+        let _ = tx.send(first);
+        // Drain until the process ends.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(Some(Ok(line))) if line.contains("\"ready\":true") => Ok(child),
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "backend {} did not get ready ({other:?}); see {}",
+                node.name,
+                work_dir.join(format!("{}.log", node.name)).display()
+            )
+        }
+    }
+}
+
 /// `ethtool -K DEV tx off txvlan off` (see docs/e2e.md).
-fn offloads_off(ns: &str, dev: &str) -> anyhow::Result<()> {
+pub fn offloads_off(ns: &str, dev: &str) -> anyhow::Result<()> {
     netns::exec(ns, "ethtool", &["-K", dev, "tx", "off", "txvlan", "off"]).map(|_| ())
 }
 
