@@ -25,8 +25,7 @@ use std::{
 
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_RETIRING, BackendInfo, KIND_CA,
-    KIND_COMPILER,
-    NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
+    KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
     maglev::{self, Entry},
     reason::Verdict,
 };

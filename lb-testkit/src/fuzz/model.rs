@@ -245,7 +245,8 @@ impl World {
             if usable && be.generation == generation {
                 // The agent's first FIN/RST marks the entry closed, whatever
                 // the frame's destination MAC.
-                let mark = (flow.is_close() && !closed).then(|| (flow.id(), (id, generation, true)));
+                let mark =
+                    (flow.is_close() && !closed).then(|| (flow.id(), (id, generation, true)));
                 let info = VipInfo {
                     service_id: be.service_id,
                     kind: KIND_COMPILER,
