@@ -435,6 +435,19 @@ impl World {
         let Some(info) = self.vips.get(&vk).copied() else {
             return Expected::of(Reason::PassNotVip);
         };
+        // A source claiming to be a VIP address is dropped before anything
+        // is chosen (no flow of such a source can exist).
+        if self
+            .vips
+            .keys()
+            .any(|v| v.family == key.family && v.addr == key.src)
+        {
+            return Expected {
+                reason: Reason::DropSpoofedSource,
+                backend: None,
+                vip: Some(info),
+            };
+        }
         let chosen = match info.kind {
             KIND_COMPILER => self.compiler(info.service_id, &key),
             KIND_CA => self.ca(info.service_id),
