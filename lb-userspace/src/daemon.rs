@@ -177,6 +177,10 @@ impl Daemon {
             warn!("{line}");
         }
         reconcile::recover_from_dataplane(&mut state, &config, dp.as_ref())?;
+        let mut dp = dp;
+        if let Err(e) = dp.set_flood_threshold(config.flood_threshold) {
+            warn!("setting the flood threshold: {e}");
+        }
         let macs = match resolver.table() {
             Ok(t) => t,
             Err(e) => {
@@ -573,6 +577,12 @@ impl Daemon {
             if changed {
                 warn!("reload: {k} changed; it takes effect at the next restart");
             }
+        }
+        // The flood threshold is one map word: it changes at once.
+        if new.flood_threshold != self.config.flood_threshold
+            && let Err(e) = self.dp.set_flood_threshold(new.flood_threshold)
+        {
+            warn!("reload: setting the flood threshold: {e}");
         }
         let mut dropped = Vec::new();
         let mut retired = Vec::new();
@@ -1088,7 +1098,11 @@ impl Daemon {
                 backends,
             });
         }
-        Ok(StatsView { reasons, services })
+        Ok(StatsView {
+            reasons,
+            services,
+            flood: self.dp.flood_status()?,
+        })
     }
 
     /// Up to `limit` flows, with the backend each one maps to now.

@@ -42,7 +42,7 @@ use lb_common::{
 use tracing::{info, warn};
 
 use crate::{
-    dataplane::{DataPlane, DataPlaneError, Result},
+    dataplane::{DataPlane, DataPlaneError, FloodStatus, Result},
     object::{EBPF_OBJECT, PROGRAM_NAME},
 };
 
@@ -420,43 +420,6 @@ impl XdpDataPlane {
         })
         .map_err(|e| other(format!("reading {}: {e}", names::FLOWS6)))?;
         Ok((n4, n6))
-    }
-
-    /// Set the flood-mode threshold: new-flow inserts per second per CPU
-    /// above which SYNs are forwarded without an entry (0 = never).
-    pub fn set_flood_threshold(&mut self, per_cpu_per_s: u32) -> Result<()> {
-        self.config
-            .set(
-                0,
-                DpConfig {
-                    flood_threshold: per_cpu_per_s,
-                    _pad: 0,
-                },
-                0,
-            )
-            .map_err(map_err(names::CONFIG))
-    }
-
-    /// Flood-mode state: the threshold, and per CPU whether it is in flood
-    /// mode now, its SYNs forwarded without an entry and its flood windows.
-    pub fn flood_status(&self) -> Result<FloodStatus> {
-        let threshold = self
-            .config
-            .get(&0, 0)
-            .map_err(map_err(names::CONFIG))?
-            .flood_threshold;
-        let now = crate::retire::monotonic_ns();
-        let per_cpu = self.flood.get(&0, 0).map_err(map_err(names::FLOOD))?;
-        let mut st = FloodStatus {
-            threshold,
-            ..FloodStatus::default()
-        };
-        for f in per_cpu.iter() {
-            st.cpus_in_flood += u32::from(f.in_flood(threshold, now));
-            st.flood_syns += f.flood_syns;
-            st.flood_windows += f.flood_windows;
-        }
-        Ok(st)
     }
 
     /// Forwarded packets, bytes and new flows per backend id (summed over
@@ -971,19 +934,6 @@ impl Drop for Mmap {
     }
 }
 
-/// Flood-mode state over all CPUs (see [`XdpDataPlane::flood_status`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FloodStatus {
-    /// Configured new-flow inserts per second per CPU (0 = off).
-    pub threshold: u32,
-    /// CPUs in flood mode now.
-    pub cpus_in_flood: u32,
-    /// SYNs (and new UDP flows) forwarded without a flow entry, ever.
-    pub flood_syns: u64,
-    /// One-second windows that went into flood mode, over all CPUs, ever.
-    pub flood_windows: u64,
-}
-
 /// Result of one BPF_PROG_TEST_RUN.
 #[derive(Debug, Clone)]
 pub struct RunOutput {
@@ -1360,6 +1310,39 @@ impl DataPlane for XdpDataPlane {
             repinned = true;
         }
         Ok(repinned)
+    }
+
+    fn set_flood_threshold(&mut self, per_cpu_per_s: u32) -> Result<()> {
+        self.config
+            .set(
+                0,
+                DpConfig {
+                    flood_threshold: per_cpu_per_s,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err(names::CONFIG))
+    }
+
+    fn flood_status(&self) -> Result<FloodStatus> {
+        let threshold = self
+            .config
+            .get(&0, 0)
+            .map_err(map_err(names::CONFIG))?
+            .flood_threshold;
+        let now = crate::retire::monotonic_ns();
+        let per_cpu = self.flood.get(&0, 0).map_err(map_err(names::FLOOD))?;
+        let mut st = FloodStatus {
+            threshold,
+            ..FloodStatus::default()
+        };
+        for f in per_cpu.iter() {
+            st.cpus_in_flood += u32::from(f.in_flood(threshold, now));
+            st.flood_syns += f.flood_syns;
+            st.flood_windows += f.flood_windows;
+        }
+        Ok(st)
     }
 
     fn scan_flows(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<()> {
