@@ -14,4 +14,5 @@ pub mod packet;
 pub mod reconcile;
 pub mod retire;
 pub mod state;
+pub mod tables;
 pub mod xdp;

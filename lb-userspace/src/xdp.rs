@@ -406,6 +406,14 @@ impl XdpDataPlane {
         }
     }
 
+    /// Write one entry under a raw IPv4 key (the benchmark's floor program
+    /// looks up 16 bytes of the frame as they are).
+    pub fn insert_flow4(&mut self, key: &FlowKeyV4, value: FlowValue) -> Result<()> {
+        self.flows4
+            .insert(key, value, 0)
+            .map_err(map_err(names::FLOWS4))
+    }
+
     /// Entries in the IPv4 and the IPv6 flow table (a batched walk).
     pub fn flow_counts(&self) -> Result<(usize, usize)> {
         let (mut n4, mut n6) = (0, 0);
