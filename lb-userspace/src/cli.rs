@@ -393,6 +393,21 @@ fn render_status(s: &StatusView) -> String {
         })
         .collect();
     out.push_str(&table(&["SERVICE", "KIND", "VIP", "USABLE", ""], &rows));
+    for v in &s.services {
+        for b in v
+            .backends
+            .iter()
+            .filter(|b| b.retire_deadline_unix_ms.is_some())
+        {
+            let _ = writeln!(
+                out,
+                "{} {}: {} (removed; connections finishing)",
+                v.name,
+                b.address,
+                state_cell(b)
+            );
+        }
+    }
     out
 }
 

@@ -872,6 +872,30 @@ async fn remove_retires_until_the_last_connection_ends_then_frees_the_slot() {
     let (code, out, _) = tokio::task::block_in_place(|| h.cli(&["backend", "list"]));
     assert_eq!(code, 0);
     assert!(out.contains("retiring (3 open, 9m5"), "{out}");
+    let (_, status, _) = tokio::task::block_in_place(|| h.cli(&["status"]));
+    assert!(
+        status.contains("compilers 10.0.0.1: retiring (3 open, 9m5"),
+        "{status}"
+    );
+    let (Response::Stats(stats), Response::Status(st)) = (
+        h.req(Request::Stats {}).await,
+        h.req(Request::Status {}).await,
+    ) else {
+        panic!()
+    };
+    let metrics = voxlb::metrics::render(&stats, &st);
+    assert!(
+        metrics.contains(
+            "voxlb_backend_retiring_open_flows{service=\"compilers\",backend=\"10.0.0.1\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "voxlb_backend_retiring_seconds_left{service=\"compilers\",backend=\"10.0.0.1\"} 59"
+        ),
+        "{metrics}"
+    );
     // The operator cannot drain or re-remove it; `add` is the way back.
     let r = h.req(remove_req("10.0.0.1", false)).await;
     assert!(msg(&r).contains("already retiring: 3 open"), "{r:?}");
