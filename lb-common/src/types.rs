@@ -117,8 +117,10 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// Key of the IPv4 flow table (`vx_flows4_v2`): 16 bytes.
-#[repr(C)]
+/// Key of the IPv4 flow table (`vx_flows4_v2`): 16 bytes. Aligned to 8
+/// (no size change) so the data plane copies and hashes it in words, not
+/// byte by byte.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKeyV4 {
     pub src: [u8; 4],
@@ -131,8 +133,8 @@ pub struct FlowKeyV4 {
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
 
 /// Key of the IPv6 flow table (`vx_flows6_v2`): 40 bytes, no family tag
-/// (the map is the family).
-#[repr(C)]
+/// (the map is the family). Aligned to 8 like [`FlowKeyV4`].
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKeyV6 {
     pub src: [u8; 16],
