@@ -793,6 +793,10 @@ fn scan_percpu_array<V: Copy + Default>(
     )
 }
 
+/// Receives one batch: raw keys, raw values, and how many entries; returns
+/// false to stop the walk.
+type BatchVisitor<'a> = dyn FnMut(&[u8], &[u8], usize) -> bool + 'a;
+
 /// BPF_MAP_LOOKUP_BATCH over a whole map, [`SCAN_BATCH`] entries at a time,
 /// handing each batch's raw keys, values and count to `visit` (which
 /// returns false to stop).
@@ -800,7 +804,7 @@ fn scan_raw(
     fd: &OwnedFd,
     key_size: usize,
     value_size: usize,
-    visit: &mut dyn FnMut(&[u8], &[u8], usize) -> bool,
+    visit: &mut BatchVisitor,
 ) -> std::io::Result<()> {
     let mut chunk = SCAN_BATCH;
     let mut keys = vec![0u8; chunk * key_size];
@@ -910,26 +914,26 @@ impl Mmap {
     }
 
     fn load_u32(&self, off: usize) -> u32 {
-        assert!(off + 4 <= self.len && off % 4 == 0);
+        assert!(off + 4 <= self.len && off.is_multiple_of(4));
         // SAFETY: in bounds and aligned (checked); the kernel may write it
         // concurrently, hence volatile.
         unsafe { std::ptr::read_volatile(self.ptr.add(off) as *const u32) }
     }
 
     fn store_u32(&mut self, off: usize, v: u32) {
-        assert!(off + 4 <= self.len && off % 4 == 0);
+        assert!(off + 4 <= self.len && off.is_multiple_of(4));
         // SAFETY: as in `load_u32`; an aligned 4-byte store is atomic.
         unsafe { std::ptr::write_volatile(self.ptr.add(off) as *mut u32, v) }
     }
 
     fn load_u64(&self, off: usize) -> u64 {
-        assert!(off + 8 <= self.len && off % 8 == 0);
+        assert!(off + 8 <= self.len && off.is_multiple_of(8));
         // SAFETY: as in `load_u32`.
         unsafe { std::ptr::read_volatile(self.ptr.add(off) as *const u64) }
     }
 
     fn store_u64(&mut self, off: usize, v: u64) {
-        assert!(off + 8 <= self.len && off % 8 == 0);
+        assert!(off + 8 <= self.len && off.is_multiple_of(8));
         // SAFETY: as in `load_u32`; an aligned 8-byte store is atomic.
         unsafe { std::ptr::write_volatile(self.ptr.add(off) as *mut u64, v) }
     }
