@@ -1114,8 +1114,12 @@ impl Daemon {
             .map(|(n, id)| (*id, n.as_str()))
             .collect();
         let mut out = Vec::new();
+        // One backend read per backend, not per flow.
+        let mut backends: BTreeMap<u32, lb_common::BackendInfo> = BTreeMap::new();
         for (k, v) in self.dp.flows(limit)? {
-            let info = self.dp.backend(v.backend_id).unwrap_or_default();
+            let info = *backends
+                .entry(v.backend_id)
+                .or_insert_with(|| self.dp.backend(v.backend_id).unwrap_or_default());
             let stale = info.state == BACKEND_EMPTY || info.generation != v.generation;
             let sock = |a: &[u8; 16], port_be: u16| match addr_from_bytes(a, k.family) {
                 Some(ip) => std::net::SocketAddr::new(ip, u16::from_be(port_be)).to_string(),
