@@ -33,22 +33,125 @@ const fn word(b: &[u8; 16], i: usize) -> u32 {
     u32::from_le_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]])
 }
 
+#[inline(always)]
+const fn word4(b: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*b)
+}
+
+/// The hash over the key's words: addresses as four little-endian words
+/// each (an IPv4 address is one word and three zeros), then the ports, then
+/// protocol and family. Every key form below feeds it the same words.
+#[inline(always)]
+const fn hash_words(src: [u32; 4], dst: [u32; 4], ports: u32, proto: u8, family: u8) -> u32 {
+    let mut h = SEED;
+    h = mix(h, src[0]);
+    h = mix(h, src[1]);
+    h = mix(h, src[2]);
+    h = mix(h, src[3]);
+    h = mix(h, dst[0]);
+    h = mix(h, dst[1]);
+    h = mix(h, dst[2]);
+    h = mix(h, dst[3]);
+    h = mix(h, ports);
+    h = mix(h, (proto as u32) | ((family as u32) << 8));
+    fmix(h ^ 40)
+}
+
 /// Hash of a flow's 5-tuple. Ports are taken as they sit in the key (network
 /// byte order), so the data plane can hash without byte swaps.
 #[inline(always)]
 pub fn flow_hash(key: &crate::FlowKey) -> u32 {
-    let mut h = SEED;
-    h = mix(h, word(&key.src, 0));
-    h = mix(h, word(&key.src, 1));
-    h = mix(h, word(&key.src, 2));
-    h = mix(h, word(&key.src, 3));
-    h = mix(h, word(&key.dst, 0));
-    h = mix(h, word(&key.dst, 1));
-    h = mix(h, word(&key.dst, 2));
-    h = mix(h, word(&key.dst, 3));
-    h = mix(h, (key.sport_be as u32) | ((key.dport_be as u32) << 16));
-    h = mix(h, (key.proto as u32) | ((key.family as u32) << 8));
-    fmix(h ^ 40)
+    hash_words(
+        [
+            word(&key.src, 0),
+            word(&key.src, 1),
+            word(&key.src, 2),
+            word(&key.src, 3),
+        ],
+        [
+            word(&key.dst, 0),
+            word(&key.dst, 1),
+            word(&key.dst, 2),
+            word(&key.dst, 3),
+        ],
+        (key.sport_be as u32) | ((key.dport_be as u32) << 16),
+        key.proto,
+        key.family,
+    )
+}
+
+/// [`flow_hash`] of an IPv4 key, without building the 40-byte form: equal
+/// to `flow_hash(&key.to_flow_key())` (a unit test holds it to that), so
+/// which backend a flow maps to did not change with the per-family keys.
+#[inline(always)]
+pub fn flow_hash_v4(key: &crate::FlowKeyV4) -> u32 {
+    hash_words(
+        [word4(&key.src), 0, 0, 0],
+        [word4(&key.dst), 0, 0, 0],
+        (key.sport_be as u32) | ((key.dport_be as u32) << 16),
+        key.proto,
+        crate::FAMILY_V4,
+    )
+}
+
+/// [`flow_hash`] of an IPv6 key (see [`flow_hash_v4`]).
+#[inline(always)]
+pub fn flow_hash_v6(key: &crate::FlowKeyV6) -> u32 {
+    hash_words(
+        [
+            word(&key.src, 0),
+            word(&key.src, 1),
+            word(&key.src, 2),
+            word(&key.src, 3),
+        ],
+        [
+            word(&key.dst, 0),
+            word(&key.dst, 1),
+            word(&key.dst, 2),
+            word(&key.dst, 3),
+        ],
+        (key.sport_be as u32) | ((key.dport_be as u32) << 16),
+        key.proto,
+        crate::FAMILY_V6,
+    )
+}
+
+/// Slots of the VIP pre-filter array.
+pub const FILTER_SLOTS: u32 = 65536;
+
+/// An address folded to one word: an IPv4 address is its own word; an IPv6
+/// one is its four words rotated apart and XORed.
+#[inline(always)]
+pub const fn fold_v6(a: &[u8; 16]) -> u32 {
+    word(a, 0) ^ word(a, 1).rotate_left(8) ^ word(a, 2).rotate_left(16) ^ word(a, 3).rotate_left(24)
+}
+
+/// [`fold_v6`]'s IPv4 counterpart.
+#[inline(always)]
+pub const fn fold_v4(a: &[u8; 4]) -> u32 {
+    word4(a)
+}
+
+/// Pre-filter slot of a destination (folded address, port as on the wire):
+/// multiplicative hashing, the top 16 bits.
+#[inline(always)]
+pub const fn vip_slot(folded: u32, port_be: u16) -> u32 {
+    (folded ^ ((port_be as u32) << 16 | port_be as u32)).wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// Pre-filter slot of an address alone (the spoofed-source check).
+#[inline(always)]
+pub const fn addr_slot(folded: u32) -> u32 {
+    (folded ^ 0xa5a5_5a5a).wrapping_mul(0x85eb_ca6b) >> 16
+}
+
+/// Fold an address in its 16-byte key form (see [`crate::addr_bytes`]).
+pub const fn fold_addr(addr: &[u8; 16], family: u8) -> u32 {
+    if family == crate::FAMILY_V4 {
+        fold_v4(&[addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        fold_v6(addr)
+    }
 }
 
 #[cfg(test)]
@@ -76,6 +179,51 @@ mod tests {
     }
 
     const GOLDEN: (u32, u32) = (720_333_561, 3_480_018_192);
+
+    #[test]
+    fn per_family_hashes_equal_the_generic_one() {
+        use crate::{FAMILY_V4, FAMILY_V6, FamilyKey};
+        let mut x = 0x1234_5678u32;
+        for i in 0..2000u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let mut k = FlowKey {
+                sport_be: x as u16,
+                dport_be: (x >> 16) as u16,
+                proto: if i % 2 == 0 { 6 } else { 17 },
+                family: if i % 3 == 0 { FAMILY_V6 } else { FAMILY_V4 },
+                ..Default::default()
+            };
+            let n = if k.family == FAMILY_V4 { 4 } else { 16 };
+            for j in 0..n {
+                k.src[j] = (x >> (j % 4 * 8)) as u8 ^ j as u8;
+                k.dst[j] = (x >> (j % 3 * 8)) as u8 ^ (i as u8);
+            }
+            let h = match k.split().unwrap() {
+                FamilyKey::V4(k4) => {
+                    assert_eq!(k4.to_flow_key(), k);
+                    flow_hash_v4(&k4)
+                }
+                FamilyKey::V6(k6) => {
+                    assert_eq!(k6.to_flow_key(), k);
+                    flow_hash_v6(&k6)
+                }
+            };
+            assert_eq!(h, flow_hash(&k), "key {k:?}");
+        }
+    }
+
+    #[test]
+    fn filter_slots_stay_in_range_and_spread() {
+        let mut hit = [0u16; 1024];
+        for i in 0..4096u32 {
+            let a = [10, 0, (i >> 8) as u8, i as u8];
+            let s = vip_slot(fold_v4(&a), 8140u16.to_be());
+            let t = addr_slot(fold_v4(&a));
+            assert!(s < FILTER_SLOTS && t < FILTER_SLOTS);
+            hit[(s >> 6) as usize] += 1;
+        }
+        assert!(hit.iter().all(|&n| n < 20), "filter slots clump");
+    }
 
     #[test]
     fn spreads_source_ports_evenly() {

@@ -1,9 +1,14 @@
 //! Map names and capacities: the single source of truth for both sides.
 //!
 //! Pinned map names carry a layout version (`_v2`): a daemon never reads a
-//! pin of another layout as its own. Version 2 changed only [`FlowValue`]
-//! (closed flag and last-seen time); a daemon that finds version-1 pins
-//! migrates them (see [`V1_FLOWS`] and the README, *Upgrading from v1*).
+//! pin of another layout as its own. Version 2 changed, against version 1:
+//! [`FlowValue`] (closed flag and last-seen time), the flow table split by
+//! family ([`FLOWS4`], [`FLOWS6`]), the port pre-filter replaced by the
+//! (address, port) filter [`VIP_FILTER`] plus the VIP address set
+//! [`VIP_ADDRS`], the counters (one record per forwarded packet), and the
+//! flood-mode maps [`CONFIG`] and [`FLOOD`]. A daemon that finds version-1
+//! pins migrates them (see [`V1_RENAMED`] and the README, *Upgrading from
+//! v1*).
 //!
 //! [`FlowValue`]: crate::FlowValue
 
@@ -13,13 +18,22 @@ pub const MAP_VERSION: u32 = 2;
 
 /// VIP (address, port, protocol) -> [`crate::VipInfo`]. Hash map.
 pub const VIPS: &str = "vx_vips_v2";
-/// Destination port (host order) -> number of VIPs on that port (u32).
-/// Array of 65536. A one-load pre-filter: traffic to a port no VIP uses
-/// (SSH, ...) is passed without a hash lookup.
-pub const VIP_PORTS: &str = "vx_vip_ports_v2";
+/// Pre-filter: [`crate::hash::vip_slot`] / [`crate::hash::addr_slot`] ->
+/// [`crate::FilterSlot`]. Array of [`crate::hash::FILTER_SLOTS`]. One load
+/// tells whether a packet can be for a VIP at all (SSH to the LB host, or
+/// port 8140 of another address, is passed without a hash lookup) and
+/// whether it can be for a compiler VIP (only then is the flow table read:
+/// CA traffic never touches it).
+pub const VIP_FILTER: &str = "vx_vip_filter_v2";
+/// Address of every VIP ([`crate::VipAddrKey`]) -> number of VIPs on it
+/// (u32). Hash map, read only when the filter's address slot is set: a
+/// packet from a VIP address is spoofed.
+pub const VIP_ADDRS: &str = "vx_vip_addrs_v2";
 /// Backend id -> [`crate::BackendInfo`]. Array.
 pub const BACKENDS: &str = "vx_backends_v2";
-/// Maglev slots of every table copy, concatenated. Array of backend ids.
+/// Maglev slots of every table copy, concatenated. Array of backend ids,
+/// memory-mappable (`BPF_F_MMAPABLE`): userspace writes a table copy with
+/// plain stores, not one syscall per slot.
 pub const MAGLEV: &str = "vx_maglev_v2";
 /// Table region id -> [`crate::TableRegion`] (where a table copy lives). Array.
 pub const REGIONS: &str = "vx_regions_v2";
@@ -29,22 +43,42 @@ pub const ACTIVE: &str = "vx_active_v2";
 /// CA service id -> backend id (u32) of the CA that gets every flow of that
 /// VIP (`NO_BACKEND` = none). Array. Userspace flips it on failover.
 pub const CA_STEER: &str = "vx_ca_steer_v2";
-/// Flow 5-tuple -> [`crate::FlowValue`]. LRU hash map.
-pub const FLOWS: &str = "vx_flows_v2";
-/// Reason code -> [`crate::Counter`]. Per-CPU array.
+/// IPv4 flows: [`crate::FlowKeyV4`] -> [`crate::FlowValue`]. LRU hash map.
+pub const FLOWS4: &str = "vx_flows4_v2";
+/// IPv6 flows: [`crate::FlowKeyV6`] -> [`crate::FlowValue`]. LRU hash map.
+pub const FLOWS6: &str = "vx_flows6_v2";
+/// Reason code -> [`crate::Counter`]. Per-CPU array. Passes and drops only:
+/// the `tx_*` reasons are derived from [`BACKEND_STATS`].
 pub const REASON_STATS: &str = "vx_reasons_v2";
-/// Service id -> [`crate::ServiceStats`]. Per-CPU array.
-pub const SERVICE_STATS: &str = "vx_svc_stats_v2";
-/// Backend id -> [`crate::BackendStats`]. Per-CPU array.
+/// Service id -> packets dropped for want of a backend (u64). Per-CPU array.
+pub const SERVICE_STATS: &str = "vx_svc_drops_v2";
+/// Backend id -> [`crate::BackendStats`]. Per-CPU array: the one record a
+/// forwarded packet writes.
 pub const BACKEND_STATS: &str = "vx_be_stats_v2";
+/// One [`crate::DpConfig`]. Array of 1.
+pub const CONFIG: &str = "vx_config_v2";
+/// One [`crate::FloodState`] per CPU. Per-CPU array of 1.
+pub const FLOOD: &str = "vx_flood_v2";
 
 /// The version-1 flow table (key [`crate::FlowKey`], value
-/// [`crate::FlowValueV1`]): the one map whose layout changed in version 2.
+/// [`crate::FlowValueV1`]): read and converted by an upgrade.
 pub const V1_FLOWS: &str = "vx_flows_v1";
 
-/// Every version-1 map name. All but [`V1_FLOWS`] have the same layout in
-/// version 2, so an upgrade renames their pins to the version-2 names and
-/// the maps (VIPs, backends, tables) carry over untouched.
+/// Version-1 maps whose layout version 2 kept: an upgrade renames their
+/// pins (same maps, so VIPs, backends and tables carry over untouched).
+pub const V1_RENAMED: [(&str, &str); 6] = [
+    ("vx_vips_v1", VIPS),
+    ("vx_backends_v1", BACKENDS),
+    ("vx_maglev_v1", MAGLEV),
+    ("vx_regions_v1", REGIONS),
+    ("vx_active_v1", ACTIVE),
+    ("vx_ca_steer_v1", CA_STEER),
+];
+
+/// Every version-1 map name. Those not in [`V1_RENAMED`] are dropped by an
+/// upgrade: the flow table after its entries were copied, the port filter
+/// (rebuilt from the VIPs), and the counters (their layout changed: they
+/// start again from zero).
 pub const V1_ALL: [&str; 11] = [
     "vx_vips_v1",
     "vx_vip_ports_v1",
@@ -60,18 +94,22 @@ pub const V1_ALL: [&str; 11] = [
 ];
 
 /// Every map, for pinning and unpinning in one place.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 15] = [
     VIPS,
-    VIP_PORTS,
+    VIP_FILTER,
+    VIP_ADDRS,
     BACKENDS,
     MAGLEV,
     REGIONS,
     ACTIVE,
     CA_STEER,
-    FLOWS,
+    FLOWS4,
+    FLOWS6,
     REASON_STATS,
     SERVICE_STATS,
     BACKEND_STATS,
+    CONFIG,
+    FLOOD,
 ];
 
 /// Most VIPs (compiler and CA services together).

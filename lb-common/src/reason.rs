@@ -1,5 +1,9 @@
 //! The closed set of outcomes of the XDP program. Each packet is counted under
 //! exactly one reason; the codes double as metric labels.
+//!
+//! The data plane counts passes and drops in the reason array; a forwarded
+//! packet writes only its backend's counter record, and userspace derives
+//! the `tx_*` reasons from those (by the kind of the backend's service).
 
 /// The verdict class of a reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,9 +82,12 @@ reasons! {
     DropNoCa = 15, "drop_no_ca", Drop;
     /// A map lookup that cannot fail did (inconsistent maps mid-update).
     DropInternal = 16, "drop_internal", Drop;
+    /// A packet to a VIP whose source address is a VIP address: spoofed (a
+    /// land attack, or reflection bait); never forwarded to a backend.
+    DropSpoofedSource = 17, "drop_spoofed_source", Drop;
 }
 
 /// Number of reason codes; the size of the reason counter array.
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 18;
 
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);

@@ -99,8 +99,11 @@ pub struct TableRegion {
 }
 const _: () = assert!(core::mem::size_of::<TableRegion>() == 8);
 
-/// Key of the flow table: the 5-tuple as seen on the wire (ports in network
-/// byte order). IPv4 addresses in the first four bytes of each address.
+/// A flow's 5-tuple in one family-independent form (ports in network byte
+/// order, IPv4 addresses in the first four bytes of each address). This is
+/// what userspace, the flow hash and the tests speak; the data plane stores
+/// flows under the per-family keys [`FlowKeyV4`] and [`FlowKeyV6`], in two
+/// maps, so that an IPv4 flow is hashed and compared as 16 bytes, not 40.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -113,6 +116,101 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Key of the IPv4 flow table (`vx_flows4_v2`): 16 bytes. Aligned to 8
+/// (no size change) so the data plane copies and hashes it in words, not
+/// byte by byte.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKeyV4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
+
+/// Key of the IPv6 flow table (`vx_flows6_v2`): 40 bytes, no family tag
+/// (the map is the family). Aligned to 8 like [`FlowKeyV4`].
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKeyV6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKeyV6>() == 40);
+
+impl FlowKeyV4 {
+    /// The family-independent form.
+    pub fn to_flow_key(&self) -> FlowKey {
+        let mut k = FlowKey {
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: self.proto,
+            family: FAMILY_V4,
+            ..FlowKey::default()
+        };
+        k.src[..4].copy_from_slice(&self.src);
+        k.dst[..4].copy_from_slice(&self.dst);
+        k
+    }
+}
+
+impl FlowKeyV6 {
+    /// The family-independent form.
+    pub fn to_flow_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.src,
+            dst: self.dst,
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: self.proto,
+            family: FAMILY_V6,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// A [`FlowKey`] split by family, as the data plane stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FamilyKey {
+    V4(FlowKeyV4),
+    V6(FlowKeyV6),
+}
+
+impl FlowKey {
+    /// The per-family key; `None` for an unknown family tag.
+    pub fn split(&self) -> Option<FamilyKey> {
+        match self.family {
+            FAMILY_V4 => {
+                let mut k = FlowKeyV4 {
+                    sport_be: self.sport_be,
+                    dport_be: self.dport_be,
+                    proto: self.proto,
+                    ..FlowKeyV4::default()
+                };
+                k.src.copy_from_slice(&self.src[..4]);
+                k.dst.copy_from_slice(&self.dst[..4]);
+                Some(FamilyKey::V4(k))
+            }
+            FAMILY_V6 => Some(FamilyKey::V6(FlowKeyV6 {
+                src: self.src,
+                dst: self.dst,
+                sport_be: self.sport_be,
+                dport_be: self.dport_be,
+                proto: self.proto,
+                _pad: [0; 3],
+            })),
+            _ => None,
+        }
+    }
+}
 
 /// Value of the flow table (layout version 2).
 ///
@@ -211,7 +309,10 @@ pub struct Counter {
 }
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
-/// Per-service counters.
+/// Per-service counters as userspace reports them. Only `no_backend` is
+/// counted by the data plane (per service, on that drop only); packets,
+/// bytes and new flows are the sums of the service's backends'
+/// [`BackendStats`], so a forwarded packet writes one counter record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceStats {
@@ -219,23 +320,96 @@ pub struct ServiceStats {
     pub packets: u64,
     /// Bytes forwarded (whole frames).
     pub bytes: u64,
-    /// Flows that got a backend from the Maglev table (or CA steering).
+    /// Connections opened (see [`BackendStats::new_flows`]).
     pub new_flows: u64,
     /// Packets dropped because no backend was usable.
     pub no_backend: u64,
 }
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
 
-/// Per-backend counters.
+/// Per-backend counters: the one per-CPU record a forwarded packet writes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
+    /// Connections: a TCP SYN that created or re-took a flow entry (a port
+    /// reused after TIME_WAIT included), a UDP datagram that created one,
+    /// and, for CA services (no flow table), every SYN. Never a non-SYN
+    /// miss, a retransmitted SYN, or a SYN forwarded in flood mode.
     pub new_flows: u64,
-    pub _reserved: u64,
 }
-const _: () = assert!(core::mem::size_of::<BackendStats>() == 32);
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
+
+/// One slot of the VIP pre-filter (`vx_vip_filter_v2`, an array indexed by
+/// [`crate::hash::vip_slot`] and [`crate::hash::addr_slot`]). The counts say
+/// how many VIPs hash to the slot; a slot may be shared (a hash collision),
+/// so a non-zero count means "maybe", zero means "certainly not".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterSlot {
+    /// Compiler VIPs whose (address, port) hash here: only then can the
+    /// packet belong to a flow-table entry.
+    pub compiler: u16,
+    /// CA VIPs whose (address, port) hash here.
+    pub ca: u16,
+    /// VIP addresses (any port) that hash here by address alone: a source
+    /// address in such a slot is checked against `vx_vip_addrs_v2`.
+    pub addrs: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<FilterSlot>() == 8);
+
+/// Key of the VIP address set (`vx_vip_addrs_v2`): the addresses of every
+/// VIP, whatever the port, to drop packets that claim to come from one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipAddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
+
+/// Data-plane settings written by userspace (`vx_config_v2`, one slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DpConfig {
+    /// New-flow inserts per second per CPU above which SYNs are forwarded by
+    /// the Maglev table alone, without a flow entry (flood mode). 0 = never.
+    pub flood_threshold: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DpConfig>() == 8);
+
+/// Length of a flood-mode window: the threshold is per window, per CPU.
+pub const FLOOD_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Flood-mode state of one CPU (`vx_flood_v2`, per-CPU, one slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodState {
+    /// Start of the current window (CLOCK_MONOTONIC ns).
+    pub window_start_ns: u64,
+    /// Flow creations asked for in the window (SYNs and new UDP flows),
+    /// inserted or not.
+    pub attempts: u64,
+    /// SYNs (and new UDP flows) forwarded without an entry, ever.
+    pub flood_syns: u64,
+    /// Windows that went into flood mode, ever.
+    pub flood_windows: u64,
+}
+const _: () = assert!(core::mem::size_of::<FloodState>() == 32);
+
+impl FloodState {
+    /// Whether this CPU is in flood mode at `now_ns`: its current window
+    /// has asked for more than `threshold` creations.
+    pub fn in_flood(&self, threshold: u32, now_ns: u64) -> bool {
+        threshold != 0
+            && now_ns.saturating_sub(self.window_start_ns) < FLOOD_WINDOW_NS
+            && self.attempts > threshold as u64
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -251,6 +425,18 @@ mod pod {
     unsafe impl aya::Pod for TableRegion {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKeyV6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FilterSlot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipAddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DpConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FloodState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowValue {}
     // SAFETY: as above.
@@ -272,6 +458,18 @@ impl VipKey {
             port_be: port.to_be(),
             proto,
             family,
+        }
+    }
+}
+
+impl VipAddrKey {
+    /// The key of a VIP address.
+    pub fn new(addr: core::net::IpAddr) -> Self {
+        let (addr, family) = addr_bytes(addr);
+        VipAddrKey {
+            addr,
+            family,
+            _pad: [0; 3],
         }
     }
 }

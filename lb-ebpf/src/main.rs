@@ -1,35 +1,47 @@
-//! voxlb data plane. Read top to bottom: parse; drop out early for ports no
-//! VIP uses; an established compiler flow goes where the flow table says;
-//! otherwise match the VIP and choose a backend (CA steering or Maglev);
-//! rewrite L2 and transmit. Every outcome is counted under one reason.
+//! voxlb data plane. Read top to bottom: parse; one array load drops out
+//! early for destinations no VIP uses and tells whether a compiler VIP can
+//! be the destination; only then is the family's flow table read, and an
+//! established flow goes where it says; otherwise match the VIP, refuse
+//! sources that claim to be a VIP, and choose a backend (CA steering, or
+//! Maglev with flood mode); rewrite L2 and transmit. A pass or drop is
+//! counted under its reason, a forwarded packet in its backend's record.
 #![no_std]
 #![no_main]
 
+mod family;
 mod maps;
 mod parse;
 mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{KIND_CA, KIND_COMPILER, Reason, VipKey, reason::Verdict};
+use lb_common::{
+    KIND_CA, KIND_COMPILER, Reason,
+    hash::{addr_slot, vip_slot},
+    reason::Verdict,
+};
 
 use crate::{
-    maps::{VIP_PORTS, VIPS},
-    parse::Cursor,
+    family::Family,
+    maps::{VIP_ADDRS, VIP_FILTER, VIPS},
+    parse::{Cursor, L3, Parsed},
 };
 
 #[xdp]
 pub fn voxlb(ctx: XdpContext) -> u32 {
     let c = Cursor::new(&ctx);
     let len = c.len();
-    let reason = match try_lb(&c, len) {
-        Ok(r) | Err(r) => r,
-    };
-    stats::count_reason(reason, len);
-    match reason.verdict() {
-        Verdict::Tx => xdp_action::XDP_TX,
-        Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
+    match try_lb(&c, len) {
+        // Counted in the backend's record by `forward`.
+        Ok(_) => xdp_action::XDP_TX,
+        Err(reason) => {
+            stats::count_reason(reason, len);
+            match reason.verdict() {
+                Verdict::Tx => xdp_action::XDP_TX,
+                Verdict::Pass => xdp_action::XDP_PASS,
+                Verdict::Drop => xdp_action::XDP_DROP,
+            }
+        }
     }
 }
 
@@ -37,28 +49,40 @@ pub fn voxlb(ctx: XdpContext) -> u32 {
 /// reason for passing or dropping it untouched.
 #[inline(always)]
 fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
-    let pkt = parse::parse(c)?;
-    // Pre-filter: a port no VIP uses is not ours (one array load).
-    let dport = u16::from_be(pkt.key.dport_be) as u32;
-    if VIP_PORTS.get(dport).is_none_or(|n| *n == 0) {
-        return Err(Reason::PassNotVip);
+    let (l3, off, unicast) = parse::l2(c)?;
+    match l3 {
+        L3::V4 => lb(c, parse::ipv4(c, off, unicast)?, len),
+        L3::V6 => lb(c, parse::ipv6(c, off, unicast)?, len),
     }
-    // Established compiler flows: the flow table alone decides.
-    let known = match select::established(&pkt) {
-        Ok(choice) => return forward(c, &pkt, &choice, len, Reason::TxCompiler),
-        Err(known) => known,
-    };
-    let vip = VipKey {
-        addr: pkt.key.dst,
-        port_be: pkt.key.dport_be,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-    };
-    let Some(info) = VIPS.get_ptr(vip) else {
+}
+
+/// The packet path after parsing, for one address family.
+#[inline(always)]
+fn lb<K: Family>(c: &Cursor, pkt: Parsed<K>, len: u64) -> Result<Reason, Reason> {
+    // Pre-filter: one array load on (destination, port). Nothing there: not
+    // ours. No compiler VIP there: CA traffic, which skips the flow table.
+    let slot = VIP_FILTER
+        .get(vip_slot(pkt.key.dst_fold(), pkt.dport_be))
+        .ok_or(Reason::PassNotVip)?;
+    let known = if slot.compiler != 0 {
+        // Established compiler flows: the flow table alone decides.
+        match select::established(&pkt) {
+            Ok(choice) => return forward(c, &pkt, &choice, len, Reason::TxCompiler),
+            Err(known) => known,
+        }
+    } else if slot.ca != 0 {
+        select::Known::Miss
+    } else {
         return Err(Reason::PassNotVip);
     };
-    // SAFETY: a value pointer from a map lookup, valid for this run.
-    let info = unsafe { *info };
+    // SAFETY: VIP values are plain integers written only by userspace; a
+    // concurrent update can only make us read an older or newer value.
+    let info = *unsafe { VIPS.get(pkt.key.vip_key()) }.ok_or(Reason::PassNotVip)?;
+    // Nothing is forwarded (nor recorded) for a source that claims to be
+    // one of our VIPs. Established flows were checked when they were made.
+    if spoofed(&pkt) {
+        return Err(Reason::DropSpoofedSource);
+    }
     let (choice, reason) = match info.kind {
         KIND_COMPILER => (
             select::compiler(info.service_id, &pkt, known),
@@ -76,11 +100,22 @@ fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
     }
 }
 
-/// Rewrite for DSR and count the packet for its service and backend.
+/// The source address is one of the VIPs' (a land attack or spoofing).
+/// One array load on the address; a hash lookup only when a VIP address
+/// hashes to the same slot.
 #[inline(always)]
-fn forward(
+fn spoofed<K: Family>(pkt: &Parsed<K>) -> bool {
+    match VIP_FILTER.get(addr_slot(pkt.key.src_fold())) {
+        Some(s) if s.addrs != 0 => VIP_ADDRS.get_ptr(pkt.key.src_key()).is_some(),
+        _ => false,
+    }
+}
+
+/// Rewrite for DSR and count the packet in its backend's record.
+#[inline(always)]
+fn forward<K>(
     c: &Cursor,
-    pkt: &parse::Parsed,
+    pkt: &Parsed<K>,
     choice: &select::Choice,
     len: u64,
     reason: Reason,
@@ -90,7 +125,7 @@ fn forward(
         return Err(Reason::PassNotUnicast);
     }
     rewrite_l2(c, &choice.mac)?;
-    stats::count_forward(choice.service_id, choice.backend_id, len, choice.new_flow);
+    stats::count_forward(choice.backend_id, len, choice.new_flow);
     Ok(reason)
 }
 

@@ -9,8 +9,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    BackendInfo, BackendStats, Counter, FlowKey, FlowValue, ServiceStats, TableRegion, VipInfo,
-    VipKey, maps as names,
+    BackendInfo, BackendStats, Counter, DpConfig, FilterSlot, FloodState, FlowKeyV4, FlowKeyV6,
+    FlowValue, TableRegion, VipAddrKey, VipInfo, VipKey,
+    hash::FILTER_SLOTS,
+    maps as names,
     maps::{
         DEFAULT_FLOW_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES, MAX_VIPS,
     },
@@ -47,10 +49,12 @@ macro_rules! pinned {
 }
 
 // Every constant of lb_common::maps::ALL is declared below.
-const _: () = assert!(names::ALL.len() == 11, "a map was added: declare it here");
+const _: () = assert!(names::ALL.len() == 15, "a map was added: declare it here");
 
 /// Per-CPU LRU lists: inserting a flow takes no lock shared by all CPUs.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// The array can be mmap()ed by userspace (table writes without syscalls).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 pinned!(
     "vx_vips_v2" == names::VIPS,
@@ -58,8 +62,14 @@ pinned!(
 );
 
 pinned!(
-    "vx_vip_ports_v2" == names::VIP_PORTS,
-    pub static VIP_PORTS: Array<u32> = Array::with_max_entries(65536, 0);
+    "vx_vip_filter_v2" == names::VIP_FILTER,
+    pub static VIP_FILTER: Array<FilterSlot> =
+        Array::with_max_entries(FILTER_SLOTS, BPF_F_MMAPABLE);
+);
+
+pinned!(
+    "vx_vip_addrs_v2" == names::VIP_ADDRS,
+    pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 );
 
 pinned!(
@@ -69,7 +79,7 @@ pinned!(
 
 pinned!(
     "vx_maglev_v2" == names::MAGLEV,
-    pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_CAPACITY, 0);
+    pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_CAPACITY, BPF_F_MMAPABLE);
 );
 
 pinned!(
@@ -88,9 +98,16 @@ pinned!(
 );
 
 pinned!(
-    "vx_flows_v2" == names::FLOWS,
+    "vx_flows4_v2" == names::FLOWS4,
     /// Resized by the loader from the config's `flow_capacity`.
-    pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    pub static FLOWS4: LruHashMap<FlowKeyV4, FlowValue> =
+        LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_NO_COMMON_LRU);
+);
+
+pinned!(
+    "vx_flows6_v2" == names::FLOWS6,
+    /// Resized by the loader from the config's `flow_capacity`.
+    pub static FLOWS6: LruHashMap<FlowKeyV6, FlowValue> =
         LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_NO_COMMON_LRU);
 );
 
@@ -100,13 +117,22 @@ pinned!(
 );
 
 pinned!(
-    "vx_svc_stats_v2" == names::SERVICE_STATS,
-    pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
-        PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+    "vx_svc_drops_v2" == names::SERVICE_STATS,
+    pub static SERVICE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 );
 
 pinned!(
     "vx_be_stats_v2" == names::BACKEND_STATS,
     pub static BACKEND_STATS: PerCpuArray<BackendStats> =
         PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+);
+
+pinned!(
+    "vx_config_v2" == names::CONFIG,
+    pub static CONFIG: Array<DpConfig> = Array::with_max_entries(1, 0);
+);
+
+pinned!(
+    "vx_flood_v2" == names::FLOOD,
+    pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
 );

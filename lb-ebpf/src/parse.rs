@@ -5,7 +5,7 @@
 //! bounded so the verifier can track them.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{FlowKeyV4, FlowKeyV6, PROTO_TCP, PROTO_UDP, Reason};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -31,10 +31,18 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// What the data plane needs to know about a parsed packet.
-pub struct Parsed {
-    /// 5-tuple, in flow-table key form.
-    pub key: FlowKey,
+/// What the data plane needs to know about a parsed packet of family `K`
+/// (`FlowKeyV4` or `FlowKeyV6`). Generic rather than an enum: the rest of
+/// the path is compiled once per family, with no branch on the family and
+/// no enum copies on the BPF stack (which the verifier rejects as
+/// byte-sized spills of packet pointers).
+pub struct Parsed<K> {
+    /// 5-tuple, in the flow-table key of its family.
+    pub key: K,
+    /// Destination port, as on the wire.
+    pub dport_be: u16,
+    /// IP protocol (TCP or UDP).
+    pub proto: u8,
     /// TCP flags, 0 for UDP.
     pub tcp_flags: u8,
     /// Addressed to a unicast MAC (ours); group-addressed frames are never
@@ -85,9 +93,16 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Walk L2 and L3 and L4; `Err(reason)` for anything we do not balance.
+/// The L3 protocol of a frame.
+pub enum L3 {
+    V4,
+    V6,
+}
+
+/// Walk L2: the L3 protocol, where its header starts, and whether the frame
+/// was sent to a unicast MAC. `Err(reason)` for anything we do not balance.
 #[inline(always)]
-pub fn parse(c: &Cursor) -> Result<Parsed, Reason> {
+pub fn l2(c: &Cursor) -> Result<(L3, usize, bool), Reason> {
     // Ethernet: dst(6) src(6) ethertype(2).
     let eth: *const [u8; ETH_HLEN] = c.ptr(0).ok_or(Reason::DropTruncatedL2)?;
     // SAFETY: `eth` lies inside the packet (checked by `ptr`).
@@ -104,18 +119,17 @@ pub fn parse(c: &Cursor) -> Result<Parsed, Reason> {
     }
     // SAFETY: `eth` lies inside the packet (checked above).
     let unicast = unsafe { (*eth)[0] } & 1 == 0;
-    let mut parsed = match proto {
-        ETH_P_IPV4 => parse_ipv4(c, off),
-        ETH_P_IPV6 => parse_ipv6(c, off),
+    match proto {
+        ETH_P_IPV4 => Ok((L3::V4, off, unicast)),
+        ETH_P_IPV6 => Ok((L3::V6, off, unicast)),
         ETH_P_8021Q | ETH_P_8021AD => Err(Reason::PassVlanDepth),
         _ => Err(Reason::PassNotIp),
-    }?;
-    parsed.unicast = unicast;
-    Ok(parsed)
+    }
 }
 
+/// IPv4 and L4 from `off`.
 #[inline(always)]
-fn parse_ipv4(c: &Cursor, off: usize) -> Result<Parsed, Reason> {
+pub fn ipv4(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV4>, Reason> {
     let ip: *const [u8; 20] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
     // SAFETY: the 20-byte fixed header lies inside the packet.
     let h = unsafe { &*ip };
@@ -144,18 +158,21 @@ fn parse_ipv4(c: &Cursor, off: usize) -> Result<Parsed, Reason> {
         return Err(Reason::PassFragment);
     }
     let proto = h[9];
-    let mut key = FlowKey {
-        family: FAMILY_V4,
+    let l4 = parse_l4(c, off + ihl, tot_len - ihl, proto)?;
+    let key = FlowKeyV4 {
+        src: [h[12], h[13], h[14], h[15]],
+        dst: [h[16], h[17], h[18], h[19]],
+        sport_be: l4.sport_be,
+        dport_be: l4.dport_be,
         proto,
-        ..FlowKey::default()
+        _pad: [0; 3],
     };
-    key.src[..4].copy_from_slice(&h[12..16]);
-    key.dst[..4].copy_from_slice(&h[16..20]);
-    parse_l4(c, off + ihl, tot_len - ihl, key)
+    Ok(l4.parsed(key, proto, unicast))
 }
 
+/// IPv6 (with up to four extension headers) and L4 from `off`.
 #[inline(always)]
-fn parse_ipv6(c: &Cursor, off: usize) -> Result<Parsed, Reason> {
+pub fn ipv6(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV6>, Reason> {
     let ip: *const [u8; 40] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
     // SAFETY: the 40-byte fixed header lies inside the packet.
     let h = unsafe { &*ip };
@@ -166,12 +183,6 @@ fn parse_ipv6(c: &Cursor, off: usize) -> Result<Parsed, Reason> {
     if payload_len > c.remaining(off + 40) {
         return Err(Reason::DropTruncatedL3);
     }
-    let mut key = FlowKey {
-        family: FAMILY_V6,
-        ..FlowKey::default()
-    };
-    key.src.copy_from_slice(&h[8..24]);
-    key.dst.copy_from_slice(&h[24..40]);
     let mut next = h[6];
     let mut l4_off = off + 40;
     let mut l4_len = payload_len;
@@ -202,13 +213,41 @@ fn parse_ipv6(c: &Cursor, off: usize) -> Result<Parsed, Reason> {
         IPPROTO_NONE => return Err(Reason::PassNotL4),
         _ => {}
     }
-    key.proto = next;
-    parse_l4(c, l4_off, l4_len, key)
+    let l4 = parse_l4(c, l4_off, l4_len, next)?;
+    let mut key = FlowKeyV6 {
+        sport_be: l4.sport_be,
+        dport_be: l4.dport_be,
+        proto: next,
+        ..FlowKeyV6::default()
+    };
+    key.src.copy_from_slice(&h[8..24]);
+    key.dst.copy_from_slice(&h[24..40]);
+    Ok(l4.parsed(key, next, unicast))
+}
+
+/// What the L4 header says.
+struct L4 {
+    sport_be: u16,
+    dport_be: u16,
+    tcp_flags: u8,
+}
+
+impl L4 {
+    #[inline(always)]
+    fn parsed<K>(self, key: K, proto: u8, unicast: bool) -> Parsed<K> {
+        Parsed {
+            key,
+            dport_be: self.dport_be,
+            proto,
+            tcp_flags: self.tcp_flags,
+            unicast,
+        }
+    }
 }
 
 #[inline(always)]
-fn parse_l4(c: &Cursor, off: usize, l4_len: usize, mut key: FlowKey) -> Result<Parsed, Reason> {
-    match key.proto {
+fn parse_l4(c: &Cursor, off: usize, l4_len: usize, proto: u8) -> Result<L4, Reason> {
+    match proto {
         PROTO_TCP => {
             if l4_len < 20 {
                 return Err(Reason::DropTruncatedL4);
@@ -220,12 +259,10 @@ fn parse_l4(c: &Cursor, off: usize, l4_len: usize, mut key: FlowKey) -> Result<P
             if doff < 20 || doff > l4_len {
                 return Err(Reason::DropBadL4);
             }
-            key.sport_be = u16::from_ne_bytes([t[0], t[1]]);
-            key.dport_be = u16::from_ne_bytes([t[2], t[3]]);
-            Ok(Parsed {
-                key,
+            Ok(L4 {
+                sport_be: u16::from_ne_bytes([t[0], t[1]]),
+                dport_be: u16::from_ne_bytes([t[2], t[3]]),
                 tcp_flags: t[13],
-                unicast: true,
             })
         }
         PROTO_UDP => {
@@ -235,12 +272,10 @@ fn parse_l4(c: &Cursor, off: usize, l4_len: usize, mut key: FlowKey) -> Result<P
             let u: *const [u8; 8] = c.ptr(off).ok_or(Reason::DropTruncatedL4)?;
             // SAFETY: the 8-byte UDP header lies inside the packet.
             let u = unsafe { &*u };
-            key.sport_be = u16::from_ne_bytes([u[0], u[1]]);
-            key.dport_be = u16::from_ne_bytes([u[2], u[3]]);
-            Ok(Parsed {
-                key,
+            Ok(L4 {
+                sport_be: u16::from_ne_bytes([u[0], u[1]]),
+                dport_be: u16::from_ne_bytes([u[2], u[3]]),
                 tcp_flags: 0,
-                unicast: true,
             })
         }
         _ => Err(Reason::PassNotL4),

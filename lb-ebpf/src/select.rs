@@ -1,22 +1,23 @@
-//! Backend selection: the flow table, CA steering and the Maglev table.
+//! Backend selection: the flow tables, CA steering, the Maglev table and
+//! flood mode.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    BACKEND_ACTIVE, BackendInfo, FlowValue, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP,
-    Reason, hash::flow_hash, keeps_flows,
+    BACKEND_ACTIVE, BackendInfo, FLOOD_WINDOW_NS, FlowValue, LAST_SEEN_GRANULARITY_NS, NO_BACKEND,
+    PROTO_TCP, Reason, keeps_flows,
 };
 
 use crate::{
-    maps::{ACTIVE, BACKENDS, CA_STEER, FLOWS, MAGLEV, REGIONS},
+    family::Family,
+    maps::{ACTIVE, BACKENDS, CA_STEER, CONFIG, FLOOD, MAGLEV, REGIONS},
     parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// The backend a packet goes to.
 pub struct Choice {
-    pub service_id: u32,
     pub backend_id: u32,
     pub mac: [u8; 6],
-    /// The flow got its backend from the table (or CA steering) just now.
+    /// The packet opened a connection (see `BackendStats::new_flows`).
     pub new_flow: bool,
 }
 
@@ -26,14 +27,14 @@ fn backend(id: u32) -> Option<&'static BackendInfo> {
 }
 
 #[inline(always)]
-pub fn is_syn(pkt: &Parsed) -> bool {
-    pkt.key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+pub fn is_syn<K>(pkt: &Parsed<K>) -> bool {
+    pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// The agent is ending its connection (FIN or RST).
 #[inline(always)]
-fn is_close(pkt: &Parsed) -> bool {
-    pkt.key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0
+fn is_close<K>(pkt: &Parsed<K>) -> bool {
+    pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0
 }
 
 /// What the flow table says about a packet's flow.
@@ -45,12 +46,12 @@ pub enum Known {
     Stale,
 }
 
-/// The established-flow fast path: one hash lookup, and the backend the
-/// flow was given, if it may still have it. The entry itself says which
-/// service it belongs to (through its backend), so no VIP lookup is needed.
+/// The established-flow fast path: one hash lookup in the family's table,
+/// and the backend the flow was given, if it may still have it. The entry
+/// itself says where the flow goes, so no VIP lookup is needed.
 #[inline(always)]
-pub fn established(pkt: &Parsed) -> Result<Choice, Known> {
-    let Some(p) = FLOWS.get_ptr_mut(pkt.key) else {
+pub fn established<K: Family>(pkt: &Parsed<K>) -> Result<Choice, Known> {
+    let Some(p) = K::flows().get_ptr_mut(pkt.key) else {
         return Err(Known::Miss);
     };
     // SAFETY: a value pointer from a map lookup, valid for this run; a
@@ -70,10 +71,13 @@ pub fn established(pkt: &Parsed) -> Result<Choice, Known> {
     }
     // The only writes on this path: the close mark, once per flow, and the
     // coarse last-seen time, at most once per second per flow.
+    // CLOCK_MONOTONIC at jiffy resolution: enough for one-second
+    // granularity, and cheaper than reading the clocksource (in a VM, a
+    // paravirtual clock read) on every established packet.
     // SAFETY: helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let close = is_close(pkt) && v.closed_ns == 0;
-    if close || now.wrapping_sub(v.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
+    if close || now.saturating_sub(v.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
         // SAFETY: `p` points into the map value (see above); racing writers
         // store timestamps of the same flow, any of which is right.
         unsafe {
@@ -84,16 +88,16 @@ pub fn established(pkt: &Parsed) -> Result<Choice, Known> {
         }
     }
     Ok(Choice {
-        service_id: be.service_id,
         backend_id: v.backend_id,
         mac: be.mac,
         new_flow: false,
     })
 }
 
-/// CA VIP: every flow goes to the CA backend userspace marked active.
+/// CA VIP: every flow goes to the CA backend userspace marked active. No
+/// flow table: the steering map alone decides.
 #[inline(always)]
-pub fn ca(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
+pub fn ca<K>(service_id: u32, pkt: &Parsed<K>) -> Result<Choice, Reason> {
     let id = *CA_STEER.get(service_id).ok_or(Reason::DropInternal)?;
     if id == NO_BACKEND {
         return Err(Reason::DropNoCa);
@@ -105,52 +109,103 @@ pub fn ca(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
         return Err(Reason::DropNoCa);
     }
     Ok(Choice {
-        service_id,
         backend_id: id,
         mac: be.mac,
         new_flow: is_syn(pkt),
     })
 }
 
-/// Compiler VIP, flow not (usably) known: a Maglev pick, remembered.
+/// Compiler VIP, flow not (usably) known: a Maglev pick, remembered when
+/// the packet opens a connection and this CPU is not in flood mode.
 #[inline(always)]
-pub fn compiler(service_id: u32, pkt: &Parsed, known: Known) -> Result<Choice, Reason> {
+pub fn compiler<K: Family>(
+    service_id: u32,
+    pkt: &Parsed<K>,
+    known: Known,
+) -> Result<Choice, Reason> {
     let id = pick(service_id, pkt)?;
     let be = backend(id).ok_or(Reason::DropNoBackend)?;
     if be.service_id != service_id || !keeps_flows(be.state) {
         return Err(Reason::DropNoBackend);
     }
-    // Only a SYN (or UDP, which has no handshake) creates an entry, so a
-    // flood of random ACKs cannot evict established flows from the LRU. An
-    // existing entry whose backend is gone is overwritten.
-    // A group-addressed frame is passed, never forwarded: it records nothing.
-    let creates = is_syn(pkt) || pkt.key.proto != PROTO_TCP || matches!(known, Known::Stale);
-    if creates && pkt.unicast {
-        // SAFETY: helper call without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let v = FlowValue {
+    // Only a SYN (or UDP, which has no handshake) opens a connection and
+    // creates an entry, so a flood of random ACKs cannot evict established
+    // flows from the LRU. Another packet of a stale entry (its backend is
+    // gone) re-takes the entry for the new pick, so the rest of the flow
+    // sticks to it; that is not a new connection.
+    let opens = is_syn(pkt) || pkt.proto != PROTO_TCP;
+    let stale = matches!(known, Known::Stale);
+    // A group-addressed frame is passed by `forward`: it records nothing.
+    if !pkt.unicast || (!opens && !stale) {
+        return Ok(Choice {
             backend_id: id,
-            generation: be.generation,
-            created_ns: now,
-            // A stale entry re-picked by a FIN/RST is already closing.
-            closed_ns: if is_close(pkt) { now } else { 0 },
-            last_seen_ns: now,
-        };
-        // A full LRU evicts its least recently used entry; an insert can
-        // only fail for want of memory, and the packet still goes out.
-        let _ = FLOWS.insert(pkt.key, v, 0);
+            mac: be.mac,
+            new_flow: false,
+        });
     }
+    // SAFETY: helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if opens && under_flood(now) {
+        // Flood mode: the Maglev table alone, which every LB host agrees
+        // on, forwards the SYN; the LRU keeps the established flows.
+        return Ok(Choice {
+            backend_id: id,
+            mac: be.mac,
+            new_flow: false,
+        });
+    }
+    let v = FlowValue {
+        backend_id: id,
+        generation: be.generation,
+        created_ns: now,
+        // A stale entry re-picked by a FIN/RST is already closing.
+        closed_ns: if is_close(pkt) { now } else { 0 },
+        last_seen_ns: now,
+    };
+    // A full LRU evicts its least recently used entry; an insert can only
+    // fail for want of memory, and the packet still goes out.
+    let _ = K::flows().insert(pkt.key, v, 0);
     Ok(Choice {
-        service_id,
         backend_id: id,
         mac: be.mac,
-        new_flow: true,
+        new_flow: opens,
     })
+}
+
+/// Katran's `is_under_flood`, per CPU: count the flow creations asked for
+/// in the current one-second window; past the configured threshold, say no
+/// (and count it) until the window ends.
+#[inline(always)]
+fn under_flood(now: u64) -> bool {
+    let threshold = match CONFIG.get(0) {
+        Some(c) if c.flood_threshold != 0 => c.flood_threshold as u64,
+        _ => return false,
+    };
+    let Some(st) = FLOOD.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the run and
+    // touched by no other CPU.
+    unsafe {
+        if now.saturating_sub((*st).window_start_ns) >= FLOOD_WINDOW_NS {
+            (*st).window_start_ns = now;
+            (*st).attempts = 0;
+        }
+        (*st).attempts += 1;
+        if (*st).attempts <= threshold {
+            return false;
+        }
+        if (*st).attempts == threshold + 1 {
+            (*st).flood_windows += 1;
+        }
+        (*st).flood_syns += 1;
+    }
+    true
 }
 
 /// Index the service's active Maglev table with the flow hash.
 #[inline(always)]
-fn pick(service_id: u32, pkt: &Parsed) -> Result<u32, Reason> {
+fn pick<K: Family>(service_id: u32, pkt: &Parsed<K>) -> Result<u32, Reason> {
     let copy = *ACTIVE.get(service_id).ok_or(Reason::DropInternal)? & 1;
     let region = REGIONS
         .get(service_id * 2 + copy)
@@ -159,7 +214,7 @@ fn pick(service_id: u32, pkt: &Parsed) -> Result<u32, Reason> {
     if size == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let slot = base.wrapping_add(flow_hash(&pkt.key) % size);
+    let slot = base.wrapping_add(pkt.key.hash() % size);
     let id = *MAGLEV.get(slot).ok_or(Reason::DropInternal)?;
     if id == NO_BACKEND {
         return Err(Reason::DropNoBackend);

@@ -1,9 +1,14 @@
 //! Per-CPU counters. Per-CPU array slots are private to the CPU running the
 //! program, so plain adds are race-free and no cache line is shared.
+//!
+//! A forwarded packet writes one record, its backend's; passes and drops
+//! write their reason's. Userspace derives service totals and the `tx_*`
+//! reasons from the backend records.
 
-use crate::maps::{BACKEND_STATS, REASON_STATS, SERVICE_STATS};
+use crate::maps::{BACKEND_STATS, REASON_STATS, SERVICE_DROPS};
 use lb_common::Reason;
 
+/// A packet passed or dropped.
 #[inline(always)]
 pub fn count_reason(reason: Reason, bytes: u64) {
     if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
@@ -16,33 +21,25 @@ pub fn count_reason(reason: Reason, bytes: u64) {
     }
 }
 
-/// A packet forwarded for a service to a backend.
+/// A packet forwarded to a backend.
 #[inline(always)]
-pub fn count_forward(service_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {
-    let n = new_flow as u64;
-    if let Some(s) = SERVICE_STATS.get_ptr_mut(service_id) {
-        // SAFETY: per-CPU slot, as above.
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += bytes;
-            (*s).new_flows += n;
-        }
-    }
+pub fn count_forward(backend_id: u32, bytes: u64, new_flow: bool) {
     if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot, as above.
         unsafe {
             (*b).packets += 1;
             (*b).bytes += bytes;
-            (*b).new_flows += n;
+            (*b).new_flows += new_flow as u64;
         }
     }
 }
 
-/// A packet for a service dropped for want of a backend.
+/// A packet for a service dropped for want of a backend (on top of its
+/// reason counter, which does not say which service).
 #[inline(always)]
 pub fn count_no_backend(service_id: u32) {
-    if let Some(s) = SERVICE_STATS.get_ptr_mut(service_id) {
+    if let Some(s) = SERVICE_DROPS.get_ptr_mut(service_id) {
         // SAFETY: per-CPU slot, as above.
-        unsafe { (*s).no_backend += 1 }
+        unsafe { *s += 1 }
     }
 }

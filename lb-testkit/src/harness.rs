@@ -17,7 +17,7 @@ use voxlb::{
     xdp::XdpDataPlane,
 };
 
-use crate::object::{BENCH_REFLECTOR, TEST_OBJECT};
+use crate::object::{BENCH_FLOWS4, BENCH_LOOKUP, BENCH_REFLECTOR, TEST_OBJECT};
 
 /// Result of one BPF_PROG_TEST_RUN.
 #[derive(Debug, Clone)]
@@ -63,20 +63,36 @@ impl TestDataPlane {
     /// `flow_capacity` entries.
     pub fn load(flow_capacity: u32) -> Result<Self> {
         let mut product = EbpfLoader::new()
-            .map_max_entries(names::FLOWS, flow_capacity)
+            .map_max_entries(names::FLOWS4, flow_capacity)
+            .map_max_entries(names::FLOWS6, flow_capacity)
             .load(EBPF_OBJECT)
             .map_err(other)?;
         program(&mut product, PROGRAM_NAME)?.load().map_err(other)?;
         let mut test = Ebpf::load(TEST_OBJECT).map_err(other)?;
         program(&mut test, BENCH_REFLECTOR)?.load().map_err(other)?;
+        program(&mut test, BENCH_LOOKUP)?.load().map_err(other)?;
         let dp = XdpDataPlane::from_unpinned(&mut product)?;
         Ok(TestDataPlane { product, test, dp })
     }
 
-    /// Run `program_name` ([`PROGRAM_NAME`] or [`BENCH_REFLECTOR`]) on one
+    /// Put `key` in the benchmark floor's own IPv4 flow table.
+    pub fn insert_bench_flow4(&mut self, key: &lb_common::FlowKeyV4) -> Result<()> {
+        let map = self
+            .test
+            .map_mut(BENCH_FLOWS4)
+            .ok_or_else(|| other(format!("map {BENCH_FLOWS4} missing from the test object")))?;
+        let mut flows: aya::maps::HashMap<_, lb_common::FlowKeyV4, lb_common::FlowValue> =
+            aya::maps::HashMap::try_from(map).map_err(other)?;
+        flows
+            .insert(key, lb_common::FlowValue::default(), 0)
+            .map_err(other)
+    }
+
+    /// Run `program_name` ([`PROGRAM_NAME`], [`BENCH_REFLECTOR`] or
+    /// [`BENCH_LOOKUP`]) on one
     /// frame, `repeat` times on the same buffer.
     pub fn test_run(&mut self, program_name: &str, frame: &[u8], repeat: u32) -> Result<RunOutput> {
-        let ebpf = if program_name == BENCH_REFLECTOR {
+        let ebpf = if program_name == BENCH_REFLECTOR || program_name == BENCH_LOOKUP {
             &mut self.test
         } else {
             &mut self.product

@@ -7,5 +7,11 @@ pub static TEST_OBJECT: &[u8] =
 /// The benchmark reference program: swaps the MACs and returns XDP_TX.
 pub const BENCH_REFLECTOR: &str = "vx_bench_reflect";
 
+/// The benchmark floor: the reflector plus one IPv4 flow-table lookup.
+pub const BENCH_LOOKUP: &str = "vx_bench_lookup";
+
+/// The floor's own flow table (key and value as `vx_flows4_v2`).
+pub const BENCH_FLOWS4: &str = "vx_bench_flows4";
+
 /// The do-nothing program attached to the peer of a veth voxlb runs on.
 pub const VETH_PEER: &str = "vx_veth_peer";

@@ -618,6 +618,15 @@ fn render_stats(s: &StatsView) -> String {
         ],
         &rows,
     ));
+    let f = &s.flood;
+    let threshold = match f.threshold {
+        0 => "off".to_string(),
+        t => format!("{t} new flows/s per CPU"),
+    };
+    out.push_str(&format!(
+        "\nflood mode: threshold {threshold}; {} CPU(s) in flood mode now; {} SYNs forwarded without a flow entry ({} flood windows)\n",
+        f.cpus_in_flood, f.flood_syns, f.flood_windows
+    ));
     out
 }
 

@@ -148,6 +148,9 @@ pub struct StatusView {
 pub struct StatsView {
     pub reasons: Vec<ReasonStat>,
     pub services: Vec<ServiceStat>,
+    /// Flood mode (absent from an older daemon's answer: all zero).
+    #[serde(default)]
+    pub flood: crate::dataplane::FloodStatus,
 }
 
 /// Counters of one reason code.

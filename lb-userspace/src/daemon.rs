@@ -201,6 +201,10 @@ impl Daemon {
             warn!("{line}");
         }
         reconcile::recover_from_dataplane(&mut state, &config, dp.as_ref())?;
+        let mut dp = dp;
+        if let Err(e) = dp.set_flood_threshold(config.flood_threshold) {
+            warn!("setting the flood threshold: {e}");
+        }
         let macs = match resolver.table() {
             Ok(t) => t,
             Err(e) => {
@@ -704,6 +708,12 @@ impl Daemon {
             }
         }
         let bgp_changed = new.bgp != self.config.bgp;
+        // The flood threshold is one map word: it changes at once.
+        if new.flood_threshold != self.config.flood_threshold
+            && let Err(e) = self.dp.set_flood_threshold(new.flood_threshold)
+        {
+            warn!("reload: setting the flood threshold: {e}");
+        }
         let mut dropped = Vec::new();
         let mut retired = Vec::new();
         let old = self.config.clone();
@@ -1255,7 +1265,11 @@ impl Daemon {
                 backends,
             });
         }
-        Ok(StatsView { reasons, services })
+        Ok(StatsView {
+            reasons,
+            services,
+            flood: self.dp.flood_status()?,
+        })
     }
 
     /// Up to `limit` flows, with the backend each one maps to now.
@@ -1267,8 +1281,12 @@ impl Daemon {
             .map(|(n, id)| (*id, n.as_str()))
             .collect();
         let mut out = Vec::new();
+        // One backend read per backend, not per flow.
+        let mut backends: BTreeMap<u32, lb_common::BackendInfo> = BTreeMap::new();
         for (k, v) in self.dp.flows(limit)? {
-            let info = self.dp.backend(v.backend_id).unwrap_or_default();
+            let info = *backends
+                .entry(v.backend_id)
+                .or_insert_with(|| self.dp.backend(v.backend_id).unwrap_or_default());
             let stale = info.state == BACKEND_EMPTY || info.generation != v.generation;
             let sock = |a: &[u8; 16], port_be: u16| match addr_from_bytes(a, k.family) {
                 Some(ip) => std::net::SocketAddr::new(ip, u16::from_be(port_be)).to_string(),

@@ -35,6 +35,20 @@ pub enum DataPlaneError {
 /// Result alias for this module.
 pub type Result<T> = std::result::Result<T, DataPlaneError>;
 
+/// Flood-mode state over all CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FloodStatus {
+    /// Configured new-flow inserts per second per CPU (0 = off).
+    pub threshold: u32,
+    /// CPUs in flood mode now.
+    pub cpus_in_flood: u32,
+    /// SYNs (and new UDP flows) forwarded by the Maglev table alone,
+    /// without a flow entry, ever.
+    pub flood_syns: u64,
+    /// One-second windows that went into flood mode, over all CPUs, ever.
+    pub flood_windows: u64,
+}
+
 /// What the daemon needs from the data plane. All writes are idempotent.
 pub trait DataPlane: Send {
     /// Add or replace a VIP.
@@ -97,6 +111,17 @@ pub trait DataPlane: Send {
         };
         self.scan_flows(&mut |_, v| c.add(v))?;
         Ok(c)
+    }
+    /// Set the flood-mode threshold: new-flow inserts per second per CPU
+    /// above which SYNs are forwarded by the Maglev table alone, without a
+    /// flow entry, until the second is over (0 = never). Data planes
+    /// without a flow table have nothing to do.
+    fn set_flood_threshold(&mut self, _per_cpu_per_s: u32) -> Result<()> {
+        Ok(())
+    }
+    /// Flood-mode state (see [`FloodStatus`]).
+    fn flood_status(&self) -> Result<FloodStatus> {
+        Ok(FloodStatus::default())
     }
 }
 

@@ -18,6 +18,7 @@ pub mod reconcile;
 pub mod retire;
 pub mod route;
 pub mod state;
+pub mod tables;
 pub mod telemetry;
 pub mod top;
 pub mod xdp;

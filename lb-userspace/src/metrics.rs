@@ -198,6 +198,36 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             }
         }
     }
+    let f = &stats.flood;
+    for (name, kind, help, v) in [
+        (
+            "voxlb_flood_threshold",
+            "gauge",
+            "New-flow inserts per second per CPU above which SYNs are not recorded (0 = off).",
+            u64::from(f.threshold),
+        ),
+        (
+            "voxlb_flood_cpus",
+            "gauge",
+            "CPUs in flood mode now (SYNs forwarded by the Maglev table alone).",
+            u64::from(f.cpus_in_flood),
+        ),
+        (
+            "voxlb_flood_syns_total",
+            "counter",
+            "SYNs forwarded in flood mode, without a flow entry.",
+            f.flood_syns,
+        ),
+        (
+            "voxlb_flood_windows_total",
+            "counter",
+            "One-second windows in which a CPU went into flood mode.",
+            f.flood_windows,
+        ),
+    ] {
+        family(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    }
     family(
         &mut o,
         "voxlb_service_usable_backends",

@@ -433,10 +433,13 @@ pub fn plan(
             view.retire_deadline_unix_ms = Some(r.deadline_unix_ms);
             views.push(view);
         }
+        // Rebuilt only when this service's backend set changed.
         let table =
-            maglev::build(&entries, svc.table_size).map_err(|problem| PlanError::Maglev {
-                service: svc.name.clone(),
-                problem,
+            crate::tables::build(&svc.name, &entries, svc.table_size).map_err(|problem| {
+                PlanError::Maglev {
+                    service: svc.name.clone(),
+                    problem,
+                }
             })?;
         let mut slots: HashMap<u32, u32> = HashMap::new();
         for v in &table {

@@ -32,14 +32,17 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendInfo, BackendStats, Counter, FlowKey, FlowValue, FlowValueV1, Reason, ServiceStats,
-    TableRegion, VipInfo, VipKey,
-    maps::{self as names, MAGLEV_CAPACITY, MAX_REGIONS, MAX_SERVICES},
+    BackendInfo, BackendStats, Counter, DpConfig, FamilyKey, FilterSlot, FloodState, FlowKey,
+    FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, KIND_CA, Reason, ServiceStats, TableRegion,
+    VipAddrKey, VipInfo, VipKey,
+    hash::{FILTER_SLOTS, addr_slot, fold_addr, vip_slot},
+    maps::{self as names, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
+    reason::Verdict,
 };
 use tracing::{info, warn};
 
 use crate::{
-    dataplane::{DataPlane, DataPlaneError, Result},
+    dataplane::{DataPlane, DataPlaneError, FloodStatus, Result},
     object::{EBPF_OBJECT, PROGRAM_NAME},
 };
 
@@ -90,22 +93,32 @@ pub struct XdpDataPlane {
     /// loaded while the links are being made and pinned.
     _ebpf: Option<Ebpf>,
     vips: HashMap<MapData, VipKey, VipInfo>,
-    vip_ports: Array<MapData, u32>,
+    /// The pre-filter, memory-mapped.
+    vip_filter: Mmap,
+    vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     backends: Array<MapData, BackendInfo>,
-    maglev: Array<MapData, u32>,
+    /// A descriptor of the backend array for batched reads.
+    backends_fd: OwnedFd,
+    /// Every Maglev slot, memory-mapped: a table copy is written with plain
+    /// stores, not one syscall per slot.
+    maglev: Mmap,
     regions: Array<MapData, TableRegion>,
     active: Array<MapData, u32>,
     ca_steer: Array<MapData, u32>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
-    /// A descriptor of the flow table for batched reads.
-    flows_fd: OwnedFd,
+    flows4: HashMap<MapData, FlowKeyV4, FlowValue>,
+    flows6: HashMap<MapData, FlowKeyV6, FlowValue>,
+    /// Descriptors of the flow tables for batched reads.
+    flows4_fd: OwnedFd,
+    flows6_fd: OwnedFd,
     reasons: PerCpuArray<MapData, Counter>,
-    svc_stats: PerCpuArray<MapData, ServiceStats>,
+    svc_drops: PerCpuArray<MapData, u64>,
+    /// A descriptor of the per-backend counters for batched reads.
+    be_stats_fd: OwnedFd,
     be_stats: PerCpuArray<MapData, BackendStats>,
+    config: Array<MapData, DpConfig>,
+    flood: PerCpuArray<MapData, FloodState>,
     /// What we know each region holds, to write only changed slots.
     shadow: BTreeMap<u32, Vec<u32>>,
-    /// What the port pre-filter holds (None: not read yet).
-    ports_shadow: Option<BTreeMap<u32, u32>>,
     /// Every pin of a [`Self::load`]ed data plane (maps and links) with a
     /// descriptor of what it pins, to put it back if it is deleted.
     pins: Vec<(PathBuf, OwnedFd)>,
@@ -151,12 +164,14 @@ impl XdpDataPlane {
                 let data = MapData::from_pin(opts.pin_dir.join(name)).map_err(map_err(name))?;
                 maps.insert(name, Map::from_map_data(data).map_err(map_err(name))?);
             }
-            let mut dp = Self::from_maps(None, maps, false)?;
+            let mut dp = Self::from_maps(None, maps)?;
+            dp.sync_vip_filter()?;
             dp.hold_pins(opts)?;
             return Ok(dp);
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::FLOWS, opts.flow_capacity);
+        loader.map_max_entries(names::FLOWS4, opts.flow_capacity);
+        loader.map_max_entries(names::FLOWS6, opts.flow_capacity);
         // The flow table's LRU lists are per CPU: each possible CPU evicts
         // from its own share of the entries (see README, flow-table sizing).
         if let Ok(cpus) = aya::util::nr_cpus() {
@@ -204,7 +219,10 @@ impl XdpDataPlane {
             }
         };
         let maps = take_maps(&mut ebpf)?;
-        let mut dp = Self::from_maps(Some(ebpf), maps, false)?;
+        let mut dp = Self::from_maps(Some(ebpf), maps)?;
+        // The filter is derived from the VIP map: rebuilt here, it is right
+        // after an upgrade (v1 had a port filter) and after any crash.
+        dp.sync_vip_filter()?;
         if let Some(flows) = v1_flows {
             dp.finish_v1_migration(&opts.pin_dir, flows)?;
         }
@@ -223,7 +241,8 @@ impl XdpDataPlane {
         let mut copied = 0usize;
         for (k, v) in &flows {
             // A full table keeps what fits (LRU), like the data plane does.
-            if self.flows.insert(k, v, 0).is_ok() {
+            // Each entry goes to its family's table.
+            if self.insert_flow(k, *v).is_ok() {
                 copied += 1;
             }
         }
@@ -263,14 +282,10 @@ impl XdpDataPlane {
     /// `ebpf`; they start empty, so nothing is read back.
     pub fn from_unpinned(ebpf: &mut Ebpf) -> Result<Self> {
         let maps = take_maps(ebpf)?;
-        Self::from_maps(None, maps, true)
+        Self::from_maps(None, maps)
     }
 
-    fn from_maps(
-        ebpf: Option<Ebpf>,
-        mut maps: BTreeMap<&'static str, Map>,
-        fresh: bool,
-    ) -> Result<Self> {
+    fn from_maps(ebpf: Option<Ebpf>, mut maps: BTreeMap<&'static str, Map>) -> Result<Self> {
         macro_rules! take {
             ($name:expr) => {{
                 let m = maps
@@ -279,41 +294,129 @@ impl XdpDataPlane {
                 m.try_into().map_err(map_err($name))?
             }};
         }
-        let flows_fd = match maps.get(names::FLOWS) {
-            Some(Map::LruHashMap(d) | Map::HashMap(d)) => {
-                d.fd().as_fd().try_clone_to_owned().map_err(other)?
-            }
-            _ => {
-                return Err(other(format!(
-                    "map {} missing or not a hash map",
-                    names::FLOWS
-                )));
+        let fd_of = |name: &'static str| -> Result<OwnedFd> {
+            match maps.get(name) {
+                Some(
+                    Map::LruHashMap(d) | Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d),
+                ) => d.fd().as_fd().try_clone_to_owned().map_err(other),
+                _ => Err(other(format!("map {name} missing or of another type"))),
             }
         };
+        let flows4_fd = fd_of(names::FLOWS4)?;
+        let flows6_fd = fd_of(names::FLOWS6)?;
+        let backends_fd = fd_of(names::BACKENDS)?;
+        let be_stats_fd = fd_of(names::BACKEND_STATS)?;
+        let maglev = Mmap::new(
+            &fd_of(names::MAGLEV)?,
+            names::MAGLEV,
+            MAGLEV_CAPACITY as usize * MAGLEV_STRIDE,
+        )?;
+        let vip_filter = Mmap::new(
+            &fd_of(names::VIP_FILTER)?,
+            names::VIP_FILTER,
+            FILTER_SLOTS as usize * FILTER_STRIDE,
+        )?;
         Ok(XdpDataPlane {
             _ebpf: ebpf,
-            flows_fd,
+            flows4_fd,
+            flows6_fd,
+            backends_fd,
+            be_stats_fd,
+            maglev,
+            vip_filter,
             vips: take!(names::VIPS),
-            vip_ports: take!(names::VIP_PORTS),
+            vip_addrs: take!(names::VIP_ADDRS),
             backends: take!(names::BACKENDS),
-            maglev: take!(names::MAGLEV),
             regions: take!(names::REGIONS),
             active: take!(names::ACTIVE),
             ca_steer: take!(names::CA_STEER),
-            flows: take!(names::FLOWS),
+            flows4: take!(names::FLOWS4),
+            flows6: take!(names::FLOWS6),
             reasons: take!(names::REASON_STATS),
-            svc_stats: take!(names::SERVICE_STATS),
+            svc_drops: take!(names::SERVICE_STATS),
             be_stats: take!(names::BACKEND_STATS),
+            config: take!(names::CONFIG),
+            flood: take!(names::FLOOD),
             shadow: BTreeMap::new(),
-            // Maps this process created are all zeroes.
-            ports_shadow: fresh.then(BTreeMap::new),
             pins: Vec::new(),
         })
     }
 
-    /// Look one flow up.
+    /// Look one flow up, in its family's table.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows.get(key, 0).ok()
+        match key.split()? {
+            FamilyKey::V4(k) => self.flows4.get(&k, 0).ok(),
+            FamilyKey::V6(k) => self.flows6.get(&k, 0).ok(),
+        }
+    }
+
+    /// Write one flow entry into its family's table (the v1 upgrade, and
+    /// tests that plant an entry).
+    pub fn insert_flow(&mut self, key: &FlowKey, value: FlowValue) -> Result<()> {
+        match key.split() {
+            Some(FamilyKey::V4(k)) => self
+                .flows4
+                .insert(k, value, 0)
+                .map_err(map_err(names::FLOWS4)),
+            Some(FamilyKey::V6(k)) => self
+                .flows6
+                .insert(k, value, 0)
+                .map_err(map_err(names::FLOWS6)),
+            None => Err(other(format!("flow key of unknown family {}", key.family))),
+        }
+    }
+
+    /// Write one entry under a raw IPv4 key (the benchmark's floor program
+    /// looks up 16 bytes of the frame as they are).
+    pub fn insert_flow4(&mut self, key: &FlowKeyV4, value: FlowValue) -> Result<()> {
+        self.flows4
+            .insert(key, value, 0)
+            .map_err(map_err(names::FLOWS4))
+    }
+
+    /// Entries in the IPv4 and the IPv6 flow table (a batched walk).
+    pub fn flow_counts(&self) -> Result<(usize, usize)> {
+        let (mut n4, mut n6) = (0, 0);
+        scan_batched::<FlowKeyV4, FlowValue>(&self.flows4_fd, &mut |_, _| {
+            n4 += 1;
+            true
+        })
+        .map_err(|e| other(format!("reading {}: {e}", names::FLOWS4)))?;
+        scan_batched::<FlowKeyV6, FlowValue>(&self.flows6_fd, &mut |_, _| {
+            n6 += 1;
+            true
+        })
+        .map_err(|e| other(format!("reading {}: {e}", names::FLOWS6)))?;
+        Ok((n4, n6))
+    }
+
+    /// Forwarded packets, bytes and new flows per backend id (summed over
+    /// CPUs), for every backend with a counted packet: two batched walks.
+    fn all_backend_stats(&self) -> Result<BTreeMap<u32, (BackendInfo, BackendStats)>> {
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| other(e))?;
+        let mut out = BTreeMap::new();
+        scan_percpu_array::<BackendStats>(&self.be_stats_fd, ncpu, &mut |id, per_cpu| {
+            let mut t = BackendStats::default();
+            for v in per_cpu {
+                t.packets += v.packets;
+                t.bytes += v.bytes;
+                t.new_flows += v.new_flows;
+            }
+            if t != BackendStats::default() {
+                out.insert(id, (BackendInfo::default(), t));
+            }
+        })
+        .map_err(|e| other(format!("reading {}: {e}", names::BACKEND_STATS)))?;
+        if !out.is_empty() {
+            scan_batched::<u32, BackendInfo>(&self.backends_fd, &mut |id, info| {
+                if let Some(e) = out.get_mut(id) {
+                    e.0 = *info;
+                }
+                true
+            })
+            .map_err(|e| other(format!("reading {}: {e}", names::BACKENDS)))?;
+        }
+        Ok(out)
     }
 
     /// Write `table` into the copy of the service's table that packets are
@@ -354,13 +457,14 @@ impl XdpDataPlane {
         } else {
             None
         };
+        // Plain stores into the mapped array: no syscall per slot. The copy
+        // is not the active one, so no packet reads these slots now.
         for (slot, &value) in table.iter().enumerate() {
             if current.as_ref().is_some_and(|c| c[slot] == value) {
                 continue;
             }
             self.maglev
-                .set(base + slot as u32, value, 0)
-                .map_err(map_err(names::MAGLEV))?;
+                .store_u32((base as usize + slot) * MAGLEV_STRIDE, value);
         }
         self.regions
             .set(target_id, TableRegion { base, size }, 0)
@@ -373,51 +477,101 @@ impl XdpDataPlane {
     /// 4-byte array write, so a packet sees either the old table or the new
     /// one, never a mix.
     pub fn flip(&mut self, service_id: u32, copy: u32) -> Result<()> {
+        // Every slot store above is visible before the flip (the syscall
+        // orders them too; the fence says so in the code).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         self.active
             .set(service_id, copy & 1, 0)
             .map_err(map_err(names::ACTIVE))
     }
 
-    /// Make the port pre-filter say exactly how many VIPs use each port.
-    fn sync_vip_ports(&mut self) -> Result<()> {
-        let mut want: BTreeMap<u32, u32> = BTreeMap::new();
-        for (k, _) in self.vips()? {
-            *want.entry(u16::from_be(k.port_be) as u32).or_default() += 1;
-        }
-        // What the map holds: read in full once (pins reused from an
-        // earlier run), then tracked here.
-        let current = match self.ports_shadow.take() {
-            Some(c) => c,
-            None => (0..=u16::MAX as u32)
-                .filter_map(|p| match self.vip_ports.get(&p, 0) {
-                    Ok(0) | Err(_) => None,
-                    Ok(n) => Some((p, n)),
+    /// Make the pre-filter and the VIP address set say exactly what the
+    /// VIP map holds. The filter is rebuilt in full in memory and only the
+    /// slots that differ are stored (8-byte stores, each atomic).
+    fn sync_vip_filter(&mut self) -> Result<()> {
+        let vips = self.vips()?;
+        let mut want: BTreeMap<u32, FilterSlot> = BTreeMap::new();
+        let mut addrs: BTreeMap<VipAddrKey, u32> = BTreeMap::new();
+        for (k, info) in &vips {
+            let folded = fold_addr(&k.addr, k.family);
+            let s = want.entry(vip_slot(folded, k.port_be)).or_default();
+            if info.kind == KIND_CA {
+                s.ca = s.ca.saturating_add(1);
+            } else {
+                s.compiler = s.compiler.saturating_add(1);
+            }
+            *addrs
+                .entry(VipAddrKey {
+                    addr: k.addr,
+                    family: k.family,
+                    _pad: [0; 3],
                 })
-                .collect(),
-        };
-        for p in current.keys() {
-            if !want.contains_key(p) {
-                self.vip_ports
-                    .set(*p, 0, 0)
-                    .map_err(map_err(names::VIP_PORTS))?;
+                .or_default() += 1;
+        }
+        for a in addrs.keys() {
+            let s = want
+                .entry(addr_slot(fold_addr(&a.addr, a.family)))
+                .or_default();
+            s.addrs = s.addrs.saturating_add(1);
+        }
+        // Addresses first when adding (a VIP is never reachable from its
+        // own address), last when removing (the same, the other way).
+        for (a, n) in &addrs {
+            if self.vip_addrs.get(a, 0).ok() != Some(*n) {
+                self.vip_addrs
+                    .insert(a, n, 0)
+                    .map_err(map_err(names::VIP_ADDRS))?;
             }
         }
-        for (p, n) in &want {
-            if current.get(p) != Some(n) {
-                self.vip_ports
-                    .set(*p, *n, 0)
-                    .map_err(map_err(names::VIP_PORTS))?;
+        for slot in 0..FILTER_SLOTS {
+            let w = want.get(&slot).copied().unwrap_or_default();
+            let off = slot as usize * FILTER_STRIDE;
+            if self.vip_filter.load_u64(off) != filter_word(w) {
+                self.vip_filter.store_u64(off, filter_word(w));
             }
         }
-        self.ports_shadow = Some(want);
+        let stale: Vec<VipAddrKey> = self
+            .vip_addrs
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !addrs.contains_key(k))
+            .collect();
+        for k in stale {
+            match self.vip_addrs.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::VIP_ADDRS)(e)),
+            }
+        }
         Ok(())
     }
 
-    /// Read a region's slots back from the kernel.
+    /// What the pre-filter says about (address, port): tests check that
+    /// their CA VIP does not share a slot with a compiler VIP.
+    pub fn filter_slot(&self, addr: std::net::IpAddr, port: u16) -> FilterSlot {
+        let (a, family) = lb_common::addr_bytes(addr);
+        let off = vip_slot(fold_addr(&a, family), port.to_be()) as usize * FILTER_STRIDE;
+        let w = self.vip_filter.load_u64(off).to_ne_bytes();
+        FilterSlot {
+            compiler: u16::from_ne_bytes([w[0], w[1]]),
+            ca: u16::from_ne_bytes([w[2], w[3]]),
+            addrs: u16::from_ne_bytes([w[4], w[5]]),
+            _pad: 0,
+        }
+    }
+
+    /// Read a region's slots back from the mapped array.
     fn read_region(&self, region: TableRegion) -> Result<Vec<u32>> {
-        (region.base..region.base + region.size)
-            .map(|i| self.maglev.get(&i, 0).map_err(map_err(names::MAGLEV)))
-            .collect()
+        if region.base as usize + region.size as usize > MAGLEV_CAPACITY as usize {
+            return Err(other(format!(
+                "{}: region {}+{} out of range",
+                names::REGIONS,
+                region.base,
+                region.size
+            )));
+        }
+        Ok((region.base..region.base + region.size)
+            .map(|i| self.maglev.load_u32(i as usize * MAGLEV_STRIDE))
+            .collect())
     }
 
     fn region(&self, id: u32) -> Result<TableRegion> {
@@ -458,10 +612,13 @@ impl XdpDataPlane {
 }
 
 /// If `pin_dir` holds pins of map layout version 1, carry them over: every
-/// map whose layout did not change (all but the flow table) is renamed to
-/// its v2 pin name, so VIPs, backends and tables stay exactly as they were
-/// (the v1 program still attached keeps using the very same maps); the v1
-/// flow table is read and its entries converted (open, last seen now).
+/// map whose layout did not change ([`names::V1_RENAMED`]: VIPs, backends,
+/// tables, steering) is renamed to its v2 pin name, so they stay exactly as
+/// they were (the v1 program still attached keeps using the very same
+/// maps); the v1 flow table is read and its entries converted (open, last
+/// seen now) for the per-family v2 tables; the v1 port filter and counters
+/// are unpinned (the filter is rebuilt from the VIPs, the counters start
+/// again from zero: their layout changed).
 /// Returns the converted flows, to be written once the v2 table exists
 /// (see [`XdpDataPlane::finish_v1_migration`]); `None` without v1 pins.
 pub fn migrate_v1(pin_dir: &Path) -> Result<Option<Vec<(FlowKey, FlowValue)>>> {
@@ -470,10 +627,19 @@ pub fn migrate_v1(pin_dir: &Path) -> Result<Option<Vec<(FlowKey, FlowValue)>>> {
         return Ok(None);
     }
     warn!(pin_dir = %pin_dir.display(), "found pins of map layout v1; upgrading them to v2");
-    for (v1, v2) in names::V1_ALL.iter().zip(names::ALL) {
-        if *v1 == names::V1_FLOWS {
+    for v1 in names::V1_ALL {
+        let renamed = names::V1_RENAMED.iter().find(|(n, _)| *n == v1);
+        if v1 == names::V1_FLOWS || renamed.is_some() {
             continue;
         }
+        let p = pin_dir.join(v1);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(other(format!("removing {}: {e}", p.display()))),
+        }
+    }
+    for (v1, v2) in names::V1_RENAMED {
         let (from, to) = (pin_dir.join(v1), pin_dir.join(v2));
         if !from.exists() {
             continue;
@@ -526,17 +692,85 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries read per BPF_MAP_LOOKUP_BATCH call.
 const SCAN_BATCH: usize = 4096;
 
-/// Visit every entry of the hash map behind `fd` (key `K`, value `V`), in
-/// batches of up to [`SCAN_BATCH`] entries per syscall.
+/// Visit every entry of the map behind `fd` (key `K`, value `V`: a hash
+/// map, or an array with `K = u32`), in batches of up to [`SCAN_BATCH`]
+/// entries per syscall, until `visit` returns false. Memory is bounded by
+/// the batch, whatever the size of the map.
 fn scan_batched<K: Copy + Default, V: Copy + Default>(
     fd: &OwnedFd,
-    visit: &mut dyn FnMut(&K, &V),
+    visit: &mut dyn FnMut(&K, &V) -> bool,
+) -> std::io::Result<()> {
+    let mut keys = vec![K::default(); SCAN_BATCH];
+    let mut values = vec![V::default(); SCAN_BATCH];
+    scan_raw(
+        fd,
+        std::mem::size_of::<K>(),
+        std::mem::size_of::<V>(),
+        &mut |kb: &[u8], vb: &[u8], n: usize| {
+            // SAFETY: `kb`/`vb` hold `n` keys/values of the map's sizes,
+            // which are K's and V's (plain-integer `Pod` types).
+            unsafe {
+                std::ptr::copy_nonoverlapping(kb.as_ptr(), keys.as_mut_ptr() as *mut u8, kb.len());
+                std::ptr::copy_nonoverlapping(
+                    vb.as_ptr(),
+                    values.as_mut_ptr() as *mut u8,
+                    vb.len(),
+                );
+            }
+            (0..n).all(|i| visit(&keys[i], &values[i]))
+        },
+    )
+}
+
+/// [`scan_batched`] for a per-CPU array of `V`: `visit(index, per_cpu)`.
+fn scan_percpu_array<V: Copy + Default>(
+    fd: &OwnedFd,
+    ncpu: usize,
+    visit: &mut dyn FnMut(u32, &[V]),
+) -> std::io::Result<()> {
+    // The kernel lays a per-CPU value out as one 8-byte-aligned slot per
+    // possible CPU.
+    let stride = std::mem::size_of::<V>().next_multiple_of(8);
+    let mut row = vec![V::default(); ncpu];
+    scan_raw(
+        fd,
+        4,
+        stride * ncpu,
+        &mut |kb: &[u8], vb: &[u8], n: usize| {
+            for i in 0..n {
+                let id =
+                    u32::from_ne_bytes([kb[i * 4], kb[i * 4 + 1], kb[i * 4 + 2], kb[i * 4 + 3]]);
+                for (c, slot) in row.iter_mut().enumerate() {
+                    let off = (i * ncpu + c) * stride;
+                    // SAFETY: `off + size_of::<V>()` lies inside `vb` (n rows of
+                    // ncpu strides) and V is a plain-integer `Pod` type.
+                    *slot = unsafe { std::ptr::read_unaligned(vb.as_ptr().add(off) as *const V) };
+                }
+                visit(id, &row);
+            }
+            true
+        },
+    )
+}
+
+/// Receives one batch: raw keys, raw values, and how many entries; returns
+/// false to stop the walk.
+type BatchVisitor<'a> = dyn FnMut(&[u8], &[u8], usize) -> bool + 'a;
+
+/// BPF_MAP_LOOKUP_BATCH over a whole map, [`SCAN_BATCH`] entries at a time,
+/// handing each batch's raw keys, values and count to `visit` (which
+/// returns false to stop).
+fn scan_raw(
+    fd: &OwnedFd,
+    key_size: usize,
+    value_size: usize,
+    visit: &mut BatchVisitor,
 ) -> std::io::Result<()> {
     let mut chunk = SCAN_BATCH;
-    let mut keys = vec![K::default(); chunk];
-    let mut values = vec![V::default(); chunk];
-    // The position token of a hash map is a bucket index (u32); 8 bytes
-    // leave room whatever the kernel copies.
+    let mut keys = vec![0u8; chunk * key_size];
+    let mut values = vec![0u8; chunk * value_size];
+    // The position token of a hash map is a bucket index, of an array an
+    // index (u32); 8 bytes leave room whatever the kernel copies.
     let mut token = [0u8; 8];
     let mut next = [0u8; 8];
     let mut first = true;
@@ -552,8 +786,7 @@ fn scan_batched<K: Copy + Default, V: Copy + Default>(
         };
         // SAFETY: `attr` is a valid bpf_attr prefix for the batch commands;
         // the key and value buffers hold `count` elements of the map's key
-        // and value sizes (K and V are the map's own types), and the token
-        // buffers outlive the call.
+        // and value sizes, and the token buffers outlive the call.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -566,22 +799,110 @@ fn scan_batched<K: Copy + Default, V: Copy + Default>(
         match err.as_ref().and_then(|e| e.raw_os_error()) {
             None | Some(libc::ENOENT) => {}
             // One bucket holds more entries than the buffer: grow it.
-            Some(libc::ENOSPC) if chunk < 1 << 20 => {
+            Some(libc::ENOSPC) if chunk < 1 << 16 => {
                 chunk *= 2;
-                keys = vec![K::default(); chunk];
-                values = vec![V::default(); chunk];
+                keys = vec![0u8; chunk * key_size];
+                values = vec![0u8; chunk * value_size];
                 continue;
             }
             Some(_) => return Err(err.unwrap_or_else(std::io::Error::last_os_error)),
         }
-        for i in 0..(attr.count as usize).min(chunk) {
-            visit(&keys[i], &values[i]);
+        let n = (attr.count as usize).min(chunk);
+        if !visit(&keys[..n * key_size], &values[..n * value_size], n) {
+            return Ok(());
         }
         if err.is_some() {
             return Ok(()); // ENOENT: the walk is complete
         }
         token = next;
         first = false;
+    }
+}
+
+/// Bytes per Maglev slot in the mapped array: the kernel rounds an array
+/// element up to 8 bytes.
+const MAGLEV_STRIDE: usize = 8;
+/// Bytes per pre-filter slot in the mapped array.
+const FILTER_STRIDE: usize = 8;
+
+/// A filter slot as the one 8-byte word the kernel stores.
+fn filter_word(s: FilterSlot) -> u64 {
+    let mut b = [0u8; 8];
+    b[0..2].copy_from_slice(&s.compiler.to_ne_bytes());
+    b[2..4].copy_from_slice(&s.ca.to_ne_bytes());
+    b[4..6].copy_from_slice(&s.addrs.to_ne_bytes());
+    u64::from_ne_bytes(b)
+}
+
+/// A `BPF_F_MMAPABLE` array mapped shared into this process.
+struct Mmap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; it is only
+// accessed through `&self`/`&mut self` with volatile, aligned word accesses.
+unsafe impl Send for Mmap {}
+// SAFETY: as above.
+unsafe impl Sync for Mmap {}
+
+impl Mmap {
+    fn new(fd: &OwnedFd, name: &'static str, len: usize) -> Result<Self> {
+        // SAFETY: mapping a BPF array's descriptor; the kernel checks the
+        // length against the map and the result is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(other(format!(
+                "mmap of {name}: {} (a map pinned by an older build without \
+                 BPF_F_MMAPABLE: `voxlb detach` and start again)",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Mmap {
+            ptr: ptr as *mut u8,
+            len,
+        })
+    }
+
+    fn load_u32(&self, off: usize) -> u32 {
+        assert!(off + 4 <= self.len && off.is_multiple_of(4));
+        // SAFETY: in bounds and aligned (checked); the kernel may write it
+        // concurrently, hence volatile.
+        unsafe { std::ptr::read_volatile(self.ptr.add(off) as *const u32) }
+    }
+
+    fn store_u32(&mut self, off: usize, v: u32) {
+        assert!(off + 4 <= self.len && off.is_multiple_of(4));
+        // SAFETY: as in `load_u32`; an aligned 4-byte store is atomic.
+        unsafe { std::ptr::write_volatile(self.ptr.add(off) as *mut u32, v) }
+    }
+
+    fn load_u64(&self, off: usize) -> u64 {
+        assert!(off + 8 <= self.len && off.is_multiple_of(8));
+        // SAFETY: as in `load_u32`.
+        unsafe { std::ptr::read_volatile(self.ptr.add(off) as *const u64) }
+    }
+
+    fn store_u64(&mut self, off: usize, v: u64) {
+        assert!(off + 8 <= self.len && off.is_multiple_of(8));
+        // SAFETY: as in `load_u32`; an aligned 8-byte store is atomic.
+        unsafe { std::ptr::write_volatile(self.ptr.add(off) as *mut u64, v) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped, once.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
     }
 }
 
@@ -744,21 +1065,23 @@ impl DataPlane for XdpDataPlane {
         if info.service_id >= MAX_SERVICES {
             return Err(DataPlaneError::ServiceId(info.service_id));
         }
-        // The port pre-filter first: a VIP is never hidden behind it.
-        let port = u16::from_be(key.port_be) as u32;
-        let n = self
-            .vip_ports
-            .get(&port, 0)
-            .map_err(map_err(names::VIP_PORTS))?;
-        if n == 0 {
-            self.vip_ports
-                .set(port, 1, 0)
-                .map_err(map_err(names::VIP_PORTS))?;
-        }
+        // The pre-filter first: a VIP is never hidden behind it. (Marked as
+        // both kinds until the sync: a packet may then read the flow table
+        // for a CA VIP, which finds nothing.)
+        let off = vip_slot(fold_addr(&key.addr, key.family), key.port_be) as usize * FILTER_STRIDE;
+        let w = self.vip_filter.load_u64(off);
+        self.vip_filter.store_u64(
+            off,
+            w | filter_word(FilterSlot {
+                compiler: 1,
+                ca: 1,
+                ..FilterSlot::default()
+            }),
+        );
         self.vips
             .insert(key, info, 0)
             .map_err(map_err(names::VIPS))?;
-        self.sync_vip_ports()
+        self.sync_vip_filter()
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
@@ -766,7 +1089,7 @@ impl DataPlane for XdpDataPlane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(names::VIPS)(e)),
         }
-        self.sync_vip_ports()
+        self.sync_vip_filter()
     }
 
     fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
@@ -829,29 +1152,68 @@ impl DataPlane for XdpDataPlane {
             .map_err(map_err(names::CA_STEER))
     }
 
+    /// Passes and drops as counted; `tx_*` derived from the backend
+    /// records, by the kind of the service each backend belongs to (a
+    /// service with no CA VIP counts as a compiler one).
     fn reason_stats(&self) -> Result<Vec<(Reason, Counter)>> {
-        Reason::ALL
+        let mut out: Vec<(Reason, Counter)> = Reason::ALL
             .iter()
             .map(|r| {
+                if r.verdict() == Verdict::Tx {
+                    return Ok((*r, Counter::default()));
+                }
                 sum_percpu(&self.reasons, *r as u32, names::REASON_STATS, |t, v| {
                     t.packets += v.packets;
                     t.bytes += v.bytes;
                 })
                 .map(|c| (*r, c))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        let ca_services: std::collections::BTreeSet<u32> = self
+            .vips()?
+            .into_iter()
+            .filter(|(_, i)| i.kind == KIND_CA)
+            .map(|(_, i)| i.service_id)
+            .collect();
+        for (info, st) in self.all_backend_stats()?.values() {
+            let r = if ca_services.contains(&info.service_id) {
+                Reason::TxCa
+            } else {
+                Reason::TxCompiler
+            };
+            let c = &mut out[r as usize].1;
+            c.packets += st.packets;
+            c.bytes += st.bytes;
+        }
+        Ok(out)
     }
 
+    /// `no_backend` as counted; the rest summed over the backends whose slot
+    /// belongs to the service now.
     fn service_stats(&self, service_id: u32) -> Result<ServiceStats> {
-        sum_percpu(&self.svc_stats, service_id, names::SERVICE_STATS, |t, v| {
-            t.packets += v.packets;
-            t.bytes += v.bytes;
-            t.new_flows += v.new_flows;
-            t.no_backend += v.no_backend;
-        })
+        if service_id >= MAX_SERVICES {
+            return Err(DataPlaneError::ServiceId(service_id));
+        }
+        let mut st = ServiceStats {
+            no_backend: sum_percpu(&self.svc_drops, service_id, names::SERVICE_STATS, |t, v| {
+                *t += v
+            })?,
+            ..ServiceStats::default()
+        };
+        for (info, b) in self.all_backend_stats()?.values() {
+            if info.service_id == service_id {
+                st.packets += b.packets;
+                st.bytes += b.bytes;
+                st.new_flows += b.new_flows;
+            }
+        }
+        Ok(st)
     }
 
     fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
+        if backend_id >= MAX_BACKENDS {
+            return Err(DataPlaneError::BackendId(backend_id));
+        }
         sum_percpu(&self.be_stats, backend_id, names::BACKEND_STATS, |t, v| {
             t.packets += v.packets;
             t.bytes += v.bytes;
@@ -879,26 +1241,77 @@ impl DataPlane for XdpDataPlane {
         Ok(repinned)
     }
 
-    fn scan_flows(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<()> {
-        scan_batched::<FlowKey, FlowValue>(&self.flows_fd, visit)
-            .map_err(|e| other(format!("reading {} in batches: {e}", names::FLOWS)))
+    fn set_flood_threshold(&mut self, per_cpu_per_s: u32) -> Result<()> {
+        self.config
+            .set(
+                0,
+                DpConfig {
+                    flood_threshold: per_cpu_per_s,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err(names::CONFIG))
     }
 
     fn flow_capacity(&self) -> Option<u64> {
+        // `flow_capacity` applies to each family's table.
         use aya::maps::IterableMap as _;
-        self.flows.map().info().ok().map(|i| i.max_entries().into())
+        let cap = |m: &MapData| m.info().ok().map(|i| u64::from(i.max_entries()));
+        Some(cap(self.flows4.map())? + cap(self.flows6.map())?)
     }
 
+    fn flood_status(&self) -> Result<FloodStatus> {
+        let threshold = self
+            .config
+            .get(&0, 0)
+            .map_err(map_err(names::CONFIG))?
+            .flood_threshold;
+        let now = crate::retire::monotonic_ns();
+        let per_cpu = self.flood.get(&0, 0).map_err(map_err(names::FLOOD))?;
+        let mut st = FloodStatus {
+            threshold,
+            ..FloodStatus::default()
+        };
+        for f in per_cpu.iter() {
+            st.cpus_in_flood += u32::from(f.in_flood(threshold, now));
+            st.flood_syns += f.flood_syns;
+            st.flood_windows += f.flood_windows;
+        }
+        Ok(st)
+    }
+
+    fn scan_flows(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<()> {
+        scan_batched::<FlowKeyV4, FlowValue>(&self.flows4_fd, &mut |k, v| {
+            visit(&k.to_flow_key(), v);
+            true
+        })
+        .map_err(|e| other(format!("reading {} in batches: {e}", names::FLOWS4)))?;
+        scan_batched::<FlowKeyV6, FlowValue>(&self.flows6_fd, &mut |k, v| {
+            visit(&k.to_flow_key(), v);
+            true
+        })
+        .map_err(|e| other(format!("reading {} in batches: {e}", names::FLOWS6)))
+    }
+
+    /// Batched reads of both tables, stopping at `limit`: memory is the
+    /// batch buffers plus the answer, whatever the tables hold.
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>> {
         let mut out = Vec::new();
-        for r in self.flows.iter() {
-            if out.len() >= limit {
-                break;
-            }
-            // An entry evicted mid-walk is simply skipped.
-            if let Ok(kv) = r {
-                out.push(kv);
-            }
+        if limit == 0 {
+            return Ok(out);
+        }
+        scan_batched::<FlowKeyV4, FlowValue>(&self.flows4_fd, &mut |k, v| {
+            out.push((k.to_flow_key(), *v));
+            out.len() < limit
+        })
+        .map_err(|e| other(format!("reading {} in batches: {e}", names::FLOWS4)))?;
+        if out.len() < limit {
+            scan_batched::<FlowKeyV6, FlowValue>(&self.flows6_fd, &mut |k, v| {
+                out.push((k.to_flow_key(), *v));
+                out.len() < limit
+            })
+            .map_err(|e| other(format!("reading {} in batches: {e}", names::FLOWS6)))?;
         }
         Ok(out)
     }

@@ -591,6 +591,7 @@ fn metrics_show_fingerprints_fitness_announcements_and_sessions() {
     let stats = voxlb::control::StatsView {
         reasons: vec![],
         services: vec![],
+        flood: Default::default(),
     };
     let text = voxlb::metrics::render(&stats, &st);
     for want in [

@@ -78,6 +78,31 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.pin_dir.to_str(), Some("/sys/fs/bpf/voxlb"));
     assert_eq!(c.compiler_services[0].backends[0].weight, 100);
     assert!(c.metrics_listen.is_none());
+    assert_eq!(c.flood_threshold, voxlb::config::DEFAULT_FLOOD_THRESHOLD);
+}
+
+#[test]
+fn flood_threshold_is_read_and_typed() {
+    let c = Config::parse(&BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\nflood_threshold = 0",
+    ))
+    .unwrap();
+    assert_eq!(c.flood_threshold, 0, "0 turns flood mode off");
+    let c = Config::parse(&BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\nflood_threshold = 500",
+    ))
+    .unwrap();
+    assert_eq!(c.flood_threshold, 500);
+    assert_err(
+        &BASE.replace(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\"]\nflood_threshold = -1",
+        ),
+        "flood_threshold",
+        "invalid value",
+    );
 }
 
 #[test]

@@ -643,6 +643,12 @@ fn metrics_render_every_family() {
                 new_flows: 2,
             }],
         }],
+        flood: voxlb::dataplane::FloodStatus {
+            threshold: 20000,
+            cpus_in_flood: 1,
+            flood_syns: 77,
+            flood_windows: 2,
+        },
     };
     let backend = |address: &str, state: &str, healthy: Option<bool>| BackendView {
         address: address.parse().unwrap(),
@@ -728,6 +734,14 @@ fn metrics_render_every_family() {
     assert!(text.contains(
         "voxlb_backend_new_flows_total{service=\"compilers\",backend=\"10.0.0.1\",name=\"c1\"} 2"
     ));
+    for line in [
+        "voxlb_flood_threshold 20000",
+        "voxlb_flood_cpus 1",
+        "voxlb_flood_syns_total 77",
+        "voxlb_flood_windows_total 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing");
+    }
     // Every sample line belongs to the family declared last before it.
     let mut family = String::new();
     for line in text.lines() {

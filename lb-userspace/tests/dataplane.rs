@@ -1163,3 +1163,295 @@ fn last_seen_is_refreshed_at_most_once_per_second() {
     assert!(later.last_seen_ns >= first.last_seen_ns + 1_000_000_000);
     assert_eq!(later.created_ns, first.created_ns);
 }
+
+// ------------------------------------------------------ data plane v2 (issue 13)
+
+/// Pin this test's thread to one CPU: flood mode is per CPU, and
+/// BPF_PROG_TEST_RUN runs the program on the calling thread's CPU.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is the empty set; we set one bit in it and
+    // pass its size; 0 = the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
+            0
+        );
+        let cpu = (0..libc::CPU_SETSIZE as usize)
+            .find(|c| libc::CPU_ISSET(*c, &set))
+            .expect("a CPU");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+}
+
+#[test]
+fn ipv4_and_ipv6_flows_live_in_their_own_tables() {
+    need_root!();
+    let mut f = Fixture::new();
+    for p in 0..5 {
+        assert_eq!(f.run(&syn4(45000 + p).build()).action, XDP_TX);
+    }
+    for p in 0..3 {
+        assert_eq!(f.run(&syn6(45000 + p).build()).action, XDP_TX);
+    }
+    assert_eq!(f.dp.flow_counts().unwrap(), (5, 3));
+    // Each reads back under its family-independent key, with the backend
+    // the flow hash gives (the same hash as before the split).
+    let t4 = f.dp.active_table(S_V4).unwrap().unwrap();
+    let t6 = f.dp.active_table(S_V6).unwrap().unwrap();
+    for p in 0..3 {
+        let v = f.dp.flow(&k6(45000 + p)).expect("v6 flow");
+        assert_eq!(v.backend_id, expected_backend(&t6, &k6(45000 + p)));
+        let v = f.dp.flow(&k4(45000 + p)).expect("v4 flow");
+        assert_eq!(v.backend_id, expected_backend(&t4, &k4(45000 + p)));
+    }
+    let mut seen = (0, 0);
+    f.dp.scan_flows(&mut |k, _| match k.family {
+        lb_common::FAMILY_V4 => seen.0 += 1,
+        _ => seen.1 += 1,
+    })
+    .unwrap();
+    assert_eq!(seen, (5, 3));
+    assert_eq!(
+        f.dp.flows(6).unwrap().len(),
+        6,
+        "flows() stops at its limit"
+    );
+}
+
+#[test]
+fn ca_traffic_never_reads_nor_creates_flow_entries() {
+    need_root!();
+    let mut f = Fixture::new();
+    let slot = f.dp.filter_slot(v4(VIP4_CA), 8140);
+    assert_eq!(
+        (slot.compiler, slot.ca),
+        (0, 1),
+        "the fixture's CA VIP must not share a filter slot with a compiler VIP"
+    );
+    // Plant an entry for a CA 5-tuple naming a compiler: if a CA packet read
+    // the flow table, it would follow it.
+    let planted = key_of(v4(CLIENT4), 46000, v4(VIP4_CA), 8140, PROTO_TCP);
+    f.dp.insert_flow(
+        &planted,
+        FlowValue {
+            backend_id: 0,
+            ..FlowValue::default()
+        },
+    )
+    .unwrap();
+    for fl in [flags::SYN, flags::ACK, flags::FIN | flags::ACK] {
+        let out = f.run(&Frame::tcp(v4(CLIENT4), 46000, v4(VIP4_CA), 8140, fl).build());
+        assert_eq!(dst_backend(&out), Some(CA_PRIMARY));
+    }
+    for p in 46001..46050 {
+        let out = f.run(&Frame::tcp(v4(CLIENT4), p, v4(VIP4_CA), 8140, flags::SYN).build());
+        assert_eq!(dst_backend(&out), Some(CA_PRIMARY));
+    }
+    assert_eq!(
+        f.dp.flow_counts().unwrap(),
+        (1, 0),
+        "CA traffic created no entry"
+    );
+    let v = f.dp.flow(&planted).unwrap();
+    assert_eq!(
+        (v.closed_ns, v.last_seen_ns),
+        (0, 0),
+        "the planted entry was not touched"
+    );
+    // The CA counts a connection per SYN (it has no flow table).
+    assert_eq!(f.dp.backend_stats(CA_PRIMARY).unwrap().new_flows, 50);
+}
+
+#[test]
+fn new_flows_counts_connections_and_nothing_else() {
+    need_root!();
+    let mut f = Fixture::new();
+    let new_flows = |f: &Fixture| f.dp.service_stats(S_V4).unwrap().new_flows;
+    let seg = |p, fl| Frame::tcp(v4(CLIENT4), p, v4(VIP4), 8140, fl).build();
+    // A SYN creates an entry: one connection.
+    f.run(&syn4(47000).build());
+    assert_eq!(new_flows(&f), 1);
+    // Its retransmission and the rest of the connection are not new.
+    f.run(&syn4(47000).build());
+    f.run(&seg(47000, flags::ACK));
+    assert_eq!(new_flows(&f), 1);
+    // Non-SYN segments of unknown flows are forwarded, never counted.
+    for p in 47100..47120 {
+        assert_eq!(f.run(&seg(p, flags::ACK)).action, XDP_TX);
+    }
+    f.run(&seg(47121, flags::RST));
+    f.run(&seg(47122, flags::SYN | flags::ACK));
+    assert_eq!(new_flows(&f), 1, "non-SYN misses are not connections");
+    // The agent closes, then reuses the port (after TIME_WAIT): a new
+    // connection, counted, on a re-taken entry.
+    f.run(&seg(47000, flags::FIN | flags::ACK));
+    f.run(&seg(47000, flags::ACK));
+    assert_eq!(new_flows(&f), 1);
+    f.run(&syn4(47000).build());
+    assert_eq!(new_flows(&f), 2, "a SYN re-taking a closed entry is new");
+    assert_eq!(f.dp.flow(&k4(47000)).unwrap().closed_ns, 0);
+    // A SYN re-taking the entry of a backend that went down is new too.
+    let b = f.dp.flow(&k4(47000)).unwrap().backend_id;
+    f.set_backend(b, S_V4, BACKEND_DOWN, 0, backend_addr(b, false));
+    let rest: Vec<u32> = [0, 1, 2].into_iter().filter(|x| *x != b).collect();
+    f.install(S_V4, &rest, false);
+    f.run(&syn4(47000).build());
+    assert_eq!(new_flows(&f), 3);
+    // A non-SYN on a stale entry re-takes it but is not a connection.
+    f.run(&syn4(47001).build());
+    assert_eq!(new_flows(&f), 4);
+    let b2 = f.dp.flow(&k4(47001)).unwrap().backend_id;
+    f.set_backend(b2, S_V4, BACKEND_DOWN, 0, backend_addr(b2, false));
+    f.run(&seg(47001, flags::ACK));
+    assert_eq!(new_flows(&f), 4);
+    // UDP: the datagram that creates the entry is the connection.
+    let udp = |p| Frame::udp(v4(CLIENT4), p, v4(VIP4_UDP), 5353).build();
+    f.run(&udp(47200));
+    f.run(&udp(47200));
+    f.run(&udp(47201));
+    assert_eq!(f.dp.service_stats(S_UDP).unwrap().new_flows, 2);
+    // The derived totals agree with the per-backend records, and the tx
+    // reason is derived from them.
+    let total: u64 = [0, 1, 2]
+        .iter()
+        .map(|b| f.dp.backend_stats(*b).unwrap().new_flows)
+        .sum();
+    assert_eq!(total, new_flows(&f));
+    let reasons = f.reasons();
+    let tx = reasons[Reason::TxCompiler as usize];
+    let sum_packets: u64 = (0..3)
+        .chain(20..23)
+        .map(|b| f.dp.backend_stats(b).unwrap().packets)
+        .sum();
+    assert_eq!(tx, sum_packets);
+}
+
+#[test]
+fn a_source_claiming_to_be_a_vip_is_dropped_and_counted() {
+    need_root!();
+    let mut f = Fixture::new();
+    // Land attack: source = destination = the VIP.
+    let land = Frame::tcp(v4(VIP4), 8140, v4(VIP4), 8140, flags::SYN).build();
+    let out = f.run(&land);
+    assert_eq!(out.action, XDP_DROP);
+    assert_eq!(out.frame, land, "a dropped frame is untouched");
+    // Another VIP's address, any port, to a compiler VIP and to the CA VIP.
+    for (src, dst) in [(VIP4_CA, VIP4), (VIP4_UDP, VIP4), (VIP4, VIP4_CA)] {
+        let spoofed = Frame::tcp(v4(src), 51234, v4(dst), 8140, flags::SYN).build();
+        assert_eq!(f.run(&spoofed).action, XDP_DROP);
+        let ack = Frame::tcp(v4(src), 51234, v4(dst), 8140, flags::ACK).build();
+        assert_eq!(f.run(&ack).action, XDP_DROP);
+    }
+    let land6 = Frame::tcp(v6(vip6()), 1, v6(vip6()), 8140, flags::SYN).build();
+    assert_eq!(f.run(&land6).action, XDP_DROP);
+    assert_eq!(f.reasons()[Reason::DropSpoofedSource as usize], 8);
+    assert_eq!(f.dp.flow_counts().unwrap(), (0, 0), "nothing recorded");
+    // An ordinary client is not affected, and a VIP address that is not a
+    // source is not a VIP's traffic: passed (not ours).
+    assert_eq!(f.run(&syn4(51000).build()).action, XDP_TX);
+    let not_vip = Frame::tcp(v4(VIP4), 51000, v4(CLIENT4), 8140, flags::SYN).build();
+    assert_eq!(f.run(&not_vip).action, XDP_PASS);
+    // The address set follows the VIP map: remove the UDP VIP and its
+    // address is an ordinary source again.
+    f.dp.remove_vip(&VipKey::new(VIP4_UDP.into(), 5353, PROTO_UDP))
+        .unwrap();
+    let from_old_vip = Frame::tcp(v4(VIP4_UDP), 51235, v4(VIP4), 8140, flags::SYN).build();
+    assert_eq!(f.run(&from_old_vip).action, XDP_TX);
+}
+
+#[test]
+fn flood_mode_stops_recording_syns_past_the_threshold_keeps_established_flows_and_ends() {
+    need_root!();
+    pin_to_one_cpu();
+    let mut f = Fixture::new();
+    const T: u32 = 50;
+    f.dp.set_flood_threshold(T).unwrap();
+    // 10 connections before the flood, then 100 new SYNs in the same second.
+    let t0 = std::time::Instant::now();
+    for p in 0..10 {
+        f.run(&syn4(48000 + p).build());
+    }
+    let before: Vec<u32> = (0..10)
+        .map(|p| f.dp.flow(&k4(48000 + p)).unwrap().backend_id)
+        .collect();
+    let table = f.dp.active_table(S_V4).unwrap().unwrap();
+    for p in 0..100u16 {
+        let out = f.run(&syn4(48100 + p).build());
+        assert_eq!(
+            dst_backend(&out),
+            Some(expected_backend(&table, &k4(48100 + p))),
+            "a flood-mode SYN goes where the Maglev table says"
+        );
+    }
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(900),
+        "the test must stay inside one flood window"
+    );
+    let recorded = (0..100u16)
+        .filter(|p| f.dp.flow(&k4(48100 + p)).is_some())
+        .count();
+    assert_eq!(
+        recorded,
+        (T - 10) as usize,
+        "only the threshold is recorded"
+    );
+    assert!(f.dp.flow(&k4(48100 + 39)).is_some());
+    assert!(f.dp.flow(&k4(48100 + 40)).is_none());
+    let st = f.dp.flood_status().unwrap();
+    assert_eq!(st.threshold, T);
+    assert_eq!(st.cpus_in_flood, 1);
+    assert_eq!(st.flood_syns, 60);
+    assert_eq!(st.flood_windows, 1);
+    assert_eq!(f.dp.service_stats(S_V4).unwrap().new_flows, T as u64);
+    // During the flood the table changes: established flows keep their
+    // backend (their entries are intact), new SYNs follow the new table.
+    let new_table = f.install(S_V4, &[0, 1, 2, 3], false);
+    f.set_backend(3, S_V4, BACKEND_ACTIVE, 0, backend_addr(3, false));
+    for p in 0..10u16 {
+        let ack = Frame::tcp(v4(CLIENT4), 48000 + p, v4(VIP4), 8140, flags::ACK).build();
+        assert_eq!(dst_backend(&f.run(&ack)), Some(before[p as usize]));
+    }
+    let moved = (0..2000u16)
+        .map(|p| 49000 + p)
+        .find(|p| expected_backend(&table, &k4(*p)) != expected_backend(&new_table, &k4(*p)))
+        .unwrap();
+    let out = f.run(&syn4(moved).build());
+    assert_eq!(
+        dst_backend(&out),
+        Some(expected_backend(&new_table, &k4(moved)))
+    );
+    assert!(f.dp.flow(&k4(moved)).is_none(), "still in flood mode");
+    // The window ends: the next SYN is recorded again, and the CPU is out
+    // of flood mode.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(f.dp.flood_status().unwrap().cpus_in_flood, 0);
+    f.run(&syn4(moved).build());
+    assert!(f.dp.flow(&k4(moved)).is_some(), "flood mode ended");
+    assert_eq!(f.dp.flood_status().unwrap().flood_syns, 61);
+}
+
+#[test]
+fn without_a_threshold_there_is_no_flood_mode() {
+    need_root!();
+    pin_to_one_cpu();
+    let mut f = Fixture::new();
+    for p in 0..300u16 {
+        f.run(&syn4(50000 + p).build());
+    }
+    assert_eq!(f.dp.flow_counts().unwrap().0, 300);
+    let st = f.dp.flood_status().unwrap();
+    assert_eq!((st.threshold, st.cpus_in_flood, st.flood_syns), (0, 0, 0));
+    // A threshold above the rate changes nothing either.
+    f.dp.set_flood_threshold(1000).unwrap();
+    for p in 300..600u16 {
+        f.run(&syn4(50000 + p).build());
+    }
+    assert_eq!(f.dp.flow_counts().unwrap().0, 600);
+    assert_eq!(f.dp.flood_status().unwrap().flood_syns, 0);
+}

@@ -775,6 +775,21 @@ fn v1_pins_are_migrated_to_v2_with_their_flows() {
             family: lb_common::FAMILY_V4,
             _pad: [0; 2],
         };
+        let key6 = |p: u16| FlowKey {
+            src: "2001:db8::7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+            dst: "2001:db8::10"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+            sport_be: p.to_be(),
+            dport_be: 8140u16.to_be(),
+            proto: PROTO_TCP,
+            family: lb_common::FAMILY_V6,
+            _pad: [0; 2],
+        };
         let v1 = |p: u16| FlowValueV1 {
             backend_id: u32::from(p % 3),
             generation: 7,
@@ -789,7 +804,20 @@ fn v1_pins_are_migrated_to_v2_with_their_flows() {
             for p in 40000..40300u16 {
                 flows.insert(key(p), v1(p), 0).unwrap();
             }
+            // IPv6 flows share the v1 table; v2 keeps them in their own.
+            // (On backend 3, which the flow counts below do not ask about.)
+            let v6 = FlowValueV1 {
+                backend_id: 3,
+                generation: 7,
+                created_ns: 5,
+            };
+            for p in 41000..41050u16 {
+                flows.insert(key6(p), v6, 0).unwrap();
+            }
             flows.pin(opts.pin_dir.join(names::V1_FLOWS)).unwrap();
+            // A v1 counter pin (its layout changed): dropped by the upgrade.
+            let reasons: BpfHash<MapData, u32, u64> = BpfHash::create(4, 0).unwrap();
+            reasons.pin(opts.pin_dir.join("vx_reasons_v1")).unwrap();
             let mut vips: BpfHash<MapData, VipKey, VipInfo> =
                 BpfHash::create(names::MAX_VIPS, 0).unwrap();
             let info = VipInfo {
@@ -809,11 +837,25 @@ fn v1_pins_are_migrated_to_v2_with_their_flows() {
                 );
                 assert!(v.last_seen_ns > 0);
             }
+            for p in 41000..41050u16 {
+                let v = dp
+                    .flow(&key6(p))
+                    .unwrap_or_else(|| panic!("v6 flow {p} lost"));
+                assert_eq!((v.backend_id, v.created_ns), (3, 5));
+            }
+            assert_eq!(
+                dp.flow_counts().unwrap(),
+                (300, 50),
+                "each family in its own table"
+            );
             assert_eq!(
                 dp.vips().unwrap(),
                 vec![(vip, info)],
                 "VIP map carried over"
             );
+            // The pre-filter (new in v2) was built from the carried-over VIPs.
+            let slot = dp.filter_slot("192.0.2.10".parse().unwrap(), 8140);
+            assert_eq!((slot.compiler, slot.ca), (1, 0));
             for n in names::V1_ALL {
                 assert!(!opts.pin_dir.join(n).exists(), "v1 pin {n} left");
             }
@@ -827,7 +869,7 @@ fn v1_pins_are_migrated_to_v2_with_their_flows() {
                 assert_eq!(v.generation, 7);
             })
             .unwrap();
-            assert_eq!(seen.len(), 300);
+            assert_eq!(seen.len(), 350);
             assert!(seen.values().all(|n| *n == 1));
             let counts = voxlb::retire::count_flows(
                 &dp,

@@ -503,3 +503,58 @@ fn too_many_backends_for_the_table_is_a_plan_error() {
     assert!(e.to_string().contains("too small"), "{e}");
     let _ = w.dp.vips().unwrap();
 }
+
+#[test]
+fn a_health_event_rebuilds_only_the_table_of_its_service() {
+    // Service names unique to this test: the table memo is per process.
+    let config = r#"
+interfaces = ["eth0"]
+[[compiler_services]]
+name = "rebuild-a"
+vip = "192.0.2.30:8140"
+table_size = 1009
+health_check = { type = "tcp" }
+[[compiler_services.backends]]
+address = "10.0.3.1"
+mac = "02:00:00:00:03:01"
+[[compiler_services.backends]]
+address = "10.0.3.2"
+mac = "02:00:00:00:03:02"
+[[compiler_services]]
+name = "rebuild-b"
+vip = "192.0.2.31:8140"
+table_size = 1009
+health_check = { type = "tcp" }
+[[compiler_services.backends]]
+address = "10.0.4.1"
+mac = "02:00:00:00:04:01"
+"#;
+    use voxlb::tables::builds_of;
+    let mut w = World::new(config);
+    w.sync();
+    let (a0, b0) = (builds_of("rebuild-a"), builds_of("rebuild-b"));
+    w.health.insert(("rebuild-a".into(), ip("10.0.3.2")), false);
+    let (_, applied) = w.sync();
+    assert_eq!(
+        applied.tables, 1,
+        "only the touched service's table is written"
+    );
+    assert_eq!(
+        builds_of("rebuild-a"),
+        a0 + 1,
+        "the touched service is rebuilt"
+    );
+    assert_eq!(
+        builds_of("rebuild-b"),
+        b0,
+        "the other service is not rebuilt"
+    );
+    // And back: rebuilt again (its input changed again), the other still not.
+    w.health.insert(("rebuild-a".into(), ip("10.0.3.2")), true);
+    w.sync();
+    assert_eq!(builds_of("rebuild-b"), b0);
+    assert!(
+        w.table("rebuild-a")
+            .contains(&w.id("rebuild-a", "10.0.3.2"))
+    );
+}

@@ -140,6 +140,7 @@ fn snap(at: f64, k: u64) -> Snapshot {
                 ],
             },
         ],
+        flood: Default::default(),
     };
     let telemetry = TelemetryView {
         version: "0.1.0".into(),

@@ -58,8 +58,9 @@ enum Cmd {
         #[arg(long)]
         cleanup: bool,
     },
-    /// Benchmarks: `dataplane`, `maglev`, `e2e` (vs HAProxy and nftables),
-    /// `ha` (failover figures of several LB hosts), or `all`.
+    /// Benchmarks: `dataplane`, `maglev`, `change` (control path: one backend-set
+    /// change, build to flip), `e2e` (vs HAProxy and nftables), `ha` (failover
+    /// figures of several LB hosts), or `all`.
     Bench {
         #[arg(default_value = "all")]
         which: String,
@@ -417,6 +418,27 @@ fn bench(which: &str, quick: bool) -> Result<()> {
         }
         ran = true;
     }
+    if all || which == "change" {
+        step("bench change (control path: build + diff + write + flip of one change; needs root)");
+        let out = run_tee(
+            cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "lb-testkit",
+                    "--example",
+                    "bench_table_change",
+                    "--",
+                ])
+                .args(q),
+        )?;
+        if !quick {
+            publish("change", "cargo xtask bench change", &out)?;
+        }
+        ran = true;
+    }
     if all || which == "e2e" {
         step("bench e2e (voxlb vs HAProxy vs nftables DNAT, in namespaces; needs root)");
         // The bench finds the daemon and the test backend next to itself.
@@ -479,7 +501,7 @@ fn bench(which: &str, quick: bool) -> Result<()> {
         ran = true;
     }
     if !ran {
-        bail!("unknown benchmark {which:?}: use dataplane, maglev, e2e, ha or all");
+        bail!("unknown benchmark {which:?}: use dataplane, maglev, change, e2e, ha or all");
     }
     Ok(())
 }

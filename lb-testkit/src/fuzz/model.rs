@@ -276,6 +276,19 @@ impl World {
         else {
             return (Expected::of(Reason::PassNotVip), None);
         };
+        // A source claiming to be a VIP address is dropped before anything
+        // is chosen (no flow of such a source can exist).
+        if self.vip_index.keys().any(|(addr, _, _)| *addr == flow.src) {
+            return (
+                Expected {
+                    reason: Reason::DropSpoofedSource,
+                    backend: None,
+                    vip: Some(info),
+                    established: false,
+                },
+                None,
+            );
+        }
         let chosen = match info.kind {
             KIND_COMPILER => self.compiler(info.service_id, &flow),
             KIND_CA => self.ca(info.service_id),
