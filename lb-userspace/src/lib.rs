@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod fuzz;
 pub mod health;
+pub mod load;
 pub mod metrics;
 pub mod neigh;
 pub mod object;
