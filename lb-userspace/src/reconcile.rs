@@ -159,6 +159,8 @@ pub fn effective_backends(
                 name: a.name.clone(),
                 weight: o.weights.get(addr).copied().unwrap_or(a.weight),
                 mac: a.mac,
+                // CLI-added backends join tier 0 until the CLI can say (issue 16, phase 2).
+                tier: 0,
             },
             drained: o.drained.contains(addr),
             from_config: false,

@@ -29,22 +29,10 @@ pub struct Response {
     pub truncated: bool,
 }
 
-/// Sends `GET path` and reads the response. With `want_body` false the body
-/// is not read at all (the status decides).
-pub async fn exchange<S>(
-    io: S,
-    host: &str,
-    path: &str,
-    want_body: bool,
-) -> Result<Response, ProbeError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    exchange_capped(io, host, path, want_body, MAX_BODY).await
-}
-
-/// [`exchange`] with another body cap than [`MAX_BODY`] (the load poller
-/// reads whole status documents, larger than a health check needs).
+/// Sends `GET path` and reads the response, keeping at most `max_body`
+/// bytes of the body ([`MAX_BODY`] for probes; the load poller reads whole
+/// status documents). With `want_body` false the body is not read at all
+/// (the status decides).
 pub async fn exchange_capped<S>(
     io: S,
     host: &str,
@@ -349,7 +337,14 @@ mod tests {
             let _ = server.write_all(&response).await;
             req
         });
-        let got = exchange(client, "127.0.0.1:8140", "/status/v1/simple", true).await;
+        let got = exchange_capped(
+            client,
+            "127.0.0.1:8140",
+            "/status/v1/simple",
+            true,
+            MAX_BODY,
+        )
+        .await;
         let req = peer.await.unwrap();
         let req = String::from_utf8(req).unwrap();
         assert!(
