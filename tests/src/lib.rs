@@ -9,6 +9,8 @@
 //! - [`pki`]: a throwaway CA and per-backend certificates.
 //! - [`client`]: a small HTTP/1.1 (+TLS) client to talk to backends, through
 //!   the load balancer or not.
+//! - [`jruby`]: the simulated JRuby pool behind the backend's status API
+//!   and catalog compiles (load feedback, issue 16).
 //! - [`pattern`]: the deterministic body bytes, to check downloads.
 //! - [`daemon`]: the real `voxlb` daemon in a topology, and its CLI.
 //! - [`netns`]: namespaces, threads and runtimes inside them, cleanup.
@@ -19,6 +21,7 @@ pub mod backend;
 pub mod bench;
 pub mod client;
 pub mod daemon;
+pub mod jruby;
 pub mod netns;
 pub mod pattern;
 pub mod pki;
