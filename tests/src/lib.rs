@@ -1,5 +1,7 @@
 //! End-to-end test fixtures for voxlb.
 //!
+//! - [`agent`]: an agent simulator timing whole agent runs (p50/p99), the
+//!   workload of the load-feedback benchmark (`voxlb-agent-sim`).
 //! - [`backend`]: the test backend, an HTTPS server that stands in for an
 //!   OpenVox compiler (health route, `whoami`, long and catalog-sized
 //!   downloads, a control API). The `voxlb-testd` binary runs it; Rust tests
@@ -17,6 +19,7 @@
 //! - [`topology`]: the end-to-end topology (clients, LB, compilers, CAs
 //!   on one bridge), shared by the e2e tests, the demo and benchmarks.
 
+pub mod agent;
 pub mod backend;
 pub mod bench;
 pub mod client;
