@@ -109,7 +109,8 @@ async fn reads_a_real_answer_with_the_debug_path() {
 async fn bad_answers_are_no_load_data() {
     let html =
         b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 22\r\n\r\n<html>bad gateway</html>".to_vec();
-    let cases: Vec<(Vec<u8>, fn(&FetchError) -> bool)> = vec![
+    type Case = (Vec<u8>, fn(&FetchError) -> bool);
+    let cases: Vec<Case> = vec![
         (chunked("200 OK", INFO), |e| {
             matches!(e, FetchError::Parse(_))
         }),

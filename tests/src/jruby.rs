@@ -229,7 +229,7 @@ impl JrubyPool {
         borrowed.extend((0..s.busy).map(|i| phantom(&format!("busy{i}"))));
         let mut requested: Vec<Value> = p.waiting.iter().map(entry).collect();
         requested.extend((0..s.waiting).map(|i| phantom(&format!("waiting{i}"))));
-        let avg = |total: u64, n: u64| if n == 0 { 0 } else { total / n };
+        let avg = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
         let status = if debug {
             json!({"experimental": {
                 "jruby-pool-lock-status": {

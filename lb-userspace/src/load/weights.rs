@@ -686,7 +686,10 @@ mod tests {
         ]
     }
 
-    fn arb_steps() -> impl Strategy<Value = Vec<(u64, Vec<(LoadInput, bool, u32)>)>> {
+    /// Per step: time advance (ms) and per backend (load, healthy, tier).
+    type Steps = Vec<(u64, Vec<(LoadInput, bool, u32)>)>;
+
+    fn arb_steps() -> impl Strategy<Value = Steps> {
         proptest::collection::vec(
             (
                 0u64..20_000,
@@ -696,7 +699,7 @@ mod tests {
         )
     }
 
-    fn run(cfg: &ControllerConfig, steps: &[(u64, Vec<(LoadInput, bool, u32)>)]) -> Vec<Plan> {
+    fn run(cfg: &ControllerConfig, steps: &Steps) -> Vec<Plan> {
         let mut c = Controller::new(cfg.clone());
         let mut now = 0;
         steps
