@@ -52,6 +52,18 @@ pub const BACKEND_DRAINING: u32 = 2;
 /// Down (failed health check): out of the table; its flows are re-picked,
 /// since the backend cannot answer them anyway.
 pub const BACKEND_DOWN: u32 = 3;
+/// Retiring (removed by the operator or dropped from the config): to the
+/// data plane exactly like [`BACKEND_DRAINING`] — out of the table, keeps
+/// its established flows, a SYN is re-picked — but a distinct value so
+/// that the maps alone say which it is. Userspace frees the slot (state
+/// [`BACKEND_EMPTY`]) when its last flow has ended or its grace has passed.
+pub const BACKEND_RETIRING: u32 = 4;
+
+/// Whether a backend in `state` keeps its established (non-SYN) flows.
+#[inline(always)]
+pub const fn keeps_flows(state: u32) -> bool {
+    matches!(state, BACKEND_ACTIVE | BACKEND_DRAINING | BACKEND_RETIRING)
+}
 
 /// Value of the backend array. Only `mac`, `state` and `generation` are read
 /// by the data plane; the address is there so that the maps alone say where
@@ -102,7 +114,15 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// Value of the flow table.
+/// Value of the flow table (layout version 2).
+///
+/// Written by the data plane: in full when a flow is created (a SYN, a UDP
+/// datagram, or a packet whose entry is stale), then only
+/// - `closed_ns`, once, on the first agent FIN or RST of the flow;
+/// - `last_seen_ns`, at most once per [`LAST_SEEN_GRANULARITY_NS`], so that
+///   "idle" can be defined without a write on every packet.
+///
+/// What "open" means is defined once, by [`FlowValue::is_open`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -110,10 +130,77 @@ pub struct FlowValue {
     pub backend_id: u32,
     /// `BackendInfo::generation` at the time of the choice.
     pub generation: u32,
-    /// `bpf_ktime_get_ns()` when the entry was created (for `voxlb flows`).
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the entry was created.
+    pub created_ns: u64,
+    /// When the agent's first FIN or RST was seen; 0 = not seen (open).
+    /// The flow keeps its backend after that (the last ACKs of the close
+    /// must reach the compiler that holds the connection); a SYN on a closed
+    /// entry is a new connection and is re-picked.
+    pub closed_ns: u64,
+    /// Last packet of the flow, to within [`LAST_SEEN_GRANULARITY_NS`].
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
+
+/// `FlowValue::last_seen_ns` is refreshed when it is at least this old.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// A UDP flow has no close: it counts as open while it saw a packet within
+/// this long. (TCP flows have FIN/RST and do not use it: an agent waiting
+/// for a slow catalog compile sends nothing for minutes and must still
+/// count as connected.)
+pub const UDP_OPEN_IDLE_NS: u64 = 30_000_000_000;
+
+/// After the agent's FIN/RST, the close's last ACKs still have to reach
+/// the compiler: a backend's slot is not freed while one of its flows
+/// closed less than this long ago.
+pub const CLOSE_LINGER_NS: u64 = 5_000_000_000;
+
+impl FlowValue {
+    /// The one definition of an open connection, used by retirement and
+    /// anything that counts connections per backend: the agent has not sent
+    /// FIN or RST, and, for UDP (no close), it was seen within
+    /// [`UDP_OPEN_IDLE_NS`]. `now_ns` is CLOCK_MONOTONIC, like the
+    /// timestamps. Whether the flow still belongs to a backend (same id and
+    /// generation) is the caller's check.
+    pub fn is_open(&self, proto: u8, now_ns: u64) -> bool {
+        if self.closed_ns != 0 {
+            return false;
+        }
+        proto == PROTO_TCP || now_ns.saturating_sub(self.last_seen_ns) < UDP_OPEN_IDLE_NS
+    }
+
+    /// Closed, but so recently that the close's last packets may still be
+    /// on their way (see [`CLOSE_LINGER_NS`]).
+    pub fn is_closing(&self, now_ns: u64) -> bool {
+        self.closed_ns != 0 && now_ns.saturating_sub(self.closed_ns) < CLOSE_LINGER_NS
+    }
+}
+
+/// Value of the version-1 flow table, read only to migrate it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValueV1 {
+    pub backend_id: u32,
+    pub generation: u32,
     pub created_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowValueV1>() == 16);
+
+impl FlowValueV1 {
+    /// The version-2 value: open, last seen `now_ns` (the v1 layout did not
+    /// record closes; a flow that had ended is counted as open until its
+    /// entry ages out or its backend's grace passes).
+    pub fn upgrade(self, now_ns: u64) -> FlowValue {
+        FlowValue {
+            backend_id: self.backend_id,
+            generation: self.generation,
+            created_ns: self.created_ns,
+            closed_ns: 0,
+            last_seen_ns: now_ns,
+        }
+    }
+}
 
 /// A packets/bytes pair (per reason).
 #[repr(C)]
@@ -166,6 +253,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowValueV1 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Counter {}
     // SAFETY: as above.

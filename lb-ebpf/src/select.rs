@@ -2,13 +2,13 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BACKEND_ACTIVE, BACKEND_DRAINING, BackendInfo, FlowValue, NO_BACKEND, PROTO_TCP, Reason,
-    hash::flow_hash,
+    BACKEND_ACTIVE, BackendInfo, FlowValue, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP,
+    Reason, hash::flow_hash, keeps_flows,
 };
 
 use crate::{
     maps::{ACTIVE, BACKENDS, CA_STEER, FLOWS, MAGLEV, REGIONS},
-    parse::{Parsed, TCP_ACK, TCP_SYN},
+    parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// The backend a packet goes to.
@@ -30,6 +30,12 @@ pub fn is_syn(pkt: &Parsed) -> bool {
     pkt.key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
+/// The agent is ending its connection (FIN or RST).
+#[inline(always)]
+fn is_close(pkt: &Parsed) -> bool {
+    pkt.key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0
+}
+
 /// What the flow table says about a packet's flow.
 pub enum Known {
     /// No entry.
@@ -44,19 +50,38 @@ pub enum Known {
 /// service it belongs to (through its backend), so no VIP lookup is needed.
 #[inline(always)]
 pub fn established(pkt: &Parsed) -> Result<Choice, Known> {
-    let Some(v) = FLOWS.get_ptr(pkt.key) else {
+    let Some(p) = FLOWS.get_ptr_mut(pkt.key) else {
         return Err(Known::Miss);
     };
     // SAFETY: a value pointer from a map lookup, valid for this run; a
     // concurrent update can only make us read an older or newer value of
     // plain integers.
-    let v = unsafe { *v };
+    let v = unsafe { *p };
     let be = backend(v.backend_id).ok_or(Known::Stale)?;
-    // A drained backend keeps its flows, but a new SYN on a reused 5-tuple
-    // is a new connection and is re-picked.
-    let usable = be.state == BACKEND_ACTIVE || (be.state == BACKEND_DRAINING && !is_syn(pkt));
-    if !usable || be.generation != v.generation {
+    // Active, draining and retiring backends keep their flows, but a SYN is
+    // a new connection when the backend takes no new ones (draining,
+    // retiring) or when the agent already closed this 5-tuple: re-picked.
+    let syn = is_syn(pkt);
+    let usable = keeps_flows(be.state)
+        && !(syn && (be.state != BACKEND_ACTIVE || v.closed_ns != 0))
+        && be.generation == v.generation;
+    if !usable {
         return Err(Known::Stale);
+    }
+    // The only writes on this path: the close mark, once per flow, and the
+    // coarse last-seen time, at most once per second per flow.
+    // SAFETY: helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let close = is_close(pkt) && v.closed_ns == 0;
+    if close || now.wrapping_sub(v.last_seen_ns) >= LAST_SEEN_GRANULARITY_NS {
+        // SAFETY: `p` points into the map value (see above); racing writers
+        // store timestamps of the same flow, any of which is right.
+        unsafe {
+            (*p).last_seen_ns = now;
+            if close {
+                (*p).closed_ns = now;
+            }
+        }
     }
     Ok(Choice {
         service_id: be.service_id,
@@ -92,7 +117,7 @@ pub fn ca(service_id: u32, pkt: &Parsed) -> Result<Choice, Reason> {
 pub fn compiler(service_id: u32, pkt: &Parsed, known: Known) -> Result<Choice, Reason> {
     let id = pick(service_id, pkt)?;
     let be = backend(id).ok_or(Reason::DropNoBackend)?;
-    if be.service_id != service_id || (be.state != BACKEND_ACTIVE && be.state != BACKEND_DRAINING) {
+    if be.service_id != service_id || !keeps_flows(be.state) {
         return Err(Reason::DropNoBackend);
     }
     // Only a SYN (or UDP, which has no handshake) creates an entry, so a
@@ -101,11 +126,15 @@ pub fn compiler(service_id: u32, pkt: &Parsed, known: Known) -> Result<Choice, R
     // A group-addressed frame is passed, never forwarded: it records nothing.
     let creates = is_syn(pkt) || pkt.key.proto != PROTO_TCP || matches!(known, Known::Stale);
     if creates && pkt.unicast {
+        // SAFETY: helper call without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
         let v = FlowValue {
             backend_id: id,
             generation: be.generation,
-            // SAFETY: helper call without arguments.
-            created_ns: unsafe { bpf_ktime_get_ns() },
+            created_ns: now,
+            // A stale entry re-picked by a FIN/RST is already closing.
+            closed_ns: if is_close(pkt) { now } else { 0 },
+            last_seen_ns: now,
         };
         // A full LRU evicts its least recently used entry; an insert can
         // only fail for want of memory, and the packet still goes out.

@@ -98,8 +98,16 @@ pub enum BackendCmd {
         #[arg(long)]
         mac: Option<String>,
     },
-    /// Remove a backend (its established flows are re-balanced).
-    Remove { service: String, address: String },
+    /// Remove a backend: it retires (no new flows; its established ones
+    /// finish on it, up to the service's retire_grace), then is freed.
+    Remove {
+        service: String,
+        address: String,
+        /// Remove at once (dead or misbehaving compiler): its connections
+        /// are re-picked to other compilers, which reset them.
+        #[arg(long)]
+        now: bool,
+    },
     /// Stop new flows to a backend; established ones stay.
     Drain { service: String, address: String },
     /// Let a drained backend take new flows again.
@@ -158,9 +166,14 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
                     mac: mac.clone(),
                 }
             }
-            BackendCmd::Remove { service, address } => Request::BackendRemove {
+            BackendCmd::Remove {
+                service,
+                address,
+                now,
+            } => Request::BackendRemove {
                 service: svc(service)?,
                 address: addr(address)?,
+                now: *now,
             },
             BackendCmd::Drain { service, address } => Request::BackendDrain {
                 service: svc(service)?,
@@ -273,6 +286,27 @@ fn dash(o: Option<String>) -> String {
     o.unwrap_or_else(|| "-".into())
 }
 
+/// A backend's state; a retiring one also shows its open connections and
+/// the time left of its grace: `retiring (3 open, 9m12s left)`.
+pub fn state_cell(b: &crate::reconcile::BackendView) -> String {
+    let Some(deadline) = b.retire_deadline_unix_ms else {
+        return b.state.clone();
+    };
+    let left_s = deadline
+        .saturating_sub(crate::state::unix_ms_now())
+        .div_ceil(1000);
+    let open = match b.open_flows {
+        Some(n) => n.to_string(),
+        None => "?".into(),
+    };
+    format!(
+        "{} ({open} open, {}m{:02}s left)",
+        b.state,
+        left_s / 60,
+        left_s % 60
+    )
+}
+
 fn render_backends(services: &[ServiceView]) -> String {
     let mut rows = Vec::new();
     for s in services {
@@ -282,7 +316,7 @@ fn render_backends(services: &[ServiceView]) -> String {
                 b.address.to_string(),
                 dash(b.name.clone()),
                 b.id.to_string(),
-                b.state.clone(),
+                state_cell(b),
                 match b.healthy {
                     Some(true) => "up".into(),
                     Some(false) => "down".into(),
@@ -359,6 +393,21 @@ fn render_status(s: &StatusView) -> String {
         })
         .collect();
     out.push_str(&table(&["SERVICE", "KIND", "VIP", "USABLE", ""], &rows));
+    for v in &s.services {
+        for b in v
+            .backends
+            .iter()
+            .filter(|b| b.retire_deadline_unix_ms.is_some())
+        {
+            let _ = writeln!(
+                out,
+                "{} {}: {} (removed; connections finishing)",
+                v.name,
+                b.address,
+                state_cell(b)
+            );
+        }
+    }
     out
 }
 

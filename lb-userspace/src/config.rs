@@ -143,6 +143,9 @@ pub struct CompilerService {
     pub backends: Vec<Backend>,
     /// How weights for new flows are chosen (balance, tiers, slow start).
     pub balancing: Balancing,
+    /// How long a removed backend keeps its established flows at most
+    /// (see README, *Remove, drain, down*).
+    pub retire_grace: Duration,
 }
 
 /// The load-feedback settings of a compiler service. The defaults are the
@@ -164,6 +167,13 @@ impl Default for Balancing {
         }
     }
 }
+
+/// Default `retire_grace`: a slow catalog compile (minutes on a loaded
+/// compiler) plus the file-content downloads that follow it on the same
+/// kept-alive connection.
+pub const DEFAULT_RETIRE_GRACE: Duration = Duration::from_secs(600);
+/// Longest `retire_grace` accepted.
+pub const MAX_RETIRE_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// The certificate authority behind one VIP: every flow goes to the primary
 /// while it is healthy, else to the standby.
@@ -257,6 +267,7 @@ struct RawCompilerService {
     protocol: Option<String>,
     table_size: Option<u32>,
     health_check: Option<RawHealthCheck>,
+    retire_grace: Option<String>,
     #[serde(default)]
     backends: Vec<RawBackend>,
     balance: Option<String>,
@@ -472,6 +483,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             max_rewrites_per_minute: s.max_rewrites_per_minute,
         };
         let balancing = parse_balancing(&key, &raw_balancing, &health)?;
+        let retire_grace = match &s.retire_grace {
+            None => DEFAULT_RETIRE_GRACE,
+            Some(g) => {
+                let d = parse_duration(g).map_err(|p| invalid(format!("{key}.retire_grace"), p))?;
+                if d > MAX_RETIRE_GRACE {
+                    return Err(invalid(
+                        format!("{key}.retire_grace"),
+                        format!("{g:?} is longer than the maximum of 24h (1440m)"),
+                    ));
+                }
+                d
+            }
+        };
         compiler_services.push(CompilerService {
             name: s.name,
             vip,
@@ -479,6 +503,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             health,
             backends,
             balancing,
+            retire_grace,
         });
     }
 

@@ -49,6 +49,10 @@ pub enum Request {
     BackendRemove {
         service: String,
         address: String,
+        /// Remove at once, cutting its connections (re-picked), instead of
+        /// retiring it.
+        #[serde(default)]
+        now: bool,
     },
     BackendDrain {
         service: String,

@@ -44,7 +44,8 @@ use crate::{
     health::HealthCheck,
     neigh::MacResolver,
     reconcile::{self, Desired, HealthMap, MacMap, PlanError, ServiceView},
-    state::{AddedBackend, State, StateError, StateStore},
+    retire::{self, FlowCount},
+    state::{AddedBackend, Retiring, State, StateError, StateStore, unix_ms_now},
 };
 
 /// How often unresolved MACs are looked up (and solicited) again.
@@ -54,6 +55,9 @@ pub const NEIGH_REFRESH: Duration = Duration::from_secs(60);
 /// How often the bpffs pins are checked (and put back if deleted); every
 /// control request checks them too.
 pub const PIN_CHECK: Duration = Duration::from_secs(5);
+/// How often, while a backend is retiring, the flow table is scanned for
+/// its open connections (and the backend freed when none is left).
+pub const RETIRE_TICK: Duration = Duration::from_secs(1);
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +146,8 @@ pub struct Daemon {
     spawner: CheckerSpawner,
     health_tx: mpsc::Sender<HealthUpdate>,
     checkers: HashMap<(String, IpAddr), Checker>,
+    /// Open connections of each retiring backend at the last scan.
+    retire_counts: HashMap<(String, IpAddr), u64>,
 }
 
 /// What [`run`] needs besides the config and the data plane.
@@ -194,6 +200,7 @@ impl Daemon {
             spawner,
             health_tx,
             checkers: HashMap::new(),
+            retire_counts: HashMap::new(),
         };
         let mut state = d.state.clone();
         let plan = reconcile::plan(&d.config, &mut state, &d.health, &d.macs)?;
@@ -221,7 +228,8 @@ impl Daemon {
     }
 
     /// Log what changed for the operator: all-down services loudly.
-    fn report_views(&mut self, new: Vec<ServiceView>) {
+    fn report_views(&mut self, mut new: Vec<ServiceView>) {
+        self.patch_open_flows(&mut new);
         for s in &new {
             let before = self.views.iter().find(|o| o.name == s.name);
             let was = before.map(|b| b.active);
@@ -375,6 +383,21 @@ impl Daemon {
                     if present {
                         return Err(format!("backend {addr} is already in service {service}"));
                     }
+                    // Re-adding a retiring backend revives it: it never left
+                    // its slot, so same id and generation, flows untouched.
+                    let revived = o.retiring.remove(&addr);
+                    let (name, mac) = match &revived {
+                        Some(r) => (name.clone().or(r.name.clone()), mac.or(r.mac)),
+                        None => (name.clone(), mac),
+                    };
+                    let weight = weight.or(revived.as_ref().map(|r| r.weight));
+                    let done = if revived.is_some() {
+                        format!(
+                            "backend {addr} back in {service} (it was retiring: same id, its connections never moved)"
+                        )
+                    } else {
+                        format!("backend {addr} added to {service}")
+                    };
                     if let Some(b) = in_config {
                         // Re-adding a removed config backend: config settings,
                         // with the weight given now, if any.
@@ -386,27 +409,20 @@ impl Daemon {
                         o.added.insert(
                             addr,
                             AddedBackend {
-                                name: name.clone(),
+                                name,
                                 weight: weight.unwrap_or(config::DEFAULT_WEIGHT),
                                 mac,
                             },
                         );
                     }
-                    Ok(format!("backend {addr} added to {service}"))
+                    Ok(done)
                 })
             }
-            Request::BackendRemove { service, address } => {
-                self.edit_backend(&service, &address, |o, addr, in_config| {
-                    if in_config {
-                        o.removed.insert(addr);
-                    } else {
-                        o.added.remove(&addr);
-                    }
-                    o.drained.remove(&addr);
-                    o.weights.remove(&addr);
-                    Ok(format!("backend {addr} removed from {service}"))
-                })
-            }
+            Request::BackendRemove {
+                service,
+                address,
+                now,
+            } => self.remove_backend(&service, &address, now),
             Request::BackendDrain { service, address } => {
                 self.edit_backend(&service, &address, |o, addr, _| {
                     Ok(if o.drained.insert(addr) {
@@ -499,6 +515,11 @@ impl Daemon {
                 o.added.contains_key(&addr)
             };
             if !present {
+                if o.retiring.contains_key(&addr) {
+                    return Err(format!(
+                        "backend {addr} of {service} is retiring (removed); `voxlb backend add` brings it back"
+                    ));
+                }
                 return Err(format!("backend {addr} is not in service {service}"));
             }
             let msg = f(o, addr, in_config)?;
@@ -554,14 +575,61 @@ impl Daemon {
             }
         }
         let mut dropped = Vec::new();
+        let mut retired = Vec::new();
+        let old = self.config.clone();
         let resp = self.change(Some(new.clone()), |st| {
+            let before: Vec<(String, config::Backend)> = old
+                .compiler_services
+                .iter()
+                .flat_map(|s| {
+                    reconcile::effective_backends(s, st.overlays.get(&s.name))
+                        .into_iter()
+                        .map(|e| (s.name.clone(), e.backend))
+                })
+                .collect();
             dropped = reconcile::prune_overlay(&new, st);
-            Ok("config reloaded".into())
+            // A backend the new config drops retires like a CLI removal; a
+            // service dropped entirely takes its VIP with it.
+            let now_ms = unix_ms_now();
+            for (name, b) in before {
+                let Some(svc) = new.compiler(&name) else {
+                    continue;
+                };
+                let o = st.overlays.get(&name);
+                let still = reconcile::effective_backends(svc, o)
+                    .iter()
+                    .any(|e| e.backend.address == b.address);
+                if still {
+                    continue;
+                }
+                st.overlays.entry(name.clone()).or_default().retiring.insert(
+                    b.address,
+                    Retiring {
+                        name: b.name.clone(),
+                        weight: b.weight,
+                        mac: b.mac,
+                        deadline_unix_ms: now_ms + svc.retire_grace.as_millis() as u64,
+                    },
+                );
+                retired.push(format!(
+                    "service {name}: {} is gone from the config; retiring (its established connections finish on it, at most {})",
+                    b.address,
+                    fmt_duration(svc.retire_grace)
+                ));
+            }
+            Ok(if retired.is_empty() {
+                "config reloaded".into()
+            } else {
+                format!("config reloaded; {} backend(s) retiring", retired.len())
+            })
         });
         match &resp {
             Response::Ok { .. } => {
                 for line in dropped {
                     warn!("{line}");
+                }
+                for line in retired {
+                    info!("{line}");
                 }
                 self.last_reload_error = None;
                 info!("config reloaded from {}", path.display());
@@ -695,6 +763,11 @@ impl Daemon {
             for e in reconcile::effective_backends(s, o) {
                 want.insert((s.name.clone(), e.backend.address), s.health.clone());
             }
+            // A retiring backend is still checked: if it dies, its flows
+            // are re-picked like any down backend's.
+            for a in o.iter().flat_map(|o| o.retiring.keys()) {
+                want.insert((s.name.clone(), *a), s.health.clone());
+            }
         }
         for s in &self.config.ca_services {
             for b in std::iter::once(&s.primary).chain(s.standby.as_ref()) {
@@ -750,6 +823,211 @@ impl Daemon {
             let _ = c.stop.send(true);
         }
         self.checkers.clear();
+    }
+
+    /// Fill in the open connections of retiring backends from the last scan.
+    fn patch_open_flows(&self, views: &mut [ServiceView]) {
+        for s in views {
+            for b in &mut s.backends {
+                if b.retire_deadline_unix_ms.is_some() {
+                    b.open_flows = self
+                        .retire_counts
+                        .get(&(s.name.clone(), b.address))
+                        .copied();
+                }
+            }
+        }
+    }
+
+    /// `voxlb backend remove`: retire the backend (or, `now`, remove it at
+    /// once), saying how many open connections that affects.
+    fn remove_backend(&mut self, service: &str, address: &str, now: bool) -> Response {
+        let addr = match parse_addr(address) {
+            Ok(a) => a,
+            Err(e) => return Response::error(e),
+        };
+        let svc = match compiler(&self.config, service) {
+            Ok(s) => s.clone(),
+            Err(e) => return Response::error(e),
+        };
+        let retiring = self
+            .state
+            .overlays
+            .get(service)
+            .and_then(|o| o.retiring.get(&addr))
+            .cloned();
+        let open = match self.count_open(service, addr) {
+            Ok(c) => c.open,
+            Err(e) => return Response::error(format!("reading the flow table: {e}")),
+        };
+        if let Some(r) = retiring {
+            if !now {
+                let left = r.deadline_unix_ms.saturating_sub(unix_ms_now()) / 1000;
+                return Response::error(format!(
+                    "backend {addr} of {service} is already retiring: {open} open connection(s), {}m{:02}s left; `--now` removes it at once",
+                    left / 60,
+                    left % 60
+                ));
+            }
+            return self.change(None, |st| {
+                if let Some(o) = st.overlays.get_mut(service) {
+                    o.retiring.remove(&addr);
+                    if o.is_empty() {
+                        st.overlays.remove(service);
+                    }
+                }
+                Ok(format!(
+                    "backend {addr} removed from {service} at once: {open} open connection(s) cut (re-picked to other compilers)"
+                ))
+            });
+        }
+        let grace = svc.retire_grace;
+        self.edit_backend(service, address, |o, addr, in_config| {
+            let current = if in_config {
+                svc.backends.iter().find(|b| b.address == addr).map(|b| {
+                    let mut b = b.clone();
+                    if let Some(w) = o.weights.get(&addr) {
+                        b.weight = *w;
+                    }
+                    b
+                })
+            } else {
+                o.added.get(&addr).map(|a| config::Backend {
+                    address: addr,
+                    name: a.name.clone(),
+                    weight: a.weight,
+                    mac: a.mac,
+                })
+            };
+            if in_config {
+                o.removed.insert(addr);
+            } else {
+                o.added.remove(&addr);
+            }
+            o.drained.remove(&addr);
+            o.weights.remove(&addr);
+            if now {
+                return Ok(format!(
+                    "backend {addr} removed from {service} at once: {open} open connection(s) cut (re-picked to other compilers)"
+                ));
+            }
+            if let Some(b) = current {
+                o.retiring.insert(
+                    addr,
+                    Retiring {
+                        name: b.name,
+                        weight: b.weight,
+                        mac: b.mac,
+                        deadline_unix_ms: unix_ms_now() + grace.as_millis() as u64,
+                    },
+                );
+            }
+            Ok(format!(
+                "backend {addr} of {service} retiring: no new connections; its {open} open connection(s) finish on it, at most {} (then re-picked); it is freed when the last one ends. `voxlb backend remove --now` cuts them",
+                fmt_duration(grace)
+            ))
+        })
+    }
+
+    /// The open and closing connections of one backend of a service (zero
+    /// if it holds no id).
+    fn count_open(&self, service: &str, addr: IpAddr) -> Result<FlowCount, DataPlaneError> {
+        let Some((id, slot)) = self
+            .state
+            .backend_slots
+            .iter()
+            .find(|(_, s)| s.service == service && s.address == addr && s.in_use)
+        else {
+            return Ok(FlowCount::default());
+        };
+        let ids = BTreeMap::from([(*id, slot.generation)]);
+        let counts = retire::count_flows(self.dp.as_ref(), &ids, retire::monotonic_ns())?;
+        Ok(counts.get(id).copied().unwrap_or_default())
+    }
+
+    /// Scan the flow table for the open connections of every retiring
+    /// backend; free those with none left (nor closing), and those whose
+    /// grace has passed. Does nothing while nothing is retiring.
+    pub fn retire_tick(&mut self) {
+        let mut retiring: Vec<(String, IpAddr, u64)> = Vec::new();
+        for (name, o) in &self.state.overlays {
+            for (a, r) in &o.retiring {
+                retiring.push((name.clone(), *a, r.deadline_unix_ms));
+            }
+        }
+        if retiring.is_empty() {
+            self.retire_counts.clear();
+            return;
+        }
+        let id_of = |name: &str, a: IpAddr| {
+            self.state
+                .backend_slots
+                .iter()
+                .find(|(_, s)| s.service == name && s.address == a && s.in_use)
+                .map(|(id, s)| (*id, s.generation))
+        };
+        let ids: BTreeMap<u32, u32> = retiring
+            .iter()
+            .filter_map(|(n, a, _)| id_of(n, *a))
+            .collect();
+        let counts = match retire::count_flows(self.dp.as_ref(), &ids, retire::monotonic_ns()) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("retiring backends: cannot scan the flow table: {e}; retrying");
+                return;
+            }
+        };
+        let now_ms = unix_ms_now();
+        let mut finished: Vec<(String, IpAddr, String)> = Vec::new();
+        self.retire_counts.clear();
+        for (name, a, deadline) in retiring {
+            let c = id_of(&name, a)
+                .and_then(|(id, _)| counts.get(&id).copied())
+                .unwrap_or_default();
+            if c.done() {
+                finished.push((name, a, "its last connection ended".into()));
+            } else if now_ms >= deadline {
+                finished.push((
+                    name,
+                    a,
+                    format!(
+                        "its grace passed with {} connection(s) still open (re-picked to other compilers)",
+                        c.open
+                    ),
+                ));
+            } else {
+                self.retire_counts.insert((name, a), c.open);
+            }
+        }
+        if finished.is_empty() {
+            // Show the new counts without replanning.
+            let mut views = std::mem::take(&mut self.views);
+            self.patch_open_flows(&mut views);
+            self.views = views;
+            return;
+        }
+        let resp = self.change(None, |st| {
+            for (name, a, _) in &finished {
+                if let Some(o) = st.overlays.get_mut(name) {
+                    o.retiring.remove(a);
+                    if o.is_empty() {
+                        st.overlays.remove(name);
+                    }
+                }
+            }
+            Ok(String::new())
+        });
+        match resp {
+            Response::Error { message } => {
+                error!("retiring backends: cannot free them: {message}; retrying")
+            }
+            _ => {
+                for (name, a, why) in finished {
+                    info!("service {name}: backend {a} retired and freed: {why}");
+                }
+                self.sync_checkers();
+            }
+        }
     }
 
     /// The status view.
@@ -848,6 +1126,16 @@ impl Daemon {
     }
 }
 
+/// `10m`, `90s`, `1m30s`.
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 60, s % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
+    }
+}
+
 fn parse_addr(s: &str) -> Result<IpAddr, String> {
     config::parse_backend_addr("address", s).map_err(|e| e.to_string())
 }
@@ -923,6 +1211,7 @@ pub async fn run(
     let mut retry = tokio::time::interval(NEIGH_RETRY);
     let mut refresh = tokio::time::interval(NEIGH_REFRESH);
     let mut pins = tokio::time::interval(PIN_CHECK);
+    let mut retire_tick = tokio::time::interval(RETIRE_TICK);
     info!(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
@@ -949,6 +1238,7 @@ pub async fn run(
             _ = retry.tick() => daemon.neigh_tick(false),
             _ = refresh.tick() => daemon.neigh_tick(true),
             _ = pins.tick() => daemon.check_pins(),
+            _ = retire_tick.tick() => daemon.retire_tick(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
                 daemon.reload();

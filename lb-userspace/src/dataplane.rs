@@ -66,6 +66,15 @@ pub trait DataPlane: Send {
     fn backend_stats(&self, backend_id: u32) -> Result<BackendStats>;
     /// Up to `limit` flow-table entries.
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>>;
+    /// Visit every flow-table entry once (an entry created or evicted during
+    /// the walk may be missed). The real data plane reads the table in
+    /// batches (BPF_MAP_LOOKUP_BATCH), not one syscall per entry.
+    fn scan_flows(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<()> {
+        for (k, v) in self.flows(usize::MAX)? {
+            visit(&k, &v);
+        }
+        Ok(())
+    }
     /// Put back any bpffs pin of the data plane (map or link) that vanished
     /// while this process holds it open, e.g. after an `rm -r` of the pin
     /// directory; without the pins a restarted daemon would start from empty

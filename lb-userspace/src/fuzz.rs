@@ -24,8 +24,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_ACTIVE, BACKEND_DRAINING, BackendInfo, FAMILY_V4, FAMILY_V6, FlowKey, KIND_CA,
-    KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
+    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_RETIRING, BackendInfo, FAMILY_V4, FAMILY_V6, FlowKey,
+    KIND_CA, KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
     hash::flow_hash,
     maglev::{self, Entry},
     reason::Verdict,
@@ -418,6 +418,9 @@ impl World {
     /// What the program must do with `frame` in this world. The world never
     /// changes while fuzzing, so a flow entry always names the backend the
     /// table gives: the expected backend does not depend on earlier frames.
+    /// (The FIN/RST close mark does not change that either: the flow keeps
+    /// its backend, and a SYN on a closed entry is re-picked from the same
+    /// table.)
     pub fn expect(&self, frame: &[u8]) -> Expected {
         let key = match model_parse(frame) {
             Ok(k) => k,
@@ -463,7 +466,13 @@ impl World {
             return Err(Reason::DropNoBackend);
         }
         let id = table[(flow_hash(key) % table.len() as u32) as usize];
-        if id == NO_BACKEND || !self.usable(id, service, &[BACKEND_ACTIVE, BACKEND_DRAINING]) {
+        if id == NO_BACKEND
+            || !self.usable(
+                id,
+                service,
+                &[BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_RETIRING],
+            )
+        {
             return Err(Reason::DropNoBackend);
         }
         Ok((Reason::TxCompiler, id))

@@ -13,5 +13,6 @@ pub mod neigh;
 pub mod object;
 pub mod packet;
 pub mod reconcile;
+pub mod retire;
 pub mod state;
 pub mod xdp;

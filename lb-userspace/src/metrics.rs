@@ -241,5 +241,43 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             );
         }
     }
+    family(
+        &mut o,
+        "voxlb_backend_retiring_open_flows",
+        "gauge",
+        "Retiring (removed) backends: connections still open on it at the last flow-table scan.",
+    );
+    let retiring = || {
+        status.services.iter().flat_map(|s| {
+            s.backends
+                .iter()
+                .filter_map(move |b| b.retire_deadline_unix_ms.map(|d| (s, b, d)))
+        })
+    };
+    for (s, b, _) in retiring() {
+        let _ = writeln!(
+            o,
+            "voxlb_backend_retiring_open_flows{{service=\"{}\",backend=\"{}\"}} {}",
+            esc(&s.name),
+            b.address,
+            b.open_flows.unwrap_or(0)
+        );
+    }
+    family(
+        &mut o,
+        "voxlb_backend_retiring_seconds_left",
+        "gauge",
+        "Retiring (removed) backends: seconds until its grace ends and its remaining flows are re-picked.",
+    );
+    let now = crate::state::unix_ms_now();
+    for (s, b, deadline) in retiring() {
+        let _ = writeln!(
+            o,
+            "voxlb_backend_retiring_seconds_left{{service=\"{}\",backend=\"{}\"}} {}",
+            esc(&s.name),
+            b.address,
+            deadline.saturating_sub(now) / 1000
+        );
+    }
     o
 }

@@ -16,7 +16,14 @@
 //! | MAC unknown (not resolved yet)          | `DOWN`     | no           |
 //! | health check failing                    | `DOWN`     | no           |
 //! | drained by the operator                 | `DRAINING` | no           |
+//! | removed, flows still finishing          | `RETIRING` | no           |
 //! | otherwise                               | `ACTIVE`   | yes (weight) |
+//!
+//! A retiring backend (see [`crate::retire`]) keeps its id and generation
+//! until its last flow has ended or its grace has passed; then it leaves
+//! the overlay and its slot is freed like any removed backend's. A retiring
+//! backend that fails its health check is `DOWN` like any other: its flows
+//! are re-picked, since it cannot answer them.
 //!
 //! A backend whose health is not known yet (just added, or the daemon just
 //! started) counts as up: a restarted daemon must not take healthy backends
@@ -29,8 +36,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BackendInfo, KIND_CA,
-    KIND_COMPILER, NO_BACKEND, VipInfo, VipKey, addr_bytes, addr_from_bytes, maglev,
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_RETIRING, BackendInfo,
+    KIND_CA, KIND_COMPILER, NO_BACKEND, VipInfo, VipKey, addr_bytes, addr_from_bytes, maglev,
     maps::MAX_BACKENDS,
 };
 use serde::{Deserialize, Serialize};
@@ -103,17 +110,25 @@ pub struct BackendView {
     pub id: u32,
     pub generation: u32,
     pub weight: u32,
-    /// `active`, `draining`, `down` (health) or `unresolved` (no MAC).
+    /// `active`, `draining`, `retiring`, `down` (health) or `unresolved`
+    /// (no MAC).
     pub state: String,
     /// Last health verdict; `None` = not checked yet (counted as up).
     pub healthy: Option<bool>,
     pub mac: Option<String>,
-    /// `config` or `cli` (added at run time).
+    /// `config`, `cli` (added at run time) or `removed` (retiring).
     pub source: String,
     /// CA services: `primary` or `standby`.
     pub role: Option<String>,
     /// Maglev slots held (compiler services).
     pub slots: u32,
+    /// Retiring backends: when the grace ends (ms since the Unix epoch).
+    #[serde(default)]
+    pub retire_deadline_unix_ms: Option<u64>,
+    /// Retiring backends: open connections at the last flow-table scan
+    /// (`None` until the first scan).
+    #[serde(default)]
+    pub open_flows: Option<u64>,
 }
 
 /// A backend of a compiler service after the CLI overlay.
@@ -213,6 +228,17 @@ pub fn prune_overlay(config: &Config, state: &mut State) -> Vec<String> {
             .collect();
         o.drained.retain(|a| present_set.contains(a));
         o.weights.retain(|a, _| present_set.contains(a));
+        // A retiring backend that is a member again (back in the config)
+        // is simply serving again: same id, same generation.
+        o.retiring.retain(|a, _| {
+            let keep = !present(a);
+            if !keep {
+                dropped.push(format!(
+                    "service {name}: {a} is in the config again (retirement ended, flows kept)"
+                ));
+            }
+            keep
+        });
         !o.is_empty()
     });
     dropped
@@ -241,6 +267,7 @@ fn state_name(state: u32, mac: Option<[u8; 6]>) -> &'static str {
     match (state, mac) {
         (BACKEND_ACTIVE, _) => "active",
         (BACKEND_DRAINING, _) => "draining",
+        (BACKEND_RETIRING, _) => "retiring",
         (_, None) => "unresolved",
         _ => "down",
     }
@@ -258,19 +285,17 @@ struct Slot {
 
 impl Slot {
     /// A backend without a MAC, or failing its health check, is down;
-    /// otherwise draining if drained, else active.
+    /// otherwise in `usable` (`ACTIVE`, `DRAINING` or `RETIRING`).
     fn new(
         (id, generation): (u32, u32),
         mac: Option<[u8; 6]>,
         healthy: Option<bool>,
-        drained: bool,
+        usable: u32,
     ) -> Slot {
         let state = if mac.is_none() || healthy == Some(false) {
             BACKEND_DOWN
-        } else if drained {
-            BACKEND_DRAINING
         } else {
-            BACKEND_ACTIVE
+            usable
         };
         Slot {
             id,
@@ -299,6 +324,8 @@ impl Slot {
             source: source.into(),
             role: role.map(Into::into),
             slots: 0,
+            retire_deadline_unix_ms: None,
+            open_flows: None,
         }
     }
 }
@@ -347,13 +374,40 @@ pub fn plan(
                 state.backend_id(&svc.name, b.address)?,
                 b.mac.or_else(|| macs.get(&b.address).copied()),
                 up(&svc.name, b.address),
-                e.drained,
+                if e.drained {
+                    BACKEND_DRAINING
+                } else {
+                    BACKEND_ACTIVE
+                },
             );
             if slot.state == BACKEND_ACTIVE {
                 entries.push(maglev::Entry::from_addr(b.address, b.weight, slot.id));
             }
             desired.backends.insert(slot.id, slot.info(b.address, sid));
             views.push(slot.view(b, if e.from_config { "config" } else { "cli" }, None));
+        }
+        let overlay = state.overlays.get(&svc.name).cloned().unwrap_or_default();
+        for (addr, r) in &overlay.retiring {
+            if eff.iter().any(|e| e.backend.address == *addr) {
+                continue; // present again: `prune_overlay` drops the entry
+            }
+            keep.insert((svc.name.clone(), *addr));
+            let b = Backend {
+                address: *addr,
+                name: r.name.clone(),
+                weight: r.weight,
+                mac: r.mac,
+            };
+            let slot = Slot::new(
+                state.backend_id(&svc.name, *addr)?,
+                b.mac.or_else(|| macs.get(addr).copied()),
+                up(&svc.name, *addr),
+                BACKEND_RETIRING,
+            );
+            desired.backends.insert(slot.id, slot.info(*addr, sid));
+            let mut view = slot.view(&b, "removed", None);
+            view.retire_deadline_unix_ms = Some(r.deadline_unix_ms);
+            views.push(view);
         }
         let table =
             maglev::build(&entries, svc.table_size).map_err(|problem| PlanError::Maglev {
@@ -399,7 +453,7 @@ pub fn plan(
                 state.backend_id(&svc.name, b.address)?,
                 b.mac.or_else(|| macs.get(&b.address).copied()),
                 up(&svc.name, b.address),
-                false,
+                BACKEND_ACTIVE,
             );
             if slot.state == BACKEND_ACTIVE && target.is_none() {
                 target = Some((slot.id, b.address));

@@ -68,6 +68,33 @@ pub struct ServiceOverlay {
     /// Weights set with `voxlb backend weight` on config backends.
     #[serde(default)]
     pub weights: BTreeMap<IpAddr, u32>,
+    /// Backends removed (CLI, or dropped from the config on reload) whose
+    /// established flows are still finishing: they keep their id and
+    /// generation, take no new flows, and are freed when their last flow
+    /// ends or their deadline passes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retiring: BTreeMap<IpAddr, Retiring>,
+}
+
+/// A backend being retired: what it was (to revive it as it was, and to
+/// show it) and when its grace ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retiring {
+    pub name: Option<String>,
+    pub weight: u32,
+    pub mac: Option<[u8; 6]>,
+    /// Wall-clock end of the grace (ms since the Unix epoch): a restart or a
+    /// kill -9 does not give the backend a new grace.
+    pub deadline_unix_ms: u64,
+}
+
+/// Now, in ms since the Unix epoch (for [`Retiring::deadline_unix_ms`]).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl ServiceOverlay {
@@ -77,6 +104,7 @@ impl ServiceOverlay {
             && self.removed.is_empty()
             && self.drained.is_empty()
             && self.weights.is_empty()
+            && self.retiring.is_empty()
     }
 }
 

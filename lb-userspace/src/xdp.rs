@@ -13,11 +13,12 @@
 //! - `replace` loads the embedded program against the same pinned maps and
 //!   swaps it into the existing links atomically (`bpf_link_update`): an
 //!   in-place upgrade with no gap and no lost flow;
-//! - [`detach`] removes the links and the pins on purpose.
+//! - [`detach`] removes the links and the pins on purpose;
+//! - pins of map layout version 1 are migrated (see [`migrate_v1`]).
 
 use std::{
     collections::BTreeMap,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -31,8 +32,8 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendInfo, BackendStats, Counter, FlowKey, FlowValue, Reason, ServiceStats, TableRegion,
-    VipInfo, VipKey,
+    BackendInfo, BackendStats, Counter, FlowKey, FlowValue, FlowValueV1, Reason, ServiceStats,
+    TableRegion, VipInfo, VipKey,
     maps::{self as names, MAGLEV_CAPACITY, MAX_REGIONS, MAX_SERVICES},
 };
 use tracing::{info, warn};
@@ -94,6 +95,8 @@ pub struct XdpDataPlane {
     active: Array<MapData, u32>,
     ca_steer: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// A descriptor of the flow table for batched reads.
+    flows_fd: OwnedFd,
     reasons: PerCpuArray<MapData, Counter>,
     svc_stats: PerCpuArray<MapData, ServiceStats>,
     be_stats: PerCpuArray<MapData, BackendStats>,
@@ -131,11 +134,15 @@ impl XdpDataPlane {
         std::fs::create_dir_all(&opts.pin_dir)
             .map_err(|e| other(format!("creating {}: {e}", opts.pin_dir.display())))?;
         check_bpffs(&opts.pin_dir)?;
+        // A v1 deployment: carry its maps over before anything is created.
+        let v1_flows = migrate_v1(&opts.pin_dir)?;
         let all_linked = opts
             .interfaces
             .iter()
             .all(|i| link_pin(&opts.pin_dir, i).exists());
-        if all_linked && !opts.replace {
+        // The attached program of a v1 deployment reads v1 flow values: it
+        // is replaced in its links, like `voxlb run --replace`.
+        if all_linked && !opts.replace && v1_flows.is_none() {
             info!(pin_dir = %opts.pin_dir.display(), "reusing the attached program and pinned maps");
             let mut maps = BTreeMap::new();
             for name in names::ALL {
@@ -196,8 +203,40 @@ impl XdpDataPlane {
         };
         let maps = take_maps(&mut ebpf)?;
         let mut dp = Self::from_maps(Some(ebpf), maps, false)?;
+        if let Some(flows) = v1_flows {
+            dp.finish_v1_migration(&opts.pin_dir, flows)?;
+        }
         dp.hold_pins(opts)?;
         Ok(dp)
+    }
+
+    /// Write the converted v1 flows into the v2 table, then drop the v1
+    /// flow-table pin (the last v1 pin). Done after the new program is in
+    /// the links: a crash before the unpin repeats the migration.
+    fn finish_v1_migration(
+        &mut self,
+        pin_dir: &Path,
+        flows: Vec<(FlowKey, FlowValue)>,
+    ) -> Result<()> {
+        let mut copied = 0usize;
+        for (k, v) in &flows {
+            // A full table keeps what fits (LRU), like the data plane does.
+            if self.flows.insert(k, v, 0).is_ok() {
+                copied += 1;
+            }
+        }
+        let p = pin_dir.join(names::V1_FLOWS);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(other(format!("removing {}: {e}", p.display()))),
+        }
+        info!(
+            flows = copied,
+            of = flows.len(),
+            "upgraded map layout v1 -> v2: flow entries carried over, v1 pins removed"
+        );
+        Ok(())
     }
 
     /// Open every pin (maps and links) so that [`DataPlane::ensure_pinned`]
@@ -244,8 +283,20 @@ impl XdpDataPlane {
                 m.try_into().map_err(map_err($name))?
             }};
         }
+        let flows_fd = match maps.get(names::FLOWS) {
+            Some(Map::LruHashMap(d) | Map::HashMap(d)) => {
+                d.fd().as_fd().try_clone_to_owned().map_err(other)?
+            }
+            _ => {
+                return Err(other(format!(
+                    "map {} missing or not a hash map",
+                    names::FLOWS
+                )));
+            }
+        };
         Ok(XdpDataPlane {
             ebpf,
+            flows_fd,
             vips: take!(names::VIPS),
             vip_ports: take!(names::VIP_PORTS),
             backends: take!(names::BACKENDS),
@@ -438,6 +489,134 @@ impl XdpDataPlane {
             });
         }
         Ok(start)
+    }
+}
+
+/// If `pin_dir` holds pins of map layout version 1, carry them over: every
+/// map whose layout did not change (all but the flow table) is renamed to
+/// its v2 pin name, so VIPs, backends and tables stay exactly as they were
+/// (the v1 program still attached keeps using the very same maps); the v1
+/// flow table is read and its entries converted (open, last seen now).
+/// Returns the converted flows, to be written once the v2 table exists
+/// (see [`XdpDataPlane::finish_v1_migration`]); `None` without v1 pins.
+pub fn migrate_v1(pin_dir: &Path) -> Result<Option<Vec<(FlowKey, FlowValue)>>> {
+    let any_v1 = names::V1_ALL.iter().any(|n| pin_dir.join(n).exists());
+    if !any_v1 {
+        return Ok(None);
+    }
+    warn!(pin_dir = %pin_dir.display(), "found pins of map layout v1; upgrading them to v2");
+    for (v1, v2) in names::V1_ALL.iter().zip(names::ALL) {
+        if *v1 == names::V1_FLOWS {
+            continue;
+        }
+        let (from, to) = (pin_dir.join(v1), pin_dir.join(v2));
+        if !from.exists() {
+            continue;
+        }
+        if to.exists() {
+            // A v2 map already exists (an interrupted upgrade): it wins.
+            std::fs::remove_file(&from)
+                .map_err(|e| other(format!("removing {}: {e}", from.display())))?;
+        } else {
+            std::fs::rename(&from, &to).map_err(|e| {
+                other(format!(
+                    "renaming {} to {}: {e}",
+                    from.display(),
+                    to.display()
+                ))
+            })?;
+        }
+    }
+    let v1_flows = pin_dir.join(names::V1_FLOWS);
+    let mut flows = Vec::new();
+    if v1_flows.exists() {
+        let data = MapData::from_pin(&v1_flows).map_err(map_err(names::V1_FLOWS))?;
+        let map = Map::from_map_data(data).map_err(map_err(names::V1_FLOWS))?;
+        let table: HashMap<MapData, FlowKey, FlowValueV1> =
+            map.try_into().map_err(map_err(names::V1_FLOWS))?;
+        let now = crate::retire::monotonic_ns();
+        // One syscall per entry, once, at an upgrade.
+        for (k, v) in table.iter().flatten() {
+            flows.push((k, v.upgrade(now)));
+        }
+    }
+    Ok(Some(flows))
+}
+
+/// `union bpf_attr` as the BPF_MAP_*_BATCH commands read it.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Entries read per BPF_MAP_LOOKUP_BATCH call.
+const SCAN_BATCH: usize = 4096;
+
+/// Visit every entry of the hash map behind `fd` (key `K`, value `V`), in
+/// batches of up to [`SCAN_BATCH`] entries per syscall.
+fn scan_batched<K: Copy + Default, V: Copy + Default>(
+    fd: &OwnedFd,
+    visit: &mut dyn FnMut(&K, &V),
+) -> std::io::Result<()> {
+    let mut chunk = SCAN_BATCH;
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk];
+    // The position token of a hash map is a bucket index (u32); 8 bytes
+    // leave room whatever the kernel copies.
+    let mut token = [0u8; 8];
+    let mut next = [0u8; 8];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid bpf_attr prefix for the batch commands;
+        // the key and value buffers hold `count` elements of the map's key
+        // and value sizes (K and V are the map's own types), and the token
+        // buffers outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (r < 0).then(std::io::Error::last_os_error);
+        match err.as_ref().and_then(|e| e.raw_os_error()) {
+            None | Some(libc::ENOENT) => {}
+            // One bucket holds more entries than the buffer: grow it.
+            Some(libc::ENOSPC) if chunk < 1 << 20 => {
+                chunk *= 2;
+                keys = vec![K::default(); chunk];
+                values = vec![V::default(); chunk];
+                continue;
+            }
+            Some(_) => return Err(err.unwrap_or_else(std::io::Error::last_os_error)),
+        }
+        for i in 0..(attr.count as usize).min(chunk) {
+            visit(&keys[i], &values[i]);
+        }
+        if err.is_some() {
+            return Ok(()); // ENOENT: the walk is complete
+        }
+        token = next;
+        first = false;
     }
 }
 
@@ -772,6 +951,11 @@ impl DataPlane for XdpDataPlane {
             repinned = true;
         }
         Ok(repinned)
+    }
+
+    fn scan_flows(&self, visit: &mut dyn FnMut(&FlowKey, &FlowValue)) -> Result<()> {
+        scan_batched::<FlowKey, FlowValue>(&self.flows_fd, visit)
+            .map_err(|e| other(format!("reading {} in batches: {e}", names::FLOWS)))
     }
 
     fn flows(&self, limit: usize) -> Result<Vec<(FlowKey, FlowValue)>> {

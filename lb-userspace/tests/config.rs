@@ -399,3 +399,30 @@ fn world_writable_config_is_refused() {
     assert!(Config::load(&path).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn retire_grace_defaults_to_ten_minutes_and_is_checked() {
+    let c = Config::parse(BASE).unwrap();
+    assert_eq!(
+        c.compiler_services[0].retire_grace,
+        Duration::from_secs(600)
+    );
+    let with = |g: &str| {
+        BASE.replace(
+            "health_check",
+            &format!("retire_grace = {g:?}\nhealth_check"),
+        )
+    };
+    let c = Config::parse(&with("90s")).unwrap();
+    assert_eq!(c.compiler_services[0].retire_grace, Duration::from_secs(90));
+    assert_err(
+        &with("ten minutes"),
+        "compiler_services[0].retire_grace",
+        "is not a duration",
+    );
+    assert_err(
+        &with("1500m"),
+        "compiler_services[0].retire_grace",
+        "longer than the maximum of 24h",
+    );
+}

@@ -288,6 +288,7 @@ async fn control_protocol_changes_and_errors() {
         .req(Request::BackendRemove {
             service: "compilers".into(),
             address: "10.0.0.77".into(),
+            now: false,
         })
         .await;
     assert!(msg(&r).contains("not in service compilers"), "{r:?}");
@@ -341,6 +342,7 @@ async fn control_protocol_changes_and_errors() {
         .req(Request::BackendRemove {
             service: "compilers".into(),
             address: "10.0.0.9".into(),
+            now: false,
         })
         .await;
     assert!(!is_err(&r));
@@ -735,4 +737,315 @@ async fn metrics_endpoint_serves_prometheus_text() {
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
     h.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------
+// Retiring (issue 18): `remove` keeps established connections on the
+// backend until they end or its grace passes.
+
+fn remove_req(addr: &str, now: bool) -> Request {
+    Request::BackendRemove {
+        service: "compilers".into(),
+        address: addr.into(),
+        now,
+    }
+}
+
+/// Record `n` flows on the backend `addr` holds now, open or closed `closed_ago`.
+fn put_flows(h: &Harness, addr: &str, first_port: u16, n: u16, closed_ago: Option<Duration>) {
+    let b = h.backend("compilers", addr);
+    let id = {
+        let st = StateStore::open(&h.dir.join("state"))
+            .unwrap()
+            .load()
+            .unwrap();
+        let ip: IpAddr = addr.parse().unwrap();
+        *st.backend_slots
+            .iter()
+            .find(|(_, s)| s.service == "compilers" && s.address == ip)
+            .unwrap()
+            .0
+    };
+    let now = voxlb::retire::monotonic_ns();
+    let mut dp = h.dp.0.lock().unwrap();
+    for p in first_port..first_port + n {
+        let key = FlowKey {
+            src: [192, 0, 2, 99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [192, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport_be: p.to_be(),
+            dport_be: 8140u16.to_be(),
+            proto: lb_common::PROTO_TCP,
+            family: lb_common::FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let value = FlowValue {
+            backend_id: id,
+            generation: b.generation,
+            created_ns: now,
+            closed_ns: closed_ago.map(|d| now - d.as_nanos() as u64).unwrap_or(0),
+            last_seen_ns: now,
+        };
+        dp.flows.retain(|(k, _)| *k != key);
+        dp.flows.push((key, value));
+    }
+}
+
+/// Close every recorded flow, long enough ago that none is still closing.
+fn close_all_flows(h: &Harness) {
+    let long_ago = voxlb::retire::monotonic_ns() - 60_000_000_000;
+    for (_, v) in &mut h.dp.0.lock().unwrap().flows {
+        v.closed_ns = long_ago;
+    }
+}
+
+async fn view(h: &Harness, addr: &str) -> Option<voxlb::reconcile::BackendView> {
+    let Response::Backends { services } = h
+        .req(Request::BackendList {
+            service: Some("compilers".into()),
+        })
+        .await
+    else {
+        panic!()
+    };
+    services[0]
+        .backends
+        .iter()
+        .find(|b| b.address.to_string() == addr)
+        .cloned()
+}
+
+/// Wait (bounded) until `f` holds; the daemon's retire tick runs every second.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_retires_until_the_last_connection_ends_then_frees_the_slot() {
+    let dir = temp_dir("retire");
+    let h = Harness::start(&dir, Shared::default()).await;
+    let before = h.backend("compilers", "10.0.0.1");
+    put_flows(&h, "10.0.0.1", 40000, 3, None);
+    put_flows(&h, "10.0.0.1", 41000, 2, Some(Duration::from_secs(60)));
+    let r = h.req(remove_req("10.0.0.1", false)).await;
+    assert!(!is_err(&r), "{r:?}");
+    assert!(msg(&r).contains("retiring"), "{r:?}");
+    assert!(msg(&r).contains("3 open connection(s)"), "{r:?}");
+    assert!(msg(&r).contains("10m"), "{r:?}");
+    // Out of the table, its slot and generation kept, state RETIRING.
+    let b = h.backend("compilers", "10.0.0.1");
+    assert_eq!(b.state, lb_common::BACKEND_RETIRING);
+    assert_eq!(b.generation, before.generation);
+    let table = h.dp.get().tables[&0].clone();
+    let id = table
+        .iter()
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(id.len(), 1, "only 10.0.0.2 left in the table");
+    eventually("open flows counted", || async {
+        view(&h, "10.0.0.1").await.and_then(|v| v.open_flows) == Some(3)
+    })
+    .await;
+    let v = view(&h, "10.0.0.1").await.unwrap();
+    assert_eq!(v.state, "retiring");
+    let left = v.retire_deadline_unix_ms.unwrap() - voxlb::state::unix_ms_now();
+    assert!((595_000..=600_000).contains(&left), "{left} ms left");
+    let (code, out, _) = tokio::task::block_in_place(|| h.cli(&["backend", "list"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("retiring (3 open, 9m5"), "{out}");
+    let (_, status, _) = tokio::task::block_in_place(|| h.cli(&["status"]));
+    assert!(
+        status.contains("compilers 10.0.0.1: retiring (3 open, 9m5"),
+        "{status}"
+    );
+    let (Response::Stats(stats), Response::Status(st)) = (
+        h.req(Request::Stats {}).await,
+        h.req(Request::Status {}).await,
+    ) else {
+        panic!()
+    };
+    let metrics = voxlb::metrics::render(&stats, &st);
+    assert!(
+        metrics.contains(
+            "voxlb_backend_retiring_open_flows{service=\"compilers\",backend=\"10.0.0.1\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "voxlb_backend_retiring_seconds_left{service=\"compilers\",backend=\"10.0.0.1\"} 59"
+        ),
+        "{metrics}"
+    );
+    // The operator cannot drain or re-remove it; `add` is the way back.
+    let r = h.req(remove_req("10.0.0.1", false)).await;
+    assert!(msg(&r).contains("already retiring: 3 open"), "{r:?}");
+    let r = h
+        .req(Request::BackendDrain {
+            service: "compilers".into(),
+            address: "10.0.0.1".into(),
+        })
+        .await;
+    assert!(msg(&r).contains("is retiring"), "{r:?}");
+    // Still there a few ticks later: its connections are open.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        h.backend("compilers", "10.0.0.1").state,
+        lb_common::BACKEND_RETIRING
+    );
+    // The agents close: the slot is freed (EMPTY, generation kept) and the
+    // backend is gone from the lists.
+    close_all_flows(&h);
+    eventually("slot freed", || async {
+        view(&h, "10.0.0.1").await.is_none()
+    })
+    .await;
+    let freed = h.dp.get().backends[&0];
+    assert_eq!(freed.state, lb_common::BACKEND_EMPTY);
+    assert_eq!(freed.generation, before.generation);
+    let st = StateStore::open(&dir.join("state"))
+        .unwrap()
+        .load()
+        .unwrap();
+    assert!(st.overlays.values().all(|o| o.retiring.is_empty()));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_now_cuts_at_once_and_says_how_many() {
+    let dir = temp_dir("retire-now");
+    let h = Harness::start(&dir, Shared::default()).await;
+    put_flows(&h, "10.0.0.2", 40000, 4, None);
+    let (code, out, _) = tokio::task::block_in_place(|| {
+        h.cli(&["backend", "remove", "compilers", "10.0.0.2", "--now"])
+    });
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("at once: 4 open connection(s) cut"), "{out}");
+    assert!(view(&h, "10.0.0.2").await.is_none());
+    assert!(
+        h.dp.get()
+            .backends
+            .values()
+            .all(|b| b.addr[..4] != [10, 0, 0, 2] || b.state == lb_common::BACKEND_EMPTY)
+    );
+    // `--now` also ends a retirement early.
+    put_flows(&h, "10.0.0.1", 42000, 2, None);
+    assert!(!is_err(&h.req(remove_req("10.0.0.1", false)).await));
+    let r = h.req(remove_req("10.0.0.1", true)).await;
+    assert!(msg(&r).contains("2 open connection(s) cut"), "{r:?}");
+    assert!(view(&h, "10.0.0.1").await.is_none());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_retiring_backend_back_revives_it_with_the_same_id() {
+    let dir = temp_dir("retire-revive");
+    let h = Harness::start(&dir, Shared::default()).await;
+    let before = h.backend("compilers", "10.0.0.2");
+    put_flows(&h, "10.0.0.2", 40000, 1, None);
+    assert!(!is_err(&h.req(remove_req("10.0.0.2", false)).await));
+    let r = h
+        .req(Request::BackendAdd {
+            service: "compilers".into(),
+            address: "10.0.0.2".into(),
+            weight: None,
+            name: None,
+            mac: None,
+        })
+        .await;
+    assert!(msg(&r).contains("it was retiring"), "{r:?}");
+    let after = h.backend("compilers", "10.0.0.2");
+    assert_eq!(after, before, "same slot, generation and state");
+    let v = view(&h, "10.0.0.2").await.unwrap();
+    assert_eq!((v.state.as_str(), v.source.as_str()), ("active", "config"));
+    assert_eq!(v.name.as_deref(), Some("compiler-2"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retirement_survives_a_restart_with_its_deadline() {
+    let dir = temp_dir("retire-restart");
+    let h = Harness::start(&dir, Shared::default()).await;
+    put_flows(&h, "10.0.0.1", 40000, 2, None);
+    assert!(!is_err(&h.req(remove_req("10.0.0.1", false)).await));
+    let deadline = view(&h, "10.0.0.1").await.unwrap().retire_deadline_unix_ms;
+    let gen_before = h.backend("compilers", "10.0.0.1").generation;
+    let (dir, dp) = h.stop().await;
+    let h = Harness::start(&dir, dp).await;
+    let v = view(&h, "10.0.0.1").await.expect("still retiring");
+    assert_eq!(v.state, "retiring");
+    assert_eq!(v.retire_deadline_unix_ms, deadline, "no new grace");
+    let b = h.backend("compilers", "10.0.0.1");
+    assert_eq!(
+        (b.state, b.generation),
+        (lb_common::BACKEND_RETIRING, gen_before)
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_ends_a_retirement_with_connections_still_open() {
+    let dir = temp_dir("retire-grace");
+    std::fs::write(
+        dir.join("voxlb.toml"),
+        config_text(&dir).replace(
+            "table_size = 1009\n",
+            "table_size = 1009\nretire_grace = \"2s\"\n",
+        ),
+    )
+    .unwrap();
+    let h = Harness::start(&dir, Shared::default()).await;
+    put_flows(&h, "10.0.0.1", 40000, 2, None);
+    let r = h.req(remove_req("10.0.0.1", false)).await;
+    assert!(msg(&r).contains("at most 2s"), "{r:?}");
+    assert!(view(&h, "10.0.0.1").await.is_some());
+    eventually("freed after the grace", || async {
+        view(&h, "10.0.0.1").await.is_none()
+    })
+    .await;
+    assert_eq!(h.dp.get().backends[&0].state, lb_common::BACKEND_EMPTY);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_dropped_from_the_config_retires_and_returns_on_reload() {
+    let dir = temp_dir("retire-reload");
+    let h = Harness::start(&dir, Shared::default()).await;
+    let before = h.backend("compilers", "10.0.0.1");
+    put_flows(&h, "10.0.0.1", 40000, 1, None);
+    let path = dir.join("voxlb.toml");
+    let full = config_text(&dir);
+    let without = full.replace(
+        "[[compiler_services.backends]]\naddress = \"10.0.0.1\"\nmac = \"02:00:00:00:00:01\"\n",
+        "",
+    );
+    assert_ne!(full, without);
+    std::fs::write(&path, &without).unwrap();
+    let r = h.req(Request::Reload {}).await;
+    assert!(msg(&r).contains("1 backend(s) retiring"), "{r:?}");
+    let b = h.backend("compilers", "10.0.0.1");
+    assert_eq!(
+        (b.state, b.generation),
+        (lb_common::BACKEND_RETIRING, before.generation)
+    );
+    // Health-down while retiring: its flows are re-picked like any down
+    // backend's.
+    h.health("compilers", "10.0.0.1", false).await;
+    assert_eq!(h.backend("compilers", "10.0.0.1").state, BACKEND_DOWN);
+    h.health("compilers", "10.0.0.1", true).await;
+    assert_eq!(
+        h.backend("compilers", "10.0.0.1").state,
+        lb_common::BACKEND_RETIRING
+    );
+    // Back in the config: serving again, same id and generation.
+    std::fs::write(&path, &full).unwrap();
+    assert!(!is_err(&h.req(Request::Reload {}).await));
+    assert_eq!(h.backend("compilers", "10.0.0.1"), before);
+    assert_eq!(view(&h, "10.0.0.1").await.unwrap().state, "active");
+    h.stop().await;
 }

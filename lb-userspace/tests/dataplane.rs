@@ -9,8 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BackendInfo, FlowKey, KIND_CA,
-    KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_RETIRING, BackendInfo,
+    FlowKey, FlowValue, KIND_CA, KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo,
+    VipKey, addr_bytes,
     hash::flow_hash,
     maglev::{self, Entry},
 };
@@ -1026,4 +1027,155 @@ fn a_group_addressed_syn_is_passed_and_remembers_nothing() {
     // The same SYN to our MAC does.
     assert_eq!(f.run(&syn4(42100).build()).action, XDP_TX);
     assert!(f.dp.flow(&k4(42100)).is_some());
+}
+
+fn ack4(sport: u16) -> Vec<u8> {
+    Frame::tcp(v4(CLIENT4), sport, v4(VIP4), 8140, flags::ACK).build()
+}
+
+#[test]
+fn retiring_backend_keeps_established_flows_and_its_generation_until_freed() {
+    need_root!();
+    let mut f = Fixture::new();
+    let table = f.dp.active_table(S_V4).unwrap().unwrap();
+    let on_1: Vec<u16> = (30000..40000u16)
+        .filter(|p| expected_backend(&table, &k4(*p)) == 1)
+        .take(10)
+        .collect();
+    for &p in &on_1 {
+        assert_eq!(dst_backend(&f.run(&syn4(p).build())), Some(1));
+    }
+    // Retire 1: out of the table, state RETIRING, generation unchanged.
+    f.set_backend(1, S_V4, BACKEND_RETIRING, 0, backend_addr(1, false));
+    let after = f.install(S_V4, &[0, 2], false);
+    for &p in &on_1 {
+        assert_eq!(
+            dst_backend(&f.run(&ack4(p))),
+            Some(1),
+            "retiring backend lost established flow {p}"
+        );
+        let v = f.dp.flow(&k4(p)).unwrap();
+        assert_eq!((v.backend_id, v.generation), (1, 0), "entry rewritten");
+    }
+    for p in 50000..50500u16 {
+        assert_ne!(
+            dst_backend(&f.run(&syn4(p).build())),
+            Some(1),
+            "new flow {p} reached a retiring backend"
+        );
+    }
+    // A SYN reusing a retiring flow's 5-tuple is a new connection: re-picked.
+    let again = dst_backend(&f.run(&syn4(on_1[0]).build())).unwrap();
+    assert_eq!(again, expected_backend(&after, &k4(on_1[0])));
+    assert_eq!(f.dp.flow(&k4(on_1[0])).unwrap().backend_id, again);
+    // The slot freed (EMPTY, generation kept): what is left is re-picked.
+    f.set_backend(1, S_V4, BACKEND_EMPTY, 0, backend_addr(1, false));
+    for &p in &on_1[1..] {
+        let got = dst_backend(&f.run(&ack4(p))).unwrap();
+        assert_eq!(got, expected_backend(&after, &k4(p)), "flow {p}");
+        assert_eq!(f.dp.flow(&k4(p)).unwrap().backend_id, got);
+    }
+}
+
+#[test]
+fn fin_or_rst_marks_the_flow_closed_once_and_the_flow_keeps_its_backend() {
+    need_root!();
+    for (i, close) in [flags::FIN | flags::ACK, flags::RST, flags::RST | flags::ACK]
+        .into_iter()
+        .enumerate()
+    {
+        let mut f = Fixture::new();
+        let p = 42300 + i as u16;
+        let b = dst_backend(&f.run(&syn4(p).build())).unwrap();
+        let opened = f.dp.flow(&k4(p)).unwrap();
+        assert_eq!(opened.closed_ns, 0, "a new flow is open");
+        assert!(opened.last_seen_ns >= opened.created_ns && opened.created_ns > 0);
+        assert!(opened.is_open(PROTO_TCP, opened.created_ns));
+        // Plain data does not close it.
+        assert_eq!(dst_backend(&f.run(&ack4(p))), Some(b));
+        assert_eq!(f.dp.flow(&k4(p)).unwrap().closed_ns, 0);
+
+        let fin = Frame::tcp(v4(CLIENT4), p, v4(VIP4), 8140, close).build();
+        assert_eq!(dst_backend(&f.run(&fin)), Some(b), "flags {close:#x}");
+        let closed = f.dp.flow(&k4(p)).unwrap();
+        assert!(closed.closed_ns >= opened.created_ns, "flags {close:#x}");
+        assert!(!closed.is_open(PROTO_TCP, closed.closed_ns));
+        assert!(closed.is_closing(closed.closed_ns));
+        assert_eq!((closed.backend_id, closed.generation), (b, 0));
+        // The final ACKs of the close, and a repeated FIN, still go to the
+        // compiler that holds the connection; the mark is written once.
+        assert_eq!(dst_backend(&f.run(&ack4(p))), Some(b));
+        assert_eq!(dst_backend(&f.run(&fin)), Some(b));
+        assert_eq!(f.dp.flow(&k4(p)).unwrap().closed_ns, closed.closed_ns);
+    }
+}
+
+#[test]
+fn a_syn_on_a_closed_entry_is_a_new_connection_and_is_repicked() {
+    need_root!();
+    let mut f = Fixture::new();
+    let table = f.dp.active_table(S_V4).unwrap().unwrap();
+    let p = (30000..40000u16)
+        .find(|p| expected_backend(&table, &k4(*p)) == 0)
+        .unwrap();
+    let q = (p + 1..40000u16)
+        .find(|p| expected_backend(&table, &k4(*p)) == 0)
+        .unwrap();
+    for port in [p, q] {
+        assert_eq!(dst_backend(&f.run(&syn4(port).build())), Some(0));
+    }
+    // Backend 0 leaves the table but stays ACTIVE in its slot (a new table
+    // is installed before its state changes): flows keep it.
+    let after = f.install(S_V4, &[1, 2], false);
+    let fin = Frame::tcp(v4(CLIENT4), p, v4(VIP4), 8140, flags::FIN | flags::ACK).build();
+    assert_eq!(dst_backend(&f.run(&fin)), Some(0));
+    let closed = f.dp.flow(&k4(p)).unwrap();
+    // A SYN on the open entry (a retransmission) keeps its backend...
+    assert_eq!(dst_backend(&f.run(&syn4(q).build())), Some(0));
+    // ...a SYN on the closed entry is a new connection from the table.
+    let got = dst_backend(&f.run(&syn4(p).build())).unwrap();
+    assert_eq!(got, expected_backend(&after, &k4(p)));
+    assert_ne!(got, 0);
+    let fresh = f.dp.flow(&k4(p)).unwrap();
+    assert_eq!(fresh.backend_id, got);
+    assert_eq!(fresh.closed_ns, 0, "the new connection is open");
+    assert!(fresh.created_ns >= closed.closed_ns);
+    // The new connection's packets follow it.
+    assert_eq!(dst_backend(&f.run(&ack4(p))), Some(got));
+}
+
+#[test]
+fn flow_value_v2_layout() {
+    use std::mem::{offset_of, size_of};
+    assert_eq!(size_of::<FlowValue>(), 32);
+    assert_eq!(offset_of!(FlowValue, backend_id), 0);
+    assert_eq!(offset_of!(FlowValue, generation), 4);
+    assert_eq!(offset_of!(FlowValue, created_ns), 8);
+    assert_eq!(offset_of!(FlowValue, closed_ns), 16);
+    assert_eq!(offset_of!(FlowValue, last_seen_ns), 24);
+    assert_eq!(lb_common::maps::MAP_VERSION, 2);
+    for name in lb_common::maps::ALL {
+        assert!(name.ends_with("_v2"), "{name}");
+    }
+}
+
+#[test]
+fn last_seen_is_refreshed_at_most_once_per_second() {
+    need_root!();
+    let mut f = Fixture::new();
+    let b = dst_backend(&f.run(&syn4(42400).build())).unwrap();
+    let first = f.dp.flow(&k4(42400)).unwrap();
+    for _ in 0..20 {
+        assert_eq!(dst_backend(&f.run(&ack4(42400))), Some(b));
+    }
+    assert_eq!(
+        f.dp.flow(&k4(42400)).unwrap().last_seen_ns,
+        first.last_seen_ns,
+        "no write per packet"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    f.run(&ack4(42400));
+    let later = f.dp.flow(&k4(42400)).unwrap();
+    assert!(later.last_seen_ns >= first.last_seen_ns + 1_000_000_000);
+    assert_eq!(later.created_ns, first.created_ns);
 }

@@ -171,6 +171,7 @@ fn remove(address: &str) -> Request {
     Request::BackendRemove {
         service: "compilers".into(),
         address: address.into(),
+        now: false,
     }
 }
 
@@ -355,6 +356,7 @@ async fn hostile_cli_input_is_refused_before_any_map_write() {
         Request::BackendRemove {
             service: "compilers".into(),
             address: "10.0.0.1%eth0".into(),
+            now: false,
         },
     ];
     for req in bad {
@@ -749,4 +751,116 @@ fn a_failed_start_leaves_no_pins_behind() {
     );
     assert!(!native.status.success(), "native XDP on lo must fail");
     assert!(!left, "a failed start left pins in {}", pins.display());
+}
+
+/// Upgrade from map layout v1 (issue 18 changed `FlowValue`): a data plane
+/// that finds v1 pins converts the v1 flow table's entries into the v2 one,
+/// carries the other maps over as they are (renamed pins: same maps), and
+/// leaves no v1 pin behind. Also checks the batched flow-table walk against
+/// what was written.
+#[test]
+fn v1_pins_are_migrated_to_v2_with_their_flows() {
+    use aya::maps::{HashMap as BpfHash, MapData};
+    use lb_common::{FlowValueV1, maps as names};
+    if !root() || !Path::new("/sys/fs/bpf").exists() {
+        eprintln!("skipped: needs root and bpffs");
+        return;
+    }
+    std::thread::spawn(|| {
+        // SAFETY: unshare has no memory preconditions; it moves this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        let opts = LoadOptions {
+            interfaces: vec!["lo".into()],
+            mode: XdpMode::Generic,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-v1-{}", std::process::id())),
+            flow_capacity: 1024,
+            replace: false,
+        };
+        let _ = std::fs::remove_dir_all(&opts.pin_dir);
+        std::fs::create_dir_all(&opts.pin_dir).unwrap();
+        let key = |p: u16| FlowKey {
+            src: [198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [192, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport_be: p.to_be(),
+            dport_be: 8140u16.to_be(),
+            proto: PROTO_TCP,
+            family: lb_common::FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let v1 = |p: u16| FlowValueV1 {
+            backend_id: u32::from(p % 3),
+            generation: 7,
+            created_ns: 1000 + u64::from(p),
+        };
+        let vip = VipKey::new("192.0.2.10".parse().unwrap(), 8140, PROTO_TCP);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // A v1 deployment, by hand: its flow table (16-byte values) and
+            // its VIP map, pinned under the v1 names.
+            let mut flows: BpfHash<MapData, FlowKey, FlowValueV1> =
+                BpfHash::create(1024, 0).unwrap();
+            for p in 40000..40300u16 {
+                flows.insert(key(p), v1(p), 0).unwrap();
+            }
+            flows.pin(opts.pin_dir.join(names::V1_FLOWS)).unwrap();
+            let mut vips: BpfHash<MapData, VipKey, VipInfo> =
+                BpfHash::create(names::MAX_VIPS, 0).unwrap();
+            let info = VipInfo {
+                service_id: 3,
+                kind: KIND_COMPILER,
+            };
+            vips.insert(vip, info, 0).unwrap();
+            vips.pin(opts.pin_dir.join("vx_vips_v1")).unwrap();
+
+            let dp = XdpDataPlane::load(&opts).expect("load over v1 pins");
+            for p in 40000..40300u16 {
+                let v = dp.flow(&key(p)).unwrap_or_else(|| panic!("flow {p} lost"));
+                assert_eq!(
+                    (v.backend_id, v.generation, v.created_ns, v.closed_ns),
+                    (u32::from(p % 3), 7, 1000 + u64::from(p), 0),
+                    "flow {p}"
+                );
+                assert!(v.last_seen_ns > 0);
+            }
+            assert_eq!(
+                dp.vips().unwrap(),
+                vec![(vip, info)],
+                "VIP map carried over"
+            );
+            for n in names::V1_ALL {
+                assert!(!opts.pin_dir.join(n).exists(), "v1 pin {n} left");
+            }
+            for n in names::ALL {
+                assert!(opts.pin_dir.join(n).exists(), "v2 pin {n} missing");
+            }
+            // The batched walk sees every entry exactly once.
+            let mut seen = std::collections::BTreeMap::new();
+            dp.scan_flows(&mut |k, v| {
+                *seen.entry(u16::from_be(k.sport_be)).or_insert(0) += 1;
+                assert_eq!(v.generation, 7);
+            })
+            .unwrap();
+            assert_eq!(seen.len(), 300);
+            assert!(seen.values().all(|n| *n == 1));
+            let counts = voxlb::retire::count_flows(
+                &dp,
+                &[(0u32, 7u32), (1, 7), (2, 8)].into_iter().collect(),
+                voxlb::retire::monotonic_ns(),
+            )
+            .unwrap();
+            assert_eq!(counts[&0].open, 100);
+            assert_eq!(counts[&1].open, 100);
+            assert_eq!(counts[&2].open, 0, "another generation is not its flow");
+            drop(dp);
+            // A second start is an ordinary reuse of the v2 pins.
+            let again = XdpDataPlane::load(&opts).expect("reuse the v2 pins");
+            assert!(again.flow(&key(40000)).is_some());
+        }));
+        let _ = xdp::detach(&opts);
+        let _ = std::fs::remove_dir_all(&opts.pin_dir);
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    })
+    .join()
+    .unwrap();
 }

@@ -524,10 +524,9 @@ fn daemon_stickiness_through_cli_changes() {
     cli_ok(&d, &["backend", "undrain", COMPILERS, &c(1)]);
     cli_ok(&d, &["backend", "weight", COMPILERS, &c(0), "100"]);
     cli_ok(&d, &["backend", "remove", COMPILERS, &c(3)]);
-    assert!(
-        backend_state(&d, COMPILERS, &c(3)).is_none(),
-        "c4 is removed"
-    );
+    // c4 retires (no new flows) and is freed once its last connection
+    // (the `/whoami`s above) has closed.
+    wait_gone(&d, COMPILERS, &c(3), Duration::from_secs(20));
     assert_transfers_intact(&topo, transfers);
 }
 
@@ -800,4 +799,174 @@ fn daemon_stop_replace_and_detach() {
         "detach removes the pins: {:?}",
         std::fs::read_dir(topo.lb_pin_dir()).map(|r| r.count())
     );
+}
+
+// ---------------------------------------------------------------------------
+// Issue 18: removing a compiler retires it; its agents' connections finish.
+
+/// Polls until the backend is gone from the service (its slot freed).
+fn wait_gone(d: &Daemon, service: &str, address: &str, limit: Duration) {
+    netns::wait_for(limit, Duration::from_millis(100), || {
+        backend_state(d, service, address).is_none().then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{service} {address} still listed after {limit:?} (now {:?}); daemon log:\n{}",
+            backend_state(d, service, address),
+            d.log_tail(30)
+        )
+    });
+}
+
+fn backend_view(d: &Daemon, service: &str, address: &str) -> Option<BackendView> {
+    backends(d, service)
+        .into_iter()
+        .find(|b| b.address.to_string() == address)
+}
+
+#[test]
+fn daemon_remove_retires_a_compiler_until_its_downloads_end() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let mut d = start_daemon(&topo, 3);
+    let c1 = topo.compilers[0].ip4.to_string();
+    let id = backend_view(&d, COMPILERS, &c1).unwrap().id;
+    let transfers = transfers_covering(&topo, "c1", 3, Load::lasting(8));
+    let on_c1 = transfers.iter().filter(|t| t.backend == "c1").count();
+
+    let out = cli_ok(&d, &["backend", "remove", COMPILERS, &c1]);
+    eprintln!("{out}");
+    assert!(out.contains("retiring"), "{out}");
+    let v = backend_view(&d, COMPILERS, &c1).expect("c1 still listed");
+    assert_eq!((v.state.as_str(), v.id, v.slots), ("retiring", id, 0));
+    // New connections never reach the retiring compiler.
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 300, 16)
+        .unwrap();
+    eprintln!("while c1 retires: {counts:?}");
+    assert!(
+        !counts.contains_key("c1"),
+        "retiring c1 got new connections"
+    );
+    // Its open downloads are counted (a scan a second).
+    netns::wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        backend_view(&d, COMPILERS, &c1)
+            .and_then(|v| v.open_flows)
+            .filter(|n| *n as usize >= on_c1)
+    })
+    .expect("c1's open connections counted");
+    let list = cli_ok(&d, &["backend", "list", COMPILERS]);
+    assert!(list.contains("retiring ("), "{list}");
+
+    // kill -9 of the daemon mid-retirement: it comes back still retiring,
+    // same id, same deadline, and the downloads go on.
+    let deadline = backend_view(&d, COMPILERS, &c1)
+        .unwrap()
+        .retire_deadline_unix_ms;
+    d.kill9();
+    d.spawn().expect("restart voxlb run");
+    let v = backend_view(&d, COMPILERS, &c1).expect("still retiring after kill -9");
+    assert_eq!(v.state, "retiring");
+    assert_eq!(v.id, id);
+    assert_eq!(v.retire_deadline_unix_ms, deadline);
+
+    // Every download, c1's included, finishes byte-exact on its compiler.
+    assert_transfers_intact(&topo, transfers);
+    // The last one ended: c1's slot is freed.
+    wait_gone(&d, COMPILERS, &c1, Duration::from_secs(20));
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 200, 16)
+        .unwrap();
+    assert!(!counts.contains_key("c1"), "freed c1 got new connections");
+}
+
+#[test]
+fn daemon_reload_that_drops_a_compiler_retires_it() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let c3 = topo.compilers[2].ip4.to_string();
+    let id = backend_view(&d, COMPILERS, &c3).unwrap().id;
+    let transfers = transfers_covering(&topo, "c3", 2, Load::lasting(6));
+    // The config loses c3.
+    let text = daemon::config_text(
+        &topo,
+        &Options {
+            compilers_in_config: 2,
+            health: HealthTiming::default(),
+        },
+    );
+    std::fs::write(topo.work_dir.join("voxlb.toml"), text).unwrap();
+    let out = cli_ok(&d, &["reload"]);
+    assert!(out.contains("retiring"), "{out}");
+    let v = backend_view(&d, COMPILERS, &c3).expect("c3 retiring");
+    assert_eq!((v.state.as_str(), v.id), ("retiring", id));
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 200, 16)
+        .unwrap();
+    assert!(
+        !counts.contains_key("c3"),
+        "retiring c3 got new connections"
+    );
+    assert_transfers_intact(&topo, transfers);
+    wait_gone(&d, COMPILERS, &c3, Duration::from_secs(20));
+}
+
+#[test]
+fn daemon_remove_now_cuts_and_readding_a_retiring_compiler_keeps_its_downloads() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let c1 = topo.compilers[0].ip4.to_string();
+    let c2 = topo.compilers[1].ip4.to_string();
+
+    // Re-adding c2 while it retires revives it: same id, downloads intact.
+    let id2 = backend_view(&d, COMPILERS, &c2).unwrap().id;
+    let transfers = transfers_covering(&topo, "c2", 2, Load::lasting(6));
+    cli_ok(&d, &["backend", "remove", COMPILERS, &c2]);
+    assert_eq!(
+        backend_state(&d, COMPILERS, &c2).as_deref(),
+        Some("retiring")
+    );
+    let out = cli_ok(&d, &["backend", "add", COMPILERS, &c2]);
+    assert!(out.contains("was retiring"), "{out}");
+    let v = backend_view(&d, COMPILERS, &c2).unwrap();
+    assert_eq!((v.state.as_str(), v.id), ("active", id2));
+    assert_transfers_intact(&topo, transfers);
+
+    // `--now` is the old removal: the downloads on c1 are cut (the other
+    // compilers answer their next packets with a reset), the rest finish.
+    let transfers = transfers_covering(&topo, "c1", 2, Load::lasting(8));
+    let on_c1 = transfers.iter().filter(|t| t.backend == "c1").count();
+    let out = cli_ok(&d, &["backend", "remove", COMPILERS, &c1, "--now"]);
+    eprintln!("{out}");
+    let cut: usize = out
+        .split("at once: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of cut connections in {out:?}"));
+    assert!(cut >= on_c1, "{cut} cut, {on_c1} downloads on c1");
+    assert!(
+        backend_state(&d, COMPILERS, &c1).is_none(),
+        "removed at once"
+    );
+    let mut broken = 0;
+    for (backend, r) in topo.finish_transfers(transfers) {
+        match r {
+            Ok(end) => {
+                assert_ne!(backend, "c1", "a cut download finished: {end:?}");
+                assert_eq!(end.bytes, Load::lasting(1).bytes);
+            }
+            Err(e) => {
+                assert_eq!(backend, "c1", "only c1's downloads may break: {e:#}");
+                eprintln!("cut as expected: {e:#}");
+                broken += 1;
+            }
+        }
+    }
+    assert_eq!(broken, on_c1, "every download on c1 was cut");
 }
