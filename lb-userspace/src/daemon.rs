@@ -58,6 +58,12 @@ pub const PIN_CHECK: Duration = Duration::from_secs(5);
 /// How often, while a backend is retiring, the flow table is scanned for
 /// its open connections (and the backend freed when none is left).
 pub const RETIRE_TICK: Duration = Duration::from_secs(1);
+/// How often, while nothing is retiring, the flow table is scanned for the
+/// open connections of every backend (`status`, `backend list`, metrics).
+/// One batched walk of the whole table per period, on the daemon's timer,
+/// never per control request: a million-entry table costs a fraction of a
+/// second of one core, so not every second.
+pub const OPEN_FLOWS_REFRESH: Duration = Duration::from_secs(2);
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +152,10 @@ pub struct Daemon {
     spawner: CheckerSpawner,
     health_tx: mpsc::Sender<HealthUpdate>,
     checkers: HashMap<(String, IpAddr), Checker>,
-    /// Open connections of each retiring backend at the last scan.
-    retire_counts: HashMap<(String, IpAddr), u64>,
+    /// Open and closing connections of every backend at the last scan.
+    open_counts: HashMap<(String, IpAddr), FlowCount>,
+    /// When the flow table was last scanned for [`Self::open_counts`].
+    last_scan: Option<Instant>,
 }
 
 /// What [`run`] needs besides the config and the data plane.
@@ -200,7 +208,8 @@ impl Daemon {
             spawner,
             health_tx,
             checkers: HashMap::new(),
-            retire_counts: HashMap::new(),
+            open_counts: HashMap::new(),
+            last_scan: None,
         };
         let mut state = d.state.clone();
         let plan = reconcile::plan(&d.config, &mut state, &d.health, &d.macs)?;
@@ -477,6 +486,9 @@ impl Daemon {
                     },
                 };
                 Response::Backends { services }
+            }
+            Request::BackendConnections { service, address } => {
+                self.connections(&service, &address)
             }
             Request::Status {} => Response::Status(self.status()),
             Request::Stats {} => match self.stats() {
@@ -825,16 +837,15 @@ impl Daemon {
         self.checkers.clear();
     }
 
-    /// Fill in the open connections of retiring backends from the last scan.
+    /// Fill in the open connections of every backend from the last scan
+    /// (`None` until the first scan, or for a backend added since).
     fn patch_open_flows(&self, views: &mut [ServiceView]) {
         for s in views {
             for b in &mut s.backends {
-                if b.retire_deadline_unix_ms.is_some() {
-                    b.open_flows = self
-                        .retire_counts
-                        .get(&(s.name.clone(), b.address))
-                        .copied();
-                }
+                b.open_flows = self
+                    .open_counts
+                    .get(&(s.name.clone(), b.address))
+                    .map(|c| c.open);
             }
         }
     }
@@ -897,6 +908,7 @@ impl Daemon {
                     name: a.name.clone(),
                     weight: a.weight,
                     mac: a.mac,
+                    tier: 0,
                 })
             };
             if in_config {
@@ -929,6 +941,32 @@ impl Daemon {
         })
     }
 
+    /// `BackendConnections`: count one backend's connections now (the
+    /// periodic scan may be up to [`OPEN_FLOWS_REFRESH`] old, and a drain
+    /// must not be declared done on a count taken before its last flow).
+    fn connections(&self, service: &str, address: &str) -> Response {
+        let addr = match parse_addr(address) {
+            Ok(a) => a,
+            Err(e) => return Response::error(e),
+        };
+        let Some(view) = self.views.iter().find(|s| s.name == service) else {
+            return Response::error(format!("unknown service {service:?}"));
+        };
+        let Some(b) = view.backends.iter().find(|b| b.address == addr) else {
+            return Response::error(format!("backend {addr} is not in service {service}"));
+        };
+        match self.count_open(service, addr) {
+            Ok(c) => Response::Connections(control::ConnectionsView {
+                service: service.to_owned(),
+                address: addr,
+                state: b.state.clone(),
+                open: c.open,
+                closing: c.closing,
+            }),
+            Err(e) => Response::error(format!("reading the flow table: {e}")),
+        }
+    }
+
     /// The open and closing connections of one backend of a service (zero
     /// if it holds no id).
     fn count_open(&self, service: &str, addr: IpAddr) -> Result<FlowCount, DataPlaneError> {
@@ -945,9 +983,10 @@ impl Daemon {
         Ok(counts.get(id).copied().unwrap_or_default())
     }
 
-    /// Scan the flow table for the open connections of every retiring
-    /// backend; free those with none left (nor closing), and those whose
-    /// grace has passed. Does nothing while nothing is retiring.
+    /// Scan the flow table (one batched walk) for the open connections of
+    /// every backend; free retiring backends with none left (nor closing),
+    /// and those whose grace has passed. Called every [`RETIRE_TICK`]; scans
+    /// then while something is retiring, else every [`OPEN_FLOWS_REFRESH`].
     pub fn retire_tick(&mut self) {
         let mut retiring: Vec<(String, IpAddr, u64)> = Vec::new();
         for (name, o) in &self.state.overlays {
@@ -955,35 +994,23 @@ impl Daemon {
                 retiring.push((name.clone(), *a, r.deadline_unix_ms));
             }
         }
-        if retiring.is_empty() {
-            self.retire_counts.clear();
+        let due = self
+            .last_scan
+            .is_none_or(|t| t.elapsed() + RETIRE_TICK / 2 >= OPEN_FLOWS_REFRESH);
+        if retiring.is_empty() && !due {
             return;
         }
-        let id_of = |name: &str, a: IpAddr| {
-            self.state
-                .backend_slots
-                .iter()
-                .find(|(_, s)| s.service == name && s.address == a && s.in_use)
-                .map(|(id, s)| (*id, s.generation))
-        };
-        let ids: BTreeMap<u32, u32> = retiring
-            .iter()
-            .filter_map(|(n, a, _)| id_of(n, *a))
-            .collect();
-        let counts = match retire::count_flows(self.dp.as_ref(), &ids, retire::monotonic_ns()) {
-            Ok(c) => c,
+        let counts = match self.scan_open() {
+            Ok(()) => &self.open_counts,
             Err(e) => {
-                warn!("retiring backends: cannot scan the flow table: {e}; retrying");
+                warn!("cannot scan the flow table for open connections: {e}; retrying");
                 return;
             }
         };
         let now_ms = unix_ms_now();
         let mut finished: Vec<(String, IpAddr, String)> = Vec::new();
-        self.retire_counts.clear();
         for (name, a, deadline) in retiring {
-            let c = id_of(&name, a)
-                .and_then(|(id, _)| counts.get(&id).copied())
-                .unwrap_or_default();
+            let c = counts.get(&(name.clone(), a)).copied().unwrap_or_default();
             if c.done() {
                 finished.push((name, a, "its last connection ended".into()));
             } else if now_ms >= deadline {
@@ -995,8 +1022,6 @@ impl Daemon {
                         c.open
                     ),
                 ));
-            } else {
-                self.retire_counts.insert((name, a), c.open);
             }
         }
         if finished.is_empty() {
@@ -1028,6 +1053,33 @@ impl Daemon {
                 self.sync_checkers();
             }
         }
+    }
+
+    /// Count the open connections of every backend holding an id, in one
+    /// walk of the flow table, into [`Self::open_counts`].
+    fn scan_open(&mut self) -> Result<(), DataPlaneError> {
+        let ids: BTreeMap<u32, u32> = self
+            .state
+            .backend_slots
+            .iter()
+            .filter(|(_, s)| s.in_use)
+            .map(|(id, s)| (*id, s.generation))
+            .collect();
+        let counts = retire::count_flows(self.dp.as_ref(), &ids, retire::monotonic_ns())?;
+        self.last_scan = Some(Instant::now());
+        self.open_counts = self
+            .state
+            .backend_slots
+            .iter()
+            .filter(|(_, s)| s.in_use)
+            .map(|(id, s)| {
+                (
+                    (s.service.clone(), s.address),
+                    counts.get(id).copied().unwrap_or_default(),
+                )
+            })
+            .collect();
+        Ok(())
     }
 
     /// The status view.
@@ -1221,7 +1273,11 @@ pub async fn run(
             Some(call) = calls_rx.recv() => {
                 let is_change = !matches!(
                     call.request,
-                    Request::BackendList { .. } | Request::Status {} | Request::Stats {} | Request::Flows { .. }
+                    Request::BackendList { .. }
+                        | Request::BackendConnections { .. }
+                        | Request::Status {}
+                        | Request::Stats {}
+                        | Request::Flows { .. }
                 );
                 let desc = format!("{:?}", call.request);
                 let resp = daemon.handle(call.request);

@@ -243,6 +243,25 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
     }
     family(
         &mut o,
+        "voxlb_backend_open_flows",
+        "gauge",
+        "Connections open on the backend (no FIN/RST from the agent yet; UDP: seen within 30 s) at the last flow-table scan.",
+    );
+    for s in &status.services {
+        for b in &s.backends {
+            if let Some(n) = b.open_flows {
+                let _ = writeln!(
+                    o,
+                    "voxlb_backend_open_flows{{service=\"{}\",backend=\"{}\"}} {}",
+                    esc(&s.name),
+                    b.address,
+                    n
+                );
+            }
+        }
+    }
+    family(
+        &mut o,
         "voxlb_backend_retiring_open_flows",
         "gauge",
         "Retiring (removed) backends: connections still open on it at the last flow-table scan.",

@@ -125,8 +125,8 @@ pub struct BackendView {
     /// Retiring backends: when the grace ends (ms since the Unix epoch).
     #[serde(default)]
     pub retire_deadline_unix_ms: Option<u64>,
-    /// Retiring backends: open connections at the last flow-table scan
-    /// (`None` until the first scan).
+    /// Open connections ([`lb_common::FlowValue::is_open`]) at the last
+    /// flow-table scan (`None` until the first scan). Every backend.
     #[serde(default)]
     pub open_flows: Option<u64>,
 }
@@ -397,6 +397,8 @@ pub fn plan(
                 name: r.name.clone(),
                 weight: r.weight,
                 mac: r.mac,
+                // Out of every table while retiring: its tier plays no part.
+                tier: 0,
             };
             let slot = Slot::new(
                 state.backend_id(&svc.name, *addr)?,
