@@ -970,3 +970,91 @@ fn daemon_remove_now_cuts_and_readding_a_retiring_compiler_keeps_its_downloads()
     }
     assert_eq!(broken, on_c1, "every download on c1 was cut");
 }
+
+// ---------------------------------------------------------------------------
+// Issue 16: `drain --wait` for code deploys.
+
+#[test]
+fn daemon_drain_wait_returns_after_the_last_slow_download() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let c1 = topo.compilers[0].ip4.to_string();
+    // Slow downloads in flight on c1 (and others on c2/c3).
+    let transfers = transfers_covering(&topo, "c1", 2, Load::lasting(12));
+    let on_c1 = transfers.iter().filter(|t| t.backend == "c1").count();
+    // The CLI only needs the control socket: no namespace.
+    let mut drain = std::process::Command::new(&d.bin)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args([
+            "--json",
+            "backend",
+            "drain",
+            COMPILERS,
+            &c1,
+            "--wait",
+            "--timeout",
+            "90s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn voxlb backend drain --wait");
+    // Draining at once: new connections go elsewhere, and the wait goes on
+    // while c1's downloads stream.
+    wait_state(&d, COMPILERS, &c1, "draining", Duration::from_secs(5));
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 100, 8)
+        .unwrap();
+    assert!(
+        !counts.contains_key("c1"),
+        "draining c1 got new connections"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        drain.try_wait().unwrap().is_none(),
+        "drain --wait returned while {on_c1} downloads were streaming on c1"
+    );
+    // Every download finishes, byte-exact, on its compiler.
+    let (c1_transfers, others): (Vec<_>, Vec<_>) =
+        transfers.into_iter().partition(|t| t.backend == "c1");
+    assert_transfers_intact(&topo, c1_transfers);
+    let c1_done = std::time::Instant::now();
+    // Then drain --wait returns 0, within a few polls.
+    let status = netns::wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
+        drain.try_wait().unwrap()
+    });
+    let Some(status) = status else {
+        let _ = drain.kill();
+        let _ = drain.wait();
+        panic!("drain --wait did not return after c1's downloads ended");
+    };
+    let returned_after = c1_done.elapsed();
+    let out = drain.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("drain --wait returned {returned_after:?} after c1's downloads:\n{stdout}");
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let counts: Vec<u64> = lines[1..]
+        .iter()
+        .map(|l| l["open"].as_u64().unwrap())
+        .collect();
+    assert!(
+        counts[0] >= on_c1 as u64,
+        "first count {counts:?} < {on_c1} downloads"
+    );
+    assert_eq!(counts.last(), Some(&0));
+    assert!(
+        counts.windows(2).all(|w| w[0] != w[1]),
+        "one line per change"
+    );
+    assert_transfers_intact(&topo, others);
+    // The deploy hook's last step.
+    cli_ok(&d, &["backend", "undrain", COMPILERS, &c1]);
+    wait_state(&d, COMPILERS, &c1, "active", Duration::from_secs(5));
+}
