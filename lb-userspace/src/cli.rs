@@ -443,6 +443,19 @@ pub fn state_cell(b: &crate::reconcile::BackendView) -> String {
     )
 }
 
+/// The weight new flows follow: `75`, `37.5`, `standby` (its tier is not
+/// the active one), `0` (unusable), `-` (not a compiler).
+pub fn effective_cell(b: &crate::reconcile::BackendView) -> String {
+    match (b.effective_weight_milli, b.weight_role.as_deref()) {
+        (_, Some("standby")) => "standby".into(),
+        (Some(m), _) => {
+            let s = format!("{}.{:03}", m / 1000, m % 1000);
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        }
+        (None, _) => "-".into(),
+    }
+}
+
 fn render_backends(services: &[ServiceView]) -> String {
     let mut rows = Vec::new();
     for s in services {
@@ -462,6 +475,16 @@ fn render_backends(services: &[ServiceView]) -> String {
                     Some(r) => r.clone(),
                     None => b.weight.to_string(),
                 },
+                effective_cell(b),
+                if s.kind == "compiler" {
+                    b.tier.to_string()
+                } else {
+                    "-".into()
+                },
+                dash(
+                    b.load_pressure_permille
+                        .map(|p| format!("{}%", (p + 5) / 10)),
+                ),
                 if s.kind == "compiler" {
                     b.slots.to_string()
                 } else if s.ca_target == Some(b.address) {
@@ -477,8 +500,20 @@ fn render_backends(services: &[ServiceView]) -> String {
     }
     table(
         &[
-            "SERVICE", "ADDRESS", "NAME", "ID", "STATE", "HEALTH", "WEIGHT", "SLOTS", "OPEN",
-            "MAC", "SOURCE",
+            "SERVICE",
+            "ADDRESS",
+            "NAME",
+            "ID",
+            "STATE",
+            "HEALTH",
+            "WEIGHT",
+            "EFFECTIVE",
+            "TIER",
+            "LOAD",
+            "SLOTS",
+            "OPEN",
+            "MAC",
+            "SOURCE",
         ],
         &rows,
     )

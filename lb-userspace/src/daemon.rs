@@ -42,8 +42,9 @@ use crate::{
     },
     dataplane::{DataPlane, DataPlaneError},
     health::HealthCheck,
+    load::{self, Balance, Controller, LoadInput, LoadPoller},
     neigh::MacResolver,
-    reconcile::{self, Desired, HealthMap, MacMap, PlanError, ServiceView},
+    reconcile::{self, Desired, HealthMap, MacMap, PlanError, ServiceView, WeightMap},
     retire::{self, FlowCount},
     state::{AddedBackend, Retiring, State, StateError, StateStore, unix_ms_now},
 };
@@ -64,6 +65,18 @@ pub const RETIRE_TICK: Duration = Duration::from_secs(1);
 /// never per control request: a million-entry table costs a fraction of a
 /// second of one core, so not every second.
 pub const OPEN_FLOWS_REFRESH: Duration = Duration::from_secs(2);
+/// How often the weight controllers step (slow-start ramps, load samples
+/// that came in). The Maglev table is rebuilt only when a weight changed,
+/// and the controller's hysteresis and rewrite limit decide when that is.
+pub const WEIGHTS_TICK: Duration = Duration::from_secs(1);
+
+/// A load reading of one compiler of a `balance = "load"` service.
+#[derive(Clone, Debug)]
+pub struct LoadUpdate {
+    pub service: String,
+    pub addr: IpAddr,
+    pub input: LoadInput,
+}
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +169,69 @@ pub struct Daemon {
     open_counts: HashMap<(String, IpAddr), FlowCount>,
     /// When the flow table was last scanned for [`Self::open_counts`].
     last_scan: Option<Instant>,
+    /// The weight controller of each compiler service.
+    controllers: HashMap<String, Controller>,
+    /// Load readings since the controllers' last step.
+    loads: HashMap<(String, IpAddr), LoadInput>,
+    /// The effective weights of the last applied plan.
+    weights: WeightMap,
+    /// Weights a tick computed, for the replan it triggers.
+    pending_weights: Option<WeightMap>,
+    /// Where load pollers report; `None` = no polling (tests of the loop).
+    load_tx: Option<mpsc::Sender<LoadUpdate>>,
+    pollers: HashMap<(String, IpAddr), Poller>,
+}
+
+struct Poller {
+    stop: watch::Sender<bool>,
+    _task: JoinHandle<()>,
+}
+
+/// Step every compiler service's weight controller with the backends of
+/// `state` (after the CLI overlay), health, MACs and the load readings
+/// since the last step (consumed).
+#[allow(clippy::too_many_arguments)]
+fn step_weights(
+    controllers: &mut HashMap<String, Controller>,
+    loads: &mut HashMap<(String, IpAddr), LoadInput>,
+    health: &HealthMap,
+    macs: &MacMap,
+    started: Instant,
+    cfg: &Config,
+    state: &State,
+) -> WeightMap {
+    let now_ms = started.elapsed().as_millis() as u64;
+    controllers.retain(|n, c| {
+        cfg.compiler(n)
+            .is_some_and(|s| &s.balancing.controller == c.config())
+    });
+    let mut out = WeightMap::new();
+    for svc in &cfg.compiler_services {
+        let ctl = controllers
+            .entry(svc.name.clone())
+            .or_insert_with(|| Controller::new(svc.balancing.controller.clone()));
+        let eff = reconcile::effective_backends(svc, state.overlays.get(&svc.name));
+        let mine: HashMap<IpAddr, LoadInput> = loads
+            .iter()
+            .filter(|((n, _), _)| *n == svc.name)
+            .map(|((_, a), l)| (*a, *l))
+            .collect();
+        let inputs = load::compiler_inputs(&svc.name, &eff, health, macs, &mine);
+        for w in ctl.step(now_ms, &inputs).weights {
+            out.insert((svc.name.clone(), w.address), w);
+        }
+    }
+    loads.clear();
+    out
+}
+
+/// The Maglev-relevant part of two weight maps differs.
+fn weights_differ(a: &WeightMap, b: &WeightMap) -> bool {
+    a.len() != b.len()
+        || a.iter().any(|(k, w)| {
+            b.get(k)
+                .is_none_or(|o| o.maglev_weight != w.maglev_weight || o.role != w.role)
+        })
 }
 
 /// What [`run`] needs besides the config and the data plane.
@@ -210,9 +286,25 @@ impl Daemon {
             checkers: HashMap::new(),
             open_counts: HashMap::new(),
             last_scan: None,
+            controllers: HashMap::new(),
+            loads: HashMap::new(),
+            weights: WeightMap::new(),
+            pending_weights: None,
+            load_tx: None,
+            pollers: HashMap::new(),
         };
         let mut state = d.state.clone();
-        let plan = reconcile::plan(&d.config, &mut state, &d.health, &d.macs)?;
+        let weights = step_weights(
+            &mut d.controllers,
+            &mut d.loads,
+            &d.health,
+            &d.macs,
+            d.started,
+            &d.config,
+            &state,
+        );
+        let plan = reconcile::plan_weighted(&d.config, &mut state, &d.health, &d.macs, &weights)?;
+        d.weights = weights;
         d.store.save(&state)?;
         d.state = state;
         let applied = reconcile::apply(&plan.desired, None, d.dp.as_mut())?;
@@ -287,10 +379,24 @@ impl Daemon {
             Err(e) => return Response::error(e),
         };
         let cfg = config.as_ref().unwrap_or(&self.config);
-        let plan = match reconcile::plan(cfg, &mut state, &self.health, &self.macs) {
-            Ok(p) => p,
-            Err(e) => return Response::error(e.to_string()),
+        // Health, drain and membership changes reach the controller at once.
+        let weights = match self.pending_weights.take() {
+            Some(w) => w,
+            None => step_weights(
+                &mut self.controllers,
+                &mut self.loads,
+                &self.health,
+                &self.macs,
+                self.started,
+                cfg,
+                &state,
+            ),
         };
+        let plan =
+            match reconcile::plan_weighted(cfg, &mut state, &self.health, &self.macs, &weights) {
+                Ok(p) => p,
+                Err(e) => return Response::error(e.to_string()),
+            };
         if state != self.state
             && let Err(e) = self.store.save(&state)
         {
@@ -305,8 +411,14 @@ impl Daemon {
                 .map_err(|e| e.to_string())
                 .and_then(|_| {
                     let mut old = self.state.clone();
-                    let p = reconcile::plan(&self.config, &mut old, &self.health, &self.macs)
-                        .map_err(|e| e.to_string())?;
+                    let p = reconcile::plan_weighted(
+                        &self.config,
+                        &mut old,
+                        &self.health,
+                        &self.macs,
+                        &self.weights,
+                    )
+                    .map_err(|e| e.to_string())?;
                     reconcile::apply(&p.desired, None, self.dp.as_mut())
                         .map_err(|e| e.to_string())?;
                     self.last = Some(p.desired);
@@ -321,6 +433,7 @@ impl Daemon {
         if let Some(c) = config {
             self.config = c;
         }
+        self.weights = weights;
         self.last = Some(plan.desired);
         self.report_views(plan.services);
         Response::Ok { message }
@@ -681,6 +794,97 @@ impl Daemon {
         self.refresh();
     }
 
+    /// A load poller's reading: kept for the controllers' next step.
+    pub fn on_load(&mut self, ev: LoadUpdate) {
+        let key = (ev.service, ev.addr);
+        if self.pollers.contains_key(&key) {
+            self.loads.insert(key, ev.input);
+        }
+    }
+
+    /// Step the weight controllers (load readings, slow-start ramps); replan
+    /// only if a Maglev weight or a tier role changed.
+    pub fn weights_tick(&mut self) {
+        let w = step_weights(
+            &mut self.controllers,
+            &mut self.loads,
+            &self.health,
+            &self.macs,
+            self.started,
+            &self.config,
+            &self.state,
+        );
+        if weights_differ(&w, &self.weights) {
+            self.pending_weights = Some(w);
+            self.refresh();
+            self.pending_weights = None;
+        } else {
+            // Same table; show the new signal.
+            self.weights = w;
+            let mut views = std::mem::take(&mut self.views);
+            for s in &mut views {
+                for b in &mut s.backends {
+                    if let Some(w) = self.weights.get(&(s.name.clone(), b.address)) {
+                        reconcile::show_weight(b, w);
+                    }
+                }
+            }
+            self.views = views;
+        }
+    }
+
+    /// Start polling the load of `balance = "load"` compilers, reporting to
+    /// `tx`.
+    pub fn enable_load_polling(&mut self, tx: mpsc::Sender<LoadUpdate>) {
+        self.load_tx = Some(tx);
+        self.sync_pollers();
+    }
+
+    /// One poller per compiler of each `balance = "load"` service.
+    fn sync_pollers(&mut self) {
+        let Some(tx) = self.load_tx.clone() else {
+            return;
+        };
+        let mut want: HashMap<(String, IpAddr), &config::CompilerService> = HashMap::new();
+        for s in &self.config.compiler_services {
+            if s.balancing.controller.balance != Balance::Load {
+                continue;
+            }
+            for e in reconcile::effective_backends(s, self.state.overlays.get(&s.name)) {
+                want.insert((s.name.clone(), e.backend.address), s);
+            }
+        }
+        // A changed check or interval restarts the poller (a reload drops
+        // every poller of a service whose settings changed: simplest is to
+        // restart those whose service changed at all).
+        self.pollers.retain(|k, p| {
+            let keep = want.contains_key(k);
+            if !keep {
+                let _ = p.stop.send(true);
+            }
+            keep
+        });
+        for (k, svc) in want {
+            if self.pollers.contains_key(&k) {
+                continue;
+            }
+            let interval = svc.balancing.load_interval;
+            let poller = match LoadPoller::new(&svc.health, interval) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(
+                        "service {}: cannot poll load: {e}; static weights",
+                        svc.name
+                    );
+                    continue;
+                }
+            };
+            let (stop, stop_rx) = watch::channel(false);
+            let task = spawn_poller(k.0.clone(), k.1, poller, interval, tx.clone(), stop_rx);
+            self.pollers.insert(k, Poller { stop, _task: task });
+        }
+    }
+
     /// Addresses of backends whose MAC is needed but unknown.
     fn unresolved(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
@@ -820,6 +1024,7 @@ impl Daemon {
                 },
             );
         }
+        self.sync_pollers();
         // A restarted checker starts from "unknown" (counted as up).
         let mut any = false;
         for k in forget {
@@ -835,6 +1040,10 @@ impl Daemon {
             let _ = c.stop.send(true);
         }
         self.checkers.clear();
+        for p in self.pollers.values() {
+            let _ = p.stop.send(true);
+        }
+        self.pollers.clear();
     }
 
     /// Fill in the open connections of every backend from the last scan
@@ -1178,6 +1387,40 @@ impl Daemon {
     }
 }
 
+/// Read one compiler's load every `interval` (a read takes at most that
+/// long) until `stop`.
+fn spawn_poller(
+    service: String,
+    addr: IpAddr,
+    poller: LoadPoller,
+    interval: Duration,
+    tx: mpsc::Sender<LoadUpdate>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = control::stopped(&mut stop) => return,
+            }
+            let input = tokio::select! {
+                i = poller.poll(addr) => i,
+                _ = control::stopped(&mut stop) => return,
+            };
+            let ev = LoadUpdate {
+                service: service.clone(),
+                addr,
+                input,
+            };
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// `10m`, `90s`, `1m30s`.
 fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -1224,6 +1467,8 @@ pub async fn run(
         opts.spawner,
         health_tx,
     )?;
+    let (load_tx, mut load_rx) = mpsc::channel(1024);
+    daemon.enable_load_polling(load_tx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(64);
     let server = tokio::spawn(control::serve(
@@ -1264,6 +1509,7 @@ pub async fn run(
     let mut refresh = tokio::time::interval(NEIGH_REFRESH);
     let mut pins = tokio::time::interval(PIN_CHECK);
     let mut retire_tick = tokio::time::interval(RETIRE_TICK);
+    let mut weights_tick = tokio::time::interval(WEIGHTS_TICK);
     info!(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
@@ -1295,6 +1541,8 @@ pub async fn run(
             _ = refresh.tick() => daemon.neigh_tick(true),
             _ = pins.tick() => daemon.check_pins(),
             _ = retire_tick.tick() => daemon.retire_tick(),
+            Some(ev) = load_rx.recv() => daemon.on_load(ev),
+            _ = weights_tick.tick() => daemon.weights_tick(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
                 daemon.reload();
