@@ -1058,3 +1058,82 @@ fn daemon_drain_wait_returns_after_the_last_slow_download() {
     cli_ok(&d, &["backend", "undrain", COMPILERS, &c1]);
     wait_state(&d, COMPILERS, &c1, "active", Duration::from_secs(5));
 }
+
+// ---------------------------------------------------------------------------
+// Issue 16: priority tiers and slow start, through the real daemon.
+
+/// Rewrite the daemon's config with `keys` in the `compilers` service and
+/// c2, c3 in tier 1 (c1 alone in tier 0), and reload.
+fn reload_with_tiers(d: &Daemon, keys: &str) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text
+        .replacen(
+            &format!("name = \"{COMPILERS}\"\n"),
+            &format!("name = \"{COMPILERS}\"\n{keys}\n"),
+            1,
+        )
+        .replace("name = \"c2\"\n", "name = \"c2\"\ntier = 1\n")
+        .replace("name = \"c3\"\n", "name = \"c3\"\ntier = 1\n");
+    std::fs::write(&d.config, text).unwrap();
+    cli_ok(d, &["reload"]);
+}
+
+#[test]
+fn daemon_tiers_fail_over_and_back_and_slow_start_ramps() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let c1 = &topo.compilers[0];
+    let c1_addr = c1.ip4.to_string();
+    reload_with_tiers(
+        &d,
+        "min_healthy = 1\nslow_start = \"12s\"\nmax_rewrites_per_minute = 600",
+    );
+    let c3 = backend_view(&d, COMPILERS, &topo.compilers[2].ip4.to_string()).unwrap();
+    assert_eq!((c3.tier, c3.weight_role.as_deref()), (1, Some("standby")));
+    // Tier 0 (c1) has min_healthy compilers: it takes every new flow.
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 200, 16)
+        .unwrap();
+    eprintln!("tier 0 healthy: {counts:?}");
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["c1"], "tier 0 only");
+
+    // c1 fails: tier 0 falls below min_healthy, tier 1 takes new flows.
+    topo.control(c1, "POST", "/control/fail").unwrap();
+    wait_state(&d, COMPILERS, &c1_addr, "down", Duration::from_secs(15));
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 200, 16)
+        .unwrap();
+    eprintln!("c1 down: {counts:?}");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["c2", "c3"],
+        "tier 1 only"
+    );
+
+    // c1 recovers: new flows go back to tier 0, c1 ramping up (slow start).
+    topo.control(c1, "POST", "/control/recover").unwrap();
+    wait_state(&d, COMPILERS, &c1_addr, "active", Duration::from_secs(15));
+    let mut ramp = Vec::new();
+    netns::wait_for(Duration::from_secs(30), Duration::from_millis(500), || {
+        let v = backend_view(&d, COMPILERS, &c1_addr)?;
+        ramp.push((v.ramp_permille?, v.effective_weight_milli?, v.slots));
+        (v.ramp_permille == Some(1000)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("c1 never warm: {ramp:?}\n{}", d.log_tail(30)));
+    ramp.dedup();
+    eprintln!("c1 ramp (permille, effective weight, slots): {ramp:?}");
+    assert!(ramp[0].0 < 500, "starts low: {ramp:?}");
+    assert!(
+        ramp.windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].2 <= w[1].2),
+        "rises: {ramp:?}"
+    );
+    assert!(ramp.len() >= 3, "ramps in steps: {ramp:?}");
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 300, 16)
+        .unwrap();
+    eprintln!("c1 warm again: {counts:?}");
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["c1"], "back to tier 0");
+}
