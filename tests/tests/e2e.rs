@@ -1065,15 +1065,23 @@ fn daemon_drain_wait_returns_after_the_last_slow_download() {
 /// Rewrite the daemon's config with `keys` in the `compilers` service and
 /// c2, c3 in tier 1 (c1 alone in tier 0), and reload.
 fn reload_with_tiers(d: &Daemon, keys: &str) {
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    let text = text
-        .replacen(
-            &format!("name = \"{COMPILERS}\"\n"),
-            &format!("name = \"{COMPILERS}\"\n{keys}\n"),
-            1,
-        )
-        .replace("name = \"c2\"\n", "name = \"c2\"\ntier = 1\n")
-        .replace("name = \"c3\"\n", "name = \"c3\"\ntier = 1\n");
+    reload_with(d, keys, &["c2", "c3"]);
+}
+
+/// Rewrite the daemon's config with `keys` in the `compilers` service and
+/// the compilers named in `tier1` in tier 1, and reload.
+fn reload_with(d: &Daemon, keys: &str, tier1: &[&str]) {
+    let mut text = std::fs::read_to_string(&d.config).unwrap().replacen(
+        &format!("name = \"{COMPILERS}\"\n"),
+        &format!("name = \"{COMPILERS}\"\n{keys}\n"),
+        1,
+    );
+    for c in tier1 {
+        text = text.replace(
+            &format!("name = \"{c}\"\n"),
+            &format!("name = \"{c}\"\ntier = 1\n"),
+        );
+    }
     std::fs::write(&d.config, text).unwrap();
     cli_ok(d, &["reload"]);
 }
@@ -1136,4 +1144,64 @@ fn daemon_tiers_fail_over_and_back_and_slow_start_ramps() {
         .unwrap();
     eprintln!("c1 warm again: {counts:?}");
     assert_eq!(counts.keys().collect::<Vec<_>>(), ["c1"], "back to tier 0");
+}
+
+#[test]
+fn daemon_load_balance_sends_a_busy_slow_compiler_fewer_new_connections() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let c1 = &topo.compilers[0];
+    let c1_addr = c1.ip4.to_string();
+    // c1: 4x slower, three of its four JRuby instances taken by other
+    // work and two requests queued (pressure 0.75 + 0.5 = 1.25).
+    topo.control(
+        c1,
+        "POST",
+        "/control/load?jrubies=4&busy=3&waiting=2&slow_factor_pct=400",
+    )
+    .unwrap();
+    let n = 300;
+    let fixed = topo.whoami_spread(topo.compiler_vip(false), n, 16).unwrap();
+    eprintln!("static: {fixed:?}");
+    reload_with(
+        &d,
+        "balance = \"load\"\nload_interval = \"1s\"\nload_smoothing_percent = 100\nmax_rewrites_per_minute = 600",
+        &[],
+    );
+    // The poller reads c1's status; the controller takes its weight down.
+    let v = netns::wait_for(Duration::from_secs(20), Duration::from_millis(250), || {
+        backend_view(&d, COMPILERS, &c1_addr).filter(|v| v.load_permille.is_some_and(|l| l < 1000))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "c1's load never lowered its weight: {:?}\n{}",
+            backend_view(&d, COMPILERS, &c1_addr),
+            d.log_tail(30)
+        )
+    });
+    eprintln!(
+        "c1: pressure {:?}, load factor {:?}, effective {:?} of {}",
+        v.load_pressure_permille, v.load_permille, v.effective_weight_milli, v.weight
+    );
+    assert_eq!(v.load_pressure_permille, Some(1250));
+    assert_eq!(v.load_permille, Some(250), "min_weight_percent floor");
+    // The idle compilers report their load too, and keep their weight.
+    let c2 = backend_view(&d, COMPILERS, &topo.compilers[1].ip4.to_string()).unwrap();
+    assert_eq!(c2.load_permille, Some(1000), "{c2:?}");
+    assert!(c2.load_pressure_permille.is_some(), "{c2:?}");
+    let list = cli_ok(&d, &["backend", "list", COMPILERS]);
+    eprintln!("{list}");
+    let load = topo.whoami_spread(topo.compiler_vip(false), n, 16).unwrap();
+    eprintln!("load: {load:?}");
+    let c1_static = fixed.get("c1").copied().unwrap_or(0);
+    let c1_load = load.get("c1").copied().unwrap_or(0);
+    // Weight 25 against 100 + 100: about a ninth of the new connections,
+    // against about a third with static weights.
+    assert!(
+        c1_load * 2 < c1_static,
+        "load sent c1 {c1_load} of {n} new connections, static {c1_static}"
+    );
+    assert!(c1_load > 0, "the floor keeps c1 in the table");
 }
