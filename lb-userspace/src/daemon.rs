@@ -183,6 +183,8 @@ pub struct Daemon {
 }
 
 struct Poller {
+    /// The check (port, host, TLS) and interval it polls with.
+    settings: (HealthCheck, Duration),
     stop: watch::Sender<bool>,
     _task: JoinHandle<()>,
 }
@@ -854,11 +856,11 @@ impl Daemon {
                 want.insert((s.name.clone(), e.backend.address), s);
             }
         }
-        // A changed check or interval restarts the poller (a reload drops
-        // every poller of a service whose settings changed: simplest is to
-        // restart those whose service changed at all).
+        // A changed check or interval (reload) restarts the poller.
         self.pollers.retain(|k, p| {
-            let keep = want.contains_key(k);
+            let keep = want
+                .get(k)
+                .is_some_and(|s| p.settings == (s.health.clone(), s.balancing.load_interval));
             if !keep {
                 let _ = p.stop.send(true);
             }
@@ -881,7 +883,14 @@ impl Daemon {
             };
             let (stop, stop_rx) = watch::channel(false);
             let task = spawn_poller(k.0.clone(), k.1, poller, interval, tx.clone(), stop_rx);
-            self.pollers.insert(k, Poller { stop, _task: task });
+            self.pollers.insert(
+                k,
+                Poller {
+                    settings: (svc.health.clone(), interval),
+                    stop,
+                    _task: task,
+                },
+            );
         }
     }
 
