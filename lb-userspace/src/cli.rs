@@ -8,7 +8,7 @@
 //! | 0    | success                                                        |
 //! | 1    | the daemon refused the request (unknown service, backend not present, ...) or the daemon failed |
 //! | 2    | usage: bad arguments, rejected before anything is sent         |
-//! | 3    | the daemon could not be reached (not running, no permission)   |
+//! | 3    | the daemon could not be reached (not running, no permission); `backend drain --wait`: connections still open at the timeout |
 
 use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -184,8 +184,19 @@ pub enum BackendCmd {
         #[arg(long)]
         now: bool,
     },
-    /// Stop new flows to a backend; established ones stay.
-    Drain { service: String, address: String },
+    /// Stop new flows to a backend; established ones stay. With `--wait`,
+    /// return once none of its connections is open (exit 0), or at the
+    /// timeout (exit 3), printing the count as it falls.
+    Drain {
+        service: String,
+        address: String,
+        /// Wait until no connection to the backend is open.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (`90s`, `10m`).
+        #[arg(long, default_value = "10m", value_parser = parse_timeout, requires = "wait")]
+        timeout: Duration,
+    },
     /// Let a drained backend take new flows again.
     Undrain { service: String, address: String },
     /// Set a backend's weight.
@@ -253,7 +264,9 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
                 address: addr(address)?,
                 now: *now,
             },
-            BackendCmd::Drain { service, address } => Request::BackendDrain {
+            BackendCmd::Drain {
+                service, address, ..
+            } => Request::BackendDrain {
                 service: svc(service)?,
                 address: addr(address)?,
             },
@@ -289,6 +302,13 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
     })
 }
 
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+/// How often `drain --wait` asks the daemon for the count.
+pub const DRAIN_POLL: Duration = Duration::from_secs(1);
+
 /// Run a client command: send, print, and give the exit code.
 pub fn client(cli: &Cli) -> ExitCode {
     let req = match to_request(&cli.command) {
@@ -298,26 +318,138 @@ pub fn client(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match control::request(&cli.socket, &req, CLIENT_TIMEOUT) {
+    let code = send_and_print(cli, &req);
+    if code != EXIT_OK {
+        return ExitCode::from(code);
+    }
+    if let Command::Backend(BackendCmd::Drain {
+        service,
+        address,
+        wait: true,
+        timeout,
+    }) = &cli.command
+    {
+        return ExitCode::from(drain_wait(cli, service, address, *timeout));
+    }
+    ExitCode::from(code)
+}
+
+/// `drain --wait`: poll the backend's open connections until none is left
+/// (0) or `timeout` passes (3). Prints a line each time the count changes
+/// (with `--json`, one JSON object per line).
+fn drain_wait(cli: &Cli, service: &str, address: &str, timeout: Duration) -> u8 {
+    let start = std::time::Instant::now();
+    let req = Request::BackendConnections {
+        service: service.to_owned(),
+        address: address.to_owned(),
+    };
+    let mut last: Option<u64> = None;
+    loop {
+        let c = match control::request(&cli.socket, &req, CLIENT_TIMEOUT) {
+            Ok(Response::Connections(c)) => c,
+            Ok(other) => {
+                let (out, _) = render(&other, cli.json);
+                eprint!("{out}");
+                return EXIT_ERROR;
+            }
+            Err(e @ ControlError::Unreachable { .. }) => {
+                eprintln!("voxlb: {e}");
+                return EXIT_UNREACHABLE;
+            }
+            Err(e) => {
+                eprintln!("voxlb: {e}");
+                return EXIT_ERROR;
+            }
+        };
+        let elapsed = start.elapsed();
+        let done = c.open == 0;
+        let timed_out = !done && elapsed >= timeout;
+        if last != Some(c.open) || done || timed_out {
+            if cli.json {
+                let line = serde_json::json!({
+                    "service": c.service,
+                    "address": c.address,
+                    "state": c.state,
+                    "open": c.open,
+                    "closing": c.closing,
+                    "elapsed_ms": elapsed.as_millis() as u64,
+                    "done": done,
+                    "timed_out": timed_out,
+                });
+                println!("{line}");
+            } else if done {
+                println!(
+                    "backend {} of {}: drained, no open connection ({:.1}s)",
+                    c.address,
+                    c.service,
+                    elapsed.as_secs_f64()
+                );
+            } else if timed_out {
+                eprintln!(
+                    "voxlb: backend {} of {}: {} connection(s) still open after {:.1}s; timed out",
+                    c.address,
+                    c.service,
+                    c.open,
+                    elapsed.as_secs_f64()
+                );
+            } else {
+                println!(
+                    "backend {} of {}: {} open connection(s) ({:.1}s)",
+                    c.address,
+                    c.service,
+                    c.open,
+                    elapsed.as_secs_f64()
+                );
+            }
+            // A deploy hook's log should show progress as it happens.
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            last = Some(c.open);
+        }
+        if done {
+            return EXIT_OK;
+        }
+        if timed_out {
+            return EXIT_DRAIN_TIMEOUT;
+        }
+        std::thread::sleep(DRAIN_POLL.min(timeout.saturating_sub(elapsed)));
+    }
+}
+
+/// Exit code of `backend drain --wait` at its timeout (the 3, the
+/// same as "unreachable": either way a deploy hook must not go on).
+pub const EXIT_DRAIN_TIMEOUT: u8 = 3;
+
+/// Send one request and print its response; the exit code.
+fn send_and_print(cli: &Cli, req: &Request) -> u8 {
+    match control::request(&cli.socket, req, CLIENT_TIMEOUT) {
         Err(e @ ControlError::Unreachable { .. }) => {
             eprintln!("voxlb: {e}");
-            ExitCode::from(EXIT_UNREACHABLE)
+            EXIT_UNREACHABLE
         }
         Err(e) => {
             eprintln!("voxlb: {e}");
-            ExitCode::from(EXIT_ERROR)
+            EXIT_ERROR
         }
         Ok(resp) => {
-            let (out, code) = render(&resp, cli.json);
+            let (mut out, code) = render(&resp, cli.json);
+            if cli.json && code == EXIT_OK && is_drain_wait(&cli.command) {
+                // One JSON object per line from here on.
+                out = serde_json::to_string(&resp).expect("responses serialize") + "\n";
+            }
             // JSON always goes to stdout, for scripts; readable errors to stderr.
             if code == EXIT_OK || cli.json {
                 print!("{out}");
             } else {
                 eprint!("{out}");
             }
-            ExitCode::from(code)
+            code
         }
     }
+}
+
+fn is_drain_wait(c: &Command) -> bool {
+    matches!(c, Command::Backend(BackendCmd::Drain { wait: true, .. }))
 }
 
 /// What to print for a response, and the exit code.
@@ -343,6 +475,10 @@ pub fn render(resp: &Response, json: bool) -> (String, u8) {
             s.push('\n');
             s
         }
+        Response::Connections(c) => format!(
+            "backend {} of {} ({}): {} open connection(s), {} closing\n",
+            c.address, c.service, c.state, c.open, c.closing
+        ),
     };
     (text, code)
 }
@@ -396,6 +532,19 @@ pub fn state_cell(b: &crate::reconcile::BackendView) -> String {
     )
 }
 
+/// The weight new flows follow: `75`, `37.5`, `standby` (its tier is not
+/// the active one), `0` (unusable), `-` (not a compiler).
+pub fn effective_cell(b: &crate::reconcile::BackendView) -> String {
+    match (b.effective_weight_milli, b.weight_role.as_deref()) {
+        (_, Some("standby")) => "standby".into(),
+        (Some(m), _) => {
+            let s = format!("{}.{:03}", m / 1000, m % 1000);
+            s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        }
+        (None, _) => "-".into(),
+    }
+}
+
 fn render_backends(services: &[ServiceView]) -> String {
     let mut rows = Vec::new();
     for s in services {
@@ -415,6 +564,16 @@ fn render_backends(services: &[ServiceView]) -> String {
                     Some(r) => r.clone(),
                     None => b.weight.to_string(),
                 },
+                effective_cell(b),
+                if s.kind == "compiler" {
+                    b.tier.to_string()
+                } else {
+                    "-".into()
+                },
+                dash(
+                    b.load_pressure_permille
+                        .map(|p| format!("{}%", (p + 5) / 10)),
+                ),
                 if s.kind == "compiler" {
                     b.slots.to_string()
                 } else if s.ca_target == Some(b.address) {
@@ -422,6 +581,7 @@ fn render_backends(services: &[ServiceView]) -> String {
                 } else {
                     "-".into()
                 },
+                dash(b.open_flows.map(|n| n.to_string())),
                 dash(b.mac.clone()),
                 b.source.clone(),
             ]);
@@ -429,7 +589,19 @@ fn render_backends(services: &[ServiceView]) -> String {
     }
     table(
         &[
-            "SERVICE", "ADDRESS", "NAME", "ID", "STATE", "HEALTH", "WEIGHT", "SLOTS", "MAC",
+            "SERVICE",
+            "ADDRESS",
+            "NAME",
+            "ID",
+            "STATE",
+            "HEALTH",
+            "WEIGHT",
+            "EFFECTIVE",
+            "TIER",
+            "LOAD",
+            "SLOTS",
+            "OPEN",
+            "MAC",
             "SOURCE",
         ],
         &rows,
@@ -482,18 +654,20 @@ fn render_status(s: &StatusView) -> String {
             } else {
                 String::new()
             };
+            let open: Option<u64> = v.backends.iter().map(|b| b.open_flows).sum();
             vec![
                 v.name.clone(),
                 v.kind.clone(),
                 v.vip.clone(),
                 format!("{}/{}", v.active, v.backends.len()),
+                dash(open.map(|n| n.to_string())),
                 dash(v.fingerprint.clone()),
                 note,
             ]
         })
         .collect();
     out.push_str(&table(
-        &["SERVICE", "KIND", "VIP", "USABLE", "FINGERPRINT", ""],
+        &["SERVICE", "KIND", "VIP", "USABLE", "OPEN", "FINGERPRINT", ""],
         &rows,
     ));
     for v in &s.services {

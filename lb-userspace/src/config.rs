@@ -26,7 +26,10 @@ use lb_common::{
 };
 use serde::Deserialize;
 
-use crate::health::{CheckKind, HealthCheck, HttpCheck, TlsCheck};
+use crate::{
+    health::{CheckKind, HealthCheck, HttpCheck, TlsCheck},
+    load::{Balance, ControllerConfig},
+};
 
 /// Default directory of the pinned maps.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/voxlb";
@@ -47,6 +50,11 @@ pub const MAX_FLOW_CAPACITY: u32 = 64 * 1024 * 1024;
 /// never reached by agents, while a spoofed SYN flood (millions a second)
 /// is, well before it has churned a 1 Mi-entry table.
 pub const DEFAULT_FLOOD_THRESHOLD: u32 = 20_000;
+/// Highest priority tier (tier 0 is preferred; a handful of sites is what
+/// SRV-priority-style failover needs).
+pub const MAX_TIER: u32 = 15;
+/// Default time between load polls of a `balance = "load"` service.
+pub const DEFAULT_LOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why a config was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -144,9 +152,31 @@ pub struct CompilerService {
     pub table_size: u32,
     pub health: HealthCheck,
     pub backends: Vec<Backend>,
+    /// How weights for new flows are chosen (balance, tiers, slow start).
+    pub balancing: Balancing,
     /// How long a removed backend keeps its established flows at most
     /// (see README, *Remove, drain, down*).
     pub retire_grace: Duration,
+}
+
+/// The load-feedback settings of a compiler service. The defaults are the
+/// behaviour without them: static weights, one tier, no slow start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Balancing {
+    pub controller: ControllerConfig,
+    /// Time between reads of each compiler's status (`balance = "load"`);
+    /// also the timeout of one read, so a compiler too busy to answer in
+    /// time is polled at most once at a time.
+    pub load_interval: Duration,
+}
+
+impl Default for Balancing {
+    fn default() -> Self {
+        Balancing {
+            controller: ControllerConfig::default(),
+            load_interval: DEFAULT_LOAD_INTERVAL,
+        }
+    }
 }
 
 /// Default `retire_grace`: a slow catalog compile (minutes on a loaded
@@ -176,6 +206,8 @@ pub struct Backend {
     pub weight: u32,
     /// Destination MAC; resolved from the neighbour table when `None`.
     pub mac: Option<[u8; 6]>,
+    /// Priority tier (0 = preferred; compiler services only).
+    pub tier: u32,
 }
 
 impl Config {
@@ -251,6 +283,14 @@ struct RawCompilerService {
     retire_grace: Option<String>,
     #[serde(default)]
     backends: Vec<RawBackend>,
+    balance: Option<String>,
+    min_weight_percent: Option<i64>,
+    min_healthy: Option<i64>,
+    slow_start: Option<String>,
+    load_interval: Option<String>,
+    load_smoothing_percent: Option<i64>,
+    load_hysteresis_percent: Option<i64>,
+    max_rewrites_per_minute: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +311,7 @@ struct RawBackend {
     name: Option<String>,
     weight: Option<i64>,
     mac: Option<String>,
+    tier: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -406,11 +447,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 None => DEFAULT_WEIGHT,
                 Some(w) => check_weight(w).map_err(|p| invalid(format!("{bkey}.weight"), p))?,
             };
+            let tier = match b.tier {
+                None => 0,
+                Some(t) => int_in(&format!("{bkey}.tier"), t, 0, MAX_TIER)?,
+            };
             let backend = Backend {
                 address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
                 name: check_opt_name(&bkey, b.name)?,
                 weight,
                 mac: parse_opt_mac(&bkey, b.mac.as_deref())?,
+                tier,
             };
             if backends.iter().any(|o| o.address == backend.address) {
                 return Err(invalid(
@@ -440,6 +486,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         total_backends += backends.len();
         let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
+        let raw_balancing = RawBalancing {
+            balance: s.balance,
+            min_weight_percent: s.min_weight_percent,
+            min_healthy: s.min_healthy,
+            slow_start: s.slow_start,
+            load_interval: s.load_interval,
+            load_smoothing_percent: s.load_smoothing_percent,
+            load_hysteresis_percent: s.load_hysteresis_percent,
+            max_rewrites_per_minute: s.max_rewrites_per_minute,
+        };
+        let balancing = parse_balancing(&key, &raw_balancing, &health)?;
         let retire_grace = match &s.retire_grace {
             None => DEFAULT_RETIRE_GRACE,
             Some(g) => {
@@ -459,6 +516,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             table_size,
             health,
             backends,
+            balancing,
             retire_grace,
         });
     }
@@ -475,6 +533,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 name: check_opt_name(&bkey, b.name)?,
                 weight: 1,
                 mac: parse_opt_mac(&bkey, b.mac.as_deref())?,
+                tier: 0,
             })
         };
         let primary = ca_backend(format!("{key}.primary"), s.primary)?;
@@ -542,6 +601,136 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         compiler_services,
         ca_services,
         bgp,
+    })
+}
+
+/// The balancing keys of a compiler service, apart from the rest.
+struct RawBalancing {
+    balance: Option<String>,
+    min_weight_percent: Option<i64>,
+    min_healthy: Option<i64>,
+    slow_start: Option<String>,
+    load_interval: Option<String>,
+    load_smoothing_percent: Option<i64>,
+    load_hysteresis_percent: Option<i64>,
+    max_rewrites_per_minute: Option<i64>,
+}
+
+/// An integer key within `lo..=hi`.
+fn int_in(key: &str, v: i64, lo: u32, hi: u32) -> Result<u32, ConfigError> {
+    if (lo as i64..=hi as i64).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(invalid(key, format!("{v} is out of range {lo}..={hi}")))
+    }
+}
+
+fn parse_balancing(
+    key: &str,
+    raw: &RawBalancing,
+    health: &HealthCheck,
+) -> Result<Balancing, ConfigError> {
+    let def = ControllerConfig::default();
+    let balance = match raw.balance.as_deref().unwrap_or("static") {
+        "static" => Balance::Static,
+        "load" => Balance::Load,
+        other => {
+            return Err(invalid(
+                format!("{key}.balance"),
+                format!("{other:?} is not \"static\" or \"load\""),
+            ));
+        }
+    };
+    if balance == Balance::Static {
+        let load_only = [
+            ("min_weight_percent", raw.min_weight_percent.is_some()),
+            ("load_interval", raw.load_interval.is_some()),
+            (
+                "load_smoothing_percent",
+                raw.load_smoothing_percent.is_some(),
+            ),
+            (
+                "load_hysteresis_percent",
+                raw.load_hysteresis_percent.is_some(),
+            ),
+        ];
+        if let Some((k, _)) = load_only.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                format!("{key}.{k}"),
+                "only used with balance = \"load\"",
+            ));
+        }
+    } else if matches!(health.kind, CheckKind::Tcp) {
+        return Err(invalid(
+            format!("{key}.balance"),
+            "balance = \"load\" reads the compilers' status API with the health check's \
+             settings, so health_check.type must be \"http\" or \"https\"",
+        ));
+    }
+    let opt = |k: &str, v: Option<i64>, lo: u32, hi: u32, def: u32| match v {
+        None => Ok(def),
+        Some(v) => int_in(&format!("{key}.{k}"), v, lo, hi),
+    };
+    let dur = |k: &str, v: &Option<String>, lo: Duration, hi: Duration, def: Duration| {
+        let Some(text) = v else { return Ok(def) };
+        let d = parse_duration(text).map_err(|p| invalid(format!("{key}.{k}"), p))?;
+        if d < lo || d > hi {
+            return Err(invalid(
+                format!("{key}.{k}"),
+                format!("{text:?} is out of range {lo:?}..={hi:?}"),
+            ));
+        }
+        Ok(d)
+    };
+    let controller = ControllerConfig {
+        balance,
+        min_weight_percent: opt(
+            "min_weight_percent",
+            raw.min_weight_percent,
+            1,
+            100,
+            def.min_weight_percent,
+        )?,
+        min_healthy: opt("min_healthy", raw.min_healthy, 1, 1000, def.min_healthy)?,
+        slow_start: dur(
+            "slow_start",
+            &raw.slow_start,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+            def.slow_start,
+        )?,
+        smoothing_percent: opt(
+            "load_smoothing_percent",
+            raw.load_smoothing_percent,
+            1,
+            100,
+            def.smoothing_percent,
+        )?,
+        hysteresis_percent: opt(
+            "load_hysteresis_percent",
+            raw.load_hysteresis_percent,
+            0,
+            50,
+            def.hysteresis_percent,
+        )?,
+        max_rewrites_per_minute: opt(
+            "max_rewrites_per_minute",
+            raw.max_rewrites_per_minute,
+            1,
+            600,
+            def.max_rewrites_per_minute,
+        )?,
+    };
+    let load_interval = dur(
+        "load_interval",
+        &raw.load_interval,
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+        DEFAULT_LOAD_INTERVAL,
+    )?;
+    Ok(Balancing {
+        controller,
+        load_interval,
     })
 }
 

@@ -70,6 +70,12 @@ pub enum Request {
     BackendList {
         service: Option<String>,
     },
+    /// Open connections of one backend, counted now (one flow-table walk):
+    /// what `voxlb backend drain --wait` polls.
+    BackendConnections {
+        service: String,
+        address: String,
+    },
     // Empty braces rather than unit variants: serde ignores extra keys on
     // unit variants of a tagged enum, and the socket refuses them.
     Status {},
@@ -107,6 +113,20 @@ pub enum Response {
         flows: Vec<FlowView>,
     },
     Telemetry(crate::telemetry::TelemetryView),
+    Connections(ConnectionsView),
+}
+
+/// The connections of one backend, counted at the request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsView {
+    pub service: String,
+    pub address: IpAddr,
+    /// `active`, `draining`, `retiring`, `down`, ...
+    pub state: String,
+    /// Agent has not closed ([`lb_common::FlowValue::is_open`]).
+    pub open: u64,
+    /// Closed within the last few seconds (last ACKs in flight).
+    pub closing: u64,
 }
 
 impl Response {

@@ -43,8 +43,9 @@ use crate::{
     },
     dataplane::{DataPlane, DataPlaneError},
     health::HealthCheck,
+    load::{self, Balance, Controller, LoadInput, LoadPoller},
     neigh::MacResolver,
-    reconcile::{self, Desired, HealthMap, MacMap, PlanError, ServiceView},
+    reconcile::{self, Desired, HealthMap, MacMap, PlanError, ServiceView, WeightMap},
     retire::{self, FlowCount},
     state::{AddedBackend, Retiring, State, StateError, StateStore, unix_ms_now},
 };
@@ -59,6 +60,24 @@ pub const PIN_CHECK: Duration = Duration::from_secs(5);
 /// How often, while a backend is retiring, the flow table is scanned for
 /// its open connections (and the backend freed when none is left).
 pub const RETIRE_TICK: Duration = Duration::from_secs(1);
+/// How often, while nothing is retiring, the flow table is scanned for the
+/// open connections of every backend (`status`, `backend list`, metrics).
+/// One batched walk of the whole table per period, on the daemon's timer,
+/// never per control request: a million-entry table costs a fraction of a
+/// second of one core, so not every second.
+pub const OPEN_FLOWS_REFRESH: Duration = Duration::from_secs(2);
+/// How often the weight controllers step (slow-start ramps, load samples
+/// that came in). The Maglev table is rebuilt only when a weight changed,
+/// and the controller's hysteresis and rewrite limit decide when that is.
+pub const WEIGHTS_TICK: Duration = Duration::from_secs(1);
+
+/// A load reading of one compiler of a `balance = "load"` service.
+#[derive(Clone, Debug)]
+pub struct LoadUpdate {
+    pub service: String,
+    pub addr: IpAddr,
+    pub input: LoadInput,
+}
 
 /// How often BIRD is supervised and its sessions read.
 pub const ANNOUNCE_TICK: Duration = Duration::from_secs(1);
@@ -165,13 +184,80 @@ pub struct Daemon {
     spawner: CheckerSpawner,
     health_tx: mpsc::Sender<HealthUpdate>,
     checkers: HashMap<(String, IpAddr), Checker>,
-    /// Open connections of each retiring backend at the last scan.
-    retire_counts: HashMap<(String, IpAddr), u64>,
+    /// Open and closing connections of every backend at the last scan.
+    open_counts: HashMap<(String, IpAddr), FlowCount>,
+    /// When the flow table was last scanned for [`Self::open_counts`].
+    last_scan: Option<Instant>,
+    /// The weight controller of each compiler service.
+    controllers: HashMap<String, Controller>,
+    /// Load readings since the controllers' last step.
+    loads: HashMap<(String, IpAddr), LoadInput>,
+    /// The effective weights of the last applied plan.
+    weights: WeightMap,
+    /// Weights a tick computed, for the replan it triggers.
+    pending_weights: Option<WeightMap>,
+    /// Where load pollers report; `None` = no polling (tests of the loop).
+    load_tx: Option<mpsc::Sender<LoadUpdate>>,
+    pollers: HashMap<(String, IpAddr), Poller>,
     telemetry: crate::telemetry::Telemetry,
     /// BIRD, with `[bgp]`.
     announcer: Option<Announcer>,
     /// `voxlb host drain` in effect.
     drained: bool,
+}
+
+struct Poller {
+    /// The check (port, host, TLS) and interval it polls with.
+    settings: (HealthCheck, Duration),
+    stop: watch::Sender<bool>,
+    _task: JoinHandle<()>,
+}
+
+/// Step every compiler service's weight controller with the backends of
+/// `state` (after the CLI overlay), health, MACs and the load readings
+/// since the last step (consumed).
+#[allow(clippy::too_many_arguments)]
+fn step_weights(
+    controllers: &mut HashMap<String, Controller>,
+    loads: &mut HashMap<(String, IpAddr), LoadInput>,
+    health: &HealthMap,
+    macs: &MacMap,
+    started: Instant,
+    cfg: &Config,
+    state: &State,
+) -> WeightMap {
+    let now_ms = started.elapsed().as_millis() as u64;
+    controllers.retain(|n, c| {
+        cfg.compiler(n)
+            .is_some_and(|s| &s.balancing.controller == c.config())
+    });
+    let mut out = WeightMap::new();
+    for svc in &cfg.compiler_services {
+        let ctl = controllers
+            .entry(svc.name.clone())
+            .or_insert_with(|| Controller::new(svc.balancing.controller.clone()));
+        let eff = reconcile::effective_backends(svc, state.overlays.get(&svc.name));
+        let mine: HashMap<IpAddr, LoadInput> = loads
+            .iter()
+            .filter(|((n, _), _)| *n == svc.name)
+            .map(|((_, a), l)| (*a, *l))
+            .collect();
+        let inputs = load::compiler_inputs(&svc.name, &eff, health, macs, &mine);
+        for w in ctl.step(now_ms, &inputs).weights {
+            out.insert((svc.name.clone(), w.address), w);
+        }
+    }
+    loads.clear();
+    out
+}
+
+/// The Maglev-relevant part of two weight maps differs.
+fn weights_differ(a: &WeightMap, b: &WeightMap) -> bool {
+    a.len() != b.len()
+        || a.iter().any(|(k, w)| {
+            b.get(k)
+                .is_none_or(|o| o.maglev_weight != w.maglev_weight || o.role != w.role)
+        })
 }
 
 /// What [`run`] needs besides the config and the data plane.
@@ -228,10 +314,17 @@ impl Daemon {
             spawner,
             health_tx,
             checkers: HashMap::new(),
-            retire_counts: HashMap::new(),
             telemetry: Default::default(),
             announcer: None,
             drained: false,
+            open_counts: HashMap::new(),
+            last_scan: None,
+            controllers: HashMap::new(),
+            loads: HashMap::new(),
+            weights: WeightMap::new(),
+            pending_weights: None,
+            load_tx: None,
+            pollers: HashMap::new(),
         };
         d.drained = d.config.state_dir.join(HOST_DRAIN_FILE).exists();
         if d.drained {
@@ -240,7 +333,17 @@ impl Daemon {
         d.announcer = d.config.bgp.clone().map(Announcer::new);
         let mut state = d.state.clone();
         let t0 = Instant::now();
-        let plan = reconcile::plan(&d.config, &mut state, &d.health, &d.macs)?;
+        let weights = step_weights(
+            &mut d.controllers,
+            &mut d.loads,
+            &d.health,
+            &d.macs,
+            d.started,
+            &d.config,
+            &state,
+        );
+        let plan = reconcile::plan_weighted(&d.config, &mut state, &d.health, &d.macs, &weights)?;
+        d.weights = weights;
         d.store.save(&state)?;
         d.state = state;
         let applied = reconcile::apply(&plan.desired, None, d.dp.as_mut())?;
@@ -404,10 +507,24 @@ impl Daemon {
         };
         let cfg = config.as_ref().unwrap_or(&self.config);
         let t0 = Instant::now();
-        let plan = match reconcile::plan(cfg, &mut state, &self.health, &self.macs) {
-            Ok(p) => p,
-            Err(e) => return Response::error(e.to_string()),
+        // Health, drain and membership changes reach the controller at once.
+        let weights = match self.pending_weights.take() {
+            Some(w) => w,
+            None => step_weights(
+                &mut self.controllers,
+                &mut self.loads,
+                &self.health,
+                &self.macs,
+                self.started,
+                cfg,
+                &state,
+            ),
         };
+        let plan =
+            match reconcile::plan_weighted(cfg, &mut state, &self.health, &self.macs, &weights) {
+                Ok(p) => p,
+                Err(e) => return Response::error(e.to_string()),
+            };
         if state != self.state
             && let Err(e) = self.store.save(&state)
         {
@@ -426,8 +543,14 @@ impl Daemon {
                 .map_err(|e| e.to_string())
                 .and_then(|_| {
                     let mut old = self.state.clone();
-                    let p = reconcile::plan(&self.config, &mut old, &self.health, &self.macs)
-                        .map_err(|e| e.to_string())?;
+                    let p = reconcile::plan_weighted(
+                        &self.config,
+                        &mut old,
+                        &self.health,
+                        &self.macs,
+                        &self.weights,
+                    )
+                    .map_err(|e| e.to_string())?;
                     reconcile::apply(&p.desired, None, self.dp.as_mut())
                         .map_err(|e| e.to_string())?;
                     self.last = Some(p.desired);
@@ -442,6 +565,7 @@ impl Daemon {
         if let Some(c) = config {
             self.config = c;
         }
+        self.weights = weights;
         self.last = Some(plan.desired);
         self.report_views(plan.services);
         Response::Ok { message }
@@ -607,6 +731,9 @@ impl Daemon {
                     },
                 };
                 Response::Backends { services }
+            }
+            Request::BackendConnections { service, address } => {
+                self.connections(&service, &address)
             }
             Request::Status {} => Response::Status(self.status()),
             Request::Stats {} => match self.stats() {
@@ -828,6 +955,104 @@ impl Daemon {
         self.refresh();
     }
 
+    /// A load poller's reading: kept for the controllers' next step.
+    pub fn on_load(&mut self, ev: LoadUpdate) {
+        let key = (ev.service, ev.addr);
+        if self.pollers.contains_key(&key) {
+            self.loads.insert(key, ev.input);
+        }
+    }
+
+    /// Step the weight controllers (load readings, slow-start ramps); replan
+    /// only if a Maglev weight or a tier role changed.
+    pub fn weights_tick(&mut self) {
+        let w = step_weights(
+            &mut self.controllers,
+            &mut self.loads,
+            &self.health,
+            &self.macs,
+            self.started,
+            &self.config,
+            &self.state,
+        );
+        if weights_differ(&w, &self.weights) {
+            self.pending_weights = Some(w);
+            self.refresh();
+            self.pending_weights = None;
+        } else {
+            // Same table; show the new signal.
+            self.weights = w;
+            let mut views = std::mem::take(&mut self.views);
+            for s in &mut views {
+                for b in &mut s.backends {
+                    if let Some(w) = self.weights.get(&(s.name.clone(), b.address)) {
+                        reconcile::show_weight(b, w);
+                    }
+                }
+            }
+            self.views = views;
+        }
+    }
+
+    /// Start polling the load of `balance = "load"` compilers, reporting to
+    /// `tx`.
+    pub fn enable_load_polling(&mut self, tx: mpsc::Sender<LoadUpdate>) {
+        self.load_tx = Some(tx);
+        self.sync_pollers();
+    }
+
+    /// One poller per compiler of each `balance = "load"` service.
+    fn sync_pollers(&mut self) {
+        let Some(tx) = self.load_tx.clone() else {
+            return;
+        };
+        let mut want: HashMap<(String, IpAddr), &config::CompilerService> = HashMap::new();
+        for s in &self.config.compiler_services {
+            if s.balancing.controller.balance != Balance::Load {
+                continue;
+            }
+            for e in reconcile::effective_backends(s, self.state.overlays.get(&s.name)) {
+                want.insert((s.name.clone(), e.backend.address), s);
+            }
+        }
+        // A changed check or interval (reload) restarts the poller.
+        self.pollers.retain(|k, p| {
+            let keep = want
+                .get(k)
+                .is_some_and(|s| p.settings == (s.health.clone(), s.balancing.load_interval));
+            if !keep {
+                let _ = p.stop.send(true);
+            }
+            keep
+        });
+        for (k, svc) in want {
+            if self.pollers.contains_key(&k) {
+                continue;
+            }
+            let interval = svc.balancing.load_interval;
+            let poller = match LoadPoller::new(&svc.health, interval) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(
+                        "service {}: cannot poll load: {e}; static weights",
+                        svc.name
+                    );
+                    continue;
+                }
+            };
+            let (stop, stop_rx) = watch::channel(false);
+            let task = spawn_poller(k.0.clone(), k.1, poller, interval, tx.clone(), stop_rx);
+            self.pollers.insert(
+                k,
+                Poller {
+                    settings: (svc.health.clone(), interval),
+                    stop,
+                    _task: task,
+                },
+            );
+        }
+    }
+
     /// Addresses of backends whose MAC is needed but unknown.
     fn unresolved(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
@@ -968,6 +1193,7 @@ impl Daemon {
                 },
             );
         }
+        self.sync_pollers();
         // A restarted checker starts from "unknown" (counted as up).
         let mut any = false;
         for k in forget {
@@ -983,18 +1209,21 @@ impl Daemon {
             let _ = c.stop.send(true);
         }
         self.checkers.clear();
+        for p in self.pollers.values() {
+            let _ = p.stop.send(true);
+        }
+        self.pollers.clear();
     }
 
-    /// Fill in the open connections of retiring backends from the last scan.
+    /// Fill in the open connections of every backend from the last scan
+    /// (`None` until the first scan, or for a backend added since).
     fn patch_open_flows(&self, views: &mut [ServiceView]) {
         for s in views {
             for b in &mut s.backends {
-                if b.retire_deadline_unix_ms.is_some() {
-                    b.open_flows = self
-                        .retire_counts
-                        .get(&(s.name.clone(), b.address))
-                        .copied();
-                }
+                b.open_flows = self
+                    .open_counts
+                    .get(&(s.name.clone(), b.address))
+                    .map(|c| c.open);
             }
         }
     }
@@ -1057,6 +1286,7 @@ impl Daemon {
                     name: a.name.clone(),
                     weight: a.weight,
                     mac: a.mac,
+                    tier: 0,
                 })
             };
             if in_config {
@@ -1089,6 +1319,32 @@ impl Daemon {
         })
     }
 
+    /// `BackendConnections`: count one backend's connections now (the
+    /// periodic scan may be up to [`OPEN_FLOWS_REFRESH`] old, and a drain
+    /// must not be declared done on a count taken before its last flow).
+    fn connections(&self, service: &str, address: &str) -> Response {
+        let addr = match parse_addr(address) {
+            Ok(a) => a,
+            Err(e) => return Response::error(e),
+        };
+        let Some(view) = self.views.iter().find(|s| s.name == service) else {
+            return Response::error(format!("unknown service {service:?}"));
+        };
+        let Some(b) = view.backends.iter().find(|b| b.address == addr) else {
+            return Response::error(format!("backend {addr} is not in service {service}"));
+        };
+        match self.count_open(service, addr) {
+            Ok(c) => Response::Connections(control::ConnectionsView {
+                service: service.to_owned(),
+                address: addr,
+                state: b.state.clone(),
+                open: c.open,
+                closing: c.closing,
+            }),
+            Err(e) => Response::error(format!("reading the flow table: {e}")),
+        }
+    }
+
     /// The open and closing connections of one backend of a service (zero
     /// if it holds no id).
     fn count_open(&self, service: &str, addr: IpAddr) -> Result<FlowCount, DataPlaneError> {
@@ -1105,9 +1361,10 @@ impl Daemon {
         Ok(counts.get(id).copied().unwrap_or_default())
     }
 
-    /// Scan the flow table for the open connections of every retiring
-    /// backend; free those with none left (nor closing), and those whose
-    /// grace has passed. Does nothing while nothing is retiring.
+    /// Scan the flow table (one batched walk) for the open connections of
+    /// every backend; free retiring backends with none left (nor closing),
+    /// and those whose grace has passed. Called every [`RETIRE_TICK`]; scans
+    /// then while something is retiring, else every [`OPEN_FLOWS_REFRESH`].
     pub fn retire_tick(&mut self) {
         let mut retiring: Vec<(String, IpAddr, u64)> = Vec::new();
         for (name, o) in &self.state.overlays {
@@ -1115,35 +1372,23 @@ impl Daemon {
                 retiring.push((name.clone(), *a, r.deadline_unix_ms));
             }
         }
-        if retiring.is_empty() {
-            self.retire_counts.clear();
+        let due = self
+            .last_scan
+            .is_none_or(|t| t.elapsed() + RETIRE_TICK / 2 >= OPEN_FLOWS_REFRESH);
+        if retiring.is_empty() && !due {
             return;
         }
-        let id_of = |name: &str, a: IpAddr| {
-            self.state
-                .backend_slots
-                .iter()
-                .find(|(_, s)| s.service == name && s.address == a && s.in_use)
-                .map(|(id, s)| (*id, s.generation))
-        };
-        let ids: BTreeMap<u32, u32> = retiring
-            .iter()
-            .filter_map(|(n, a, _)| id_of(n, *a))
-            .collect();
-        let counts = match retire::count_flows(self.dp.as_ref(), &ids, retire::monotonic_ns()) {
-            Ok(c) => c,
+        let counts = match self.scan_open() {
+            Ok(()) => &self.open_counts,
             Err(e) => {
-                warn!("retiring backends: cannot scan the flow table: {e}; retrying");
+                warn!("cannot scan the flow table for open connections: {e}; retrying");
                 return;
             }
         };
         let now_ms = unix_ms_now();
         let mut finished: Vec<(String, IpAddr, String)> = Vec::new();
-        self.retire_counts.clear();
         for (name, a, deadline) in retiring {
-            let c = id_of(&name, a)
-                .and_then(|(id, _)| counts.get(&id).copied())
-                .unwrap_or_default();
+            let c = counts.get(&(name.clone(), a)).copied().unwrap_or_default();
             if c.done() {
                 finished.push((name, a, "its last connection ended".into()));
             } else if now_ms >= deadline {
@@ -1155,8 +1400,6 @@ impl Daemon {
                         c.open
                     ),
                 ));
-            } else {
-                self.retire_counts.insert((name, a), c.open);
             }
         }
         if finished.is_empty() {
@@ -1188,6 +1431,33 @@ impl Daemon {
                 self.sync_checkers();
             }
         }
+    }
+
+    /// Count the open connections of every backend holding an id, in one
+    /// walk of the flow table, into [`Self::open_counts`].
+    fn scan_open(&mut self) -> Result<(), DataPlaneError> {
+        let ids: BTreeMap<u32, u32> = self
+            .state
+            .backend_slots
+            .iter()
+            .filter(|(_, s)| s.in_use)
+            .map(|(id, s)| (*id, s.generation))
+            .collect();
+        let counts = retire::count_flows(self.dp.as_ref(), &ids, retire::monotonic_ns())?;
+        self.last_scan = Some(Instant::now());
+        self.open_counts = self
+            .state
+            .backend_slots
+            .iter()
+            .filter(|(_, s)| s.in_use)
+            .map(|(id, s)| {
+                (
+                    (s.service.clone(), s.address),
+                    counts.get(id).copied().unwrap_or_default(),
+                )
+            })
+            .collect();
+        Ok(())
     }
 
     /// The status view.
@@ -1311,6 +1581,40 @@ impl Daemon {
     }
 }
 
+/// Read one compiler's load every `interval` (a read takes at most that
+/// long) until `stop`.
+fn spawn_poller(
+    service: String,
+    addr: IpAddr,
+    poller: LoadPoller,
+    interval: Duration,
+    tx: mpsc::Sender<LoadUpdate>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = control::stopped(&mut stop) => return,
+            }
+            let input = tokio::select! {
+                i = poller.poll(addr) => i,
+                _ = control::stopped(&mut stop) => return,
+            };
+            let ev = LoadUpdate {
+                service: service.clone(),
+                addr,
+                input,
+            };
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// `10m`, `90s`, `1m30s`.
 fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -1357,6 +1661,8 @@ pub async fn run(
         opts.spawner,
         health_tx,
     )?;
+    let (load_tx, mut load_rx) = mpsc::channel(1024);
+    daemon.enable_load_polling(load_tx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (calls_tx, mut calls_rx) = mpsc::channel::<Call>(64);
     let server = tokio::spawn(control::serve(
@@ -1399,6 +1705,7 @@ pub async fn run(
     let mut retire_tick = tokio::time::interval(RETIRE_TICK);
     let mut census = tokio::time::interval(crate::telemetry::CENSUS_INTERVAL);
     let mut announce_tick = tokio::time::interval(ANNOUNCE_TICK);
+    let mut weights_tick = tokio::time::interval(WEIGHTS_TICK);
     info!(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
@@ -1412,7 +1719,12 @@ pub async fn run(
             Some(call) = calls_rx.recv() => {
                 let is_change = !matches!(
                     call.request,
-                    Request::BackendList { .. } | Request::Status {} | Request::Stats {} | Request::Flows { .. } | Request::Telemetry {}
+                    Request::BackendList { .. }
+                        | Request::BackendConnections { .. }
+                        | Request::Status {}
+                        | Request::Stats {}
+                        | Request::Flows { .. }
+                        | Request::Telemetry {}
                 );
                 let desc = format!("{:?}", call.request);
                 let reload = matches!(call.request, Request::Reload {});
@@ -1439,6 +1751,8 @@ pub async fn run(
             _ = retire_tick.tick() => daemon.retire_tick(),
             _ = census.tick() => daemon.census(),
             _ = announce_tick.tick() => daemon.announce_tick(),
+            Some(ev) = load_rx.recv() => daemon.on_load(ev),
+            _ = weights_tick.tick() => daemon.weights_tick(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
                 notifier.reloading();

@@ -28,7 +28,7 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-pub use http::{MAX_BODY, MAX_HEAD};
+pub use http::{MAX_BODY, MAX_HEAD, Response as HttpResponse};
 pub use tls::{NoVerification, client_config};
 
 /// How to probe one backend, and how often.
@@ -243,30 +243,16 @@ async fn probe_inner(
         CheckKind::Https(http, _) => (http, Some(tls.ok_or(ProbeError::NoTlsConfig)?)),
     };
     validate_http(http)?;
-    let host_header = match &http.host {
-        Some(host) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
-            format!("[{host}]:{}", addr.port())
-        }
-        Some(host) => format!("{host}:{}", addr.port()),
-        None => addr.to_string(), // "[::1]:8140" for IPv6, as Host wants
-    };
     let want_body = http.expect_body.is_some();
-    let stream = connect(addr).await?;
-    let response = match tls {
-        None => http::exchange(stream, &host_header, &http.path, want_body).await?,
-        Some(config) => {
-            let name = match &http.host {
-                Some(host) => ServerName::try_from(host.clone())
-                    .map_err(|_| SetupError::InvalidHost(host.clone()))?,
-                None => ServerName::IpAddress(addr.ip().into()),
-            };
-            let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
-                .connect(name, stream)
-                .await
-                .map_err(ProbeError::Tls)?;
-            http::exchange(stream, &host_header, &http.path, want_body).await?
-        }
-    };
+    let response = get(
+        addr,
+        http.host.as_deref(),
+        tls,
+        &http.path,
+        want_body,
+        MAX_BODY,
+    )
+    .await?;
     if response.status != http.expect_status {
         return Err(ProbeError::UnexpectedStatus {
             got: response.status,
@@ -288,6 +274,44 @@ async fn probe_inner(
         });
     }
     Ok(())
+}
+
+/// One `GET path` from `addr` over plain HTTP (`tls` = `None`) or HTTPS,
+/// with `host` as Host header and TLS server name (the address if `None`),
+/// keeping at most `max_body` bytes of the body. Unbounded in time: the
+/// caller wraps it in its timeout. Shared by the probes and the load poller
+/// ([`crate::load::fetch`]), so there is one HTTP client.
+pub(crate) async fn get(
+    addr: SocketAddr,
+    host: Option<&str>,
+    tls: Option<&Arc<ClientConfig>>,
+    path: &str,
+    want_body: bool,
+    max_body: usize,
+) -> Result<http::Response, ProbeError> {
+    let host_header = match host {
+        Some(host) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
+            format!("[{host}]:{}", addr.port())
+        }
+        Some(host) => format!("{host}:{}", addr.port()),
+        None => addr.to_string(), // "[::1]:8140" for IPv6, as Host wants
+    };
+    let stream = connect(addr).await?;
+    match tls {
+        None => http::exchange_capped(stream, &host_header, path, want_body, max_body).await,
+        Some(config) => {
+            let name = match host {
+                Some(host) => ServerName::try_from(host.to_owned())
+                    .map_err(|_| SetupError::InvalidHost(host.to_owned()))?,
+                None => ServerName::IpAddress(addr.ip().into()),
+            };
+            let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(name, stream)
+                .await
+                .map_err(ProbeError::Tls)?;
+            http::exchange_capped(stream, &host_header, path, want_body, max_body).await
+        }
+    }
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {

@@ -10,6 +10,7 @@ pub mod decap;
 pub mod docs;
 pub mod fitness;
 pub mod health;
+pub mod load;
 pub mod metrics;
 pub mod neigh;
 pub mod notify;

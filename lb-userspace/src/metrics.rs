@@ -278,6 +278,90 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             );
         }
     }
+    let compilers = || {
+        status
+            .services
+            .iter()
+            .filter(|s| s.kind == "compiler")
+            .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
+    };
+    let labels = |s: &crate::reconcile::ServiceView, b: &crate::reconcile::BackendView| {
+        format!("service=\"{}\",backend=\"{}\"", esc(&s.name), b.address)
+    };
+    family(
+        &mut o,
+        "voxlb_backend_configured_weight",
+        "gauge",
+        "Compiler weight from the config or `voxlb backend weight`.",
+    );
+    for (s, b) in compilers() {
+        let _ = writeln!(
+            o,
+            "voxlb_backend_configured_weight{{{}}} {}",
+            labels(s, b),
+            b.weight
+        );
+    }
+    family(
+        &mut o,
+        "voxlb_backend_effective_weight",
+        "gauge",
+        "Weight new flows follow: configured x load factor x slow-start ramp; 0 = no new flows (drained, down, or its tier is standby).",
+    );
+    for (s, b) in compilers() {
+        if let Some(m) = b.effective_weight_milli {
+            let _ = writeln!(
+                o,
+                "voxlb_backend_effective_weight{{{}}} {}",
+                labels(s, b),
+                m as f64 / 1000.0
+            );
+        }
+    }
+    family(
+        &mut o,
+        "voxlb_backend_tier",
+        "gauge",
+        "Priority tier of the compiler (0 preferred).",
+    );
+    for (s, b) in compilers() {
+        let _ = writeln!(o, "voxlb_backend_tier{{{}}} {}", labels(s, b), b.tier);
+    }
+    family(
+        &mut o,
+        "voxlb_backend_jruby_pressure_ratio",
+        "gauge",
+        "Smoothed JRuby pool pressure behind the load factor: occupancy + queued/size, 0..2 (balance = \"load\" with load data only).",
+    );
+    for (s, b) in compilers() {
+        if let Some(p) = b.load_pressure_permille {
+            let _ = writeln!(
+                o,
+                "voxlb_backend_jruby_pressure_ratio{{{}}} {}",
+                labels(s, b),
+                p as f64 / 1000.0
+            );
+        }
+    }
+    family(
+        &mut o,
+        "voxlb_backend_open_flows",
+        "gauge",
+        "Connections open on the backend (no FIN/RST from the agent yet; UDP: seen within 30 s) at the last flow-table scan.",
+    );
+    for s in &status.services {
+        for b in &s.backends {
+            if let Some(n) = b.open_flows {
+                let _ = writeln!(
+                    o,
+                    "voxlb_backend_open_flows{{service=\"{}\",backend=\"{}\"}} {}",
+                    esc(&s.name),
+                    b.address,
+                    n
+                );
+            }
+        }
+    }
     family(
         &mut o,
         "voxlb_backend_retiring_open_flows",

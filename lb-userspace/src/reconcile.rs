@@ -151,11 +151,53 @@ pub struct BackendView {
     /// Retiring backends: when the grace ends (ms since the Unix epoch).
     #[serde(default)]
     pub retire_deadline_unix_ms: Option<u64>,
-    /// Retiring backends: open connections at the last flow-table scan
-    /// (`None` until the first scan).
+    /// Open connections ([`lb_common::FlowValue::is_open`]) at the last
+    /// flow-table scan (`None` until the first scan). Every backend.
     #[serde(default)]
     pub open_flows: Option<u64>,
+    /// Priority tier (compiler services).
+    #[serde(default)]
+    pub tier: u32,
+    /// The weight new flows follow, in thousandths of a weight unit
+    /// (configured weight x load factor x slow-start ramp; 0 = no new
+    /// flows). `None` where the weight controller does not apply.
+    #[serde(default)]
+    pub effective_weight_milli: Option<u32>,
+    /// The smoothed JRuby pressure behind the load factor, permille
+    /// (occupancy + queue, 0..2000); `None` = no load data.
+    #[serde(default)]
+    pub load_pressure_permille: Option<u32>,
+    /// Load factor, permille of the configured weight.
+    #[serde(default)]
+    pub load_permille: Option<u32>,
+    /// Slow-start share, permille (1000 = warm).
+    #[serde(default)]
+    pub ramp_permille: Option<u32>,
+    /// `serving`, `standby` (usable, not in the active tier) or `unusable`.
+    #[serde(default)]
+    pub weight_role: Option<String>,
 }
+
+/// Copy the controller's answer for one compiler into its view.
+pub fn show_weight(view: &mut BackendView, w: &crate::load::EffectiveWeight) {
+    view.effective_weight_milli = Some(w.maglev_weight);
+    view.load_pressure_permille = w.pressure_permille;
+    view.load_permille = Some(w.load_permille);
+    view.ramp_permille = Some(w.ramp_permille);
+    view.weight_role = Some(
+        match w.role {
+            crate::load::Role::Serving => "serving",
+            crate::load::Role::Standby => "standby",
+            crate::load::Role::Unusable => "unusable",
+        }
+        .into(),
+    );
+}
+
+/// The weight controller's answer per (service, compiler): what the planner
+/// uses for the Maglev table of new flows. A compiler missing from it gets
+/// its configured weight.
+pub type WeightMap = HashMap<(String, IpAddr), crate::load::EffectiveWeight>;
 
 /// A backend of a compiler service after the CLI overlay.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +242,8 @@ pub fn effective_backends(
                 name: a.name.clone(),
                 weight: o.weights.get(addr).copied().unwrap_or(a.weight),
                 mac: a.mac,
+                // CLI-added backends join tier 0 until the CLI can say (issue 16, phase 2).
+                tier: 0,
             },
             drained: o.drained.contains(addr),
             from_config: false,
@@ -350,6 +394,12 @@ impl Slot {
             slots: 0,
             retire_deadline_unix_ms: None,
             open_flows: None,
+            tier: b.tier,
+            effective_weight_milli: None,
+            load_pressure_permille: None,
+            load_permille: None,
+            ramp_permille: None,
+            weight_role: None,
         }
     }
 }
@@ -362,6 +412,20 @@ pub fn plan(
     state: &mut State,
     health: &HealthMap,
     macs: &MacMap,
+) -> Result<Plan, PlanError> {
+    plan_weighted(config, state, health, macs, &WeightMap::new())
+}
+
+/// [`plan`] with the weight controller's effective weights: an active
+/// compiler in `weights` enters the Maglev table with its effective weight
+/// (in thousandths), or not at all at weight 0 (its tier is not the active
+/// one): established flows stay in the flow table either way.
+pub fn plan_weighted(
+    config: &Config,
+    state: &mut State,
+    health: &HealthMap,
+    macs: &MacMap,
+    weights: &WeightMap,
 ) -> Result<Plan, PlanError> {
     let mut desired = Desired::default();
     let mut services = Vec::new();
@@ -391,6 +455,7 @@ pub fn plan(
         })?;
         let mut entries = Vec::new();
         let mut views = Vec::new();
+        let weighted = weights.keys().any(|(n, _)| *n == svc.name);
         for e in &eff {
             let b = &e.backend;
             keep.insert((svc.name.clone(), b.address));
@@ -404,11 +469,30 @@ pub fn plan(
                     BACKEND_ACTIVE
                 },
             );
+            let eff_w = weights.get(&(svc.name.clone(), b.address));
             if slot.state == BACKEND_ACTIVE {
-                entries.push(maglev::Entry::from_addr(b.address, b.weight, slot.id));
+                match eff_w {
+                    // Thousandths, so all weights share one unit.
+                    None if weighted => entries.push(maglev::Entry::from_addr(
+                        b.address,
+                        b.weight.saturating_mul(1000),
+                        slot.id,
+                    )),
+                    None => entries.push(maglev::Entry::from_addr(b.address, b.weight, slot.id)),
+                    Some(w) if w.maglev_weight > 0 => entries.push(maglev::Entry::from_addr(
+                        b.address,
+                        w.maglev_weight,
+                        slot.id,
+                    )),
+                    Some(_) => {}
+                }
             }
             desired.backends.insert(slot.id, slot.info(b.address, sid));
-            views.push(slot.view(b, if e.from_config { "config" } else { "cli" }, None));
+            let mut view = slot.view(b, if e.from_config { "config" } else { "cli" }, None);
+            if let Some(w) = eff_w {
+                show_weight(&mut view, w);
+            }
+            views.push(view);
         }
         let overlay = state.overlays.get(&svc.name).cloned().unwrap_or_default();
         for (addr, r) in &overlay.retiring {
@@ -421,6 +505,8 @@ pub fn plan(
                 name: r.name.clone(),
                 weight: r.weight,
                 mac: r.mac,
+                // Out of every table while retiring: its tier plays no part.
+                tier: 0,
             };
             let slot = Slot::new(
                 state.backend_id(&svc.name, *addr)?,

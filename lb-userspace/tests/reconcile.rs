@@ -558,3 +558,211 @@ mac = "02:00:00:00:04:01"
             .contains(&w.id("rebuild-a", "10.0.3.2"))
     );
 }
+
+// ---------------------------------------------------------------------------
+// The weight controller feeding the table (issue 16): tiers, slow start and
+// load weights, for new flows only.
+
+mod weighted {
+    use std::collections::HashMap;
+
+    use super::*;
+    use voxlb::{
+        load::{Controller, LoadInput, LoadSignal},
+        reconcile::{WeightMap, effective_backends, plan_weighted},
+    };
+
+    /// Four compilers: .1 and .2 in tier 0, .3 and .4 in tier 1.
+    fn config(service_keys: &str) -> String {
+        format!(
+            r#"
+interfaces = ["eth0"]
+[[compiler_services]]
+name = "compilers"
+vip = "192.0.2.10:8140"
+table_size = 1009
+health_check = {{ insecure = true }}
+{service_keys}
+[[compiler_services.backends]]
+address = "10.0.0.1"
+mac = "02:00:00:00:00:01"
+[[compiler_services.backends]]
+address = "10.0.0.2"
+mac = "02:00:00:00:00:02"
+[[compiler_services.backends]]
+address = "10.0.0.3"
+mac = "02:00:00:00:00:03"
+tier = 1
+[[compiler_services.backends]]
+address = "10.0.0.4"
+mac = "02:00:00:00:00:04"
+tier = 1
+"#
+        )
+    }
+
+    struct Weighted {
+        w: World,
+        ctl: Controller,
+    }
+
+    impl Weighted {
+        fn new(service_keys: &str) -> Weighted {
+            let w = World::new(&config(service_keys));
+            let ctl = Controller::new(w.config.compilers_service().balancing.controller.clone());
+            Weighted { w, ctl }
+        }
+
+        /// One controller step at `now_ms` with `loads`, then plan and apply.
+        fn sync(&mut self, now_ms: u64, loads: &[(&str, LoadInput)]) -> WeightMap {
+            let svc = self.w.config.compilers_service().clone();
+            let eff = effective_backends(&svc, self.w.state.overlays.get("compilers"));
+            let loads: HashMap<IpAddr, LoadInput> =
+                loads.iter().map(|(a, l)| (ip(a), *l)).collect();
+            let inputs = voxlb::load::compiler_inputs(
+                "compilers",
+                &eff,
+                &self.w.health,
+                &self.w.macs,
+                &loads,
+            );
+            let weights: WeightMap = self
+                .ctl
+                .step(now_ms, &inputs)
+                .weights
+                .into_iter()
+                .map(|w| (("compilers".to_owned(), w.address), w))
+                .collect();
+            let p = plan_weighted(
+                &self.w.config,
+                &mut self.w.state,
+                &self.w.health,
+                &self.w.macs,
+                &weights,
+            )
+            .unwrap();
+            apply(&p.desired, self.w.last.as_ref(), &mut self.w.dp).unwrap();
+            self.w.last = Some(p.desired);
+            weights
+        }
+
+        fn share(&self, addr: &str) -> usize {
+            self.w.share("compilers", addr)
+        }
+
+        fn down(&mut self, addr: &str, down: bool) {
+            self.w.health.insert(("compilers".into(), ip(addr)), !down);
+        }
+    }
+
+    trait First {
+        fn compilers_service(&self) -> &voxlb::config::CompilerService;
+    }
+    impl First for Config {
+        fn compilers_service(&self) -> &voxlb::config::CompilerService {
+            self.compiler("compilers").unwrap()
+        }
+    }
+
+    fn busy(occupancy: u32, queue: u32) -> LoadInput {
+        LoadInput::Sample(LoadSignal {
+            occupancy_permille: occupancy,
+            queue_permille: queue,
+        })
+    }
+
+    #[test]
+    fn static_weights_through_the_controller_build_the_same_table() {
+        // Upgrading to the controller moves nothing: the effective weights
+        // of a static service (in thousandths) give the plain table.
+        let mut plain = World::new(&config("min_healthy = 1").replace("tier = 1", "tier = 0"));
+        plain.sync();
+        let mut weighted = Weighted::new("min_healthy = 1");
+        let text = config("min_healthy = 1").replace("tier = 1", "tier = 0");
+        weighted.w = World::new(&text);
+        weighted.sync(0, &[]);
+        assert_eq!(plain.table("compilers"), weighted.w.table("compilers"));
+    }
+
+    #[test]
+    fn tiers_fail_over_to_tier_1_below_min_healthy_and_back() {
+        let mut t = Weighted::new("min_healthy = 2");
+        t.sync(0, &[]);
+        let first = t.w.table("compilers");
+        // Tier 0 has two usable compilers: it takes every new flow.
+        assert!(t.share("10.0.0.1") > 400 && t.share("10.0.0.2") > 400);
+        assert_eq!(t.share("10.0.0.3") + t.share("10.0.0.4"), 0);
+        // One of them fails: tier 0 falls below min_healthy, tier 1 takes
+        // the new flows (the survivor of tier 0 too gets none).
+        t.down("10.0.0.1", true);
+        let w = t.sync(1000, &[]);
+        assert_eq!(t.share("10.0.0.1") + t.share("10.0.0.2"), 0);
+        assert!(t.share("10.0.0.3") > 400 && t.share("10.0.0.4") > 400);
+        assert_eq!(
+            w[&("compilers".to_owned(), ip("10.0.0.2"))].role,
+            voxlb::load::Role::Standby
+        );
+        // The standby stays ACTIVE in the backend map: its established
+        // flows keep going to it.
+        let id2 = t.w.id("compilers", "10.0.0.2");
+        assert_eq!(t.w.dp.backends[&id2].state, BACKEND_ACTIVE);
+        // It recovers: new flows go back to tier 0, the table as before.
+        t.down("10.0.0.1", false);
+        t.sync(2000, &[]);
+        assert_eq!(t.w.table("compilers"), first);
+    }
+
+    #[test]
+    fn slow_start_ramps_a_recovering_compiler_to_its_full_share() {
+        let mut t = Weighted::new("slow_start = \"60s\"\nmax_rewrites_per_minute = 600");
+        t.sync(0, &[]);
+        let full = t.share("10.0.0.1");
+        let first = t.w.table("compilers");
+        t.down("10.0.0.1", true);
+        t.sync(1000, &[]);
+        assert_eq!(t.share("10.0.0.1"), 0);
+        t.down("10.0.0.1", false);
+        let mut shares = Vec::new();
+        for (i, now) in [2000u64, 17_000, 32_000, 47_000, 62_000]
+            .into_iter()
+            .enumerate()
+        {
+            let w = t.sync(now, &[]);
+            let e = w[&("compilers".to_owned(), ip("10.0.0.1"))];
+            shares.push((t.share("10.0.0.1"), e.ramp_permille));
+            if i == 0 {
+                assert_eq!(e.ramp_permille, 100, "starts at 10%");
+            }
+        }
+        eprintln!("share, ramp: {shares:?} (full share {full})");
+        assert!(shares.windows(2).all(|w| w[0].0 < w[1].0), "{shares:?}");
+        assert!(shares[0].0 < full / 5, "{shares:?}");
+        assert_eq!(shares.last().unwrap().1, 1000);
+        assert_eq!(t.w.table("compilers"), first, "warm again: the first table");
+    }
+
+    #[test]
+    fn load_shrinks_a_busy_compilers_share_within_bounds() {
+        let mut t = Weighted::new(
+            "balance = \"load\"\nmin_weight_percent = 25\nload_smoothing_percent = 100",
+        );
+        t.sync(0, &[]);
+        let even = t.share("10.0.0.1");
+        let idle = busy(100, 0);
+        // .1's pool is full with a queue as long as the pool: the floor.
+        let w = t.sync(1000, &[("10.0.0.1", busy(1000, 1000)), ("10.0.0.2", idle)]);
+        let e = w[&("compilers".to_owned(), ip("10.0.0.1"))];
+        assert_eq!(e.load_permille, 250, "floor: min_weight_percent");
+        assert_eq!(e.pressure_permille, Some(2000));
+        let busy_share = t.share("10.0.0.1");
+        // 25 against 100: a fifth of the slots, never zero.
+        assert!((180..=225).contains(&busy_share), "{even} -> {busy_share}");
+        // Garbage answer = no load data: back to the configured weight.
+        t.sync(2000, &[("10.0.0.1", LoadInput::NoData)]);
+        assert_eq!(t.share("10.0.0.1"), even);
+        // A step without a new answer changes nothing (no rewrite).
+        let before = t.w.installs("compilers");
+        t.sync(3000, &[]);
+        assert_eq!(t.w.installs("compilers"), before);
+    }
+}

@@ -30,6 +30,12 @@ fn backend(addr: &str, name: &str, id: u32, weight: u32, state: &str, slots: u32
         slots,
         retire_deadline_unix_ms: None,
         open_flows: None,
+        tier: 0,
+        effective_weight_milli: None,
+        load_pressure_permille: None,
+        load_permille: None,
+        ramp_permille: None,
+        weight_role: None,
     }
 }
 

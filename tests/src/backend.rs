@@ -8,8 +8,10 @@
 //! | `GET /status/v1/simple` | `200 running`, or `503 error` while failing |
 //! | `GET /whoami` | `200`, body = NAME |
 //! | `GET /peer` | `200`, body = the client address as this server sees it |
-//! | `GET /large?bytes=N&delay_ms=D&chunk=C` | N pattern bytes in chunks of C, D ms apart (a long-lived transfer) |
-//! | `GET /catalog?bytes=N` | N pattern bytes at once (catalog-sized, for benchmarks) |
+//! | `GET /large?bytes=N&delay_ms=D&chunk=C` | N pattern bytes in chunks of C, D ms × the slow factor apart (a long-lived transfer) |
+//! | `GET /catalog?bytes=N&compile_ms=C` | N pattern bytes at once (catalog-sized, for benchmarks), after holding a simulated JRuby instance for C ms (default: the `compile_ms` load setting) × the slow factor |
+//! | `GET /status/v1/services?level=debug` | the OpenVox/Puppet Server status document with the simulated JRuby pool (see [`crate::jruby`]); without `level=debug`, the info level (no metrics) |
+//! | `POST /control/load?jrubies=N&busy=B&waiting=W&slow_factor_pct=F&compile_ms=C&status_delay_ms=D` | changes the given load settings; answers them as JSON (`GET` answers them unchanged) |
 //! | `POST /control/fail` | the health route answers 503 from now on |
 //! | `POST /control/recover` | ... and 200 again |
 //! | `POST /control/stop` | answers, then closes listeners and connections |
@@ -47,7 +49,10 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use crate::pattern;
+use crate::{
+    jruby::{JrubyPool, LoadSettings},
+    pattern,
+};
 
 /// Longest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -131,6 +136,8 @@ struct Shared {
     stop: watch::Sender<bool>,
     /// Notified when the last open connection ends.
     idle: Notify,
+    /// The simulated JRuby pool and load settings.
+    jruby: JrubyPool,
 }
 
 impl Shared {
@@ -151,6 +158,8 @@ impl Shared {
             "active_connections": s.active_connections,
             "requests": s.requests,
             "failing": s.failing,
+            "jrubies_borrowed": self.jruby.in_use().0,
+            "jrubies_waiting": self.jruby.in_use().1,
         })
         .to_string()
     }
@@ -176,6 +185,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Backend> {
         requests: AtomicU64::new(0),
         stop,
         idle: Notify::new(),
+        jruby: JrubyPool::default(),
     });
     anyhow::ensure!(!config.listen.is_empty(), "no listen address");
 
@@ -234,6 +244,16 @@ impl Backend {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// The simulated load (see [`crate::jruby`]).
+    pub fn load(&self) -> LoadSettings {
+        self.shared.jruby.settings()
+    }
+
+    /// Changes the simulated load.
+    pub fn set_load(&self, settings: LoadSettings) {
+        self.shared.jruby.set(settings);
     }
 
     /// Asks the backend to stop: listeners close, open connections are
@@ -531,6 +551,8 @@ struct Response {
     close: bool,
     /// Stop the backend once this response is sent.
     stop_after: bool,
+    /// Wait this long before answering (a slow status answer).
+    delay: Duration,
 }
 
 enum Body {
@@ -540,6 +562,13 @@ enum Body {
         len: u64,
         chunk: u64,
         delay: Duration,
+    },
+    /// A catalog: `len` pattern bytes after holding a JRuby instance for
+    /// `compile`.
+    Compiled {
+        len: u64,
+        compile: Duration,
+        uri: String,
     },
 }
 
@@ -551,7 +580,14 @@ impl Response {
             body: Body::Bytes(body.into().into_bytes()),
             close: false,
             stop_after: false,
+            delay: Duration::ZERO,
         }
+    }
+
+    fn json(status: u16, body: &serde_json::Value) -> Self {
+        let mut r = Response::text(status, body.to_string());
+        r.content_type = "application/json;charset=utf-8";
+        r
     }
 
     fn closing(mut self) -> Self {
@@ -562,7 +598,7 @@ impl Response {
     fn len(&self) -> u64 {
         match &self.body {
             Body::Bytes(b) => b.len() as u64,
-            Body::Pattern { len, .. } => *len,
+            Body::Pattern { len, .. } | Body::Compiled { len, .. } => *len,
         }
     }
 }
@@ -603,21 +639,65 @@ fn route(req: &Request, peer: SocketAddr, shared: &Shared) -> Response {
                 Ok([bytes, delay_ms, chunk]) => pattern_response(
                     bytes.unwrap_or(DEFAULT_LARGE_BYTES),
                     chunk.filter(|&c| c > 0).unwrap_or(DEFAULT_CHUNK),
-                    Duration::from_millis(delay_ms.unwrap_or(0)),
+                    shared
+                        .jruby
+                        .settings()
+                        .slowed(Duration::from_millis(delay_ms.unwrap_or(0))),
                 ),
                 Err(e) => Response::text(400, e),
             }
         }),
         "/catalog" => expect("GET", {
-            match query_u64s(&req.query, &["bytes"]) {
-                Ok([bytes]) => pattern_response(
-                    bytes.unwrap_or(DEFAULT_CATALOG_BYTES),
-                    u64::MAX,
-                    Duration::ZERO,
-                ),
+            match query_u64s(&req.query, &["bytes", "compile_ms"]) {
+                Ok([bytes, compile_ms]) => {
+                    let load = shared.jruby.settings();
+                    let compile = Duration::from_millis(compile_ms.unwrap_or(load.compile_ms));
+                    Response {
+                        status: 200,
+                        content_type: "application/octet-stream",
+                        body: Body::Compiled {
+                            len: bytes.unwrap_or(DEFAULT_CATALOG_BYTES),
+                            compile: load.slowed(compile),
+                            uri: format!("{}?{}", req.path, req.query),
+                        },
+                        close: false,
+                        stop_after: false,
+                        delay: Duration::ZERO,
+                    }
+                }
                 Err(e) => Response::text(400, e),
             }
         }),
+        "/status/v1/services" => expect("GET", {
+            let debug = req.query.split('&').any(|p| p == "level=debug");
+            let mut r = Response::json(200, &shared.jruby.service_status(debug));
+            r.delay = Duration::from_millis(shared.jruby.settings().status_delay_ms);
+            r
+        }),
+        "/control/load" => {
+            let mut load = shared.jruby.settings();
+            match method {
+                "GET" => {}
+                "POST" => {
+                    if let Err(e) = load.apply_query(&req.query) {
+                        return Response::text(400, e);
+                    }
+                    shared.jruby.set(load);
+                }
+                _ => return Response::text(405, "use GET or POST"),
+            }
+            Response::json(
+                200,
+                &serde_json::json!({
+                    "jrubies": load.jrubies,
+                    "busy": load.busy,
+                    "waiting": load.waiting,
+                    "slow_factor_pct": load.slow_factor_pct,
+                    "compile_ms": load.compile_ms,
+                    "status_delay_ms": load.status_delay_ms,
+                }),
+            )
+        }
         "/control/fail" => expect("POST", {
             shared.failing.store(true, Ordering::Relaxed);
             Response::text(200, "failing")
@@ -647,6 +727,7 @@ fn pattern_response(len: u64, chunk: u64, delay: Duration) -> Response {
         body: Body::Pattern { len, chunk, delay },
         close: false,
         stop_after: false,
+        delay: Duration::ZERO,
     }
 }
 
@@ -675,6 +756,22 @@ async fn write_response<W: AsyncWrite + Unpin>(
     if counted {
         shared.requests.fetch_add(1, Ordering::Relaxed);
     }
+    if !response.delay.is_zero() {
+        tokio::time::sleep(response.delay).await;
+    }
+    let mut response = response;
+    if let Body::Compiled { len, compile, uri } = response.body {
+        // The instance is held for the compile and returned before the
+        // catalog is sent, as a compiler does.
+        let borrowed = shared.jruby.borrow(&uri).await;
+        tokio::time::sleep(compile).await;
+        drop(borrowed);
+        response.body = Body::Pattern {
+            len,
+            chunk: u64::MAX,
+            delay: Duration::ZERO,
+        };
+    }
     let mut head = String::with_capacity(256);
     let _ = write!(
         head,
@@ -697,6 +794,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
             all.extend_from_slice(&body);
             wr.write_all(&all).await?;
         }
+        Body::Compiled { .. } => unreachable!("compiled above"),
         Body::Pattern { len, chunk, delay } => {
             wr.write_all(head.as_bytes()).await?;
             let mut sent = 0u64;

@@ -967,3 +967,238 @@ fn daemon_remove_now_cuts_and_readding_a_retiring_compiler_keeps_its_downloads()
     }
     assert_eq!(broken, on_c1, "every download on c1 was cut");
 }
+
+// ---------------------------------------------------------------------------
+// Issue 16: `drain --wait` for code deploys.
+
+#[test]
+fn daemon_drain_wait_returns_after_the_last_slow_download() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let c1 = topo.compilers[0].ip4.to_string();
+    // Slow downloads in flight on c1 (and others on c2/c3).
+    let transfers = transfers_covering(&topo, "c1", 2, Load::lasting(12));
+    let on_c1 = transfers.iter().filter(|t| t.backend == "c1").count();
+    // The CLI only needs the control socket: no namespace.
+    let mut drain = std::process::Command::new(&d.bin)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args([
+            "--json",
+            "backend",
+            "drain",
+            COMPILERS,
+            &c1,
+            "--wait",
+            "--timeout",
+            "90s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn voxlb backend drain --wait");
+    // Draining at once: new connections go elsewhere, and the wait goes on
+    // while c1's downloads stream.
+    wait_state(&d, COMPILERS, &c1, "draining", Duration::from_secs(5));
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 100, 8)
+        .unwrap();
+    assert!(
+        !counts.contains_key("c1"),
+        "draining c1 got new connections"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        drain.try_wait().unwrap().is_none(),
+        "drain --wait returned while {on_c1} downloads were streaming on c1"
+    );
+    // Every download finishes, byte-exact, on its compiler.
+    let (c1_transfers, others): (Vec<_>, Vec<_>) =
+        transfers.into_iter().partition(|t| t.backend == "c1");
+    assert_transfers_intact(&topo, c1_transfers);
+    let c1_done = std::time::Instant::now();
+    // Then drain --wait returns 0, within a few polls.
+    let status = netns::wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
+        drain.try_wait().unwrap()
+    });
+    let Some(status) = status else {
+        let _ = drain.kill();
+        let _ = drain.wait();
+        panic!("drain --wait did not return after c1's downloads ended");
+    };
+    let returned_after = c1_done.elapsed();
+    let out = drain.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("drain --wait returned {returned_after:?} after c1's downloads:\n{stdout}");
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let counts: Vec<u64> = lines[1..]
+        .iter()
+        .map(|l| l["open"].as_u64().unwrap())
+        .collect();
+    assert!(
+        counts[0] >= on_c1 as u64,
+        "first count {counts:?} < {on_c1} downloads"
+    );
+    assert_eq!(counts.last(), Some(&0));
+    assert!(
+        counts.windows(2).all(|w| w[0] != w[1]),
+        "one line per change"
+    );
+    assert_transfers_intact(&topo, others);
+    // The deploy hook's last step.
+    cli_ok(&d, &["backend", "undrain", COMPILERS, &c1]);
+    wait_state(&d, COMPILERS, &c1, "active", Duration::from_secs(5));
+}
+
+// ---------------------------------------------------------------------------
+// Issue 16: priority tiers and slow start, through the real daemon.
+
+/// Rewrite the daemon's config with `keys` in the `compilers` service and
+/// c2, c3 in tier 1 (c1 alone in tier 0), and reload.
+fn reload_with_tiers(d: &Daemon, keys: &str) {
+    reload_with(d, keys, &["c2", "c3"]);
+}
+
+/// Rewrite the daemon's config with `keys` in the `compilers` service and
+/// the compilers named in `tier1` in tier 1, and reload.
+fn reload_with(d: &Daemon, keys: &str, tier1: &[&str]) {
+    let mut text = std::fs::read_to_string(&d.config).unwrap().replacen(
+        &format!("name = \"{COMPILERS}\"\n"),
+        &format!("name = \"{COMPILERS}\"\n{keys}\n"),
+        1,
+    );
+    for c in tier1 {
+        text = text.replace(
+            &format!("name = \"{c}\"\n"),
+            &format!("name = \"{c}\"\ntier = 1\n"),
+        );
+    }
+    std::fs::write(&d.config, text).unwrap();
+    cli_ok(d, &["reload"]);
+}
+
+#[test]
+fn daemon_tiers_fail_over_and_back_and_slow_start_ramps() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let c1 = &topo.compilers[0];
+    let c1_addr = c1.ip4.to_string();
+    reload_with_tiers(
+        &d,
+        "min_healthy = 1\nslow_start = \"12s\"\nmax_rewrites_per_minute = 600",
+    );
+    let c3 = backend_view(&d, COMPILERS, &topo.compilers[2].ip4.to_string()).unwrap();
+    assert_eq!((c3.tier, c3.weight_role.as_deref()), (1, Some("standby")));
+    // Tier 0 (c1) has min_healthy compilers: it takes every new flow.
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 200, 16)
+        .unwrap();
+    eprintln!("tier 0 healthy: {counts:?}");
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["c1"], "tier 0 only");
+
+    // c1 fails: tier 0 falls below min_healthy, tier 1 takes new flows.
+    topo.control(c1, "POST", "/control/fail").unwrap();
+    wait_state(&d, COMPILERS, &c1_addr, "down", Duration::from_secs(15));
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 200, 16)
+        .unwrap();
+    eprintln!("c1 down: {counts:?}");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["c2", "c3"],
+        "tier 1 only"
+    );
+
+    // c1 recovers: new flows go back to tier 0, c1 ramping up (slow start).
+    topo.control(c1, "POST", "/control/recover").unwrap();
+    wait_state(&d, COMPILERS, &c1_addr, "active", Duration::from_secs(15));
+    let mut ramp = Vec::new();
+    netns::wait_for(Duration::from_secs(30), Duration::from_millis(500), || {
+        let v = backend_view(&d, COMPILERS, &c1_addr)?;
+        ramp.push((v.ramp_permille?, v.effective_weight_milli?, v.slots));
+        (v.ramp_permille == Some(1000)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("c1 never warm: {ramp:?}\n{}", d.log_tail(30)));
+    ramp.dedup();
+    eprintln!("c1 ramp (permille, effective weight, slots): {ramp:?}");
+    assert!(ramp[0].0 < 500, "starts low: {ramp:?}");
+    assert!(
+        ramp.windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].2 <= w[1].2),
+        "rises: {ramp:?}"
+    );
+    assert!(ramp.len() >= 3, "ramps in steps: {ramp:?}");
+    let counts = topo
+        .whoami_spread(topo.compiler_vip(false), 300, 16)
+        .unwrap();
+    eprintln!("c1 warm again: {counts:?}");
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["c1"], "back to tier 0");
+}
+
+#[test]
+fn daemon_load_balance_sends_a_busy_slow_compiler_fewer_new_connections() {
+    need_root!();
+    let _s = serial();
+    let topo = topology(3);
+    let d = start_daemon(&topo, 3);
+    let c1 = &topo.compilers[0];
+    let c1_addr = c1.ip4.to_string();
+    // c1: 4x slower, three of its four JRuby instances taken by other
+    // work and two requests queued (pressure 0.75 + 0.5 = 1.25).
+    topo.control(
+        c1,
+        "POST",
+        "/control/load?jrubies=4&busy=3&waiting=2&slow_factor_pct=400",
+    )
+    .unwrap();
+    let n = 300;
+    let fixed = topo.whoami_spread(topo.compiler_vip(false), n, 16).unwrap();
+    eprintln!("static: {fixed:?}");
+    reload_with(
+        &d,
+        "balance = \"load\"\nload_interval = \"1s\"\nload_smoothing_percent = 100\nmax_rewrites_per_minute = 600",
+        &[],
+    );
+    // The poller reads c1's status; the controller takes its weight down.
+    let v = netns::wait_for(Duration::from_secs(20), Duration::from_millis(250), || {
+        backend_view(&d, COMPILERS, &c1_addr).filter(|v| v.load_permille.is_some_and(|l| l < 1000))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "c1's load never lowered its weight: {:?}\n{}",
+            backend_view(&d, COMPILERS, &c1_addr),
+            d.log_tail(30)
+        )
+    });
+    eprintln!(
+        "c1: pressure {:?}, load factor {:?}, effective {:?} of {}",
+        v.load_pressure_permille, v.load_permille, v.effective_weight_milli, v.weight
+    );
+    assert_eq!(v.load_pressure_permille, Some(1250));
+    assert_eq!(v.load_permille, Some(250), "min_weight_percent floor");
+    // The idle compilers report their load too, and keep their weight.
+    let c2 = backend_view(&d, COMPILERS, &topo.compilers[1].ip4.to_string()).unwrap();
+    assert_eq!(c2.load_permille, Some(1000), "{c2:?}");
+    assert!(c2.load_pressure_permille.is_some(), "{c2:?}");
+    let list = cli_ok(&d, &["backend", "list", COMPILERS]);
+    eprintln!("{list}");
+    let load = topo.whoami_spread(topo.compiler_vip(false), n, 16).unwrap();
+    eprintln!("load: {load:?}");
+    let c1_static = fixed.get("c1").copied().unwrap_or(0);
+    let c1_load = load.get("c1").copied().unwrap_or(0);
+    // Weight 25 against 100 + 100: about a ninth of the new connections,
+    // against about a third with static weights.
+    assert!(
+        c1_load * 2 < c1_static,
+        "load sent c1 {c1_load} of {n} new connections, static {c1_static}"
+    );
+    assert!(c1_load > 0, "the floor keeps c1 in the table");
+}

@@ -22,25 +22,28 @@ const READ_SIZE: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
-    /// At most [`MAX_BODY`] bytes of the body.
+    /// At most [`MAX_BODY`] (or the cap given) bytes of the body.
     pub body: Vec<u8>,
     /// The body was longer than [`MAX_BODY`] (or may have been: a
     /// close-delimited body is not read to its end once the cap is reached).
     pub truncated: bool,
 }
 
-/// Sends `GET path` and reads the response. With `want_body` false the body
-/// is not read at all (the status decides).
-pub async fn exchange<S>(
+/// Sends `GET path` and reads the response, keeping at most `max_body`
+/// bytes of the body ([`MAX_BODY`] for probes; the load poller reads whole
+/// status documents). With `want_body` false the body is not read at all
+/// (the status decides).
+pub async fn exchange_capped<S>(
     io: S,
     host: &str,
     path: &str,
     want_body: bool,
+    max_body: usize,
 ) -> Result<Response, ProbeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut conn = Conn::new(io);
+    let mut conn = Conn::new(io, max_body);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: voxlb-health\r\n\
          Accept: */*\r\nConnection: close\r\n\r\n"
@@ -155,14 +158,17 @@ struct Conn<S> {
     buf: Vec<u8>,
     /// Start of the unconsumed bytes in `buf`.
     start: usize,
+    /// Most body bytes kept.
+    max_body: usize,
 }
 
 impl<S: AsyncRead + Unpin> Conn<S> {
-    fn new(io: S) -> Self {
+    fn new(io: S, max_body: usize) -> Self {
         Conn {
             io,
             buf: Vec::with_capacity(READ_SIZE),
             start: 0,
+            max_body,
         }
     }
 
@@ -228,7 +234,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
         }
     }
 
-    /// Moves up to `n` body bytes into `out` (respecting [`MAX_BODY`]);
+    /// Moves up to `n` body bytes into `out` (respecting the body cap);
     /// returns how many were taken from the stream.
     async fn take(&mut self, out: &mut Response, n: u64) -> Result<u64, ProbeError> {
         let mut left = n;
@@ -236,7 +242,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
             if self.pending().is_empty() && self.fill().await? == 0 {
                 return Err(bad("connection closed inside the body"));
             }
-            let room = MAX_BODY - out.body.len();
+            let room = self.max_body - out.body.len();
             let avail = self.pending().len() as u64;
             let k = left.min(avail).min(room as u64) as usize;
             if k == 0 {
@@ -261,7 +267,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
             if self.pending().is_empty() && self.fill().await? == 0 {
                 return Ok(());
             }
-            let room = MAX_BODY - out.body.len();
+            let room = self.max_body - out.body.len();
             if room == 0 {
                 out.truncated = true;
                 return Ok(());
@@ -274,7 +280,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
 
     async fn read_chunked(&mut self, out: &mut Response) -> Result<(), ProbeError> {
         // Every chunk but the last adds at least one byte to the body, so this
-        // loop runs at most MAX_BODY + 1 times.
+        // loop runs at most max_body + 1 times.
         loop {
             let line = self.read_line(MAX_CHUNK_LINE).await?;
             let size_text = line.split(';').next().unwrap_or_default().trim();
@@ -285,7 +291,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
                 return Ok(());
             }
             if self.take(out, size).await? < size {
-                return Ok(()); // truncated at MAX_BODY
+                return Ok(()); // truncated at the cap
             }
             let end = self.read_line(2).await?;
             if !end.is_empty() {
@@ -331,7 +337,14 @@ mod tests {
             let _ = server.write_all(&response).await;
             req
         });
-        let got = exchange(client, "127.0.0.1:8140", "/status/v1/simple", true).await;
+        let got = exchange_capped(
+            client,
+            "127.0.0.1:8140",
+            "/status/v1/simple",
+            true,
+            MAX_BODY,
+        )
+        .await;
         let req = peer.await.unwrap();
         let req = String::from_utf8(req).unwrap();
         assert!(

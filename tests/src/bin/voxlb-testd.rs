@@ -19,6 +19,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use voxlb_tests::{
     backend::{self, Config},
+    jruby::LoadSettings,
     pki::{self, HostSpec},
 };
 
@@ -62,6 +63,31 @@ struct ServeArgs {
     /// Serve plain HTTP instead of HTTPS on the --listen addresses.
     #[arg(long, conflicts_with_all = ["cert", "key"])]
     plain: bool,
+    /// Simulated JRuby pool size (reported by /status/v1/services).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    jrubies: u32,
+    /// JRuby instances held by simulated background requests.
+    #[arg(long, default_value_t = 0)]
+    busy_jrubies: u32,
+    /// Simulated requests reported as waiting for an instance.
+    #[arg(long, default_value_t = 0)]
+    waiting: u32,
+    /// Compile time and download pacing multiplier (4 = a compiler 4x slower).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_factor)]
+    slow_factor: f64,
+    /// Base compile time of a /catalog request (ms) without its own compile_ms.
+    #[arg(long, default_value_t = 0)]
+    compile_ms: u64,
+    /// Delay of the /status/v1/services answer (ms).
+    #[arg(long, default_value_t = 0)]
+    status_delay_ms: u64,
+}
+
+fn parse_factor(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && (0.01..=1000.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a factor in 0.01..=1000")),
+    }
 }
 
 #[derive(Args)]
@@ -106,11 +132,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         control: args.control,
     };
+    let load = LoadSettings {
+        jrubies: args.jrubies,
+        busy: args.busy_jrubies,
+        waiting: args.waiting,
+        slow_factor_pct: (args.slow_factor * 100.0).round().max(1.0) as u64,
+        compile_ms: args.compile_ms,
+        status_delay_ms: args.status_delay_ms,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let backend = backend::spawn(config).await?;
+        backend.set_load(load);
         let ready = serde_json::json!({
             "ready": true,
             "name": backend.name(),
