@@ -1,10 +1,12 @@
-//! `voxlb-demo`: voxlb in network namespaces, with live traffic and a live
-//! table. `cargo xtask demo` runs it (as root).
+//! `voxlb-demo`: voxlb in network namespaces, with live traffic and the
+//! live `voxlb top` frame of its LB hosts. `cargo xtask demo` runs it (as
+//! root).
 //!
 //! ```text
 //! voxlb-demo            build, run, show, clean up (~75 s)
 //! voxlb-demo --keep     ... and leave it all running to explore
 //! voxlb-demo --cleanup  remove what a --keep (or a crashed demo) left
+//! voxlb-demo --metrics-log m.jsonl   ... and scrape lb's /metrics every 2 s
 //! ```
 //!
 //! What a site runs in production: two LB hosts, each with `voxlb run` and
@@ -15,6 +17,11 @@
 //! health check fails), bring both back; then an LB host dies mid-transfer
 //! (link cut, voxlb and BIRD killed) and the downloads finish through the
 //! other; then it comes back.
+//!
+//! Every second it draws the frame `voxlb top --once` prints for the LB
+//! host `lb` (the shared renderer, `voxlb::top`), a line per LB host
+//! (announcement, BGP session, rates, table fingerprint), the router's route
+//! and what the clients saw.
 
 use std::{
     collections::BTreeMap,
@@ -31,9 +38,8 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
-use voxlb::control::Response;
 use voxlb_tests::{
-    daemon::{self, COMPILERS},
+    daemon::{self, COMPILERS, Daemon},
     multi::{Multi, Upstream},
     netns,
     topology::{self, COMPILER_VIP4, Load, Spec, Transfer},
@@ -43,7 +49,7 @@ use voxlb_tests::{
 const KIND: &str = "vxd";
 
 #[derive(Parser)]
-#[command(about = "voxlb in network namespaces, with live traffic and a live table")]
+#[command(about = "voxlb in network namespaces, with live traffic and the live `voxlb top` frame")]
 struct Args {
     /// Leave the topology, the daemon and the backends running at the end,
     /// and print commands to explore them.
@@ -56,6 +62,12 @@ struct Args {
     /// Seconds per step.
     #[arg(long, default_value_t = 14)]
     step_secs: u64,
+    /// Also serve the metrics of lb's daemon and scrape them every 2 s into
+    /// this file (JSON lines: seconds since start, page);
+    /// `dashboards/render.py` draws the dashboard's queries from it (the
+    /// README picture).
+    #[arg(long)]
+    metrics_log: Option<PathBuf>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -94,7 +106,9 @@ fn main() -> anyhow::Result<()> {
         unsafe { std::env::set_var("VOXLB_BIN", exe_dir.join("voxlb")) };
     }
     let mut demo = Demo::new(&exe_dir.join("voxlb-testd"), args.step_secs)?;
+    demo.metrics_log = args.metrics_log.clone();
     let result = demo.run();
+    demo.stop_scraper();
     if let Err(e) = &result {
         demo.event(format!("stopped: {e:#}"));
     }
@@ -129,6 +143,10 @@ struct Demo {
     step: Duration,
     tty: bool,
     redraws: u64,
+    /// Each LB host's previous `voxlb top` snapshot (rates are per redraw).
+    top_prev: Vec<Option<voxlb::top::Snapshot>>,
+    metrics_log: Option<PathBuf>,
+    scraper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Demo {
@@ -160,6 +178,9 @@ impl Demo {
             step: Duration::from_secs(step_secs.clamp(3, 120)),
             tty: std::io::stdout().is_terminal(),
             redraws: 0,
+            top_prev: Vec::new(),
+            metrics_log: None,
+            scraper: None,
         };
         demo.event(format!(
             "topology {} built: agents, a BGP router (BIRD, ECMP), LB hosts lb and lb2, 4 compilers, CA + standby",
@@ -179,7 +200,13 @@ impl Demo {
     fn run(&mut self) -> anyhow::Result<()> {
         self.phase = "starting voxlb on both LB hosts".into();
         for i in 0..2 {
-            self.m.start_lb(i)?;
+            if i == 0
+                && let Some(path) = self.metrics_log.clone()
+            {
+                self.start_lb_with_metrics(&path)?;
+            } else {
+                self.m.start_lb(i)?;
+            }
             let d = self.m.daemon(i)?;
             self.event(format!(
                 "voxlb run started on {} (pid {}), config {}, with its BIRD",
@@ -285,6 +312,73 @@ impl Demo {
         self.report_transfers("(none)");
         self.redraw();
         Ok(())
+    }
+
+    /// Starts voxlb on lb (like `Multi::start_lb`) with `metrics_listen`
+    /// added (the generated config has none), and scrapes `/metrics` in lb's
+    /// namespace every 2 s into `path`.
+    fn start_lb_with_metrics(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        const LISTEN: &str = "127.0.0.1:9814";
+        let text = self.m.lb_config(0);
+        anyhow::ensure!(
+            text.contains("\ninterfaces"),
+            "generated config has no top-level `interfaces` line"
+        );
+        let text = text.replacen(
+            "\ninterfaces",
+            &format!("\nmetrics_listen = \"{LISTEN}\"\ninterfaces"),
+            1,
+        );
+        let lb = &self.m.lbs[0];
+        let d = Daemon::start_in(
+            &lb.ns,
+            self.m.config_path(0),
+            &text,
+            self.m.socket(0),
+            self.m.topo.work_dir.join(format!("voxlb-{}.log", lb.name)),
+        )?;
+        self.m.daemons[0] = Some(d);
+        let mut out =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let (stop, ns, start) = (self.stop.clone(), lb.ns.clone(), self.start);
+        self.scraper = Some(std::thread::spawn(move || {
+            // Bounded: at most an hour of scrapes.
+            for _ in 0..1800 {
+                if stop.load(Ordering::Relaxed) || INTERRUPTED.load(Ordering::Relaxed) {
+                    break;
+                }
+                let page = netns::run_in(&ns, || {
+                    use std::io::Read;
+                    let mut s = std::net::TcpStream::connect(LISTEN).ok()?;
+                    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+                    let mut body = String::new();
+                    s.read_to_string(&mut body).ok()?;
+                    Some(body.split_once("\r\n\r\n")?.1.to_owned())
+                });
+                if let Ok(Some(page)) = page {
+                    let line = serde_json::json!({
+                        "t": start.elapsed().as_secs_f64(),
+                        "page": page,
+                    });
+                    let _ = writeln!(out, "{line}");
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }));
+        self.event(format!(
+            "metrics of lb at http://{LISTEN}/metrics (in its namespace), scraped into {}",
+            path.display()
+        ));
+        Ok(())
+    }
+
+    /// Stops the metrics scraper (if any) and waits for it.
+    fn stop_scraper(&mut self) {
+        if let Some(s) = self.scraper.take() {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = s.join();
+        }
     }
 
     /// Waits for the long downloads and reports how they ended.
@@ -419,135 +513,85 @@ impl Demo {
         let _ = std::io::stdout().flush();
     }
 
+    /// The frame `voxlb top --once` prints for lb (the shared renderer), a
+    /// line per LB host from its own `voxlb top` snapshot, the router's
+    /// route, and what the clients saw.
     fn table(&mut self) -> anyhow::Result<String> {
-        let d = self.m.daemon(0).context("voxlb on lb not running")?;
-        let backends = match d.json(&["backend", "list"])? {
-            Response::Backends { services } => services,
-            other => anyhow::bail!("backend list: {other:?}"),
+        let opts = voxlb::top::Options {
+            sort: voxlb::top::SortKey::Name,
+            reverse: false,
+            service: None,
+            paused: false,
         };
-        let stats = match d.json(&["stats"])? {
-            Response::Stats(s) => s,
-            other => anyhow::bail!("stats: {other:?}"),
-        };
-        let seen = self.seen.per_backend.lock().unwrap().clone();
-        let dt = self.last_tick.elapsed().as_secs_f64().max(0.1);
-        self.last_tick = Instant::now();
-
-        let svc = backends.iter().find(|s| s.name == COMPILERS);
-        let svc_stats = stats.services.iter().find(|s| s.name == COMPILERS);
+        let n = self.m.lbs.len();
+        self.top_prev.resize_with(n, || None);
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<9} {:<11} {:<9} {:<9} {:>6} {:>7} {:>8} {:>5} {:>9} {:>9} {:>10}",
-            "COMPILER",
-            "ADDRESS",
-            "STATE",
-            "HEALTH",
-            "SLOTS",
-            "CONN/S",
-            "SERVED",
-            "OPEN",
-            "BE_CONNS",
-            "XDP_PKTS",
-            "NEW_FLOWS"
-        );
-        for node in &self.m.topo.compilers {
-            let b = svc.and_then(|s| {
-                s.backends
-                    .iter()
-                    .find(|b| b.address == std::net::IpAddr::from(node.ip4))
-            });
-            let bs = svc_stats.and_then(|s| {
-                s.backends
-                    .iter()
-                    .find(|b| b.address == std::net::IpAddr::from(node.ip4))
-            });
-            let served = seen.get(&node.name).copied().unwrap_or(0);
-            let rate = (served - self.last_seen.get(&node.name).copied().unwrap_or(0)) as f64 / dt;
-            let be = self.m.topo.backend_stats(node).ok();
-            let _ = writeln!(
-                out,
-                "{:<9} {:<11} {:<9} {:<9} {:>6} {:>7.0} {:>8} {:>5} {:>9} {:>9} {:>10}",
-                node.name,
-                node.ip4.to_string(),
-                b.map(|b| b.state.as_str()).unwrap_or("-"),
-                match b.and_then(|b| b.healthy) {
-                    Some(true) => "up",
-                    Some(false) => "DOWN",
-                    None => "unchecked",
-                },
-                b.map(|b| b.slots).unwrap_or(0),
-                rate,
-                served,
-                be.map(|s| s.active_connections.to_string())
-                    .unwrap_or_else(|| "dead".into()),
-                be.map(|s| s.connections.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                bs.map(|b| b.packets).unwrap_or(0),
-                bs.map(|b| b.new_flows).unwrap_or(0),
-            );
-        }
-        self.last_seen = seen;
-        let ca = backends.iter().find(|s| s.name == daemon::CA);
-        let _ = writeln!(
-            out,
-            "\nclients: {} connections answered, {} failed;  CA VIP -> {}",
-            self.last_seen.values().sum::<u64>(),
-            self.seen.failed.load(Ordering::Relaxed),
-            ca.and_then(|s| s.ca_target)
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "-".into())
-        );
-        let reasons: Vec<String> = stats
-            .reasons
-            .iter()
-            .filter(|r| r.packets > 0)
-            .map(|r| format!("{} {}", r.reason, r.packets))
-            .collect();
-        let _ = writeln!(out, "XDP reasons on lb (packets): {}", reasons.join(", "));
-        let _ = writeln!(
-            out,
-            "\n{:<6} {:<10} {:<22} {:<12} {:>10} {:<18}",
-            "LB", "ADDRESS", "VIP 10.77.1.10", "BGP SESSION", "XDP_PKTS", "FINGERPRINT"
-        );
-        for i in 0..self.m.lbs.len() {
+        let mut hosts = Vec::new();
+        for i in 0..n {
             let name = self.m.lbs[i].name.clone();
             let addr = self.m.lbs[i].ip4.to_string();
-            let line = match self.m.status(i) {
-                Ok(st) => {
-                    let a = st.announce.unwrap_or_default();
-                    let vip = a
-                        .vips
-                        .iter()
-                        .find(|v| v.address == std::net::IpAddr::from(COMPILER_VIP4))
-                        .map(|v| {
-                            if v.announced {
-                                "announced"
-                            } else {
-                                "withdrawn"
-                            }
-                            .to_string()
-                        })
-                        .unwrap_or_else(|| "-".into());
-                    let session = a
-                        .sessions
-                        .first()
-                        .map(|x| x.info.clone())
-                        .unwrap_or_else(|| "-".into());
-                    let fp = st
-                        .services
-                        .iter()
-                        .find(|s| s.name == COMPILERS)
-                        .and_then(|s| s.fingerprint.clone())
-                        .unwrap_or_default();
-                    format!(
-                        "{name:<6} {addr:<10} {vip:<22} {session:<12} {:>10} {fp:<18}",
-                        self.m.forwarded(i).unwrap_or(0)
-                    )
+            // A dead host has no daemon; its rates start over when it is back.
+            let cur = self
+                .m
+                .daemons
+                .get(i)
+                .and_then(|d| d.as_ref())
+                .map(|d| voxlb::top::snapshot(&d.socket, self.start));
+            let Some(Ok(cur)) = cur else {
+                self.top_prev[i] = None;
+                if i == 0 {
+                    let _ = writeln!(out, "--- voxlb top --once on {name}: no daemon ---\n");
                 }
-                Err(_) => format!("{name:<6} {addr:<10} {:<22}", "DEAD (no daemon)"),
+                hosts.push(format!("{name:<5} {addr:<10} DEAD (no daemon)"));
+                continue;
             };
-            let _ = writeln!(out, "{line}");
+            let view = voxlb::top::View::build(self.top_prev[i].as_ref(), &cur, &opts);
+            if i == 0 {
+                let _ = writeln!(out, "--- voxlb top --once on {name} ---");
+                out.push_str(&voxlb::top::render_text(&view));
+                out.push('\n');
+            }
+            let svc = view.services.iter().find(|s| s.name == COMPILERS);
+            let a = cur.status.announce.clone().unwrap_or_default();
+            let vip = a
+                .vips
+                .iter()
+                .find(|v| v.address == std::net::IpAddr::from(COMPILER_VIP4))
+                .map(|v| {
+                    if v.announced {
+                        "announced"
+                    } else {
+                        "withdrawn"
+                    }
+                })
+                .unwrap_or("-");
+            let session = a
+                .sessions
+                .first()
+                .map(|x| x.info.clone())
+                .unwrap_or_else(|| "-".into());
+            let fp = cur
+                .status
+                .services
+                .iter()
+                .find(|s| s.name == COMPILERS)
+                .and_then(|s| s.fingerprint.clone())
+                .unwrap_or_default();
+            hosts.push(format!(
+                "{name:<5} {addr:<10} {vip:<10} {session:<12} {:>6} {:>7} {:>7} {fp}",
+                svc.map(|s| s.usable.as_str()).unwrap_or("-"),
+                voxlb::top::si(svc.and_then(|s| s.new_flows_s)),
+                voxlb::top::si(svc.and_then(|s| s.packets_s)),
+            ));
+            self.top_prev[i] = Some(cur);
+        }
+        let _ = writeln!(
+            out,
+            "{:<5} {:<10} {:<10} {:<12} {:>6} {:>7} {:>7} FINGERPRINT",
+            "LB", "ADDRESS", "VIP", "BGP SESSION", "USABLE", "NEW/S", "PKTS/S"
+        );
+        for h in &hosts {
+            let _ = writeln!(out, "{h}");
         }
         let hops: Vec<String> = self
             .m
@@ -564,11 +608,34 @@ impl Demo {
                 hops.join(", ")
             }
         );
+
+        let seen = self.seen.per_backend.lock().unwrap().clone();
+        let dt = self.last_tick.elapsed().as_secs_f64().max(0.1);
+        self.last_tick = Instant::now();
+        let per: Vec<String> = self
+            .m
+            .topo
+            .compilers
+            .iter()
+            .map(|c| {
+                let served = seen.get(&c.name).copied().unwrap_or(0);
+                let before = self.last_seen.get(&c.name).copied().unwrap_or(0);
+                let rate = served.saturating_sub(before) as f64 / dt;
+                format!("{} {served} ({rate:.0}/s)", c.name)
+            })
+            .collect();
+        self.last_seen = seen;
         let _ = writeln!(
             out,
-            "\nSTATE/HEALTH/SLOTS: voxlb backend list   XDP_PKTS/NEW_FLOWS: voxlb stats\n\
-             CONN/S, SERVED: /whoami answers the clients got   OPEN, BE_CONNS: the backend's own counters (incl. health checks)\n\
-             LB table: voxlb status of each host (announcement, BGP session, table fingerprint) and its XDP forwarded packets"
+            "\nclients: {} connections answered, {} failed; per compiler: {}",
+            self.last_seen.values().sum::<u64>(),
+            self.seen.failed.load(Ordering::Relaxed),
+            per.join(", "),
+        );
+        let _ = writeln!(
+            out,
+            "(the frame: `voxlb top --once` on lb, rates per redraw; LB lines: each host's \
+             `voxlb top` snapshot (compilers service) and announcement; clients: /whoami answers)"
         );
         Ok(out)
     }
