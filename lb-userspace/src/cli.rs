@@ -667,7 +667,15 @@ fn render_status(s: &StatusView) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["SERVICE", "KIND", "VIP", "USABLE", "OPEN", "FINGERPRINT", ""],
+        &[
+            "SERVICE",
+            "KIND",
+            "VIP",
+            "USABLE",
+            "OPEN",
+            "FINGERPRINT",
+            "",
+        ],
         &rows,
     ));
     for v in &s.services {
