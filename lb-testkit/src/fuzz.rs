@@ -552,10 +552,18 @@ pub fn flow_case(r: &mut Rng) -> Case {
     }
 }
 
+/// A client address; now and then a VIP address instead (a land attack or
+/// a spoofed source, which the data plane must drop, never forward).
 fn client4(r: &mut Rng) -> IpAddr {
+    if r.chance(2) {
+        return IpAddr::V4(r.pick(&[VIP4, VIP4_CA]));
+    }
     IpAddr::V4(Ipv4Addr::from(r.next_u64() as u32))
 }
 fn client6(r: &mut Rng) -> IpAddr {
+    if r.chance(2) {
+        return IpAddr::V6(vip6());
+    }
     let lo = r.next_u64() as u128;
     IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | lo))
 }

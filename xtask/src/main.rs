@@ -155,7 +155,7 @@ fn test(no_setup: bool) -> Result<()> {
     step("test: unit, kernel (BPF_PROG_TEST_RUN), end-to-end and package tests");
     let out = run_tee(
         cargo()
-            .args(["test", "--", "--test-threads", "2"])
+            .args(["test", "--no-fail-fast", "--", "--test-threads", "2"])
             .env("VOXLB_BIN", root_dir().join("target/debug/voxlb"))
             .env("VOXLB_DEB", &deb),
     )?;
