@@ -40,15 +40,7 @@ pub struct TestDataPlane {
 /// Flatten an error and its sources into one line (aya keeps the errno in
 /// the source).
 pub(crate) fn other<E: Into<Box<dyn std::error::Error>>>(e: E) -> DataPlaneError {
-    let boxed: Box<dyn std::error::Error> = e.into();
-    let mut msg = boxed.to_string();
-    let mut src = boxed.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    DataPlaneError::Other(msg)
+    DataPlaneError::Other(voxlb::dataplane::flatten_error(e))
 }
 
 pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {

@@ -7,8 +7,10 @@
 //!   with BPF_PROG_TEST_RUN, next to the benchmark reflector;
 //! - [`veth`]: the do-nothing XDP program a veth peer needs for XDP_TX;
 //! - [`fuzz`]: the structure-aware fuzzer and its reference model;
-//! - [`skip`]: the one way a test says it did not run.
+//! - [`skip`]: the one way a test says it did not run;
+//! - [`daemon_fixture`]: temp dir and config for daemon integration tests.
 
+pub mod daemon_fixture;
 pub mod decap;
 pub mod fuzz;
 pub mod harness;

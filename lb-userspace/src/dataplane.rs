@@ -32,6 +32,20 @@ pub enum DataPlaneError {
     Other(String),
 }
 
+/// Flatten an error and its sources into one line (aya keeps the errno in
+/// the source).
+pub fn flatten_error<E: Into<Box<dyn std::error::Error>>>(e: E) -> String {
+    let boxed: Box<dyn std::error::Error> = e.into();
+    let mut msg = boxed.to_string();
+    let mut src = boxed.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 /// Result alias for this module.
 pub type Result<T> = std::result::Result<T, DataPlaneError>;
 

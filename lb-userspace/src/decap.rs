@@ -58,15 +58,7 @@ pub enum DecapError {
 type Result<T> = std::result::Result<T, DecapError>;
 
 fn other<E: Into<Box<dyn std::error::Error>>>(e: E) -> DecapError {
-    let boxed: Box<dyn std::error::Error> = e.into();
-    let mut msg = boxed.to_string();
-    let mut src = boxed.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    DecapError::Other(msg)
+    DecapError::Other(crate::dataplane::flatten_error(e))
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DecapError {

@@ -76,15 +76,7 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataPlaneEr
 /// Flatten an error and its sources into one line (aya's syscall errors keep
 /// the errno in their source).
 fn other<E: Into<Box<dyn std::error::Error>>>(e: E) -> DataPlaneError {
-    let boxed: Box<dyn std::error::Error> = e.into();
-    let mut msg = boxed.to_string();
-    let mut src = boxed.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    DataPlaneError::Other(msg)
+    DataPlaneError::Other(crate::dataplane::flatten_error(e))
 }
 
 /// Handles on every map, plus the loaded object when this process loaded it.

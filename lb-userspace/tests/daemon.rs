@@ -14,6 +14,7 @@ use lb_common::{
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BackendInfo, BackendStats, Counter, FlowKey,
     FlowValue, Reason, ServiceStats, VipInfo, VipKey,
 };
+use lb_testkit::daemon_fixture;
 use tokio::sync::{mpsc, watch};
 use voxlb::{
     config::Config,
@@ -80,18 +81,14 @@ impl DataPlane for Shared {
 }
 
 fn config_text(dir: &Path) -> String {
-    format!(
+    daemon_fixture::config_text(
+        dir,
         r#"
-interfaces = ["eth0"]
-state_dir = "{dir}/state"
-control_socket = "{dir}/run/control.sock"
-pin_dir = "{dir}/pins"
-
 [[compiler_services]]
 name = "compilers"
 vip = "192.0.2.10:8140"
 table_size = 1009
-health_check = {{ type = "tcp" }}
+health_check = { type = "tcp" }
 [[compiler_services.backends]]
 address = "10.0.0.1"
 mac = "02:00:00:00:00:01"
@@ -102,11 +99,10 @@ name = "compiler-2"
 [[ca_services]]
 name = "ca"
 vip = "192.0.2.11:8140"
-health_check = {{ type = "tcp" }}
-primary = {{ address = "10.0.1.1", mac = "02:00:00:00:01:01" }}
-standby = {{ address = "10.0.1.2", mac = "02:00:00:00:01:02" }}
+health_check = { type = "tcp" }
+primary = { address = "10.0.1.1", mac = "02:00:00:00:01:01" }
+standby = { address = "10.0.1.2", mac = "02:00:00:00:01:02" }
 "#,
-        dir = dir.display()
     )
 }
 
@@ -120,10 +116,7 @@ struct Harness {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("voxlb-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    daemon_fixture::temp_dir("voxlb", name)
 }
 
 impl Harness {

@@ -25,6 +25,7 @@ use lb_common::{
     BackendInfo, BackendStats, Counter, FlowKey, FlowValue, KIND_COMPILER, PROTO_TCP, Reason,
     ServiceStats, VipInfo, VipKey, addr_bytes,
 };
+use lb_testkit::daemon_fixture;
 use tokio::sync::{mpsc, watch};
 use voxlb::{
     config::Config,
@@ -100,28 +101,18 @@ impl DataPlane for Shared {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("voxlb-faults-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    daemon_fixture::temp_dir("voxlb-faults", name)
 }
 
 fn write_config(dir: &Path) -> PathBuf {
-    let path = dir.join("voxlb.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-interfaces = ["eth0"]
-state_dir = "{dir}/state"
-control_socket = "{dir}/run/control.sock"
-pin_dir = "{dir}/pins"
-
+    daemon_fixture::write_config(
+        dir,
+        r#"
 [[compiler_services]]
 name = "compilers"
 vip = "192.0.2.10:8140"
 table_size = 1009
-health_check = {{ type = "tcp" }}
+health_check = { type = "tcp" }
 [[compiler_services.backends]]
 address = "10.0.0.1"
 mac = "02:00:00:00:00:01"
@@ -129,11 +120,7 @@ mac = "02:00:00:00:00:01"
 address = "10.0.0.2"
 mac = "02:00:00:00:00:02"
 "#,
-            dir = dir.display()
-        ),
     )
-    .unwrap();
-    path
 }
 
 /// A daemon on `dp`, without the control socket (requests go to `handle`).

@@ -13,6 +13,7 @@ use std::{
 };
 
 use lb_common::{FlowKey, FlowValue};
+use lb_testkit::daemon_fixture;
 use tokio::sync::{mpsc, watch};
 use voxlb::{
     config::Config,
@@ -23,23 +24,14 @@ use voxlb::{
 };
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("voxlb-telemetry-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    daemon_fixture::temp_dir("voxlb-telemetry", name)
 }
 
 fn write_config(dir: &Path, port: u16) -> PathBuf {
-    let path = dir.join("voxlb.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-interfaces = ["eth0"]
-state_dir = "{dir}/state"
-control_socket = "{dir}/run/control.sock"
-pin_dir = "{dir}/pins"
-metrics_listen = "127.0.0.1:{port}"
+    daemon_fixture::write_config(
+        dir,
+        &format!(
+            r#"metrics_listen = "127.0.0.1:{port}"
 
 [[compiler_services]]
 name = "compilers"
@@ -60,12 +52,9 @@ name = "ca"
 vip = "192.0.2.11:8140"
 health_check = {{ type = "tcp" }}
 primary = {{ address = "10.0.1.1", mac = "02:00:00:00:01:01" }}
-"#,
-            dir = dir.display()
+"#
         ),
     )
-    .unwrap();
-    path
 }
 
 async fn get(addr: std::net::SocketAddr) -> String {

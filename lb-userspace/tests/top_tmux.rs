@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_testkit::daemon_fixture;
 use tokio::sync::watch;
 use voxlb::{
     config::Config,
@@ -18,28 +19,18 @@ use voxlb::{
 };
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("voxlb-toptmux-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    daemon_fixture::temp_dir("voxlb-toptmux", name)
 }
 
 fn write_config(dir: &Path) -> PathBuf {
-    let path = dir.join("voxlb.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-interfaces = ["eth0"]
-state_dir = "{dir}/state"
-control_socket = "{dir}/run/control.sock"
-pin_dir = "{dir}/pins"
-
+    daemon_fixture::write_config(
+        dir,
+        r#"
 [[compiler_services]]
 name = "compilers"
 vip = "192.0.2.10:8140"
 table_size = 1009
-health_check = {{ type = "tcp" }}
+health_check = { type = "tcp" }
 [[compiler_services.backends]]
 address = "10.0.0.1"
 name = "alpha"
@@ -52,14 +43,10 @@ mac = "02:00:00:00:00:02"
 [[ca_services]]
 name = "ca"
 vip = "192.0.2.11:8140"
-health_check = {{ type = "tcp" }}
-primary = {{ address = "10.0.1.1", mac = "02:00:00:00:01:01" }}
+health_check = { type = "tcp" }
+primary = { address = "10.0.1.1", mac = "02:00:00:00:01:01" }
 "#,
-            dir = dir.display()
-        ),
     )
-    .unwrap();
-    path
 }
 
 fn tmux(args: &[&str]) -> std::process::Output {
