@@ -57,7 +57,8 @@ impl Histogram {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowCensus {
     pub entries: u64,
-    /// `max_entries` of the map (None for an in-memory data plane).
+    /// `max_entries` of the IPv4 and IPv6 flow tables together (None for an
+    /// in-memory data plane).
     pub capacity: Option<u64>,
     /// Entries per backend id and generation, by id: an entry whose
     /// generation is not its backend's current one is stale and not counted
