@@ -301,6 +301,30 @@ fn fuzz(cases: u64, seed: Option<&str>, random_seed: bool) -> Result<()> {
     run(&mut cmd)
 }
 
+/// A benchmark that is an example of the test kit (it loads the eBPF
+/// objects): run it in release, echoing its output, and publish a full run
+/// to bench/NAME.md and the README.
+fn testkit_bench(name: &str, example: &str, args: &[&str], quick: bool) -> Result<()> {
+    let out = run_tee(
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "lb-testkit",
+                "--example",
+                example,
+                "--",
+            ])
+            .args(args),
+    )?;
+    if !quick {
+        publish(name, &format!("cargo xtask bench {name}"), &out)?;
+    }
+    Ok(())
+}
+
 /// Run a command, echoing its stdout as it comes, and return that stdout.
 fn run_tee(cmd: &mut Command) -> Result<String> {
     use std::io::{BufRead, BufReader};
@@ -399,44 +423,12 @@ fn bench(which: &str, quick: bool) -> Result<()> {
     }
     if all || which == "dataplane" {
         step("bench dataplane (BPF_PROG_TEST_RUN, kernel-measured ns/packet)");
-        let out = run_tee(
-            cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "lb-testkit",
-                    "--example",
-                    "bench_dataplane",
-                    "--",
-                ])
-                .args(q),
-        )?;
-        if !quick {
-            publish("dataplane", "cargo xtask bench dataplane", &out)?;
-        }
+        testkit_bench("dataplane", "bench_dataplane", q, quick)?;
         ran = true;
     }
     if all || which == "change" {
         step("bench change (control path: build + diff + write + flip of one change; needs root)");
-        let out = run_tee(
-            cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "-q",
-                    "-p",
-                    "lb-testkit",
-                    "--example",
-                    "bench_table_change",
-                    "--",
-                ])
-                .args(q),
-        )?;
-        if !quick {
-            publish("change", "cargo xtask bench change", &out)?;
-        }
+        testkit_bench("change", "bench_table_change", q, quick)?;
         ran = true;
     }
     if all || which == "e2e" {
