@@ -60,6 +60,27 @@ pub const CONFIG: &str = "vx_config_v2";
 /// One [`crate::FloodState`] per CPU. Per-CPU array of 1.
 pub const FLOOD: &str = "vx_flood_v2";
 
+/// Backend id -> [`crate::TunnelInfo`]: the outer headers and egress of a
+/// routed (`ipip`/`gue`) backend. Array. Added within layout 2 (a new map,
+/// no existing map changed): a daemon that finds the other v2 pins but not
+/// this one loads the new program over them (see the README, *Upgrading*).
+pub const TUNNELS: &str = "vx_tunnels_v2";
+/// Egress interfaces other than the ingress one: ifindex -> ifindex.
+/// Devmap hash, the target of `XDP_REDIRECT` for routed backends whose
+/// route leaves through another interface voxlb is attached to.
+pub const TX_PORTS: &str = "vx_tx_ports_v2";
+/// Index 0 -> the encapsulating program (`voxlb_encap`). Program array:
+/// the packet path tail-calls it for routed backends, so encapsulation has
+/// a stack of its own. Userspace puts the program in after loading it.
+pub const ENCAP_PROG: &str = "vx_encap_prog_v2";
+/// The job handed to the encapsulating program. Per-CPU array of 1 (the
+/// value type is private to the data plane).
+pub const ENCAP_JOB: &str = "vx_encap_job_v2";
+/// The encapsulating program's name in the object.
+pub const ENCAP_PROGRAM: &str = "voxlb_encap";
+/// Most interfaces in [`TX_PORTS`].
+pub const MAX_TX_PORTS: u32 = 64;
+
 /// The version-1 flow table (key [`crate::FlowKey`], value
 /// [`crate::FlowValueV1`]): read and converted by an upgrade.
 pub const V1_FLOWS: &str = "vx_flows_v1";
@@ -94,7 +115,7 @@ pub const V1_ALL: [&str; 11] = [
 ];
 
 /// Every map, for pinning and unpinning in one place.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 19] = [
     VIPS,
     VIP_FILTER,
     VIP_ADDRS,
@@ -110,6 +131,10 @@ pub const ALL: [&str; 15] = [
     BACKEND_STATS,
     CONFIG,
     FLOOD,
+    TUNNELS,
+    TX_PORTS,
+    ENCAP_PROG,
+    ENCAP_JOB,
 ];
 
 /// Most VIPs (compiler and CA services together).

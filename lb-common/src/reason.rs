@@ -85,9 +85,25 @@ reasons! {
     /// A packet to a VIP whose source address is a VIP address: spoofed (a
     /// land attack, or reflection bait); never forwarded to a backend.
     DropSpoofedSource = 17, "drop_spoofed_source", Drop;
+    /// Encapsulation would exceed the path MTU to the compilers and the
+    /// client's packet may not be fragmented (IPv4 DF, or any IPv6): the
+    /// client was sent "fragmentation needed" / "packet too big" with the
+    /// usable MTU, from the VIP, out the interface the packet came in on.
+    TxTooBig = 18, "tx_too_big", Tx;
+    /// Encapsulation would exceed the path MTU and the IPv4 packet allows
+    /// fragmentation (DF clear). XDP cannot fragment, and the compiler-side
+    /// decap cannot reassemble: dropped (see README, *Path MTU*).
+    DropTooBigNoDf = 19, "drop_too_big_no_df", Drop;
+    /// A routed backend's egress interface is neither the ingress one nor
+    /// in the devmap of interfaces voxlb is attached to (maps mid-update).
+    DropNoEgress = 20, "drop_no_egress", Drop;
+    /// The frame could not be grown for the outer headers
+    /// (`bpf_xdp_adjust_head` refused: no headroom), or the backend's tunnel
+    /// entry is not set up.
+    DropEncap = 21, "drop_encap", Drop;
 }
 
 /// Number of reason codes; the size of the reason counter array.
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 22;
 
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);

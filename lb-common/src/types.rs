@@ -65,15 +65,30 @@ pub const fn keeps_flows(state: u32) -> bool {
     matches!(state, BACKEND_ACTIVE | BACKEND_DRAINING | BACKEND_RETIRING)
 }
 
-/// Value of the backend array. Only `mac`, `state` and `generation` are read
-/// by the data plane; the address is there so that the maps alone say where
-/// each flow goes.
+/// How a packet reaches a backend ([`BackendInfo::forwarding`]).
+/// Layer-2 direct server return: the frame, L3 untouched, to the backend's
+/// MAC on the segment it arrived on.
+pub const FORWARD_L2: u8 = 0;
+/// IP-in-IP to a routed backend: an outer IPv4 or IPv6 header (protocol 4
+/// or 41), then the client's packet unchanged. See [`TunnelInfo`].
+pub const FORWARD_IPIP: u8 = 1;
+/// GUE version 1 ("direct IP") over UDP to a routed backend: outer IP, UDP
+/// to [`TunnelInfo::gue_port_be`], then the client's packet unchanged.
+pub const FORWARD_GUE: u8 = 2;
+
+/// Value of the backend array. Only `mac`, `forwarding`, `state` and
+/// `generation` are read by the data plane; the address is there so that
+/// the maps alone say where each flow goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendInfo {
-    /// Destination MAC for DSR.
+    /// Destination MAC: the backend's own ([`FORWARD_L2`]), or the next
+    /// hop's on the route to it (encapsulating modes).
     pub mac: [u8; 6],
-    pub _pad0: [u8; 2],
+    /// [`FORWARD_L2`], [`FORWARD_IPIP`] or [`FORWARD_GUE`]. Was padding in
+    /// the first v2 layout, written as 0 (= L2): the size is unchanged.
+    pub forwarding: u8,
+    pub _pad0: u8,
     /// One of the `BACKEND_*` states.
     pub state: u32,
     /// Bumped each time the id is given to a different backend, so that a
@@ -87,6 +102,34 @@ pub struct BackendInfo {
     pub _pad1: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 40);
+
+/// Value of the tunnel array (`vx_tunnels_v2`), indexed by backend id:
+/// how to encapsulate for a backend whose [`BackendInfo::forwarding`] is
+/// [`FORWARD_IPIP`] or [`FORWARD_GUE`]. Never read for L2 backends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelInfo {
+    /// Outer source address (IPv4 in the first four bytes).
+    pub src: [u8; 16],
+    /// Outer destination: the backend's address.
+    pub dst: [u8; 16],
+    /// Source MAC of the encapsulated frame: the egress interface's.
+    pub src_mac: [u8; 6],
+    /// GUE destination port, network byte order (unused for IPIP).
+    pub gue_port_be: u16,
+    /// Egress interface: the ingress one means `XDP_TX`, another one is
+    /// reached by `XDP_REDIRECT` through the `vx_tx_ports_v2` devmap.
+    pub ifindex: u32,
+    /// Largest outer packet the path to the backend carries (bytes of IP);
+    /// a bigger one is answered with "fragmentation needed" / "packet too
+    /// big". 0: no limit.
+    pub mtu: u16,
+    /// Outer family: [`FAMILY_V4`] or [`FAMILY_V6`]; 0 = not set up.
+    pub family: u8,
+    /// Outer TTL / hop limit.
+    pub ttl: u8,
+}
+const _: () = assert!(core::mem::size_of::<TunnelInfo>() == 48);
 
 /// Where one copy of a service's Maglev table lives in the `MAGLEV` array.
 #[repr(C)]
@@ -423,6 +466,8 @@ mod pod {
     unsafe impl aya::Pod for BackendInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TableRegion {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TunnelInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.

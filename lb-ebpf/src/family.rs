@@ -10,7 +10,24 @@ use lb_common::{
 
 use crate::maps::{FLOWS4, FLOWS6};
 
+/// Sum of the big-endian 16-bit words of `a` (not folded).
+#[inline(always)]
+fn words<const N: usize>(a: &[u8; N]) -> u32 {
+    let mut s = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        s += u16::from_be_bytes([a[i], a[i + 1]]) as u32;
+        i += 2;
+    }
+    s
+}
+
 pub trait Family: Copy + 'static {
+    /// IPv6 (else IPv4).
+    const V6: bool;
+    /// One's-complement sum (unfolded) of the source and destination
+    /// addresses: their part of a checksum's pseudo-header.
+    fn addr_sum(&self) -> u32;
     /// The family's flow table.
     fn flows() -> &'static LruHashMap<Self, FlowValue>;
     /// The destination address folded to a word (for the pre-filter).
@@ -27,6 +44,11 @@ pub trait Family: Copy + 'static {
 }
 
 impl Family for FlowKeyV4 {
+    const V6: bool = false;
+    #[inline(always)]
+    fn addr_sum(&self) -> u32 {
+        words(&self.src) + words(&self.dst)
+    }
     #[inline(always)]
     fn flows() -> &'static LruHashMap<Self, FlowValue> {
         &FLOWS4
@@ -66,6 +88,11 @@ impl Family for FlowKeyV4 {
 }
 
 impl Family for FlowKeyV6 {
+    const V6: bool = true;
+    #[inline(always)]
+    fn addr_sum(&self) -> u32 {
+        words(&self.src) + words(&self.dst)
+    }
     #[inline(always)]
     fn flows() -> &'static LruHashMap<Self, FlowValue> {
         &FLOWS6

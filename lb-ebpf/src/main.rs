@@ -3,11 +3,13 @@
 //! be the destination; only then is the family's flow table read, and an
 //! established flow goes where it says; otherwise match the VIP, refuse
 //! sources that claim to be a VIP, and choose a backend (CA steering, or
-//! Maglev with flood mode); rewrite L2 and transmit. A pass or drop is
-//! counted under its reason, a forwarded packet in its backend's record.
+//! Maglev with flood mode); rewrite L2 and transmit, or encapsulate for a
+//! routed backend (`encap`). A pass or drop is counted under its reason, a
+//! forwarded packet in its backend's record.
 #![no_std]
 #![no_main]
 
+mod encap;
 mod family;
 mod maps;
 mod parse;
@@ -16,7 +18,7 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    KIND_CA, KIND_COMPILER, Reason,
+    FORWARD_L2, KIND_CA, KIND_COMPILER, Reason,
     hash::{addr_slot, vip_slot},
     reason::Verdict,
 };
@@ -31,9 +33,9 @@ use crate::{
 pub fn voxlb(ctx: XdpContext) -> u32 {
     let c = Cursor::new(&ctx);
     let len = c.len();
-    match try_lb(&c, len) {
+    match try_lb(&ctx, &c, len) {
         // Counted in the backend's record by `forward`.
-        Ok(_) => xdp_action::XDP_TX,
+        Ok(action) => action,
         Err(reason) => {
             stats::count_reason(reason, len);
             match reason.verdict() {
@@ -45,20 +47,40 @@ pub fn voxlb(ctx: XdpContext) -> u32 {
     }
 }
 
-/// `Ok` with a forwarding reason after rewriting the frame; `Err` with the
-/// reason for passing or dropping it untouched.
+/// The encapsulating program, reached only by tail call from [`voxlb`]
+/// (through `vx_encap_prog_v2`) for a packet to a routed backend: see
+/// `encap`. Never attached to an interface.
+#[xdp]
+pub fn voxlb_encap(ctx: XdpContext) -> u32 {
+    match encap::run(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            let len = Cursor::new(&ctx).len();
+            stats::count_reason(reason, len);
+            match reason.verdict() {
+                Verdict::Tx => xdp_action::XDP_TX,
+                Verdict::Pass => xdp_action::XDP_PASS,
+                Verdict::Drop => xdp_action::XDP_DROP,
+            }
+        }
+    }
+}
+
+/// `Ok` with the XDP action after rewriting the frame for its backend;
+/// `Err` with the reason for passing or dropping it untouched (or for the
+/// answer written in its place).
 #[inline(always)]
-fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
+fn try_lb(ctx: &XdpContext, c: &Cursor, len: u64) -> Result<u32, Reason> {
     let (l3, off, unicast) = parse::l2(c)?;
     match l3 {
-        L3::V4 => lb(c, parse::ipv4(c, off, unicast)?, len),
-        L3::V6 => lb(c, parse::ipv6(c, off, unicast)?, len),
+        L3::V4 => lb(ctx, c, parse::ipv4(c, off, unicast)?, len),
+        L3::V6 => lb(ctx, c, parse::ipv6(c, off, unicast)?, len),
     }
 }
 
 /// The packet path after parsing, for one address family.
 #[inline(always)]
-fn lb<K: Family>(c: &Cursor, pkt: Parsed<K>, len: u64) -> Result<Reason, Reason> {
+fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Result<u32, Reason> {
     // Pre-filter: one array load on (destination, port). Nothing there: not
     // ours. No compiler VIP there: CA traffic, which skips the flow table.
     let slot = VIP_FILTER
@@ -67,7 +89,7 @@ fn lb<K: Family>(c: &Cursor, pkt: Parsed<K>, len: u64) -> Result<Reason, Reason>
     let known = if slot.compiler != 0 {
         // Established compiler flows: the flow table alone decides.
         match select::established(&pkt) {
-            Ok(choice) => return forward(c, &pkt, &choice, len, Reason::TxCompiler),
+            Ok(choice) => return forward(ctx, c, &pkt, &choice, len),
             Err(known) => known,
         }
     } else if slot.ca != 0 {
@@ -83,16 +105,13 @@ fn lb<K: Family>(c: &Cursor, pkt: Parsed<K>, len: u64) -> Result<Reason, Reason>
     if spoofed(&pkt) {
         return Err(Reason::DropSpoofedSource);
     }
-    let (choice, reason) = match info.kind {
-        KIND_COMPILER => (
-            select::compiler(info.service_id, &pkt, known),
-            Reason::TxCompiler,
-        ),
-        KIND_CA => (select::ca(info.service_id, &pkt), Reason::TxCa),
+    let choice = match info.kind {
+        KIND_COMPILER => select::compiler(info.service_id, &pkt, known),
+        KIND_CA => select::ca(info.service_id, &pkt),
         _ => return Err(Reason::PassNotVip),
     };
     match choice {
-        Ok(choice) => forward(c, &pkt, &choice, len, reason),
+        Ok(choice) => forward(ctx, c, &pkt, &choice, len),
         Err(r) => {
             stats::count_no_backend(info.service_id);
             Err(r)
@@ -111,22 +130,28 @@ fn spoofed<K: Family>(pkt: &Parsed<K>) -> bool {
     }
 }
 
-/// Rewrite for DSR and count the packet in its backend's record.
+/// Rewrite for DSR (or encapsulate for a routed backend) and count the
+/// packet in its backend's record. The tx reason (compiler or CA) is the
+/// backend's service's kind: userspace derives it from the record.
 #[inline(always)]
-fn forward<K>(
+fn forward<K: Family>(
+    ctx: &XdpContext,
     c: &Cursor,
     pkt: &Parsed<K>,
     choice: &select::Choice,
     len: u64,
-    reason: Reason,
-) -> Result<Reason, Reason> {
+) -> Result<u32, Reason> {
     if !pkt.unicast {
         // A VIP packet sent to a group address: not something we route.
         return Err(Reason::PassNotUnicast);
     }
+    if choice.forwarding != FORWARD_L2 {
+        // Counted by the encapsulating program once sent.
+        return encap::hand_over(ctx, choice, len);
+    }
     rewrite_l2(c, &choice.mac)?;
     stats::count_forward(choice.backend_id, len, choice.new_flow);
-    Ok(reason)
+    Ok(xdp_action::XDP_TX)
 }
 
 /// Direct server return: the frame goes to the backend's MAC, from the MAC

@@ -4,17 +4,19 @@
 //! that the literal equals the lb-common constant: the eBPF build fails on
 //! drift instead of a root test at run time.
 
+use crate::encap::EncapJob;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     BackendInfo, BackendStats, Counter, DpConfig, FilterSlot, FloodState, FlowKeyV4, FlowKeyV6,
-    FlowValue, TableRegion, VipAddrKey, VipInfo, VipKey,
+    FlowValue, TableRegion, TunnelInfo, VipAddrKey, VipInfo, VipKey,
     hash::FILTER_SLOTS,
     maps as names,
     maps::{
-        DEFAULT_FLOW_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES, MAX_VIPS,
+        DEFAULT_FLOW_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES,
+        MAX_TX_PORTS, MAX_VIPS,
     },
     reason::REASON_COUNT,
 };
@@ -49,7 +51,7 @@ macro_rules! pinned {
 }
 
 // Every constant of lb_common::maps::ALL is declared below.
-const _: () = assert!(names::ALL.len() == 15, "a map was added: declare it here");
+const _: () = assert!(names::ALL.len() == 19, "a map was added: declare it here");
 
 /// Per-CPU LRU lists: inserting a flow takes no lock shared by all CPUs.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -135,4 +137,25 @@ pinned!(
 pinned!(
     "vx_flood_v2" == names::FLOOD,
     pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
+);
+
+pinned!(
+    "vx_tunnels_v2" == names::TUNNELS,
+    pub static TUNNELS: Array<TunnelInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
+);
+
+pinned!(
+    "vx_tx_ports_v2" == names::TX_PORTS,
+    pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+);
+
+pinned!(
+    "vx_encap_prog_v2" == names::ENCAP_PROG,
+    /// Index 0: the encapsulating program (`voxlb_encap`), tail-called.
+    pub static ENCAP_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+);
+
+pinned!(
+    "vx_encap_job_v2" == names::ENCAP_JOB,
+    pub static ENCAP_JOB: PerCpuArray<EncapJob> = PerCpuArray::with_max_entries(1, 0);
 );

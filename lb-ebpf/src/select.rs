@@ -17,6 +17,8 @@ use crate::{
 pub struct Choice {
     pub backend_id: u32,
     pub mac: [u8; 6],
+    /// `FORWARD_*`: how the packet reaches the backend.
+    pub forwarding: u8,
     /// The packet opened a connection (see `BackendStats::new_flows`).
     pub new_flow: bool,
 }
@@ -90,6 +92,7 @@ pub fn established<K: Family>(pkt: &Parsed<K>) -> Result<Choice, Known> {
     Ok(Choice {
         backend_id: v.backend_id,
         mac: be.mac,
+        forwarding: be.forwarding,
         new_flow: false,
     })
 }
@@ -111,6 +114,7 @@ pub fn ca<K>(service_id: u32, pkt: &Parsed<K>) -> Result<Choice, Reason> {
     Ok(Choice {
         backend_id: id,
         mac: be.mac,
+        forwarding: be.forwarding,
         new_flow: is_syn(pkt),
     })
 }
@@ -140,6 +144,7 @@ pub fn compiler<K: Family>(
         return Ok(Choice {
             backend_id: id,
             mac: be.mac,
+            forwarding: be.forwarding,
             new_flow: false,
         });
     }
@@ -151,6 +156,7 @@ pub fn compiler<K: Family>(
         return Ok(Choice {
             backend_id: id,
             mac: be.mac,
+            forwarding: be.forwarding,
             new_flow: false,
         });
     }
@@ -168,6 +174,7 @@ pub fn compiler<K: Family>(
     Ok(Choice {
         backend_id: id,
         mac: be.mac,
+        forwarding: be.forwarding,
         new_flow: opens,
     })
 }

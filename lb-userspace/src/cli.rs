@@ -584,6 +584,7 @@ fn render_backends(services: &[ServiceView]) -> String {
                 dash(b.open_flows.map(|n| n.to_string())),
                 dash(b.mac.clone()),
                 b.source.clone(),
+                dash(b.route.clone()),
             ]);
         }
     }
@@ -603,6 +604,7 @@ fn render_backends(services: &[ServiceView]) -> String {
             "OPEN",
             "MAC",
             "SOURCE",
+            "ROUTE",
         ],
         &rows,
     )
@@ -626,11 +628,15 @@ fn render_status(s: &StatusView) -> String {
     }
     if !s.unresolved.is_empty() {
         let list: Vec<String> = s.unresolved.iter().map(|a| a.to_string()).collect();
-        let _ = writeln!(
-            out,
-            "unresolved MACs (out of the tables): {}",
-            list.join(", ")
-        );
+        let _ = writeln!(out, "unresolved (out of the tables): {}", list.join(", "));
+        // Routed backends say why (no route, no neighbour, wrong egress).
+        for b in s.services.iter().flat_map(|v| v.backends.iter()) {
+            if b.mac.is_none()
+                && let Some(why) = &b.route
+            {
+                let _ = writeln!(out, "  {}: {why}", b.address);
+            }
+        }
     }
     let _ = writeln!(
         out,

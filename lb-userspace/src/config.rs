@@ -78,6 +78,34 @@ pub enum ConfigError {
     WorldWritable { path: PathBuf },
 }
 
+/// A service's `forwarding` and related keys.
+fn parse_forwarding(
+    key: &str,
+    vip: Vip,
+    raw: crate::forwarding::RawForwarding,
+) -> Result<crate::forwarding::Forwarding, ConfigError> {
+    crate::forwarding::parse(&raw, vip.addr.is_ipv6())
+        .map_err(|(k, p)| invalid(format!("{key}.{k}"), p))
+}
+
+/// A routed backend's MAC is its next hop's, found by routing.
+fn check_routed_mac(
+    bkey: &str,
+    f: &crate::forwarding::Forwarding,
+    b: &Backend,
+) -> Result<(), ConfigError> {
+    if f.routed() && b.mac.is_some() {
+        return Err(invalid(
+            format!("{bkey}.mac"),
+            format!(
+                "a routed compiler (forwarding = \"{}\") is reached through its route's next hop, whose MAC voxlb resolves: remove mac",
+                f.mode.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -157,6 +185,8 @@ pub struct CompilerService {
     /// How long a removed backend keeps its established flows at most
     /// (see README, *Remove, drain, down*).
     pub retire_grace: Duration,
+    /// L2 direct server return, or encapsulation to routed compilers.
+    pub forwarding: crate::forwarding::Forwarding,
 }
 
 /// The load-feedback settings of a compiler service. The defaults are the
@@ -195,6 +225,8 @@ pub struct CaService {
     pub health: HealthCheck,
     pub primary: Backend,
     pub standby: Option<Backend>,
+    /// L2 direct server return, or encapsulation to a routed CA.
+    pub forwarding: crate::forwarding::Forwarding,
 }
 
 /// One backend server.
@@ -291,6 +323,12 @@ struct RawCompilerService {
     load_smoothing_percent: Option<i64>,
     load_hysteresis_percent: Option<i64>,
     max_rewrites_per_minute: Option<i64>,
+    forwarding: Option<String>,
+    gue_port: Option<i64>,
+    encap_source_v4: Option<String>,
+    encap_source_v6: Option<String>,
+    encap_ttl: Option<i64>,
+    mtu: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +340,12 @@ struct RawCaService {
     health_check: Option<RawHealthCheck>,
     primary: RawCaBackend,
     standby: Option<RawCaBackend>,
+    forwarding: Option<String>,
+    gue_port: Option<i64>,
+    encap_source_v4: Option<String>,
+    encap_source_v6: Option<String>,
+    encap_ttl: Option<i64>,
+    mtu: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -440,6 +484,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         claim_name(&key, &s.name)?;
         let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
         claim_vip(&key, vip)?;
+        let forwarding = parse_forwarding(
+            &key,
+            vip,
+            crate::forwarding::RawForwarding {
+                forwarding: s.forwarding,
+                gue_port: s.gue_port,
+                encap_source_v4: s.encap_source_v4,
+                encap_source_v6: s.encap_source_v6,
+                encap_ttl: s.encap_ttl,
+                mtu: s.mtu,
+            },
+        )?;
         let mut backends: Vec<Backend> = Vec::new();
         for (j, b) in s.backends.into_iter().enumerate() {
             let bkey = format!("{key}.backends[{j}]");
@@ -467,6 +523,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     ),
                 ));
             }
+            check_routed_mac(&bkey, &forwarding, &backend)?;
             claim_backend(&bkey, &backend)?;
             backends.push(backend);
         }
@@ -518,6 +575,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             backends,
             balancing,
             retire_grace,
+            forwarding,
         });
     }
 
@@ -527,14 +585,28 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         claim_name(&key, &s.name)?;
         let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
         claim_vip(&key, vip)?;
+        let forwarding = parse_forwarding(
+            &key,
+            vip,
+            crate::forwarding::RawForwarding {
+                forwarding: s.forwarding,
+                gue_port: s.gue_port,
+                encap_source_v4: s.encap_source_v4,
+                encap_source_v6: s.encap_source_v6,
+                encap_ttl: s.encap_ttl,
+                mtu: s.mtu,
+            },
+        )?;
         let ca_backend = |bkey: String, b: RawCaBackend| -> Result<Backend, ConfigError> {
-            Ok(Backend {
+            let b = Backend {
                 address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
                 name: check_opt_name(&bkey, b.name)?,
                 weight: 1,
                 mac: parse_opt_mac(&bkey, b.mac.as_deref())?,
                 tier: 0,
-            })
+            };
+            check_routed_mac(&bkey, &forwarding, &b)?;
+            Ok(b)
         };
         let primary = ca_backend(format!("{key}.primary"), s.primary)?;
         claim_backend(&format!("{key}.primary"), &primary)?;
@@ -560,6 +632,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             health,
             primary,
             standby,
+            forwarding,
         });
     }
 

@@ -176,6 +176,9 @@ pub struct Daemon {
     health: HealthMap,
     macs: MacMap,
     resolver: Box<dyn MacResolver>,
+    /// Routed compilers' resolution (next hop, egress), and the resolver.
+    routes: crate::forwarding::RouteMap,
+    hops: crate::route::NextHops,
     /// What the last successful apply wrote; `None` after a failure.
     last: Option<Desired>,
     views: Vec<ServiceView>,
@@ -307,6 +310,8 @@ impl Daemon {
             health: HealthMap::new(),
             macs,
             resolver,
+            routes: Default::default(),
+            hops: Default::default(),
             last: None,
             views: Vec::new(),
             started: Instant::now(),
@@ -331,6 +336,9 @@ impl Daemon {
             warn!("host drained (voxlb host drain): no VIP is announced until voxlb host undrain");
         }
         d.announcer = d.config.bgp.clone().map(Announcer::new);
+        // Routed compilers are resolved before the first plan: one planned
+        // unresolved would be written down, and its flows re-picked.
+        d.resolve_routes();
         let mut state = d.state.clone();
         let t0 = Instant::now();
         let weights = step_weights(
@@ -342,7 +350,9 @@ impl Daemon {
             &d.config,
             &state,
         );
-        let plan = reconcile::plan_weighted(&d.config, &mut state, &d.health, &d.macs, &weights)?;
+        let plan = reconcile::plan_weighted(
+            &d.config, &mut state, &d.health, &d.macs, &d.routes, &weights,
+        )?;
         d.weights = weights;
         d.store.save(&state)?;
         d.state = state;
@@ -520,11 +530,17 @@ impl Daemon {
                 &state,
             ),
         };
-        let plan =
-            match reconcile::plan_weighted(cfg, &mut state, &self.health, &self.macs, &weights) {
-                Ok(p) => p,
-                Err(e) => return Response::error(e.to_string()),
-            };
+        let plan = match reconcile::plan_weighted(
+            cfg,
+            &mut state,
+            &self.health,
+            &self.macs,
+            &self.routes,
+            &weights,
+        ) {
+            Ok(p) => p,
+            Err(e) => return Response::error(e.to_string()),
+        };
         if state != self.state
             && let Err(e) = self.store.save(&state)
         {
@@ -548,6 +564,7 @@ impl Daemon {
                         &mut old,
                         &self.health,
                         &self.macs,
+                        &self.routes,
                         &self.weights,
                     )
                     .map_err(|e| e.to_string())?;
@@ -1053,8 +1070,63 @@ impl Daemon {
         }
     }
 
-    /// Addresses of backends whose MAC is needed but unknown.
+    /// Resolve the routed compilers' next hops again: `true` if any
+    /// resolution changed (the caller replans).
+    fn resolve_routes(&mut self) -> bool {
+        let targets = crate::forwarding::routed_targets(&self.config, &self.state);
+        if targets.is_empty() && self.routes.is_empty() {
+            return false;
+        }
+        let Some(new) =
+            crate::forwarding::resolve(&mut self.hops, targets, &self.config.interfaces)
+        else {
+            return false;
+        };
+        if new == self.routes {
+            return false;
+        }
+        for (a, r) in &new {
+            if self.routes.get(a) != Some(r) {
+                match r {
+                    Ok(e) => info!(
+                        "routed backend {a}: next hop {} on {}",
+                        config::format_mac(&e.mac),
+                        e.ifname
+                    ),
+                    Err(why) => warn!("routed backend {a}: unresolved: {why}"),
+                }
+            }
+        }
+        self.routes = new;
+        true
+    }
+
+    /// Route or neighbour change (or the periodic backstop): re-resolve
+    /// the routed compilers and replan if anything moved.
+    pub fn route_tick(&mut self) {
+        if self.resolve_routes() {
+            self.refresh();
+        }
+    }
+
+    /// Addresses of L2 backends whose MAC is needed but unknown (routed
+    /// ones are resolved by [`Self::route_tick`]).
     fn unresolved(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .views
+            .iter()
+            .filter(|s| s.forwarding == "l2" || s.forwarding.is_empty())
+            .flat_map(|s| s.backends.iter())
+            .filter(|b| b.mac.is_none())
+            .map(|b| b.address)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Every backend kept out for want of a MAC or a route (status).
+    fn unresolved_all(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
             .views
             .iter()
@@ -1085,6 +1157,7 @@ impl Daemon {
         let mut v: Vec<IpAddr> = self
             .views
             .iter()
+            .filter(|s| s.forwarding == "l2" || s.forwarding.is_empty())
             .flat_map(|s| s.backends.iter())
             .map(|b| b.address)
             .filter(|a| !configured(a))
@@ -1469,7 +1542,7 @@ impl Daemon {
             config: self.config_path.clone(),
             interfaces: self.config.interfaces.clone(),
             services: self.views.clone(),
-            unresolved: self.unresolved(),
+            unresolved: self.unresolved_all(),
             last_reload_error: self.last_reload_error.clone(),
             attached: self.attached(),
             drained: self.drained,
@@ -1706,6 +1779,8 @@ pub async fn run(
     let mut census = tokio::time::interval(crate::telemetry::CENSUS_INTERVAL);
     let mut announce_tick = tokio::time::interval(ANNOUNCE_TICK);
     let mut weights_tick = tokio::time::interval(WEIGHTS_TICK);
+    let mut route_backstop = tokio::time::interval(ROUTE_BACKSTOP);
+    let mut route_rx = spawn_route_watcher();
     info!(
         "voxlb daemon ready; control socket {}",
         socket_path.display()
@@ -1753,6 +1828,8 @@ pub async fn run(
             _ = announce_tick.tick() => daemon.announce_tick(),
             Some(ev) = load_rx.recv() => daemon.on_load(ev),
             _ = weights_tick.tick() => daemon.weights_tick(),
+            _ = route_backstop.tick() => daemon.route_tick(),
+            Some(()) = route_rx.recv() => daemon.route_tick(),
             _ = recv_signal(&mut hup) => {
                 info!("SIGHUP: reloading the config");
                 notifier.reloading();
@@ -1780,6 +1857,38 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// How often routed compilers are re-resolved without a netlink event (a
+/// lost notification, a neighbour gone stale).
+const ROUTE_BACKSTOP: Duration = Duration::from_secs(5);
+
+/// A thread that wakes the loop on route, neighbour, link and address
+/// changes. It ends when the loop drops the receiver. Without rtnetlink
+/// (no permission) the loop keeps the backstop tick alone.
+fn spawn_route_watcher() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    match crate::route::RouteWatcher::new() {
+        Ok(mut w) => {
+            std::thread::spawn(move || {
+                while !tx.is_closed() {
+                    match w.wait(Duration::from_secs(1)) {
+                        // A full channel already holds a wake-up.
+                        Ok(true) => {
+                            let _ = tx.try_send(());
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            warn!("route watcher: {e}; re-resolving every {ROUTE_BACKSTOP:?}");
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => warn!("route watcher: {e}; re-resolving every {ROUTE_BACKSTOP:?}"),
+    }
+    rx
 }
 
 /// The `STATUS=` systemd shows next to the unit.

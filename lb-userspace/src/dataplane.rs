@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use lb_common::{
     BackendInfo, BackendStats, Counter, FlowKey, FlowValue, NO_BACKEND, Reason, ServiceStats,
-    VipInfo, VipKey,
+    TunnelInfo, VipInfo, VipKey,
     maps::{MAX_BACKENDS, MAX_SERVICES},
 };
 
@@ -75,6 +75,11 @@ pub trait DataPlane: Send {
     fn set_backend(&mut self, id: u32, info: BackendInfo) -> Result<()>;
     /// Read one backend slot.
     fn backend(&self, id: u32) -> Result<BackendInfo>;
+    /// Write the tunnel entry of a routed backend (before its backend entry
+    /// says it is routed).
+    fn set_tunnel(&mut self, id: u32, info: TunnelInfo) -> Result<()>;
+    /// Read a backend's tunnel entry (zeroes when never written).
+    fn tunnel(&self, id: u32) -> Result<TunnelInfo>;
     /// Make `table` (backend id per slot, `NO_BACKEND` for none) the
     /// service's active Maglev table: written in full to the copy packets
     /// are not reading, then made visible by one flip of the active index.
@@ -161,6 +166,7 @@ fn check_backend(id: u32) -> Result<()> {
 pub struct FakeDataPlane {
     pub vips: BTreeMap<VipKey, VipInfo>,
     pub backends: BTreeMap<u32, BackendInfo>,
+    pub tunnels: BTreeMap<u32, TunnelInfo>,
     pub tables: BTreeMap<u32, Vec<u32>>,
     pub ca: BTreeMap<u32, u32>,
     pub flows: Vec<(FlowKey, FlowValue)>,
@@ -205,6 +211,16 @@ impl DataPlane for FakeDataPlane {
     fn backend(&self, id: u32) -> Result<BackendInfo> {
         check_backend(id)?;
         Ok(self.backends.get(&id).copied().unwrap_or_default())
+    }
+    fn set_tunnel(&mut self, id: u32, info: TunnelInfo) -> Result<()> {
+        self.write_guard()?;
+        check_backend(id)?;
+        self.tunnels.insert(id, info);
+        Ok(())
+    }
+    fn tunnel(&self, id: u32) -> Result<TunnelInfo> {
+        check_backend(id)?;
+        Ok(self.tunnels.get(&id).copied().unwrap_or_default())
     }
     fn install_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
         self.write_guard()?;

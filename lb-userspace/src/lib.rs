@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod decap;
 pub mod docs;
 pub mod fitness;
+pub mod forwarding;
 pub mod health;
 pub mod load;
 pub mod metrics;

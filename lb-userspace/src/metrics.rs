@@ -245,6 +245,25 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
     }
     family(
         &mut o,
+        "voxlb_service_info",
+        "gauge",
+        "1 per service: its kind and forwarding mode (l2, ipip, gue); join on service for per-mode totals.",
+    );
+    for s in &status.services {
+        let _ = writeln!(
+            o,
+            "voxlb_service_info{{service=\"{}\",kind=\"{}\",forwarding=\"{}\"}} 1",
+            esc(&s.name),
+            s.kind,
+            if s.forwarding.is_empty() {
+                "l2"
+            } else {
+                &s.forwarding
+            }
+        );
+    }
+    family(
+        &mut o,
         "voxlb_backend_up",
         "gauge",
         "1 if the backend takes new flows (compiler) or may serve (CA), else 0; state says why.",

@@ -37,14 +37,15 @@ use std::{
 
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_RETIRING, BackendInfo,
-    KIND_CA, KIND_COMPILER, NO_BACKEND, VipInfo, VipKey, addr_bytes, addr_from_bytes, maglev,
-    maps::MAX_BACKENDS,
+    KIND_CA, KIND_COMPILER, NO_BACKEND, TunnelInfo, VipInfo, VipKey, addr_bytes, addr_from_bytes,
+    maglev, maps::MAX_BACKENDS,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Backend, CompilerService, Config, format_mac},
     dataplane::{DataPlane, DataPlaneError},
+    forwarding::Forwarding,
     state::{BackendSlot, ServiceOverlay, State, StateError},
 };
 
@@ -52,6 +53,7 @@ use crate::{
 pub type HealthMap = HashMap<(String, IpAddr), bool>;
 /// MACs resolved from the neighbour table.
 pub type MacMap = HashMap<IpAddr, [u8; 6]>;
+pub use crate::forwarding::RouteMap;
 
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,8 @@ pub struct Desired {
     pub tables: BTreeMap<u32, Vec<u32>>,
     /// CA service id -> steered backend id.
     pub ca_targets: BTreeMap<u32, u32>,
+    /// Routed backend id -> its tunnel entry.
+    pub tunnels: BTreeMap<u32, TunnelInfo>,
 }
 
 /// A plan: the desired data plane and the view of it the CLI shows.
@@ -91,6 +95,9 @@ pub struct ServiceView {
     pub name: String,
     /// `compiler` or `ca`.
     pub kind: String,
+    /// `l2`, `ipip` or `gue`.
+    #[serde(default)]
+    pub forwarding: String,
     pub vip: String,
     pub service_id: u32,
     /// Maglev table size (compiler services).
@@ -142,6 +149,10 @@ pub struct BackendView {
     /// Last health verdict; `None` = not checked yet (counted as up).
     pub healthy: Option<bool>,
     pub mac: Option<String>,
+    /// Routed backends: the route (`gue via 10.1.0.1 dev eth0`), or why it
+    /// is unresolved. `None` for L2 backends.
+    #[serde(default)]
+    pub route: Option<String>,
     /// `config`, `cli` (added at run time) or `removed` (retiring).
     pub source: String,
     /// CA services: `primary` or `standby`.
@@ -315,6 +326,7 @@ pub fn prune_overlay(config: &Config, state: &mut State) -> Vec<String> {
 fn backend_info(
     addr: IpAddr,
     mac: Option<[u8; 6]>,
+    forwarding: u8,
     state: u32,
     generation: u32,
     service_id: u32,
@@ -322,6 +334,7 @@ fn backend_info(
     let (a, family) = addr_bytes(addr);
     BackendInfo {
         mac: mac.unwrap_or_default(),
+        forwarding,
         state,
         generation,
         service_id,
@@ -349,17 +362,60 @@ struct Slot {
     state: u32,
     mac: Option<[u8; 6]>,
     healthy: Option<bool>,
+    /// How the backend is reached: `FORWARD_*`, its tunnel entry (routed)
+    /// and what to show of its route.
+    reach: Reach,
+}
+
+/// How one backend is reached (see [`reach`]).
+#[derive(Clone, Default)]
+struct Reach {
+    mac: Option<[u8; 6]>,
+    forwarding: u8,
+    tunnel: Option<TunnelInfo>,
+    route: Option<String>,
+}
+
+/// The MAC, forwarding and tunnel of backend `b` of a service forwarding by
+/// `f`: L2 backends by their configured or neighbour MAC; routed ones by
+/// their resolved route (unresolved, with the reason, otherwise).
+fn reach(f: &Forwarding, b: &Backend, macs: &MacMap, routes: &RouteMap) -> Reach {
+    if !f.routed() {
+        return Reach {
+            mac: b.mac.or_else(|| macs.get(&b.address).copied()),
+            ..Reach::default()
+        };
+    }
+    let forwarding = f.mode.code();
+    let resolved = match routes.get(&b.address) {
+        None => Err("route not resolved yet".to_owned()),
+        Some(Err(why)) => Err(why.clone()),
+        Some(Ok(e)) => crate::forwarding::tunnel(f, b.address, e).map(|t| (e, t)),
+    };
+    match resolved {
+        Ok((e, t)) => Reach {
+            mac: Some(e.mac),
+            forwarding,
+            tunnel: Some(t),
+            route: Some(match e.gateway {
+                Some(g) => format!("{} via {g} dev {}", f.mode.name(), e.ifname),
+                None => format!("{} dev {}", f.mode.name(), e.ifname),
+            }),
+        },
+        Err(why) => Reach {
+            mac: None,
+            forwarding,
+            tunnel: None,
+            route: Some(why),
+        },
+    }
 }
 
 impl Slot {
     /// A backend without a MAC, or failing its health check, is down;
     /// otherwise in `usable` (`ACTIVE`, `DRAINING` or `RETIRING`).
-    fn new(
-        (id, generation): (u32, u32),
-        mac: Option<[u8; 6]>,
-        healthy: Option<bool>,
-        usable: u32,
-    ) -> Slot {
+    fn new((id, generation): (u32, u32), reach: Reach, healthy: Option<bool>, usable: u32) -> Slot {
+        let mac = reach.mac;
         let state = if mac.is_none() || healthy == Some(false) {
             BACKEND_DOWN
         } else {
@@ -371,12 +427,24 @@ impl Slot {
             state,
             mac,
             healthy,
+            reach,
         }
     }
 
-    /// The backend-map entry of this slot.
-    fn info(&self, addr: IpAddr, service_id: u32) -> BackendInfo {
-        backend_info(addr, self.mac, self.state, self.generation, service_id)
+    /// The backend-map entry of this slot; its tunnel entry goes to
+    /// `desired` too.
+    fn info(&self, addr: IpAddr, service_id: u32, desired: &mut Desired) -> BackendInfo {
+        if let Some(t) = self.reach.tunnel {
+            desired.tunnels.insert(self.id, t);
+        }
+        backend_info(
+            addr,
+            self.mac,
+            self.reach.forwarding,
+            self.state,
+            self.generation,
+            service_id,
+        )
     }
 
     fn view(&self, b: &crate::config::Backend, source: &str, role: Option<&str>) -> BackendView {
@@ -389,6 +457,7 @@ impl Slot {
             state: state_name(self.state, self.mac).into(),
             healthy: self.healthy,
             mac: self.mac.as_ref().map(format_mac),
+            route: self.reach.route.clone(),
             source: source.into(),
             role: role.map(Into::into),
             slots: 0,
@@ -413,7 +482,14 @@ pub fn plan(
     health: &HealthMap,
     macs: &MacMap,
 ) -> Result<Plan, PlanError> {
-    plan_weighted(config, state, health, macs, &WeightMap::new())
+    plan_weighted(
+        config,
+        state,
+        health,
+        macs,
+        &RouteMap::new(),
+        &WeightMap::new(),
+    )
 }
 
 /// [`plan`] with the weight controller's effective weights: an active
@@ -425,6 +501,7 @@ pub fn plan_weighted(
     state: &mut State,
     health: &HealthMap,
     macs: &MacMap,
+    routes: &RouteMap,
     weights: &WeightMap,
 ) -> Result<Plan, PlanError> {
     let mut desired = Desired::default();
@@ -461,7 +538,7 @@ pub fn plan_weighted(
             keep.insert((svc.name.clone(), b.address));
             let slot = Slot::new(
                 state.backend_id(&svc.name, b.address)?,
-                b.mac.or_else(|| macs.get(&b.address).copied()),
+                reach(&svc.forwarding, b, macs, routes),
                 up(&svc.name, b.address),
                 if e.drained {
                     BACKEND_DRAINING
@@ -487,7 +564,8 @@ pub fn plan_weighted(
                     Some(_) => {}
                 }
             }
-            desired.backends.insert(slot.id, slot.info(b.address, sid));
+            let info = slot.info(b.address, sid, &mut desired);
+            desired.backends.insert(slot.id, info);
             let mut view = slot.view(b, if e.from_config { "config" } else { "cli" }, None);
             if let Some(w) = eff_w {
                 show_weight(&mut view, w);
@@ -510,11 +588,12 @@ pub fn plan_weighted(
             };
             let slot = Slot::new(
                 state.backend_id(&svc.name, *addr)?,
-                b.mac.or_else(|| macs.get(addr).copied()),
+                reach(&svc.forwarding, &b, macs, routes),
                 up(&svc.name, *addr),
                 BACKEND_RETIRING,
             );
-            desired.backends.insert(slot.id, slot.info(*addr, sid));
+            let info = slot.info(*addr, sid, &mut desired);
+            desired.backends.insert(slot.id, info);
             let mut view = slot.view(&b, "removed", None);
             view.retire_deadline_unix_ms = Some(r.deadline_unix_ms);
             views.push(view);
@@ -540,6 +619,7 @@ pub fn plan_weighted(
         services.push(ServiceView {
             name: svc.name.clone(),
             kind: "compiler".into(),
+            forwarding: svc.forwarding.mode.name().into(),
             vip: svc.vip.to_string(),
             service_id: sid,
             table_size: Some(svc.table_size),
@@ -567,14 +647,15 @@ pub fn plan_weighted(
             keep.insert((svc.name.clone(), b.address));
             let slot = Slot::new(
                 state.backend_id(&svc.name, b.address)?,
-                b.mac.or_else(|| macs.get(&b.address).copied()),
+                reach(&svc.forwarding, b, macs, routes),
                 up(&svc.name, b.address),
                 BACKEND_ACTIVE,
             );
             if slot.state == BACKEND_ACTIVE && target.is_none() {
                 target = Some((slot.id, b.address));
             }
-            desired.backends.insert(slot.id, slot.info(b.address, sid));
+            let info = slot.info(b.address, sid, &mut desired);
+            desired.backends.insert(slot.id, info);
             views.push(slot.view(b, "config", Some(role)));
         }
         desired
@@ -583,6 +664,7 @@ pub fn plan_weighted(
         services.push(ServiceView {
             name: svc.name.clone(),
             kind: "ca".into(),
+            forwarding: svc.forwarding.mode.name().into(),
             vip: svc.vip.to_string(),
             service_id: sid,
             table_size: None,
@@ -604,6 +686,7 @@ pub struct Applied {
     pub ca_targets: usize,
     pub vips_upserted: usize,
     pub vips_removed: usize,
+    pub tunnels: usize,
 }
 
 impl Applied {
@@ -666,6 +749,17 @@ pub fn apply(
         Ok::<_, DataPlaneError>(())
     };
 
+    // A tunnel entry is in place before its backend entry says "routed".
+    for (id, t) in &desired.tunnels {
+        let same = match previous.and_then(|p| p.tunnels.get(id)) {
+            Some(p) => p == t,
+            None => dp.tunnel(*id)? == *t,
+        };
+        if !same {
+            dp.set_tunnel(*id, *t)?;
+            done.tunnels += 1;
+        }
+    }
     for (id, info) in &desired.backends {
         if info.state == BACKEND_ACTIVE {
             write_backend(dp, &mut current, &mut done, *id, *info)?;

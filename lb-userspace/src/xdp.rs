@@ -24,7 +24,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::{
         Xdp,
         links::{FdLink, PinnedLink},
@@ -34,7 +34,7 @@ use aya::{
 use lb_common::{
     BackendInfo, BackendStats, Counter, DpConfig, FamilyKey, FilterSlot, FloodState, FlowKey,
     FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, KIND_CA, Reason, ServiceStats, TableRegion,
-    VipAddrKey, VipInfo, VipKey,
+    TunnelInfo, VipAddrKey, VipInfo, VipKey,
     hash::{FILTER_SLOTS, addr_slot, fold_addr, vip_slot},
     maps::{self as names, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
     reason::Verdict,
@@ -109,6 +109,11 @@ pub struct XdpDataPlane {
     be_stats: PerCpuArray<MapData, BackendStats>,
     config: Array<MapData, DpConfig>,
     flood: PerCpuArray<MapData, FloodState>,
+    tunnels: Array<MapData, TunnelInfo>,
+    tx_ports: DevMapHash<MapData>,
+    /// Holds the encapsulating program (an unpinned program array loses
+    /// its entries when its last descriptor closes: this is that one).
+    _encap_prog: ProgramArray<MapData>,
     /// What we know each region holds, to write only changed slots.
     shadow: BTreeMap<u32, Vec<u32>>,
     /// Every pin of a [`Self::load`]ed data plane (maps and links) with a
@@ -147,9 +152,27 @@ impl XdpDataPlane {
             .interfaces
             .iter()
             .all(|i| link_pin(&opts.pin_dir, i).exists());
+        // Maps added within layout 2 (the tunnel maps) and a reason array
+        // shorter than this build's reasons: the attached program predates
+        // them, so it is replaced (like `--replace`) over the other maps,
+        // which carry over; a short reason array is made again (its
+        // counters restart from zero: they are rates to every consumer).
+        let reasons_pin = opts.pin_dir.join(names::REASON_STATS);
+        if reasons_pin.exists() {
+            let short = MapData::from_pin(&reasons_pin)
+                .ok()
+                .and_then(|m| m.info().ok().map(|i| i.max_entries()))
+                .is_some_and(|n| n < lb_common::reason::REASON_COUNT);
+            if short {
+                info!("the pinned reason counters predate this build's reasons: made again");
+                std::fs::remove_file(&reasons_pin)
+                    .map_err(|e| other(format!("removing {}: {e}", reasons_pin.display())))?;
+            }
+        }
+        let all_pinned = names::ALL.iter().all(|n| opts.pin_dir.join(n).exists());
         // The attached program of a v1 deployment reads v1 flow values: it
         // is replaced in its links, like `voxlb run --replace`.
-        if all_linked && !opts.replace && v1_flows.is_none() {
+        if all_linked && all_pinned && !opts.replace && v1_flows.is_none() {
             info!(pin_dir = %opts.pin_dir.display(), "reusing the attached program and pinned maps");
             let mut maps = BTreeMap::new();
             for name in names::ALL {
@@ -158,6 +181,7 @@ impl XdpDataPlane {
             }
             let mut dp = Self::from_maps(None, maps)?;
             dp.sync_vip_filter()?;
+            dp.sync_tx_ports(&opts.interfaces)?;
             dp.hold_pins(opts)?;
             return Ok(dp);
         }
@@ -186,6 +210,9 @@ impl XdpDataPlane {
             .load(EBPF_OBJECT)
             .map_err(other)
             .and_then(|mut ebpf| {
+                // The encapsulating program is in the program array before
+                // the packet path that tail-calls it is attached.
+                install_encap(&mut ebpf)?;
                 let prog: &mut Xdp = program(&mut ebpf, PROGRAM_NAME)?;
                 prog.load().map_err(other)?;
                 for iface in &opts.interfaces {
@@ -215,6 +242,7 @@ impl XdpDataPlane {
         // The filter is derived from the VIP map: rebuilt here, it is right
         // after an upgrade (v1 had a port filter) and after any crash.
         dp.sync_vip_filter()?;
+        dp.sync_tx_ports(&opts.interfaces)?;
         if let Some(flows) = v1_flows {
             dp.finish_v1_migration(&opts.pin_dir, flows)?;
         }
@@ -250,6 +278,38 @@ impl XdpDataPlane {
             "upgraded map layout v1 -> v2: flow entries carried over, v1 pins removed"
         );
         Ok(())
+    }
+
+    /// The egress devmap holds exactly the attached interfaces: a routed
+    /// compiler's route through one of them is reachable by redirect.
+    fn sync_tx_ports(&mut self, interfaces: &[String]) -> Result<()> {
+        let mut want = std::collections::BTreeSet::new();
+        for iface in interfaces {
+            let c = std::ffi::CString::new(iface.as_bytes()).map_err(other)?;
+            // SAFETY: `c` is a valid C string.
+            let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            if idx != 0 {
+                want.insert(idx);
+            }
+        }
+        let have: Vec<u32> = self.tx_ports.keys().filter_map(|k| k.ok()).collect();
+        for k in have {
+            if !want.contains(&k) {
+                let _ = self.tx_ports.remove(k);
+            }
+        }
+        for idx in want {
+            self.set_tx_port(idx, idx)?;
+        }
+        Ok(())
+    }
+
+    /// Make `key` (a routed backend's egress ifindex) redirect to
+    /// interface `ifindex`.
+    pub fn set_tx_port(&mut self, key: u32, ifindex: u32) -> Result<()> {
+        self.tx_ports
+            .insert(key, ifindex, None, 0)
+            .map_err(|e| other(format!("{}: {e}", names::TX_PORTS)))
     }
 
     /// Open every pin (maps and links) so that [`DataPlane::ensure_pinned`]
@@ -329,6 +389,9 @@ impl XdpDataPlane {
             be_stats: take!(names::BACKEND_STATS),
             config: take!(names::CONFIG),
             flood: take!(names::FLOOD),
+            tunnels: take!(names::TUNNELS),
+            tx_ports: take!(names::TX_PORTS),
+            _encap_prog: take!(names::ENCAP_PROG),
             shadow: BTreeMap::new(),
             pins: Vec::new(),
         })
@@ -898,6 +961,20 @@ impl Drop for Mmap {
     }
 }
 
+/// Load the encapsulating program of `ebpf` and put it in the program
+/// array the packet path tail-calls (`vx_encap_prog_v2`, index 0).
+pub fn install_encap(ebpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut Xdp = program(ebpf, names::ENCAP_PROGRAM)?;
+    prog.load().map_err(other)?;
+    let fd = prog.fd().map_err(other)?.try_clone().map_err(other)?;
+    let map = ebpf
+        .map_mut(names::ENCAP_PROG)
+        .ok_or_else(|| other(format!("map {} missing from the object", names::ENCAP_PROG)))?;
+    let mut arr: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(map_err(names::ENCAP_PROG))?;
+    arr.set(0, &fd, 0).map_err(map_err(names::ENCAP_PROG))
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or_else(|| other(format!("program {name} missing from the object")))?
@@ -1104,6 +1181,19 @@ impl DataPlane for XdpDataPlane {
         self.backends.get(&id, 0).map_err(map_err(names::BACKENDS))
     }
 
+    fn set_tunnel(&mut self, id: u32, info: TunnelInfo) -> Result<()> {
+        if id >= lb_common::maps::MAX_BACKENDS {
+            return Err(DataPlaneError::BackendId(id));
+        }
+        self.tunnels
+            .set(id, info, 0)
+            .map_err(map_err(names::TUNNELS))
+    }
+
+    fn tunnel(&self, id: u32) -> Result<TunnelInfo> {
+        self.tunnels.get(&id, 0).map_err(map_err(names::TUNNELS))
+    }
+
     fn install_table(&mut self, service_id: u32, table: &[u32]) -> Result<()> {
         let copy = self.stage_table(service_id, table)?;
         self.flip(service_id, copy)
@@ -1151,7 +1241,10 @@ impl DataPlane for XdpDataPlane {
         let mut out: Vec<(Reason, Counter)> = Reason::ALL
             .iter()
             .map(|r| {
-                if r.verdict() == Verdict::Tx {
+                // Forwarded packets are counted in their backends' records
+                // (below); a Tx reason of its own (an answer the data plane
+                // wrote, `tx_too_big`) is counted like a pass or drop.
+                if matches!(r, Reason::TxCompiler | Reason::TxCa) {
                     return Ok((*r, Counter::default()));
                 }
                 sum_percpu(&self.reasons, *r as u32, names::REASON_STATS, |t, v| {

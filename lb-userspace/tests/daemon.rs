@@ -661,6 +661,7 @@ fn metrics_render_every_family() {
         state: state.into(),
         healthy,
         mac: None,
+        route: None,
         source: "config".into(),
         role: None,
         slots: 0,
@@ -676,6 +677,7 @@ fn metrics_render_every_family() {
     let service = |name: &str, kind: &str, active, backends| ServiceView {
         name: name.into(),
         kind: kind.into(),
+        forwarding: "l2".into(),
         vip: "192.0.2.10:8140".into(),
         service_id: 0,
         table_size: None,

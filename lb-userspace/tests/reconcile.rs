@@ -638,6 +638,7 @@ tier = 1
                 &mut self.w.state,
                 &self.w.health,
                 &self.w.macs,
+                &Default::default(),
                 &weights,
             )
             .unwrap();

@@ -25,6 +25,7 @@ fn backend(addr: &str, name: &str, id: u32, weight: u32, state: &str, slots: u32
         state: state.into(),
         healthy: Some(state != "down"),
         mac: Some("02:00:00:00:00:01".into()),
+        route: None,
         source: "config".into(),
         role: None,
         slots,
@@ -68,6 +69,7 @@ fn snap(at: f64, k: u64) -> Snapshot {
             ServiceView {
                 name: "compilers".into(),
                 kind: "compiler".into(),
+                forwarding: "l2".into(),
                 vip: "192.0.2.10:8140/tcp".into(),
                 service_id: 0,
                 table_size: Some(1009),
@@ -83,6 +85,7 @@ fn snap(at: f64, k: u64) -> Snapshot {
             ServiceView {
                 name: "ca".into(),
                 kind: "ca".into(),
+                forwarding: "l2".into(),
                 vip: "192.0.2.11:8140/tcp".into(),
                 service_id: 1,
                 table_size: None,

@@ -301,7 +301,18 @@ impl Daemon {
                 bail!("voxlb run exited ({status}); log:\n{}", tail(&self.log, 40));
             }
             match self.json(&["status"]) {
-                Ok(Response::Status(s)) if s.unresolved.is_empty() => return Ok(()),
+                // Routed backends are resolved (or not, with the reason)
+                // before the first plan: nothing to wait for.
+                Ok(Response::Status(s))
+                    if s.unresolved.iter().all(|a| {
+                        s.services
+                            .iter()
+                            .filter(|v| v.backends.iter().any(|b| b.address == *a))
+                            .all(|v| !v.forwarding.is_empty() && v.forwarding != "l2")
+                    }) =>
+                {
+                    return Ok(());
+                }
                 Ok(r) => last = format!("{r:?}"),
                 Err(e) => last = format!("{e:#}"),
             }

@@ -179,6 +179,12 @@ impl RoutedTopology {
             .with_context(|| format!("creating {}", pin_dir.display()))?;
         std::fs::create_dir_all(&work_dir)?;
         wire(&mut plan, &mut guard, spec)?;
+        // XDP_TX out of the LB's veth (the real data plane encapsulating)
+        // needs an XDP program on its peer, the bridge port.
+        let peer_pin = pin_dir.join("veth_peer_p-lb");
+        netns::run_in(&plan.bridge_ns, || {
+            lb_testkit::veth::attach_veth_peer("p-lb", &peer_pin)
+        })??;
         let hosts: Vec<HostSpec> = plan
             .compilers
             .iter()
