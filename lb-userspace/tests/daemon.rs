@@ -54,6 +54,12 @@ impl DataPlane for Shared {
     fn backend(&self, id: u32) -> dataplane::Result<BackendInfo> {
         self.0.lock().unwrap().backend(id)
     }
+    fn set_tunnel(&mut self, id: u32, info: lb_common::TunnelInfo) -> dataplane::Result<()> {
+        self.0.lock().unwrap().set_tunnel(id, info)
+    }
+    fn tunnel(&self, id: u32) -> dataplane::Result<lb_common::TunnelInfo> {
+        self.0.lock().unwrap().tunnel(id)
+    }
     fn install_table(&mut self, service_id: u32, table: &[u32]) -> dataplane::Result<()> {
         self.0.lock().unwrap().install_table(service_id, table)
     }

@@ -67,6 +67,12 @@ impl DataPlane for Shared {
     fn backend(&self, id: u32) -> dataplane::Result<BackendInfo> {
         self.maps.lock().unwrap().backend(id)
     }
+    fn set_tunnel(&mut self, id: u32, info: lb_common::TunnelInfo) -> dataplane::Result<()> {
+        self.maps.lock().unwrap().set_tunnel(id, info)
+    }
+    fn tunnel(&self, id: u32) -> dataplane::Result<lb_common::TunnelInfo> {
+        self.maps.lock().unwrap().tunnel(id)
+    }
     fn install_table(&mut self, service_id: u32, table: &[u32]) -> dataplane::Result<()> {
         self.maps.lock().unwrap().install_table(service_id, table)
     }
