@@ -225,10 +225,16 @@ fn step_weights(
     loads: &mut HashMap<(String, IpAddr), LoadInput>,
     health: &HealthMap,
     macs: &MacMap,
+    routes: &crate::forwarding::RouteMap,
     started: Instant,
     cfg: &Config,
     state: &State,
 ) -> WeightMap {
+    // A routed compiler is reachable through its resolved next hop.
+    let next_hops: MacMap = routes
+        .iter()
+        .filter_map(|(a, r)| r.as_ref().ok().map(|e| (*a, e.mac)))
+        .collect();
     let now_ms = started.elapsed().as_millis() as u64;
     controllers.retain(|n, c| {
         cfg.compiler(n)
@@ -245,7 +251,12 @@ fn step_weights(
             .filter(|((n, _), _)| *n == svc.name)
             .map(|((_, a), l)| (*a, *l))
             .collect();
-        let inputs = load::compiler_inputs(&svc.name, &eff, health, macs, &mine);
+        let reach = if svc.forwarding.routed() {
+            &next_hops
+        } else {
+            macs
+        };
+        let inputs = load::compiler_inputs(&svc.name, &eff, health, reach, &mine);
         for w in ctl.step(now_ms, &inputs).weights {
             out.insert((svc.name.clone(), w.address), w);
         }
@@ -346,6 +357,7 @@ impl Daemon {
             &mut d.loads,
             &d.health,
             &d.macs,
+            &d.routes,
             d.started,
             &d.config,
             &state,
@@ -525,6 +537,7 @@ impl Daemon {
                 &mut self.loads,
                 &self.health,
                 &self.macs,
+                &self.routes,
                 self.started,
                 cfg,
                 &state,
@@ -988,6 +1001,7 @@ impl Daemon {
             &mut self.loads,
             &self.health,
             &self.macs,
+            &self.routes,
             self.started,
             &self.config,
             &self.state,

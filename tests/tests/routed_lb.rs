@@ -85,8 +85,8 @@ fn decap_packets(topo: &RoutedTopology, node: &Node, reason: &str) -> u64 {
 fn config(topo: &RoutedTopology, extra_v4: &[&str]) -> String {
     let work = &topo.work_dir;
     let health = format!(
-        "type = \"https\"\nca_file = \"{}\"\nhost = \"{SERVICE_NAME}\"\ninterval = \"300ms\"\n\
-         timeout = \"1s\"\nrise = 1\nfall = 2\n",
+        "type = \"https\"\nca_file = \"{}\"\nhost = \"{SERVICE_NAME}\"\ninterval = \"500ms\"\n\
+         timeout = \"400ms\"\nrise = 1\nfall = 2\n",
         work.join("pki/ca.pem").display()
     );
     let mut s = format!(
