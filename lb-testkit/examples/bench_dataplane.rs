@@ -9,13 +9,15 @@
 //! Steady-state paths are timed with `repeat` (the kernel's average over the
 //! repeats). The SYN path cannot be: after the first repeat its flow exists,
 //! so it is timed as many distinct SYNs at repeat = 1, against the reflector
-//! at repeat = 1 (both then include the same per-run timer overhead).
+//! at repeat = 1 (both then include the same per-run timer overhead). The
+//! routed (IPIP, GUE) paths are timed at repeat = 1 too: the kernel runs the
+//! repeats on the same buffer, which encapsulation grows each time.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::{
-    BACKEND_ACTIVE, BackendInfo, FlowKeyV4, KIND_CA, KIND_COMPILER, PROTO_TCP, VipInfo, VipKey,
-    addr_bytes,
+    BACKEND_ACTIVE, BackendInfo, FAMILY_V4, FORWARD_GUE, FORWARD_IPIP, FlowKeyV4, KIND_CA,
+    KIND_COMPILER, PROTO_TCP, TunnelInfo, VipInfo, VipKey, addr_bytes,
     maglev::{self, Entry},
 };
 use lb_testkit::{
@@ -27,6 +29,9 @@ use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 const CA_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
+/// Routed services: IPIP (service 2) and GUE (service 3), IPv4 outer.
+const IPIP_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 102);
+const GUE_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 103);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -96,6 +101,52 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     dp.set_ca_target(1, 100)?;
+    // Routed compilers, leaving through the test run's ingress interface
+    // (lo): XDP_TX after encapsulation, as in production on one interface.
+    for (sid, vip, mode) in [(2u32, IPIP_VIP, FORWARD_IPIP), (3, GUE_VIP, FORWARD_GUE)] {
+        dp.upsert_vip(
+            VipKey::new(vip.into(), 8140, PROTO_TCP),
+            VipInfo {
+                service_id: sid,
+                kind: KIND_COMPILER,
+            },
+        )?;
+        let mut routed = Vec::new();
+        for i in 0..10u32 {
+            let id = sid * 100 + i;
+            let addr = IpAddr::V4(Ipv4Addr::new(10, 2, sid as u8, i as u8 + 1));
+            let (a, family) = addr_bytes(addr);
+            let mut t = TunnelInfo {
+                src_mac: [2, 0, 0, 0, 0, 0xee],
+                gue_port_be: 6080u16.to_be(),
+                ifindex: 1,
+                mtu: 1500,
+                family: FAMILY_V4,
+                ttl: 64,
+                ..Default::default()
+            };
+            t.src[..4].copy_from_slice(&[10, 0, 0, 2]);
+            t.dst = a;
+            dp.set_tunnel(id, t)?;
+            dp.set_backend(
+                id,
+                BackendInfo {
+                    mac: [2, 0x4e, 0, 0, 0, 1],
+                    forwarding: mode,
+                    state: BACKEND_ACTIVE,
+                    service_id: sid,
+                    addr: a,
+                    family,
+                    ..Default::default()
+                },
+            )?;
+            routed.push(Entry::from_addr(addr, 1, id));
+        }
+        dp.install_table(
+            sid,
+            &maglev::build(&routed, 65537).map_err(|e| anyhow::anyhow!("{e}"))?,
+        )?;
+    }
 
     let client = |i: u32| IpAddr::V4(Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8));
     let not_vip = Frame::tcp(
@@ -143,7 +194,21 @@ fn main() -> anyhow::Result<()> {
     let ns = |dp: &mut TestDataPlane, prog: &str, f: &[u8], rep: u32| -> anyhow::Result<f64> {
         Ok(dp.test_run(prog, f, rep)?.duration.as_nanos() as f64)
     };
-    let mut v: [Vec<f64>; 9] = Default::default();
+    // Established routed flows (their SYNs went first).
+    let mut routed_est = Vec::new();
+    for vip in [IPIP_VIP, GUE_VIP] {
+        let syn = Frame::tcp(client(1), 40010, vip.into(), 8140, flags::SYN).build();
+        anyhow::ensure!(
+            dp.test_run(PROGRAM_NAME, &syn, 1)?.action == 3,
+            "routed SYN not sent"
+        );
+        routed_est.push(
+            Frame::tcp(client(1), 40010, vip.into(), 8140, flags::ACK)
+                .with_payload(&[0; 32])
+                .build(),
+        );
+    }
+    let mut v: [Vec<f64>; 13] = Default::default();
     let mut next_client = 0u32;
     for _ in 0..rounds {
         v[0].push(ns(&mut dp, BENCH_REFLECTOR, &est, repeat)?);
@@ -172,9 +237,36 @@ fn main() -> anyhow::Result<()> {
         v[6].push(r1 / syns as f64);
         v[7].push(s1 / syns as f64);
         v[8].push(f1 / syns as f64);
+        // Routed: established and SYN, IPIP then GUE, at repeat 1.
+        for (k, vip) in [IPIP_VIP, GUE_VIP].into_iter().enumerate() {
+            let (mut e1, mut s1) = (0.0, 0.0);
+            for _ in 0..syns {
+                e1 += ns(&mut dp, PROGRAM_NAME, &routed_est[k], 1)?;
+                next_client += 1;
+                let syn =
+                    Frame::tcp(client(next_client), 50002, vip.into(), 8140, flags::SYN).build();
+                s1 += ns(&mut dp, PROGRAM_NAME, &syn, 1)?;
+            }
+            v[9 + 2 * k].push(e1 / syns as f64);
+            v[10 + 2 * k].push(s1 / syns as f64);
+        }
     }
     let flood = dp.flood_status()?;
-    let [refl, floor, pass, cav, estv, missv, refl1, synv, floodv] = v.map(median);
+    let [
+        refl,
+        floor,
+        pass,
+        cav,
+        estv,
+        missv,
+        refl1,
+        synv,
+        floodv,
+        ipip_est,
+        ipip_syn,
+        gue_est,
+        gue_syn,
+    ] = v.map(median);
     println!(
         "voxlb data plane, BPF_PROG_TEST_RUN, median of {rounds} rounds (repeat {repeat}; SYN: {syns} distinct flows at repeat 1)"
     );
@@ -214,6 +306,14 @@ fn main() -> anyhow::Result<()> {
             floodv,
             "<= 2.5",
         ),
+        (
+            "routed IPIP, established (+ tail call, encap)",
+            ipip_est,
+            "",
+        ),
+        ("routed IPIP, SYN", ipip_syn, ""),
+        ("routed GUE, established (+ tail call, encap)", gue_est, ""),
+        ("routed GUE, SYN", gue_syn, ""),
     ] {
         println!("{name:<52} {v:>10.1} {:>12.2} {target:>8}", v / refl1);
     }

@@ -37,7 +37,6 @@ use lb_common::{
     TunnelInfo, VipAddrKey, VipInfo, VipKey,
     hash::{FILTER_SLOTS, addr_slot, fold_addr, vip_slot},
     maps::{self as names, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
-    reason::Verdict,
 };
 use tracing::{info, warn};
 
