@@ -26,7 +26,7 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{FAMILY_V4, FAMILY_V6, FORWARD_GUE, Reason, TunnelInfo};
+use lb_common::{FAMILY_V4, FAMILY_V6, FORWARD_GUE, PROTO_TCP, Reason, TunnelInfo};
 
 use crate::{
     family::Family,
@@ -83,7 +83,9 @@ fn ip_info(c: &Cursor, v6: bool, proto: u8) -> Result<IpInfo, Reason> {
         // SAFETY: inside the packet (checked by `ptr`).
         let h = unsafe { &*h };
         let payload = u16::from_be_bytes([h[4], h[5]]);
-        let direct = h[6] == proto;
+        // TCP/UDP right after the fixed header (no extension header, so
+        // no fragment header either).
+        let direct = h[6] == proto && (proto == PROTO_TCP || proto == IPPROTO_UDP);
         let udp_zero = direct && proto == IPPROTO_UDP && udp_csum_zero(c, off + 40)?;
         Ok(IpInfo {
             off,
@@ -99,14 +101,17 @@ fn ip_info(c: &Cursor, v6: bool, proto: u8) -> Result<IpInfo, Reason> {
         let h = unsafe { &*h };
         let ihl = ((h[0] & 0x0f) as u16) * 4;
         let len = u16::from_be_bytes([h[2], h[3]]);
-        let udp_zero = proto == IPPROTO_UDP && udp_csum_zero(c, off + (ihl as usize & 0x3c))?;
+        // A fragment's checksum covers the whole datagram, not this part.
+        let whole = u16::from_be_bytes([h[6], h[7]]) & 0x3fff == 0;
+        let l4 = whole && h[9] == proto && (proto == PROTO_TCP || proto == IPPROTO_UDP);
+        let udp_zero = l4 && proto == IPPROTO_UDP && udp_csum_zero(c, off + (ihl as usize & 0x3c))?;
         Ok(IpInfo {
             off,
             len,
             l4_len: len.saturating_sub(ihl),
             tos: h[1],
             df: h[6] & 0x40 != 0,
-            csum_derivable: !udp_zero,
+            csum_derivable: l4 && !udp_zero,
         })
     }
 }
@@ -215,6 +220,41 @@ struct Flow {
 }
 
 impl Flow {
+    /// A packet without ports: a hash of its addresses; no protocol whose
+    /// checksum could be derived.
+    #[inline(always)]
+    fn addresses(c: &Cursor, off: usize, v6: bool) -> Result<Flow, Reason> {
+        let mut hash = 0x9e37_79b9u32;
+        let mut mix = |hi: u8, lo: u8| {
+            hash = (hash ^ u16::from_be_bytes([hi, lo]) as u32).wrapping_mul(0x0100_0193);
+        };
+        if v6 {
+            let h: *const [u8; 40] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
+            // SAFETY: inside the packet (checked by `ptr`).
+            let h = unsafe { &*h };
+            let mut i = 8;
+            while i < 40 {
+                mix(h[i], h[i + 1]);
+                i += 2;
+            }
+        } else {
+            let h: *const [u8; 20] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
+            // SAFETY: inside the packet (checked by `ptr`).
+            let h = unsafe { &*h };
+            let mut i = 12;
+            while i < 20 {
+                mix(h[i], h[i + 1]);
+                i += 2;
+            }
+        }
+        Ok(Flow {
+            v6,
+            proto: 0,
+            hash,
+            addrs: 0,
+        })
+    }
+
     #[inline(always)]
     fn of<K: Family>(pkt: &Parsed<K>) -> Flow {
         Flow {
@@ -234,9 +274,18 @@ pub fn run(ctx: &XdpContext) -> Result<u32, Reason> {
     let c = Cursor::new(ctx);
     let job = *ENCAP_JOB.get(0).ok_or(Reason::DropInternal)?;
     let (l3, off, unicast) = parse::l2(&c)?;
+    // A TCP/UDP packet: its flow. Anything else the packet path sends to a
+    // routed backend (a steered ICMP error, a later fragment) has no ports:
+    // its addresses alone make the hash, and its checksum is not derived.
     let flow = match l3 {
-        L3::V4 => Flow::of(&parse::ipv4(&c, off, unicast)?),
-        L3::V6 => Flow::of(&parse::ipv6(&c, off, unicast)?),
+        L3::V4 => match parse::ipv4(&c, off, unicast) {
+            Ok(p) => Flow::of(&p),
+            Err(_) => Flow::addresses(&c, off, false)?,
+        },
+        L3::V6 => match parse::ipv6(&c, off, unicast) {
+            Ok(p) => Flow::of(&p),
+            Err(_) => Flow::addresses(&c, off, true)?,
+        },
     };
     let action = send(ctx, &c, &job, &flow)?;
     stats::count_forward(job.backend_id, job.bytes as u64, job.new_flow != 0);
