@@ -658,6 +658,12 @@ impl Daemon {
                 let cfg = self.config.clone();
                 self.change(None, |st| {
                     let svc = compiler(&cfg, &service)?;
+                    if mac.is_some() && svc.forwarding.routed() {
+                        return Err(format!(
+                            "--mac: service {service} forwards by {}: its compilers are reached through their route's next hop, whose MAC voxlb resolves; omit --mac",
+                            svc.forwarding.mode.name()
+                        ));
+                    }
                     let o = st.overlays.entry(service.clone()).or_default();
                     let in_config = svc.backends.iter().find(|b| b.address == addr);
                     let present = match in_config {

@@ -398,4 +398,41 @@ fn a_routed_compiler_without_a_route_is_reported_and_kept_out() {
         assert!(Instant::now() < deadline, "route change not picked up");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // A compiler added at run time is resolved like a configured one; a
+    // MAC for it is refused, naming the flag.
+    let out = d
+        .cli(&[
+            "backend",
+            "add",
+            V4,
+            "10.99.0.9",
+            "--mac",
+            "02:00:00:00:00:09",
+        ])
+        .unwrap();
+    assert_ne!(out.code(), 0, "{out:?}");
+    assert!(out.stderr.contains("--mac"), "{out:?}");
+    let out = d.cli(&["backend", "add", V4, "10.99.0.9"]).unwrap();
+    assert_eq!(out.code(), 0, "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(&d);
+        let b = s
+            .services
+            .iter()
+            .flat_map(|v| v.backends.iter())
+            .find(|b| b.address.to_string() == "10.99.0.9")
+            .cloned();
+        if let Some(b) = &b
+            && b.route.as_deref() == Some("ipip via 10.78.0.1 dev eth0")
+        {
+            assert_eq!(b.source, "cli");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CLI-added compiler not resolved: {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
