@@ -38,7 +38,7 @@ use voxlb_tests::{
         self, CG_LB, CG_LOAD, Cgroups, CpuDelta, CpuMeter, WrkResult, WrkRun, fmt_num, fmt_ratio,
         fmt_us, median, ms_per_10k,
     },
-    netns,
+    bench_routed, netns,
     topology::{self, COMPILER_VIP4, PORT, Spec, Topology},
 };
 
@@ -72,8 +72,9 @@ struct Args {
     /// Answer size of the keep-alive requests: a catalog (bytes).
     #[arg(long, default_value_t = 256 * 1024)]
     catalog_bytes: u64,
-    /// Only these LBs (comma-separated: voxlb, haproxy, nftables); the
-    /// direct baseline always runs.
+    /// Only these LBs (comma-separated: voxlb, haproxy, nftables, routed);
+    /// the direct baseline always runs. `routed` is the routed-compilers
+    /// part (IPIP and GUE through a router).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these patterns (comma-separated: short, keepalive).
@@ -301,7 +302,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     for k in &args.only {
         ensure!(
-            Target::ALL.iter().any(|t| t.key() == k),
+            k == "routed" || Target::ALL.iter().any(|t| t.key() == k),
             "--only: unknown LB {k:?}"
         );
     }
@@ -311,10 +312,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "--patterns: unknown pattern {k:?}"
         );
     }
+    let only_routed = !args.only.is_empty() && args.only.iter().all(|k| k == "routed");
     let targets: Vec<Target> = Target::ALL
         .into_iter()
         .filter(|t| {
-            *t == Target::Direct || args.only.is_empty() || args.only.iter().any(|k| k == t.key())
+            (*t == Target::Direct && !only_routed)
+                || args.only.is_empty()
+                || args.only.iter().any(|k| k == t.key())
         })
         .collect();
     let patterns: Vec<Pattern> = Pattern::ALL
@@ -325,7 +329,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     for round in 0..plan.rounds {
         // Rotate the order so that no target always runs first or last.
         let mut order = targets.clone();
-        let n = order.len();
+        let n = order.len().max(1);
         order.rotate_left(round % n);
         for target in order {
             check_stop()?;
@@ -355,6 +359,30 @@ fn run(args: &Args) -> anyhow::Result<()> {
             drop(mode);
         }
     }
+    // The main topology goes before the routed one is built.
+    drop(bench);
+    drop(topo);
+    let routed_plan = bench_routed::RoutedBench {
+        testd: match &args.testd {
+            Some(p) => p.clone(),
+            None => sibling("voxlb-testd")?,
+        },
+        rounds: plan.rounds,
+        duration: plan.duration,
+        probe: plan.probe,
+        threads: args.threads,
+        short_connections: args.short_connections,
+        keepalive_connections: args.keepalive_connections,
+        short_bytes: args.short_bytes,
+        catalog_bytes: args.catalog_bytes,
+        stop: &STOP,
+    };
+    let routed = if args.only.is_empty() || args.only.iter().any(|k| k == "routed") {
+        check_stop()?;
+        bench_routed::run(&routed_plan)?
+    } else {
+        Vec::new()
+    };
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let report = Report {
         samples: &samples,
@@ -375,7 +403,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 .join(" "),
         ),
     };
-    let md = report.markdown();
+    let mut md = report.markdown();
+    if !routed.is_empty() {
+        md += &bench_routed::markdown(&routed, &routed_plan);
+    }
     println!("\n{md}");
     if !args.no_write {
         let out = args.out.clone().unwrap_or_else(|| {
@@ -392,8 +423,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         std::fs::write(&json, serde_json::to_string_pretty(&report.json())?)?;
         eprintln!("wrote {} and {}", out.display(), json.display());
     }
-    drop(bench);
-    drop(topo);
     drop(cg);
     Ok(())
 }
