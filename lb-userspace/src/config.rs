@@ -1043,42 +1043,16 @@ fn parse_health(
             CheckKind::Http(http(&raw)?)
         }
         "https" => {
-            let insecure = raw.insecure.unwrap_or(false);
-            if raw.ca_file.is_none() && !insecure {
-                return Err(invalid(
-                    format!("{key}.ca_file"),
-                    "an https check needs the CA file that signed the backends' certificates \
-                     (or, explicitly, insecure = true)",
-                ));
-            }
-            if raw.ca_file.is_some() && insecure {
-                return Err(invalid(
-                    format!("{key}.insecure"),
-                    "insecure = true and ca_file contradict each other",
-                ));
-            }
-            if raw.client_cert.is_some() != raw.client_key.is_some() {
-                return Err(invalid(
-                    format!(
-                        "{key}.{}",
-                        if raw.client_cert.is_some() {
-                            "client_key"
-                        } else {
-                            "client_cert"
-                        }
-                    ),
-                    "client_cert and client_key go together",
-                ));
-            }
-            CheckKind::Https(
-                http(&raw)?,
-                TlsCheck {
-                    ca_file: raw.ca_file.clone(),
-                    insecure,
-                    client_cert: raw.client_cert.clone(),
-                    client_key: raw.client_key.clone(),
-                },
-            )
+            let tls = TlsCheck {
+                ca_file: raw.ca_file.clone(),
+                insecure: raw.insecure.unwrap_or(false),
+                client_cert: raw.client_cert.clone(),
+                client_key: raw.client_key.clone(),
+            };
+            // The rules live with the checker (`TlsCheck::check`).
+            tls.check()
+                .map_err(|rule| invalid(format!("{key}.{}", rule.key()), rule.to_string()))?;
+            CheckKind::Https(http(&raw)?, tls)
         }
         other => {
             return Err(invalid(

@@ -82,6 +82,52 @@ pub struct TlsCheck {
     pub client_key: Option<PathBuf>,
 }
 
+/// A rule an HTTPS check's TLS settings break: the one definition, used
+/// by config validation (which names the key) and by the checker (which
+/// refuses to start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TlsRule {
+    #[error(
+        "an https check needs the CA file that signed the backends' certificates (or, explicitly, insecure = true)"
+    )]
+    NoCaFile,
+    #[error("insecure = true and ca_file contradict each other")]
+    InsecureWithCaFile,
+    #[error("client_cert and client_key go together")]
+    ClientCertWithoutKey,
+    #[error("client_cert and client_key go together")]
+    ClientKeyWithoutCert,
+}
+
+impl TlsRule {
+    /// The config key the rule is about.
+    pub fn key(self) -> &'static str {
+        match self {
+            TlsRule::NoCaFile => "ca_file",
+            TlsRule::InsecureWithCaFile => "insecure",
+            TlsRule::ClientCertWithoutKey => "client_key",
+            TlsRule::ClientKeyWithoutCert => "client_cert",
+        }
+    }
+}
+
+impl TlsCheck {
+    /// Check the settings against the rules of an HTTPS check.
+    pub fn check(&self) -> Result<(), TlsRule> {
+        if self.ca_file.is_none() && !self.insecure {
+            return Err(TlsRule::NoCaFile);
+        }
+        if self.ca_file.is_some() && self.insecure {
+            return Err(TlsRule::InsecureWithCaFile);
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => Err(TlsRule::ClientCertWithoutKey),
+            (None, Some(_)) => Err(TlsRule::ClientKeyWithoutCert),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl HealthCheck {
     /// The OpenVox Server default: HTTPS `GET /status/v1/simple` on 8140,
     /// expecting 200 and `running`.
@@ -120,10 +166,8 @@ pub enum SetupError {
         path: PathBuf,
         source: rustls::Error,
     },
-    #[error("an HTTPS check needs `ca_file`, or `insecure = true` to skip verification")]
-    NoCaFile,
-    #[error("`client_cert` and `client_key` go together")]
-    ClientCertWithoutKey,
+    #[error("{0}")]
+    Tls(#[from] TlsRule),
     #[error("TLS configuration: {0}")]
     Rustls(rustls::Error),
     #[error("HTTP path {0:?} must start with '/' and contain no spaces or control characters")]
@@ -603,8 +647,25 @@ mod tests {
         });
         assert!(matches!(
             Prober::new(check.clone()),
-            Err(SetupError::NoCaFile)
+            Err(SetupError::Tls(TlsRule::NoCaFile))
         ));
+        // Every TLS rule, checked where the checker is made (the config names
+        // the key of the same rule: tests/config.rs).
+        let mut tls = TlsCheck {
+            ca_file: Some("/ca.pem".into()),
+            insecure: true,
+            client_cert: None,
+            client_key: None,
+        };
+        assert_eq!(tls.check(), Err(TlsRule::InsecureWithCaFile));
+        tls.insecure = false;
+        tls.client_cert = Some("/c.pem".into());
+        assert_eq!(tls.check(), Err(TlsRule::ClientCertWithoutKey));
+        tls.client_cert = None;
+        tls.client_key = Some("/k.pem".into());
+        assert_eq!(tls.check(), Err(TlsRule::ClientKeyWithoutCert));
+        tls.client_cert = Some("/c.pem".into());
+        assert_eq!(tls.check(), Ok(()));
         check.kind = CheckKind::Http(http("status", None));
         assert!(matches!(
             Prober::new(check.clone()),

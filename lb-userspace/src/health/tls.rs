@@ -14,6 +14,7 @@ use super::{SetupError, TlsCheck};
 /// Builds the client configuration for `tls`. The ring provider is passed
 /// explicitly so that no process-wide default provider has to be installed.
 pub fn client_config(tls: &TlsCheck) -> Result<Arc<ClientConfig>, SetupError> {
+    tls.check()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -24,7 +25,10 @@ pub fn client_config(tls: &TlsCheck) -> Result<Arc<ClientConfig>, SetupError> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification::new(&provider)))
     } else {
-        let ca_file = tls.ca_file.as_deref().ok_or(SetupError::NoCaFile)?;
+        let ca_file = tls
+            .ca_file
+            .as_deref()
+            .ok_or(SetupError::Tls(super::TlsRule::NoCaFile))?;
         let mut roots = RootCertStore::empty();
         for cert in read_certs(ca_file)? {
             roots
@@ -42,7 +46,7 @@ pub fn client_config(tls: &TlsCheck) -> Result<Arc<ClientConfig>, SetupError> {
         (Some(cert), Some(key)) => builder
             .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
             .map_err(SetupError::Rustls)?,
-        _ => return Err(SetupError::ClientCertWithoutKey),
+        _ => return Err(SetupError::Tls(super::TlsRule::ClientCertWithoutKey)),
     };
     Ok(Arc::new(config))
 }
