@@ -16,6 +16,28 @@ pub enum Verdict {
     Drop,
 }
 
+/// The kernel's XDP action codes (`enum xdp_action`), for userspace and
+/// tests reading a verdict back (the data plane itself uses aya's
+/// bindings, which are the same numbers).
+pub mod action {
+    pub const XDP_ABORTED: u32 = 0;
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    pub const XDP_TX: u32 = 3;
+    pub const XDP_REDIRECT: u32 = 4;
+}
+
+impl Verdict {
+    /// The XDP action code of this verdict.
+    pub const fn action(self) -> u32 {
+        match self {
+            Verdict::Tx => action::XDP_TX,
+            Verdict::Pass => action::XDP_PASS,
+            Verdict::Drop => action::XDP_DROP,
+        }
+    }
+}
+
 macro_rules! reasons {
     ($( $(#[$doc:meta])* $name:ident = $code:literal, $label:literal, $verdict:ident; )*) => {
         /// Why the program returned what it returned.

@@ -20,7 +20,6 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     FORWARD_L2, KIND_CA, KIND_COMPILER, Reason,
     hash::{addr_slot, vip_slot},
-    reason::Verdict,
 };
 
 use crate::{
@@ -38,11 +37,7 @@ pub fn voxlb(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             stats::count_reason(reason, len);
-            match reason.verdict() {
-                Verdict::Tx => xdp_action::XDP_TX,
-                Verdict::Pass => xdp_action::XDP_PASS,
-                Verdict::Drop => xdp_action::XDP_DROP,
-            }
+            reason.verdict().action()
         }
     }
 }
@@ -57,11 +52,7 @@ pub fn voxlb_encap(ctx: XdpContext) -> u32 {
         Err(reason) => {
             let len = Cursor::new(&ctx).len();
             stats::count_reason(reason, len);
-            match reason.verdict() {
-                Verdict::Tx => xdp_action::XDP_TX,
-                Verdict::Pass => xdp_action::XDP_PASS,
-                Verdict::Drop => xdp_action::XDP_DROP,
-            }
+            reason.verdict().action()
         }
     }
 }

@@ -3,6 +3,7 @@
 //! backend, with the map's capacity — the same numbers an entry-by-entry
 //! walk gives. Needs root (loads the XDP object).
 
+use lb_common::reason::action::XDP_TX;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
@@ -18,7 +19,6 @@ use lb_testkit::{
 };
 use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
 
-const XDP_TX: u32 = 3;
 const CAPACITY: u32 = 65536;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 const PORT: u16 = 8140;

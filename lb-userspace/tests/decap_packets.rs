@@ -8,6 +8,7 @@
 //! lb-testkit's frame builder (which builds only the inner packets): lengths
 //! and checksums are computed by this file.
 
+use lb_common::reason::action::XDP_PASS;
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -20,7 +21,6 @@ use lb_testkit::{
     require_root,
 };
 
-const XDP_PASS: u32 = 2;
 const GUE_PORT: u16 = 6080;
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);

@@ -9,6 +9,7 @@
 //!
 //! Needs root (loading BPF programs).
 
+use lb_common::reason::action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -30,11 +31,6 @@ use voxlb::{
     reconcile::{self, HealthMap, MacMap},
     state::State,
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const NEXT_HOP: [u8; 6] = [0x02, 0x4e, 0, 0, 0, 0x01];
 const EGRESS_MAC: [u8; 6] = [0x02, 0x4e, 0, 0, 0, 0xee];

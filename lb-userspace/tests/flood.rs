@@ -19,6 +19,7 @@
 //!
 //! Needs root (loading BPF programs).
 
+use lb_common::reason::action::XDP_TX;
 use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::{
@@ -34,7 +35,6 @@ use lb_testkit::{
 };
 use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
 
-const XDP_TX: u32 = 3;
 const CAPACITY: u32 = 1024;
 const TABLE: u32 = 1009;
 const SERVICE: u32 = 0;
