@@ -1410,7 +1410,14 @@ async fn cli_added_backend_keeps_its_tier_through_a_restart() {
 
     let (code, out, err) = add(
         &h,
-        &["--tier", "1", "--weight", "300", "--mac", "02:00:00:00:00:09"],
+        &[
+            "--tier",
+            "1",
+            "--weight",
+            "300",
+            "--mac",
+            "02:00:00:00:00:09",
+        ],
     );
     assert_eq!(code, 0, "{out}{err}");
     let c9 = view(&h, "10.0.0.9").await.unwrap();
