@@ -8,6 +8,9 @@
 //!   can run it in-process with [`backend::spawn`].
 //! - [`bench`]: CPU accounting, `wrk` runs and reports of the end-to-end
 //!   benchmark (`voxlb-bench-e2e`).
+//! - [`bench_lb`]: the balancers the benchmarks compare (voxlb, HAProxy
+//!   `leastconn`) started on a topology, shared by `voxlb-bench-e2e` and
+//!   `voxlb-bench-load`.
 //! - [`pki`]: a throwaway CA and per-backend certificates.
 //! - [`client`]: a small HTTP/1.1 (+TLS) client to talk to backends, through
 //!   the load balancer or not.
@@ -24,6 +27,7 @@
 pub mod agent;
 pub mod backend;
 pub mod bench;
+pub mod bench_lb;
 pub mod client;
 pub mod daemon;
 pub mod encap_hop;
