@@ -173,6 +173,10 @@ pub enum BackendCmd {
         /// MAC of the backend (default: from the neighbour table).
         #[arg(long)]
         mac: Option<String>,
+        /// Priority tier, 0 (preferred, the default) to 15: new flows go to
+        /// the lowest tier with `min_healthy` usable compilers.
+        #[arg(long, allow_negative_numbers = true)]
+        tier: Option<i64>,
     },
     /// Remove a backend: it retires (no new flows; its established ones
     /// finish on it, up to the service's retire_grace), then is freed.
@@ -237,9 +241,13 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
                 weight,
                 name,
                 mac,
+                tier,
             } => {
                 if let Some(w) = weight {
-                    config::check_weight(*w)?;
+                    config::check_weight(*w).map_err(|e| format!("--weight: {e}"))?;
+                }
+                if let Some(t) = tier {
+                    config::check_tier(*t).map_err(|e| format!("--tier: {e}"))?;
                 }
                 if let Some(n) = name {
                     config::check_name(n).map_err(|e| format!("--name: {e}"))?;
@@ -253,6 +261,7 @@ pub fn to_request(cmd: &Command) -> Result<Request, String> {
                     weight: *weight,
                     name: name.clone(),
                     mac: mac.clone(),
+                    tier: *tier,
                 }
             }
             BackendCmd::Remove {

@@ -856,6 +856,15 @@ pub fn check_weight(w: i64) -> Result<u32, String> {
     }
 }
 
+/// Checks a priority tier given at run time (`voxlb backend add --tier`).
+pub fn check_tier(t: i64) -> Result<u32, String> {
+    if (0..=MAX_TIER as i64).contains(&t) {
+        Ok(t as u32)
+    } else {
+        Err(format!("tier {t} is out of range 0..={MAX_TIER}"))
+    }
+}
+
 fn parse_vip(key: &str, vip: &str, protocol: Option<&str>) -> Result<Vip, ConfigError> {
     let addr: SocketAddr = vip.parse().map_err(|_| {
         invalid(

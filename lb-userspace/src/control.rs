@@ -45,6 +45,9 @@ pub enum Request {
         weight: Option<i64>,
         name: Option<String>,
         mac: Option<String>,
+        /// Priority tier (default 0); absent from an older CLI's request.
+        #[serde(default)]
+        tier: Option<i64>,
     },
     BackendRemove {
         service: String,

@@ -642,15 +642,17 @@ impl Daemon {
                 weight,
                 name,
                 mac,
+                tier,
             } => {
-                let (addr, weight, mac) = match (|| {
+                let (addr, weight, mac, tier) = match (|| {
                     let addr = parse_addr(&address)?;
                     let weight = weight.map(config::check_weight).transpose()?;
                     if let Some(n) = &name {
                         config::check_name(n)?;
                     }
                     let mac = mac.as_deref().map(config::parse_mac).transpose()?;
-                    Ok::<_, String>((addr, weight, mac))
+                    let tier = tier.map(config::check_tier).transpose()?;
+                    Ok::<_, String>((addr, weight, mac, tier))
                 })() {
                     Ok(v) => v,
                     Err(e) => return Response::error(e),
@@ -681,6 +683,7 @@ impl Daemon {
                         None => (name.clone(), mac),
                     };
                     let weight = weight.or(revived.as_ref().map(|r| r.weight));
+                    let tier = tier.or(revived.as_ref().map(|r| r.tier));
                     let done = if revived.is_some() {
                         format!(
                             "backend {addr} back in {service} (it was retiring: same id, its connections never moved)"
@@ -690,7 +693,14 @@ impl Daemon {
                     };
                     if let Some(b) = in_config {
                         // Re-adding a removed config backend: config settings,
-                        // with the weight given now, if any.
+                        // with the weight given now, if any. Its tier is the
+                        // config's: the CLI has no overlay for it.
+                        if let Some(t) = tier.filter(|t| *t != b.tier) {
+                            return Err(format!(
+                                "tier {t}: backend {addr} is in the config with tier {}; change it there and reload",
+                                b.tier
+                            ));
+                        }
                         o.removed.remove(&addr);
                         if let Some(w) = weight.filter(|w| *w != b.weight) {
                             o.weights.insert(addr, w);
@@ -702,6 +712,7 @@ impl Daemon {
                                 name,
                                 weight: weight.unwrap_or(config::DEFAULT_WEIGHT),
                                 mac,
+                                tier: tier.unwrap_or(0),
                             },
                         );
                     }
@@ -911,6 +922,7 @@ impl Daemon {
                         name: b.name.clone(),
                         weight: b.weight,
                         mac: b.mac,
+                        tier: b.tier,
                         deadline_unix_ms: now_ms + svc.retire_grace.as_millis() as u64,
                     },
                 );
@@ -1379,7 +1391,7 @@ impl Daemon {
                     name: a.name.clone(),
                     weight: a.weight,
                     mac: a.mac,
-                    tier: 0,
+                    tier: a.tier,
                 })
             };
             if in_config {
@@ -1401,6 +1413,7 @@ impl Daemon {
                         name: b.name,
                         weight: b.weight,
                         mac: b.mac,
+                        tier: b.tier,
                         deadline_unix_ms: unix_ms_now() + grace.as_millis() as u64,
                     },
                 );

@@ -253,8 +253,7 @@ pub fn effective_backends(
                 name: a.name.clone(),
                 weight: o.weights.get(addr).copied().unwrap_or(a.weight),
                 mac: a.mac,
-                // CLI-added backends join tier 0 until the CLI can say (issue 16, phase 2).
-                tier: 0,
+                tier: a.tier,
             },
             drained: o.drained.contains(addr),
             from_config: false,
@@ -583,8 +582,9 @@ pub fn plan_weighted(
                 name: r.name.clone(),
                 weight: r.weight,
                 mac: r.mac,
-                // Out of every table while retiring: its tier plays no part.
-                tier: 0,
+                // Out of every table while retiring: its tier plays no
+                // part, but is shown (and given back if it is added again).
+                tier: r.tier,
             };
             let slot = Slot::new(
                 state.backend_id(&svc.name, *addr)?,

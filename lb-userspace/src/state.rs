@@ -84,6 +84,9 @@ pub struct Retiring {
     pub name: Option<String>,
     pub weight: u32,
     pub mac: Option<[u8; 6]>,
+    /// Its priority tier, given back if it is added again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tier: u32,
     /// Wall-clock end of the grace (ms since the Unix epoch): a restart or a
     /// kill -9 does not give the backend a new grace.
     pub deadline_unix_ms: u64,
@@ -115,6 +118,14 @@ pub struct AddedBackend {
     pub name: Option<String>,
     pub weight: u32,
     pub mac: Option<[u8; 6]>,
+    /// Priority tier (`voxlb backend add --tier`). Tier 0 is not written,
+    /// so a state file without tiers stays readable by an older voxlb.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tier: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// Who holds (or last held) a backend id.
@@ -406,10 +417,24 @@ mod tests {
                 name: Some("c9".into()),
                 weight: 5,
                 mac: None,
+                tier: 0,
+            },
+        );
+        o.added.insert(
+            ip("10.0.0.10"),
+            AddedBackend {
+                name: None,
+                weight: 100,
+                mac: None,
+                tier: 2,
             },
         );
         store.save(&s).unwrap();
         assert_eq!(store.load().unwrap(), s);
+        // Tier 0 is left out of the file (older readers deny unknown
+        // fields); another tier is kept.
+        let text = std::fs::read_to_string(store.path()).unwrap();
+        assert_eq!(text.matches("\"tier\"").count(), 1, "{text}");
         let mode = std::fs::metadata(store.path())
             .unwrap()
             .permissions()

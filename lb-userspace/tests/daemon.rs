@@ -247,6 +247,7 @@ fn add(service: &str, address: &str) -> Request {
         weight: None,
         name: None,
         mac: Some("02:00:00:00:00:09".into()),
+        tier: None,
     }
 }
 
@@ -1056,6 +1057,7 @@ async fn adding_a_retiring_backend_back_revives_it_with_the_same_id() {
             weight: None,
             name: None,
             mac: None,
+            tier: None,
         })
         .await;
     assert!(msg(&r).contains("it was retiring"), "{r:?}");
@@ -1357,5 +1359,126 @@ async fn drain_wait_times_out_with_exit_3_and_refuses_bad_calls() {
         let (code, _, err) = tokio::task::block_in_place(|| h.cli(args));
         assert_eq!(code, 2, "{args:?}: {err}");
     }
+    h.stop().await;
+}
+
+/// The Maglev table of service `compilers` and the ids in it.
+async fn compilers_table(h: &Harness) -> std::collections::BTreeSet<u32> {
+    let Response::Backends { services } = h
+        .req(Request::BackendList {
+            service: Some("compilers".into()),
+        })
+        .await
+    else {
+        panic!()
+    };
+    let sid = services[0].service_id;
+    h.dp.get().tables[&sid].iter().copied().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_added_backend_keeps_its_tier_through_a_restart() {
+    let dir = temp_dir("tier");
+    let h = Harness::start(&dir, Shared::default()).await;
+    fn add(h: &Harness, extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec!["backend", "add", "compilers", "10.0.0.9"];
+        args.extend_from_slice(extra);
+        tokio::task::block_in_place(|| h.cli(&args))
+    }
+    // Bad values: usage errors naming the flag, nothing sent.
+    for (extra, flag) in [
+        (&["--tier", "16"][..], "--tier"),
+        (&["--tier", "-1"], "--tier"),
+        (&["--tier", "one"], "--tier"),
+        (&["--weight", "0"], "--weight"),
+        (&["--weight", "1001"], "--weight"),
+    ] {
+        let (code, _, err) = add(&h, extra);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains(flag), "{extra:?}: {err}");
+    }
+    assert!(view(&h, "10.0.0.9").await.is_none(), "nothing was added");
+    // A config backend's tier is the config's.
+    let r = h
+        .req(Request::BackendRemove {
+            service: "compilers".into(),
+            address: "10.0.0.2".into(),
+            now: true,
+        })
+        .await;
+    assert!(!is_err(&r), "{r:?}");
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        h.cli(&["backend", "add", "compilers", "10.0.0.2", "--tier", "3"])
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("tier 3") && err.contains("config"), "{err}");
+    let (code, out, err) =
+        tokio::task::block_in_place(|| h.cli(&["backend", "add", "compilers", "10.0.0.2"]));
+    assert_eq!(code, 0, "{out}{err}");
+
+    let (code, out, err) = add(
+        &h,
+        &[
+            "--tier",
+            "1",
+            "--weight",
+            "300",
+            "--mac",
+            "02:00:00:00:00:09",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let c9 = view(&h, "10.0.0.9").await.unwrap();
+    assert_eq!(c9.tier, 1);
+    assert_eq!(c9.weight, 300);
+    assert_eq!(c9.source, "cli");
+    // Tier 0 (10.0.0.1, 10.0.0.2) is healthy: c9 stands by, out of the
+    // table of new flows (and still ACTIVE in the backend map).
+    assert_eq!(c9.weight_role.as_deref(), Some("standby"), "{c9:?}");
+    assert_eq!(c9.slots, 0);
+    assert!(!compilers_table(&h).await.contains(&c9.id));
+    assert_eq!(h.backend("compilers", "10.0.0.9").state, BACKEND_ACTIVE);
+    let (code, out, _) = tokio::task::block_in_place(|| h.cli(&["backend", "list", "compilers"]));
+    assert_eq!(code, 0);
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.contains("10.0.0.9"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let head: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    let col = |name: &str| row[head.iter().position(|h| *h == name).unwrap()];
+    assert_eq!((col("TIER"), col("EFFECTIVE")), ("1", "standby"), "{out}");
+
+    // The tier is live: tier 0 down, c9 takes every new flow; back up,
+    // c9 stands by again.
+    h.health("compilers", "10.0.0.1", false).await;
+    h.health("compilers", "10.0.0.2", false).await;
+    assert_eq!(compilers_table(&h).await, [c9.id].into());
+    h.health("compilers", "10.0.0.1", true).await;
+    h.health("compilers", "10.0.0.2", true).await;
+    assert!(!compilers_table(&h).await.contains(&c9.id));
+
+    // A restart keeps it in tier 1, from the state file.
+    let (dir, dp) = h.stop().await;
+    let state = std::fs::read_to_string(dir.join("state/state.json")).unwrap();
+    assert!(state.contains("\"tier\": 1"), "{state}");
+    let h = Harness::start(&dir, dp).await;
+    let after = view(&h, "10.0.0.9").await.unwrap();
+    assert_eq!((after.tier, after.weight, after.id), (1, 300, c9.id));
+    assert_eq!(after.weight_role.as_deref(), Some("standby"));
+    assert!(!compilers_table(&h).await.contains(&c9.id));
+
+    // Removed, it retires with its tier (an open connection keeps it
+    // retiring), and an add without --tier brings it back in tier 1.
+    put_flows(&h, "10.0.0.9", 40000, 1, None);
+    let r = h.req(remove_req("10.0.0.9", false)).await;
+    assert!(!is_err(&r), "{r:?}");
+    let retiring = view(&h, "10.0.0.9").await.unwrap();
+    assert_eq!((retiring.tier, retiring.state.as_str()), (1, "retiring"));
+    let (code, out, err) = add(&h, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let back = view(&h, "10.0.0.9").await.unwrap();
+    assert_eq!((back.tier, back.source.as_str()), (1, "cli"));
     h.stop().await;
 }

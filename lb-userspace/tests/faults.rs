@@ -152,6 +152,7 @@ fn add(address: &str) -> Request {
         weight: None,
         name: None,
         mac: Some("02:00:00:00:00:09".into()),
+        tier: None,
     }
 }
 
@@ -279,6 +280,7 @@ async fn a_change_persisted_but_not_applied_is_applied_at_restart() {
                 name: None,
                 weight: 100,
                 mac: Some([2, 0, 0, 0, 0, 9]),
+                tier: 0,
             },
         );
     store.save(&state).unwrap();
@@ -303,6 +305,7 @@ async fn hostile_cli_input_is_refused_before_any_map_write() {
             weight,
             name: name.map(Into::into),
             mac: mac.map(Into::into),
+            tier: None,
         }
     };
     let long = "n".repeat(10_000);
@@ -331,6 +334,23 @@ async fn hostile_cli_input_is_refused_before_any_map_write() {
             weight: None,
             name: None,
             mac: None,
+            tier: None,
+        },
+        Request::BackendAdd {
+            service: "compilers".into(),
+            address: "10.0.0.9".into(),
+            weight: None,
+            name: None,
+            mac: None,
+            tier: Some(16),
+        },
+        Request::BackendAdd {
+            service: "compilers".into(),
+            address: "10.0.0.9".into(),
+            weight: None,
+            name: None,
+            mac: None,
+            tier: Some(-1),
         },
         Request::BackendWeight {
             service: "compilers".into(),

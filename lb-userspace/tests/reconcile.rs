@@ -199,6 +199,7 @@ fn add_and_remove_allocate_and_free_ids() {
             name: Some("c9".into()),
             weight: 100,
             mac: Some([2, 0, 0, 0, 0, 9]),
+            tier: 0,
         },
     );
     let (p, a) = w.sync();
@@ -369,6 +370,7 @@ fn prune_drops_overlay_entries_that_lost_their_meaning() {
             name: None,
             weight: 1,
             mac: None,
+            tier: 0,
         },
     );
     w.state
@@ -394,6 +396,7 @@ fn restart_from_persisted_state_gives_the_same_ids_and_tables() {
             name: None,
             weight: 20,
             mac: Some([2, 0, 0, 0, 0, 7]),
+            tier: 0,
         },
     );
     let (p1, _) = w.sync();
@@ -419,6 +422,7 @@ fn lost_state_file_is_recovered_from_the_pinned_maps() {
             name: None,
             weight: 20,
             mac: Some([2, 0, 0, 0, 0, 7]),
+            tier: 0,
         },
     );
     w.sync();
@@ -496,6 +500,7 @@ fn too_many_backends_for_the_table_is_a_plan_error() {
             name: None,
             weight: 1,
             mac: None,
+            tier: 0,
         },
     );
     let e = plan(&w.config, &mut w.state, &w.health, &w.macs).unwrap_err();

@@ -10,6 +10,11 @@
 //! downloads of `file_bytes` (`/large`), and `GET /whoami` again (the
 //! report). Every run is bounded by `run_timeout`; a failed or timed-out run
 //! is counted as an error, not timed.
+//!
+//! For a benchmark of a steady state, agents can start spread over `splay`
+//! (as agents' run intervals are), stop starting runs after `duration`, and
+//! leave the runs that start during `warmup` out of the figures (while the
+//! compilers' pools fill and a balancer's controller settles).
 
 use std::{
     collections::BTreeMap,
@@ -42,6 +47,13 @@ pub struct AgentConfig {
     /// Pause between two runs of one agent.
     pub pause: Duration,
     pub run_timeout: Duration,
+    /// Agent `i` of `n` starts its first run at `splay * i / n`.
+    pub splay: Duration,
+    /// Start no run after this long (runs in progress finish); `None`:
+    /// `runs_per_agent` alone bounds the work.
+    pub duration: Option<Duration>,
+    /// Runs that start within this time are done but not recorded.
+    pub warmup: Duration,
 }
 
 impl Default for AgentConfig {
@@ -57,7 +69,54 @@ impl Default for AgentConfig {
             file_bytes: 64 * 1024,
             pause: Duration::ZERO,
             run_timeout: Duration::from_secs(60),
+            splay: Duration::ZERO,
+            duration: None,
+            warmup: Duration::ZERO,
         }
+    }
+}
+
+/// The skewed pool of issue 16 on a topology's compilers: the first one
+/// (`c1`) has `slow_jrubies` JRuby instances and is `slow_factor_pct`/100
+/// times slower (compiles and paced downloads); the others have `jrubies`
+/// and normal speed. Its load is what the agents' own requests make: no
+/// phantom busy or waiting requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkewedPool {
+    pub jrubies: u32,
+    pub slow_jrubies: u32,
+    pub slow_factor_pct: u64,
+}
+
+impl Default for SkewedPool {
+    fn default() -> Self {
+        SkewedPool {
+            jrubies: 4,
+            slow_jrubies: 2,
+            slow_factor_pct: 400,
+        }
+    }
+}
+
+impl SkewedPool {
+    /// Sets every compiler's simulated pool (`POST /control/load`).
+    pub fn apply(&self, topo: &crate::topology::Topology) -> anyhow::Result<()> {
+        for (i, c) in topo.compilers.iter().enumerate() {
+            let (jrubies, slow) = if i == 0 {
+                (self.slow_jrubies, self.slow_factor_pct)
+            } else {
+                (self.jrubies, 100)
+            };
+            topo.control(
+                c,
+                "POST",
+                &format!(
+                    "/control/load?jrubies={jrubies}&busy=0&waiting=0&slow_factor_pct={slow}&compile_ms=0&status_delay_ms=0"
+                ),
+            )
+            .with_context(|| format!("setting the load of {}", c.name))?;
+        }
+        Ok(())
     }
 }
 
@@ -71,6 +130,9 @@ pub struct AgentReport {
     pub per_backend: BTreeMap<String, u64>,
     /// The first error seen, for the log.
     pub first_error: Option<String>,
+    /// Successful runs that started during the warm-up (not in `runs`
+    /// nor in `per_backend`).
+    pub warmup_runs: u64,
 }
 
 impl AgentReport {
@@ -91,6 +153,7 @@ impl AgentReport {
             "max_ms": ms(self.runs.last().copied()),
             "per_backend": self.per_backend,
             "first_error": self.first_error,
+            "warmup_runs": self.warmup_runs,
         })
     }
 }
@@ -107,19 +170,26 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
 /// Runs the agents and collects every run.
 pub async fn run_agents(config: &AgentConfig) -> AgentReport {
     let mut tasks = Vec::with_capacity(config.agents);
-    for _ in 0..config.agents {
+    let began = Instant::now();
+    let n = config.agents.max(1) as u32;
+    for agent in 0..config.agents {
         let config = config.clone();
         tasks.push(tokio::spawn(async move {
-            let mut results = Vec::with_capacity(config.runs_per_agent);
+            tokio::time::sleep(config.splay * agent as u32 / n).await;
+            let mut results = Vec::new();
             for i in 0..config.runs_per_agent {
                 if i > 0 && !config.pause.is_zero() {
                     tokio::time::sleep(config.pause).await;
                 }
+                if config.duration.is_some_and(|d| began.elapsed() >= d) {
+                    break;
+                }
                 let start = Instant::now();
+                let warm = start.duration_since(began) < config.warmup;
                 let r = tokio::time::timeout(config.run_timeout, one_run(&config))
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("run timed out")));
-                results.push(r.map(|backend| (start.elapsed(), backend)));
+                results.push(r.map(|backend| (start.elapsed(), backend, warm)));
             }
             results
         }));
@@ -131,7 +201,8 @@ pub async fn run_agents(config: &AgentConfig) -> AgentReport {
             .unwrap_or_else(|e| vec![Err(anyhow::anyhow!("agent task failed: {e}"))]);
         for r in results {
             match r {
-                Ok((d, backend)) => {
+                Ok((_, _, true)) => report.warmup_runs += 1,
+                Ok((d, backend, false)) => {
                     report.runs.push(d);
                     *report.per_backend.entry(backend).or_default() += 1;
                 }

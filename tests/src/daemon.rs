@@ -406,6 +406,26 @@ impl Daemon {
         })
     }
 
+    /// Adds `keys` (TOML lines, e.g. `balance = "load"`) to compiler
+    /// service `service` of the config file and runs `voxlb reload`.
+    pub fn reload_with_service_keys(&self, service: &str, keys: &str) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let name = format!("name = \"{service}\"\n");
+        anyhow::ensure!(text.contains(&name), "no service {service} in the config");
+        std::fs::write(
+            &self.config,
+            text.replacen(&name, &format!("{name}{keys}\n"), 1),
+        )?;
+        let out = self.cli(&["reload"])?;
+        anyhow::ensure!(
+            out.code() == 0,
+            "voxlb reload: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        Ok(())
+    }
+
     /// The last lines of the daemon's log.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)

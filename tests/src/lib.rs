@@ -10,6 +10,9 @@
 //!   benchmark (`voxlb-bench-e2e`).
 //! - [`bench_routed`]: the routed-compilers part of that benchmark (IPIP
 //!   and GUE through a router).
+//! - [`bench_lb`]: the balancers the benchmarks compare (voxlb, HAProxy
+//!   `leastconn`) started on a topology, shared by `voxlb-bench-e2e` and
+//!   `voxlb-bench-load`.
 //! - [`pki`]: a throwaway CA and per-backend certificates.
 //! - [`client`]: a small HTTP/1.1 (+TLS) client to talk to backends, through
 //!   the load balancer or not.
@@ -26,6 +29,7 @@
 pub mod agent;
 pub mod backend;
 pub mod bench;
+pub mod bench_lb;
 pub mod bench_routed;
 pub mod client;
 pub mod daemon;

@@ -74,6 +74,35 @@ async fn a_slow_compiler_makes_slow_runs() {
 }
 
 #[tokio::test]
+async fn duration_bounds_the_runs_and_warmup_runs_are_left_out() {
+    let b = plain_backend("c1", 100).await;
+    let config = AgentConfig {
+        agents: 2,
+        runs_per_agent: 100_000,
+        compile_ms: 20,
+        splay: Duration::from_millis(100),
+        duration: Some(Duration::from_millis(1500)),
+        warmup: Duration::from_millis(300),
+        ..agents(b.addr())
+    };
+    let r = tokio::time::timeout(PATIENCE, run_agents(&config))
+        .await
+        .unwrap();
+    assert_eq!(r.errors, 0, "{:?}", r.first_error);
+    // Each agent's first run starts within the warm-up: left out, counted.
+    assert!(r.warmup_runs >= 2, "{r:?}");
+    assert!(!r.runs.is_empty(), "runs after the warm-up are timed");
+    assert_eq!(
+        r.per_backend.values().sum::<u64>(),
+        r.runs.len() as u64,
+        "per_backend counts the timed runs only"
+    );
+    // 20 ms compiles for 1.5 s cannot make 200 000 runs: time bounded it.
+    assert!(r.runs.len() as u64 + r.warmup_runs < 2 * 100_000);
+    assert_eq!(r.to_json()["warmup_runs"], r.warmup_runs);
+}
+
+#[tokio::test]
 async fn failed_runs_are_counted_not_timed() {
     let listener = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1068,11 +1068,7 @@ fn reload_with_tiers(d: &Daemon, keys: &str) {
 /// Rewrite the daemon's config with `keys` in the `compilers` service and
 /// the compilers named in `tier1` in tier 1, and reload.
 fn reload_with(d: &Daemon, keys: &str, tier1: &[&str]) {
-    let mut text = std::fs::read_to_string(&d.config).unwrap().replacen(
-        &format!("name = \"{COMPILERS}\"\n"),
-        &format!("name = \"{COMPILERS}\"\n{keys}\n"),
-        1,
-    );
+    let mut text = std::fs::read_to_string(&d.config).unwrap();
     for c in tier1 {
         text = text.replace(
             &format!("name = \"{c}\"\n"),
@@ -1080,7 +1076,7 @@ fn reload_with(d: &Daemon, keys: &str, tier1: &[&str]) {
         );
     }
     std::fs::write(&d.config, text).unwrap();
-    cli_ok(d, &["reload"]);
+    d.reload_with_service_keys(COMPILERS, keys).unwrap();
 }
 
 #[test]

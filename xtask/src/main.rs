@@ -59,8 +59,9 @@ enum Cmd {
         cleanup: bool,
     },
     /// Benchmarks: `dataplane`, `maglev`, `change` (control path: one backend-set
-    /// change, build to flip), `e2e` (vs HAProxy and nftables), `ha` (failover
-    /// figures of several LB hosts), or `all`.
+    /// change, build to flip), `e2e` (vs HAProxy and nftables), `load` (a slow
+    /// compiler: agent run times with voxlb static / load and HAProxy
+    /// leastconn), `ha` (failover figures of several LB hosts), or `all`.
     Bench {
         #[arg(default_value = "all")]
         which: String,
@@ -325,6 +326,39 @@ fn testkit_bench(name: &str, example: &str, args: &[&str], quick: bool) -> Resul
     Ok(())
 }
 
+/// A benchmark binary of the namespace fixtures (`voxlb-tests`): build it in
+/// release with the daemon and the test backend it finds next to itself,
+/// run it; a full run wrote `bench/NAME.md` itself, which goes into the
+/// README.
+fn namespace_bench(name: &str, bin: &str, args: &[&str], quick: bool) -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "voxlb-tests",
+        "--bins",
+    ]))?;
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "voxlb-tests",
+            "--bin",
+            bin,
+            "--",
+        ])
+        .args(args))?;
+    if !quick {
+        embed_in_readme(name)?;
+    }
+    Ok(())
+}
+
 /// Run a command, echoing its stdout as it comes, and return that stdout.
 fn run_tee(cmd: &mut Command) -> Result<String> {
     use std::io::{BufRead, BufReader};
@@ -433,33 +467,14 @@ fn bench(which: &str, quick: bool) -> Result<()> {
     }
     if all || which == "e2e" {
         step("bench e2e (voxlb vs HAProxy vs nftables DNAT, in namespaces; needs root)");
-        // The bench finds the daemon and the test backend next to itself.
-        run(cargo().args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "lb-userspace",
-            "-p",
-            "voxlb-tests",
-            "--bins",
-        ]))?;
-        run(cargo()
-            .args([
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "voxlb-tests",
-                "--bin",
-                "voxlb-bench-e2e",
-                "--",
-            ])
-            .args(q))?;
-        if !quick {
-            // The bench wrote bench/e2e.md itself.
-            embed_in_readme("e2e")?;
-        }
+        namespace_bench("e2e", "voxlb-bench-e2e", q, quick)?;
+        ran = true;
+    }
+    if all || which == "load" {
+        step(
+            "bench load (a slow compiler: agent run times, voxlb static / load vs HAProxy leastconn; needs root)",
+        );
+        namespace_bench("load", "voxlb-bench-load", q, quick)?;
         ran = true;
     }
     if all || which == "ha" {
@@ -493,7 +508,7 @@ fn bench(which: &str, quick: bool) -> Result<()> {
         ran = true;
     }
     if !ran {
-        bail!("unknown benchmark {which:?}: use dataplane, maglev, change, e2e, ha or all");
+        bail!("unknown benchmark {which:?}: use dataplane, maglev, change, e2e, load, ha or all");
     }
     Ok(())
 }

@@ -61,6 +61,15 @@ struct Cli {
     /// Longest a run may take (s) before it counts as an error.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     run_timeout_s: u64,
+    /// Spread the agents' first runs over this long (ms).
+    #[arg(long, default_value_t = 0)]
+    splay_ms: u64,
+    /// Start no run after this long (s); with it, --runs is an upper bound.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    duration_s: Option<u64>,
+    /// Leave out of the figures the runs that start in the first S seconds.
+    #[arg(long, default_value_t = 0)]
+    warmup_s: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +96,9 @@ fn main() -> anyhow::Result<()> {
         file_bytes: cli.file_bytes,
         pause: Duration::from_millis(cli.pause_ms),
         run_timeout: Duration::from_secs(cli.run_timeout_s),
+        splay: Duration::from_millis(cli.splay_ms),
+        duration: cli.duration_s.map(Duration::from_secs),
+        warmup: Duration::from_secs(cli.warmup_s),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -26,18 +26,17 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use clap::Parser;
 use voxlb_tests::{
     bench::{
-        self, CG_LB, CG_LOAD, Cgroups, CpuDelta, CpuMeter, WrkResult, WrkRun, fmt_num, fmt_ratio,
-        fmt_us, median, ms_per_10k,
+        self, CG_LOAD, Cgroups, CpuDelta, CpuMeter, WrkResult, WrkRun, fmt_num, fmt_ratio, fmt_us,
+        median, ms_per_10k,
     },
+    bench_lb::{self, LbProcess, STOP, check_stop, path_str, sibling, sysctl, tune},
     bench_routed, netns,
     topology::{self, COMPILER_VIP4, PORT, Spec, Topology},
 };
@@ -192,32 +191,9 @@ impl Sample {
     }
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-fn check_stop() -> anyhow::Result<()> {
-    if STOP.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-    }
+    bench_lb::install_stop_handler();
     match run(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -225,17 +201,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let p = me.parent().context("exe dir")?.join(name);
-    ensure!(
-        p.exists(),
-        "{} not found (build it: cargo build --release -p lb-userspace -p voxlb-tests --bins)",
-        p.display()
-    );
-    Ok(p)
 }
 
 struct Plan {
@@ -427,20 +392,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Per-namespace settings that every target gets (ports for many short
-/// connections).
-fn tune(topo: &Topology) -> anyhow::Result<()> {
-    for ns in [&topo.client.ns, &topo.lb.ns] {
-        sysctl(ns, "net.ipv4.ip_local_port_range", "1024 65000")?;
-        sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")?;
-    }
-    Ok(())
-}
-
-fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
-    netns::exec(ns, "sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
-}
-
 struct Bench<'a> {
     topo: &'a Topology,
     cg: &'a Cgroups,
@@ -454,9 +405,8 @@ struct Bench<'a> {
 struct Mode<'a> {
     target: Target,
     topo: &'a Topology,
-    child: Option<Child>,
-    voxlb: Option<(PathBuf, PathBuf)>,
-    xdp_prog: Option<u32>,
+    /// voxlb or HAProxy (`bench_lb`, shared with `voxlb-bench-load`).
+    lb: Option<LbProcess<'a>>,
 }
 
 impl Bench<'_> {
@@ -464,40 +414,27 @@ impl Bench<'_> {
         let mut mode = Mode {
             target,
             topo: self.topo,
-            child: None,
-            voxlb: None,
-            xdp_prog: None,
+            lb: None,
         };
+        let log = |name: &str| self.topo.work_dir.join(format!("{name}-r{round}.log"));
         match target {
-            Target::Direct => return Ok(mode),
+            Target::Direct => {}
             Target::Voxlb => {
-                let config = self.voxlb_config()?;
-                let log = self.topo.work_dir.join(format!("voxlb-r{round}.log"));
-                mode.voxlb = Some((self.voxlb_bin.clone(), config.clone()));
-                let child = self.spawn_lb(
-                    netns::command_in(&self.topo.lb.ns, &self.voxlb_bin)
-                        .arg("run")
-                        .arg("--config")
-                        .arg(&config),
-                    &log,
-                )?;
-                mode.child = Some(child);
+                let config = bench_lb::voxlb_config(self.topo, "")?;
+                mode.lb = Some(LbProcess::start_voxlb(
+                    self.topo,
+                    self.cg,
+                    &self.voxlb_bin,
+                    &config,
+                    &log("voxlb"),
+                )?);
             }
             Target::Haproxy => {
-                let lb = &self.topo.lb.ns;
-                netns::ip(
-                    lb,
-                    &["addr", "add", &format!("{COMPILER_VIP4}/32"), "dev", "lo"],
-                )?;
-                let config = self.haproxy_config()?;
-                netns::run("haproxy", &["-c", "-q", "-f", path_str(&config)?])
-                    .context("HAProxy rejects its configuration")?;
-                let log = self.topo.work_dir.join(format!("haproxy-r{round}.log"));
-                let child = self.spawn_lb(
-                    netns::command_in(lb, "haproxy").args(["-db", "-f", path_str(&config)?]),
-                    &log,
-                )?;
-                mode.child = Some(child);
+                mode.lb = Some(LbProcess::start_haproxy(
+                    self.topo,
+                    self.cg,
+                    &log("haproxy"),
+                )?);
             }
             Target::Nftables => {
                 let lb = &self.topo.lb.ns;
@@ -527,120 +464,10 @@ impl Bench<'_> {
                         )?;
                     }
                 }
+                bench_lb::wait_ready(self.topo, target.name())?;
             }
-        }
-        self.wait_ready(target)?;
-        if target == Target::Voxlb {
-            let pin = voxlb::xdp::link_pin(&self.topo.lb_pin_dir(), topology::IFACE);
-            mode.xdp_prog = bench::bpf_link_prog_id(&pin);
         }
         Ok(mode)
-    }
-
-    fn spawn_lb(&self, cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<Child> {
-        let file = std::fs::File::create(log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .context("starting the load balancer")?;
-        self.cg.add(CG_LB, child.id() as i32)?;
-        Ok(child)
-    }
-
-    /// Every compiler answers through the VIP (bounded by 30 s).
-    fn wait_ready(&self, target: Target) -> anyhow::Result<()> {
-        let vip = self.topo.compiler_vip(false);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            check_stop()?;
-            match self.topo.whoami_spread(vip, 30, 6) {
-                Ok(counts) if counts.len() == self.topo.compilers.len() => return Ok(()),
-                Ok(counts) => last = format!("answers {counts:?}"),
-                Err(e) => last = format!("{e:#}"),
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        bail!("{} not ready through the VIP: {last}", target.name())
-    }
-
-    fn voxlb_config(&self) -> anyhow::Result<PathBuf> {
-        let work = &self.topo.work_dir;
-        let mut s = format!(
-            "# written by voxlb-bench-e2e\n\
-             interfaces = [\"{iface}\"]\n\
-             xdp_mode = \"native\"\n\
-             pin_dir = \"{pin}\"\n\
-             control_socket = \"{work}/voxlb.sock\"\n\
-             state_dir = \"{work}/voxlb-state\"\n\n\
-             [[compiler_services]]\n\
-             name = \"compilers\"\n\
-             vip = \"{vip}:{PORT}\"\n\n\
-             [compiler_services.health_check]\n\
-             type = \"https\"\n\
-             ca_file = \"{work}/pki/ca.pem\"\n\
-             host = \"{host}\"\n\
-             path = \"/status/v1/simple\"\n\
-             interval = \"2s\"\n\
-             timeout = \"1s\"\n",
-            iface = topology::IFACE,
-            pin = self.topo.lb_pin_dir().display(),
-            work = work.display(),
-            vip = COMPILER_VIP4,
-            host = topology::SERVICE_NAME,
-        );
-        for c in &self.topo.compilers {
-            s += &format!(
-                "\n[[compiler_services.backends]]\naddress = \"{}\"\nname = \"{}\"\n",
-                c.ip4, c.name
-            );
-        }
-        let path = work.join("voxlb.toml");
-        std::fs::write(&path, s)?;
-        Ok(path)
-    }
-
-    /// HAProxy as the OpenVox/Puppet docs put it in front of compilers: TCP
-    /// mode (TLS passes through to the compilers, which need the client
-    /// certificates), least connections, and an HTTP check of
-    /// `/status/v1/simple` over TLS verified with the CA.
-    fn haproxy_config(&self) -> anyhow::Result<PathBuf> {
-        let work = &self.topo.work_dir;
-        let host = topology::SERVICE_NAME;
-        let mut s = format!(
-            "# written by voxlb-bench-e2e\n\
-             global\n\
-             \x20   maxconn 8000\n\
-             \x20   nbthread 2\n\
-             \x20   pidfile {work}/haproxy.pid\n\n\
-             defaults\n\
-             \x20   mode tcp\n\
-             \x20   timeout connect 5s\n\
-             \x20   timeout client 10m\n\
-             \x20   timeout server 10m\n\
-             \x20   retries 3\n\
-             \x20   option redispatch\n\n\
-             frontend puppet\n\
-             \x20   bind {vip}:{PORT}\n\
-             \x20   default_backend compilers\n\n\
-             backend compilers\n\
-             \x20   balance leastconn\n\
-             \x20   option httpchk\n\
-             \x20   http-check send meth GET uri /status/v1/simple ver HTTP/1.1 hdr Host {host}\n\
-             \x20   http-check expect status 200\n\
-             \x20   default-server check check-ssl verify required ca-file {work}/pki/ca.pem \
-             check-sni {host} verifyhost {host} inter 2s fall 3 rise 2\n",
-            work = work.display(),
-            vip = COMPILER_VIP4,
-        );
-        for c in &self.topo.compilers {
-            s += &format!("    server {} {}:{PORT}\n", c.name, c.ip4);
-        }
-        let path = work.join("haproxy.cfg");
-        std::fs::write(&path, s)?;
-        Ok(path)
     }
 
     /// DNAT of the VIP to a compiler picked by a hash of the client's address
@@ -714,11 +541,12 @@ impl Bench<'_> {
         let ns = &self.topo.client.ns;
         let dir = &self.topo.work_dir;
         let loaded_run = self.wrk_run(target, pattern, false);
-        let xdp_before = mode.xdp_prog.and_then(bench::bpf_prog_runtime);
+        let xdp_prog = mode.lb.as_ref().and_then(|lb| lb.xdp_prog);
+        let xdp_before = xdp_prog.and_then(bench::bpf_prog_runtime);
         let before = self.meter.snapshot();
         let loaded = bench::run_wrk(ns, &loaded_run, dir, self.cg, &STOP)?;
         let after = self.meter.snapshot();
-        let xdp_after = mode.xdp_prog.and_then(bench::bpf_prog_runtime);
+        let xdp_after = xdp_prog.and_then(bench::bpf_prog_runtime);
         let xdp = match (xdp_before, xdp_after) {
             (Some((a, _)), Some((b, _))) => Some(b.saturating_sub(a)),
             _ => None,
@@ -745,61 +573,28 @@ impl Bench<'_> {
 
 const NFT_TABLE: &str = "vxb_nat";
 
-fn path_str(p: &Path) -> anyhow::Result<&str> {
-    p.to_str().context("non-UTF-8 path")
-}
-
 impl Drop for Mode<'_> {
     fn drop(&mut self) {
+        // voxlb and HAProxy stop and undo their set-up themselves.
+        drop(self.lb.take());
+        if self.target != Target::Nftables {
+            return;
+        }
         let topo = self.topo;
         let lb = &topo.lb.ns;
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill has no memory preconditions; the pid is our child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        match self.target {
-            Target::Direct => {}
-            Target::Voxlb => {
-                // The daemon leaves the data plane forwarding on exit, on
-                // purpose: detach it.
-                if let Some((bin, config)) = &self.voxlb {
-                    let _ = netns::command_in(lb, bin)
-                        .arg("detach")
-                        .arg("--config")
-                        .arg(config)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-            Target::Haproxy => {
-                let _ = netns::ip(
-                    lb,
-                    &["addr", "del", &format!("{COMPILER_VIP4}/32"), "dev", "lo"],
-                );
-            }
-            Target::Nftables => {
-                let _ = netns::exec(lb, "nft", &["delete", "table", "ip", NFT_TABLE]);
-                for c in &topo.compilers {
-                    for client in &topo.client_addrs4 {
-                        let _ = netns::ip(&c.ns, &["route", "del", &format!("{client}/32")]);
-                    }
-                }
-                let _ = sysctl(lb, "net.ipv4.ip_forward", "0");
-                let _ = sysctl(lb, "net.ipv4.conf.all.send_redirects", "1");
-                let _ = sysctl(
-                    lb,
-                    &format!("net.ipv4.conf.{}.send_redirects", topology::IFACE),
-                    "1",
-                );
+        let _ = netns::exec(lb, "nft", &["delete", "table", "ip", NFT_TABLE]);
+        for c in &topo.compilers {
+            for client in &topo.client_addrs4 {
+                let _ = netns::ip(&c.ns, &["route", "del", &format!("{client}/32")]);
             }
         }
+        let _ = sysctl(lb, "net.ipv4.ip_forward", "0");
+        let _ = sysctl(lb, "net.ipv4.conf.all.send_redirects", "1");
+        let _ = sysctl(
+            lb,
+            &format!("net.ipv4.conf.{}.send_redirects", topology::IFACE),
+            "1",
+        );
     }
 }
 
