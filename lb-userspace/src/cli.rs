@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     config::{self, DEFAULT_CONTROL_SOCKET},
+    control::ServiceView,
     control::{self, ControlError, FlowView, Request, Response, StatsView, StatusView},
-    reconcile::ServiceView,
 };
 
 /// Exit code: success.
@@ -522,7 +522,7 @@ fn dash(o: Option<String>) -> String {
 
 /// A backend's state; a retiring one also shows its open connections and
 /// the time left of its grace: `retiring (3 open, 9m12s left)`.
-pub fn state_cell(b: &crate::reconcile::BackendView) -> String {
+pub fn state_cell(b: &crate::control::BackendView) -> String {
     let Some(deadline) = b.retire_deadline_unix_ms else {
         return b.state.clone();
     };
@@ -543,7 +543,7 @@ pub fn state_cell(b: &crate::reconcile::BackendView) -> String {
 
 /// The weight new flows follow: `75`, `37.5`, `standby` (its tier is not
 /// the active one), `0` (unusable), `-` (not a compiler).
-pub fn effective_cell(b: &crate::reconcile::BackendView) -> String {
+pub fn effective_cell(b: &crate::control::BackendView) -> String {
     match (b.effective_weight_milli, b.weight_role.as_deref()) {
         (_, Some("standby")) => "standby".into(),
         (Some(m), _) => {

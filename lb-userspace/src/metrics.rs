@@ -304,7 +304,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             .filter(|s| s.kind == "compiler")
             .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
     };
-    let labels = |s: &crate::reconcile::ServiceView, b: &crate::reconcile::BackendView| {
+    let labels = |s: &crate::control::ServiceView, b: &crate::control::BackendView| {
         format!("service=\"{}\",backend=\"{}\"", esc(&s.name), b.address)
     };
     family(

@@ -40,10 +40,10 @@ use lb_common::{
     KIND_CA, KIND_COMPILER, NO_BACKEND, TunnelInfo, VipInfo, VipKey, addr_bytes, addr_from_bytes,
     maglev, maps::MAX_BACKENDS,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Backend, CompilerService, Config, format_mac},
+    control::{BackendView, ServiceView, show_weight},
     dataplane::{DataPlane, DataPlaneError},
     forwarding::Forwarding,
     state::{BackendSlot, ServiceOverlay, State, StateError},
@@ -89,30 +89,6 @@ pub struct Plan {
     pub services: Vec<ServiceView>,
 }
 
-/// One service as `voxlb status` / `backend list` show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceView {
-    pub name: String,
-    /// `compiler` or `ca`.
-    pub kind: String,
-    /// `l2`, `ipip` or `gue`.
-    #[serde(default)]
-    pub forwarding: String,
-    pub vip: String,
-    pub service_id: u32,
-    /// Maglev table size (compiler services).
-    pub table_size: Option<u32>,
-    /// Backends in the table (compiler) or serving (CA: 0 or 1).
-    pub active: usize,
-    /// CA services: address of the backend that gets the flows, if any.
-    pub ca_target: Option<IpAddr>,
-    pub backends: Vec<BackendView>,
-    /// Compiler services: [`table_fingerprint`] of the active table. Equal
-    /// on two hosts = they send every new flow to the same compiler.
-    #[serde(default)]
-    pub fingerprint: Option<String>,
-}
-
 /// A hash of a Maglev table by backend *address* (slot by slot), not by
 /// backend id: ids are local to a host, addresses are what two hosts must
 /// agree on. FNV-1a 64 over the table size and, per slot, the 17-byte
@@ -133,76 +109,6 @@ pub fn table_fingerprint(table: &[u32], identity: &HashMap<u32, [u8; 17]>) -> St
         eat(identity.get(v).unwrap_or(&none));
     }
     format!("{h:016x}")
-}
-
-/// One backend as the CLI shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendView {
-    pub address: IpAddr,
-    pub name: Option<String>,
-    pub id: u32,
-    pub generation: u32,
-    pub weight: u32,
-    /// `active`, `draining`, `retiring`, `down` (health) or `unresolved`
-    /// (no MAC).
-    pub state: String,
-    /// Last health verdict; `None` = not checked yet (counted as up).
-    pub healthy: Option<bool>,
-    pub mac: Option<String>,
-    /// Routed backends: the route (`gue via 10.1.0.1 dev eth0`), or why it
-    /// is unresolved. `None` for L2 backends.
-    #[serde(default)]
-    pub route: Option<String>,
-    /// `config`, `cli` (added at run time) or `removed` (retiring).
-    pub source: String,
-    /// CA services: `primary` or `standby`.
-    pub role: Option<String>,
-    /// Maglev slots held (compiler services).
-    pub slots: u32,
-    /// Retiring backends: when the grace ends (ms since the Unix epoch).
-    #[serde(default)]
-    pub retire_deadline_unix_ms: Option<u64>,
-    /// Open connections ([`lb_common::FlowValue::is_open`]) at the last
-    /// flow-table scan (`None` until the first scan). Every backend.
-    #[serde(default)]
-    pub open_flows: Option<u64>,
-    /// Priority tier (compiler services).
-    #[serde(default)]
-    pub tier: u32,
-    /// The weight new flows follow, in thousandths of a weight unit
-    /// (configured weight x load factor x slow-start ramp; 0 = no new
-    /// flows). `None` where the weight controller does not apply.
-    #[serde(default)]
-    pub effective_weight_milli: Option<u32>,
-    /// The smoothed JRuby pressure behind the load factor, permille
-    /// (occupancy + queue, 0..2000); `None` = no load data.
-    #[serde(default)]
-    pub load_pressure_permille: Option<u32>,
-    /// Load factor, permille of the configured weight.
-    #[serde(default)]
-    pub load_permille: Option<u32>,
-    /// Slow-start share, permille (1000 = warm).
-    #[serde(default)]
-    pub ramp_permille: Option<u32>,
-    /// `serving`, `standby` (usable, not in the active tier) or `unusable`.
-    #[serde(default)]
-    pub weight_role: Option<String>,
-}
-
-/// Copy the controller's answer for one compiler into its view.
-pub fn show_weight(view: &mut BackendView, w: &crate::load::EffectiveWeight) {
-    view.effective_weight_milli = Some(w.maglev_weight);
-    view.load_pressure_permille = w.pressure_permille;
-    view.load_permille = Some(w.load_permille);
-    view.ramp_permille = Some(w.ramp_permille);
-    view.weight_role = Some(
-        match w.role {
-            crate::load::Role::Serving => "serving",
-            crate::load::Role::Standby => "standby",
-            crate::load::Role::Unusable => "unusable",
-        }
-        .into(),
-    );
 }
 
 /// The weight controller's answer per (service, compiler): what the planner

@@ -8,9 +8,10 @@ use std::net::IpAddr;
 use voxlb::{
     announce::{self, BgpMode, HostState, bird},
     config::Config,
+    control::ServiceView,
     control::StatusView,
     fitness,
-    reconcile::{HealthMap, MacMap, ServiceView, plan},
+    reconcile::{HealthMap, MacMap, plan},
     state::State,
 };
 

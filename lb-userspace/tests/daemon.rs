@@ -442,7 +442,7 @@ async fn restart_keeps_changes_ids_and_tables() {
         panic!()
     };
     // Open-connection counts come from a periodic scan: compare the rest.
-    let no_counts = |mut v: Vec<voxlb::reconcile::ServiceView>| {
+    let no_counts = |mut v: Vec<voxlb::control::ServiceView>| {
         for s in &mut v {
             for b in &mut s.backends {
                 b.open_flows = None;
@@ -626,7 +626,7 @@ async fn cli_output_and_exit_codes() {
 fn metrics_render_every_family() {
     use voxlb::{
         control::{BackendStat, ReasonStat, ServiceStat, StatsView, StatusView},
-        reconcile::{BackendView, ServiceView},
+        control::{BackendView, ServiceView},
     };
     let stats = StatsView {
         reasons: vec![ReasonStat {
@@ -896,7 +896,7 @@ fn close_all_flows(h: &Harness) {
     }
 }
 
-async fn view(h: &Harness, addr: &str) -> Option<voxlb::reconcile::BackendView> {
+async fn view(h: &Harness, addr: &str) -> Option<voxlb::control::BackendView> {
     let Response::Backends { services } = h
         .req(Request::BackendList {
             service: Some("compilers".into()),

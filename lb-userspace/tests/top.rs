@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ratatui::{Terminal, backend::TestBackend};
 use voxlb::{
     control::{BackendStat, ReasonStat, ServiceStat, StatsView, StatusView},
-    reconcile::{BackendView, ServiceView},
+    control::{BackendView, ServiceView},
     telemetry::{BackendEntries, FlowCensus, HealthEventView, RebuildStats, TelemetryView},
     top::{self, KeyAction, Options, Snapshot, SortKey, View},
 };

@@ -343,7 +343,7 @@ fn lib_non_vip_traffic_untouched() {
 // ---------------------------------------------------------------------------
 // The real daemon (`voxlb run` in the LB namespace) and its CLI.
 
-use voxlb::{control::Response, reconcile::BackendView};
+use voxlb::control::{BackendView, Response};
 use voxlb_tests::{
     daemon::{self, COMPILERS, COMPILERS_V6, Daemon, HealthTiming, Options},
     topology::Load,

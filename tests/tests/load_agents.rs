@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use voxlb::{control::Response, reconcile::BackendView};
+use voxlb::control::{BackendView, Response};
 use voxlb_tests::{
     agent::{AgentConfig, AgentReport, SkewedPool, run_agents},
     daemon::{COMPILERS, Daemon, HealthTiming, Options},

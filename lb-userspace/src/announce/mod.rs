@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{ConfigError, Vip},
-    reconcile::ServiceView,
+    control::ServiceView,
 };
 
 /// Default control socket of the managed BIRD.

@@ -47,6 +47,7 @@ use tracing::{error, info, warn};
 use crate::{
     announce::{self, bird::Announcer},
     config::{self, Config, ConfigError},
+    control::ServiceView,
     control::{
         self, BackendStat, Call, FlowView, ReasonStat, Request, Response, ServiceStat, StatsView,
         StatusView,
@@ -55,7 +56,7 @@ use crate::{
     health::HealthCheck,
     load::{self, Balance, Controller, LoadInput, LoadPoller},
     neigh::MacResolver,
-    reconcile::{self, Desired, HealthMap, MacMap, PlanError, ServiceView, WeightMap},
+    reconcile::{self, Desired, HealthMap, MacMap, PlanError, WeightMap},
     retire::{self, FlowCount},
     state::{AddedBackend, Retiring, State, StateError, StateStore, unix_ms_now},
 };

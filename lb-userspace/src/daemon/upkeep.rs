@@ -135,7 +135,7 @@ impl Daemon {
             for s in &mut views {
                 for b in &mut s.backends {
                     if let Some(w) = self.weights.get(&(s.name.clone(), b.address)) {
-                        reconcile::show_weight(b, w);
+                        crate::control::show_weight(b, w);
                     }
                 }
             }
