@@ -524,7 +524,7 @@ fn dash(o: Option<String>) -> String {
 /// the time left of its grace: `retiring (3 open, 9m12s left)`.
 pub fn state_cell(b: &crate::control::BackendView) -> String {
     let Some(deadline) = b.retire_deadline_unix_ms else {
-        return b.state.clone();
+        return b.state.to_string();
     };
     let left_s = deadline
         .saturating_sub(crate::state::unix_ms_now())
@@ -672,7 +672,7 @@ fn render_status(s: &StatusView) -> String {
             let open: Option<u64> = v.backends.iter().map(|b| b.open_flows).sum();
             vec![
                 v.name.clone(),
-                v.kind.clone(),
+                v.kind.to_string(),
                 v.vip.clone(),
                 format!("{}/{}", v.active, v.backends.len()),
                 dash(open.map(|n| n.to_string())),
@@ -796,7 +796,7 @@ fn render_stats(s: &StatsView) -> String {
                 vec![
                     v.name.clone(),
                     b.address.to_string(),
-                    b.state.clone(),
+                    b.state.to_string(),
                     b.packets.to_string(),
                     b.bytes.to_string(),
                     b.new_flows.to_string(),

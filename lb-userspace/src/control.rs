@@ -9,6 +9,7 @@
 //! daemon itself never sees it.
 
 use std::{
+    fmt,
     io::{BufRead, BufReader, Read, Write},
     net::IpAddr,
     os::unix::fs::PermissionsExt,
@@ -122,8 +123,7 @@ pub enum Response {
 pub struct ConnectionsView {
     pub service: String,
     pub address: IpAddr,
-    /// `active`, `draining`, `retiring`, `down`, ...
-    pub state: String,
+    pub state: BackendState,
     /// Agent has not closed ([`lb_common::FlowValue::is_open`]).
     pub open: u64,
     /// Closed within the last few seconds (last ACKs in flight).
@@ -139,15 +139,104 @@ impl Response {
     }
 }
 
+/// Declare a closed set of names shown by the CLI and in JSON: an enum that
+/// serializes as its lower-case name, displays as it, parses from it and
+/// compares equal to it (`state == "active"`), so that a typo is a compile
+/// error in the daemon and the wire format stays the plain word.
+macro_rules! named {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    other => Err(format!("{other:?} is not a {}", stringify!($name))),
+                }
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+named! {
+    /// What the CLI says of a backend: the data plane's state, except that a
+    /// backend down for want of a MAC or a route is `unresolved`.
+    BackendState {
+        /// Serving: in the table (compilers) or steerable (CA).
+        Active = "active",
+        /// Out of the table, keeps its established flows.
+        Draining = "draining",
+        /// Removed, keeps its established flows until they end or its grace passes.
+        Retiring = "retiring",
+        /// Failing its health check: out of the table, its flows re-picked.
+        Down = "down",
+        /// No MAC (L2) or no route (routed) yet: out of the tables.
+        Unresolved = "unresolved",
+    }
+}
+
+named! {
+    /// The kind of a service.
+    ServiceKind {
+        /// Catalog compilers behind one VIP, balanced with Maglev.
+        Compiler = "compiler",
+        /// The certificate authority: primary, else standby.
+        Ca = "ca",
+    }
+}
+
+impl ServiceKind {
+    /// The data plane's `KIND_*` code.
+    pub const fn code(self) -> u32 {
+        match self {
+            ServiceKind::Compiler => lb_common::KIND_COMPILER,
+            ServiceKind::Ca => lb_common::KIND_CA,
+        }
+    }
+}
+
 /// One service as `voxlb status` / `backend list` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceView {
     pub name: String,
-    /// `compiler` or `ca`.
-    pub kind: String,
-    /// `l2`, `ipip` or `gue`.
+    pub kind: ServiceKind,
+    /// How its packets reach its backends.
     #[serde(default)]
-    pub forwarding: String,
+    pub forwarding: crate::forwarding::Mode,
     pub vip: String,
     pub service_id: u32,
     /// Maglev table size (compiler services).
@@ -171,9 +260,7 @@ pub struct BackendView {
     pub id: u32,
     pub generation: u32,
     pub weight: u32,
-    /// `active`, `draining`, `retiring`, `down` (health) or `unresolved`
-    /// (no MAC).
-    pub state: String,
+    pub state: BackendState,
     /// Last health verdict; `None` = not checked yet (counted as up).
     pub healthy: Option<bool>,
     pub mac: Option<String>,
@@ -282,7 +369,7 @@ pub struct ReasonStat {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStat {
     pub name: String,
-    pub kind: String,
+    pub kind: ServiceKind,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -296,7 +383,7 @@ pub struct BackendStat {
     pub address: IpAddr,
     pub name: Option<String>,
     pub id: u32,
-    pub state: String,
+    pub state: BackendState,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -497,4 +584,31 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
         ));
     }
     serde_json::from_slice(&line).map_err(|e| ControlError::Protocol(e.to_string()))
+}
+
+#[cfg(test)]
+mod named_tests {
+    use super::*;
+
+    /// The wire format is the plain word, and every name round-trips.
+    #[test]
+    fn named_enums_are_their_words_on_the_wire() {
+        for s in BackendState::ALL {
+            let json = serde_json::to_string(s).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<BackendState>(&json).unwrap(), *s);
+            assert_eq!(s.as_str().parse::<BackendState>().unwrap(), *s);
+            assert!(*s == s.as_str());
+        }
+        for k in ServiceKind::ALL {
+            assert_eq!(serde_json::to_string(k).unwrap(), format!("\"{k}\""));
+        }
+        assert_eq!(ServiceKind::Ca.code(), lb_common::KIND_CA);
+        assert_eq!(ServiceKind::Compiler.code(), lb_common::KIND_COMPILER);
+        assert!("retired".parse::<BackendState>().is_err());
+        assert_eq!(
+            serde_json::to_string(&crate::forwarding::Mode::Gue).unwrap(),
+            "\"gue\""
+        );
+    }
 }

@@ -33,8 +33,9 @@ use lb_common::{
     decap::DEFAULT_GUE_PORT,
 };
 
-/// The forwarding mode of a service.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The forwarding mode of a service (serialized as `l2`, `ipip`, `gue`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
     L2,
@@ -58,6 +59,11 @@ impl Mode {
             Mode::Ipip => "ipip",
             Mode::Gue => "gue",
         }
+    }
+
+    /// Encapsulating (routed backends).
+    pub fn routed(self) -> bool {
+        self != Mode::L2
     }
 
     /// Bytes the outer headers add for a compiler of this family.
@@ -104,7 +110,19 @@ impl Default for Forwarding {
 impl Forwarding {
     /// Encapsulating (routed backends).
     pub fn routed(&self) -> bool {
-        self.mode != Mode::L2
+        self.mode.routed()
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq<&str> for Mode {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
     }
 }
 

@@ -255,11 +255,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             "voxlb_service_info{{service=\"{}\",kind=\"{}\",forwarding=\"{}\"}} 1",
             esc(&s.name),
             s.kind,
-            if s.forwarding.is_empty() {
-                "l2"
-            } else {
-                &s.forwarding
-            }
+            s.forwarding
         );
     }
     family(

@@ -43,7 +43,7 @@ use lb_common::{
 
 use crate::{
     config::{Backend, CompilerService, Config, format_mac},
-    control::{BackendView, ServiceView, show_weight},
+    control::{BackendState, BackendView, ServiceKind, ServiceView, show_weight},
     dataplane::{DataPlane, DataPlaneError},
     forwarding::Forwarding,
     state::{BackendSlot, ServiceOverlay, State, StateError},
@@ -249,13 +249,13 @@ fn backend_info(
     }
 }
 
-fn state_name(state: u32, mac: Option<[u8; 6]>) -> &'static str {
+fn state_name(state: u32, mac: Option<[u8; 6]>) -> BackendState {
     match (state, mac) {
-        (BACKEND_ACTIVE, _) => "active",
-        (BACKEND_DRAINING, _) => "draining",
-        (BACKEND_RETIRING, _) => "retiring",
-        (_, None) => "unresolved",
-        _ => "down",
+        (BACKEND_ACTIVE, _) => BackendState::Active,
+        (BACKEND_DRAINING, _) => BackendState::Draining,
+        (BACKEND_RETIRING, _) => BackendState::Retiring,
+        (_, None) => BackendState::Unresolved,
+        _ => BackendState::Down,
     }
 }
 
@@ -359,7 +359,7 @@ impl Slot {
             id: self.id,
             generation: self.generation,
             weight: b.weight,
-            state: state_name(self.state, self.mac).into(),
+            state: state_name(self.state, self.mac),
             healthy: self.healthy,
             mac: self.mac.as_ref().map(format_mac),
             route: self.reach.route.clone(),
@@ -524,8 +524,8 @@ pub fn plan_weighted(
         desired.tables.insert(sid, table);
         services.push(ServiceView {
             name: svc.name.clone(),
-            kind: "compiler".into(),
-            forwarding: svc.forwarding.mode.name().into(),
+            kind: ServiceKind::Compiler,
+            forwarding: svc.forwarding.mode,
             vip: svc.vip.to_string(),
             service_id: sid,
             table_size: Some(svc.table_size),
@@ -569,8 +569,8 @@ pub fn plan_weighted(
             .insert(sid, target.map(|t| t.0).unwrap_or(NO_BACKEND));
         services.push(ServiceView {
             name: svc.name.clone(),
-            kind: "ca".into(),
-            forwarding: svc.forwarding.mode.name().into(),
+            kind: ServiceKind::Ca,
+            forwarding: svc.forwarding.mode,
             vip: svc.vip.to_string(),
             service_id: sid,
             table_size: None,

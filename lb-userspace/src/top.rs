@@ -209,7 +209,7 @@ impl View {
             let before = prev.and_then(|p| p.stats.services.iter().find(|x| x.name == s.name));
             services.push(ServiceRow {
                 name: s.name.clone(),
-                kind: s.kind.clone(),
+                kind: s.kind.to_string(),
                 vip: s.vip.clone(),
                 usable: if s.active == 0 {
                     format!("0/{} ALL DOWN", s.backends.len())
@@ -247,7 +247,7 @@ impl View {
                     service: s.name.clone(),
                     address: b.address,
                     name: b.name.clone().unwrap_or_default(),
-                    state: b.state.clone(),
+                    state: b.state.to_string(),
                     health: match b.healthy {
                         Some(true) => "up",
                         Some(false) => "DOWN",

@@ -9,6 +9,10 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use voxlb::{
+    control::{BackendState, ServiceKind},
+    forwarding::Mode,
+};
 
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BackendInfo, BackendStats, Counter, FlowKey,
@@ -328,7 +332,7 @@ async fn control_protocol_changes_and_errors() {
     let states: Vec<(String, String)> = services[0]
         .backends
         .iter()
-        .map(|b| (b.address.to_string(), b.state.clone()))
+        .map(|b| (b.address.to_string(), b.state.to_string()))
         .collect();
     assert_eq!(
         states,
@@ -637,7 +641,7 @@ fn metrics_render_every_family() {
         }],
         services: vec![ServiceStat {
             name: "compilers".into(),
-            kind: "compiler".into(),
+            kind: ServiceKind::Compiler,
             packets: 10,
             bytes: 1000,
             new_flows: 2,
@@ -646,7 +650,7 @@ fn metrics_render_every_family() {
                 address: "10.0.0.1".parse().unwrap(),
                 name: Some("c1".into()),
                 id: 0,
-                state: "active".into(),
+                state: BackendState::Active,
                 packets: 10,
                 bytes: 1000,
                 new_flows: 2,
@@ -665,7 +669,7 @@ fn metrics_render_every_family() {
         id: 0,
         generation: 1,
         weight: 100,
-        state: state.into(),
+        state: state.parse().unwrap(),
         healthy,
         mac: None,
         route: None,
@@ -683,8 +687,8 @@ fn metrics_render_every_family() {
     };
     let service = |name: &str, kind: &str, active, backends| ServiceView {
         name: name.into(),
-        kind: kind.into(),
-        forwarding: "l2".into(),
+        kind: kind.parse().unwrap(),
+        forwarding: Mode::L2,
         vip: "192.0.2.10:8140".into(),
         service_id: 0,
         table_size: None,

@@ -2,6 +2,10 @@
 //! TestBackend), the plain-text frame of `--once`, and the keys.
 
 use std::net::IpAddr;
+use voxlb::{
+    control::{BackendState, ServiceKind},
+    forwarding::Mode,
+};
 
 use ratatui::{Terminal, backend::TestBackend};
 use voxlb::{
@@ -22,7 +26,7 @@ fn backend(addr: &str, name: &str, id: u32, weight: u32, state: &str, slots: u32
         id,
         generation: 1,
         weight,
-        state: state.into(),
+        state: state.parse().unwrap(),
         healthy: Some(state != "down"),
         mac: Some("02:00:00:00:00:01".into()),
         route: None,
@@ -45,7 +49,7 @@ fn bstat(addr: &str, id: u32, packets: u64, bytes: u64, new_flows: u64) -> Backe
         address: ip(addr),
         name: None,
         id,
-        state: "active".into(),
+        state: BackendState::Active,
         packets,
         bytes,
         new_flows,
@@ -68,8 +72,8 @@ fn snap(at: f64, k: u64) -> Snapshot {
         services: vec![
             ServiceView {
                 name: "compilers".into(),
-                kind: "compiler".into(),
-                forwarding: "l2".into(),
+                kind: ServiceKind::Compiler,
+                forwarding: Mode::L2,
                 vip: "192.0.2.10:8140/tcp".into(),
                 service_id: 0,
                 table_size: Some(1009),
@@ -84,8 +88,8 @@ fn snap(at: f64, k: u64) -> Snapshot {
             },
             ServiceView {
                 name: "ca".into(),
-                kind: "ca".into(),
-                forwarding: "l2".into(),
+                kind: ServiceKind::Ca,
+                forwarding: Mode::L2,
                 vip: "192.0.2.11:8140/tcp".into(),
                 service_id: 1,
                 table_size: None,
@@ -125,7 +129,7 @@ fn snap(at: f64, k: u64) -> Snapshot {
         services: vec![
             ServiceStat {
                 name: "compilers".into(),
-                kind: "compiler".into(),
+                kind: ServiceKind::Compiler,
                 packets: 1000 * k,
                 bytes: 1_500_000 * k,
                 new_flows: 10 * k,
@@ -138,7 +142,7 @@ fn snap(at: f64, k: u64) -> Snapshot {
             },
             ServiceStat {
                 name: "ca".into(),
-                kind: "ca".into(),
+                kind: ServiceKind::Ca,
                 packets: 0,
                 bytes: 0,
                 new_flows: 0,

@@ -308,7 +308,7 @@ impl Daemon {
                         s.services
                             .iter()
                             .filter(|v| v.backends.iter().any(|b| b.address == *a))
-                            .all(|v| !v.forwarding.is_empty() && v.forwarding != "l2")
+                            .all(|v| v.forwarding.routed())
                     }) =>
                 {
                     return Ok(());

@@ -390,7 +390,7 @@ fn backend_state(d: &Daemon, service: &str, address: &str) -> Option<String> {
     backends(d, service)
         .into_iter()
         .find(|b| b.address.to_string() == address)
-        .map(|b| b.state)
+        .map(|b| b.state.to_string())
 }
 
 /// Polls until the backend is in `state`; returns how long that took.
@@ -636,7 +636,7 @@ fn daemon_bad_control_input_changes_nothing() {
     let _s = serial();
     let topo = topology(4);
     let d = start_daemon(&topo, 3);
-    let snapshot = |d: &Daemon| -> Vec<(String, u32, u32, String)> {
+    let snapshot = |d: &Daemon| -> Vec<(String, u32, u32, voxlb::control::BackendState)> {
         [COMPILERS, COMPILERS_V6]
             .iter()
             .flat_map(|s| backends(d, s))

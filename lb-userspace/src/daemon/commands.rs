@@ -498,7 +498,7 @@ impl Daemon {
             Ok(c) => Response::Connections(control::ConnectionsView {
                 service: service.to_owned(),
                 address: addr,
-                state: b.state.clone(),
+                state: b.state,
                 open: c.open,
                 closing: c.closing,
             }),

@@ -247,7 +247,7 @@ impl Daemon {
         let mut v: Vec<IpAddr> = self
             .views
             .iter()
-            .filter(|s| s.forwarding == "l2" || s.forwarding.is_empty())
+            .filter(|s| !s.forwarding.routed())
             .flat_map(|s| s.backends.iter())
             .filter(|b| b.mac.is_none())
             .map(|b| b.address)
@@ -289,7 +289,7 @@ impl Daemon {
         let mut v: Vec<IpAddr> = self
             .views
             .iter()
-            .filter(|s| s.forwarding == "l2" || s.forwarding.is_empty())
+            .filter(|s| !s.forwarding.routed())
             .flat_map(|s| s.backends.iter())
             .map(|b| b.address)
             .filter(|a| !configured(a))

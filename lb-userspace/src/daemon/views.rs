@@ -128,7 +128,7 @@ impl Daemon {
                     address: b.address,
                     name: b.name.clone(),
                     id: b.id,
-                    state: b.state.clone(),
+                    state: b.state,
                     packets: bs.packets,
                     bytes: bs.bytes,
                     new_flows: bs.new_flows,
@@ -136,7 +136,7 @@ impl Daemon {
             }
             services.push(ServiceStat {
                 name: s.name.clone(),
-                kind: s.kind.clone(),
+                kind: s.kind,
                 packets: st.packets,
                 bytes: st.bytes,
                 new_flows: st.new_flows,
