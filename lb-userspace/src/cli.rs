@@ -574,7 +574,7 @@ fn render_backends(services: &[ServiceView]) -> String {
                     None => b.weight.to_string(),
                 },
                 effective_cell(b),
-                if s.kind == "compiler" {
+                if s.kind == crate::control::ServiceKind::Compiler {
                     b.tier.to_string()
                 } else {
                     "-".into()
@@ -583,7 +583,7 @@ fn render_backends(services: &[ServiceView]) -> String {
                     b.load_pressure_permille
                         .map(|p| format!("{}%", (p + 5) / 10)),
                 ),
-                if s.kind == "compiler" {
+                if s.kind == crate::control::ServiceKind::Compiler {
                     b.slots.to_string()
                 } else if s.ca_target == Some(b.address) {
                     "serving".into()
@@ -664,7 +664,7 @@ fn render_status(s: &StatusView) -> String {
         .map(|v| {
             let note = if v.active == 0 {
                 "ALL DOWN: dropping".to_string()
-            } else if v.kind == "ca" {
+            } else if v.kind == crate::control::ServiceKind::Ca {
                 format!("-> {}", dash(v.ca_target.map(|a| a.to_string())))
             } else {
                 String::new()

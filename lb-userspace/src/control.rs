@@ -140,9 +140,11 @@ impl Response {
 }
 
 /// Declare a closed set of names shown by the CLI and in JSON: an enum that
-/// serializes as its lower-case name, displays as it, parses from it and
-/// compares equal to it (`state == "active"`), so that a typo is a compile
-/// error in the daemon and the wire format stays the plain word.
+/// serializes as its lower-case name, displays as it and parses from it, so
+/// that the daemon matches on variants (a typo is a compile error) while the
+/// wire format stays the plain word. It also compares equal to its word
+/// (`state == "active"`), for tests that read the CLI's JSON; the daemon's
+/// own code compares variants.
 macro_rules! named {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
         $(#[$doc])*

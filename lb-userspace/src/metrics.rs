@@ -272,7 +272,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
                 esc(&s.name),
                 b.address,
                 b.state,
-                (b.state == "active") as u8
+                (b.state == crate::control::BackendState::Active) as u8
             );
         }
     }
@@ -297,7 +297,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         status
             .services
             .iter()
-            .filter(|s| s.kind == "compiler")
+            .filter(|s| s.kind == crate::control::ServiceKind::Compiler)
             .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
     };
     let labels = |s: &crate::control::ServiceView, b: &crate::control::BackendView| {

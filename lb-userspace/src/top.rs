@@ -226,8 +226,8 @@ impl View {
             for b in &s.backends {
                 let bs = stat.and_then(|x| x.backends.iter().find(|y| y.address == b.address));
                 let bb = before.and_then(|x| x.backends.iter().find(|y| y.address == b.address));
-                let takes_new = b.state == "active";
-                let (weight, effective, share) = if s.kind == "ca" {
+                let takes_new = b.state == crate::control::BackendState::Active;
+                let (weight, effective, share) = if s.kind == crate::control::ServiceKind::Ca {
                     let serving = s.ca_target == Some(b.address);
                     (
                         b.role.clone().unwrap_or_default(),

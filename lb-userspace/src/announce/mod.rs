@@ -442,7 +442,7 @@ pub fn decide(bgp: &BgpConfig, services: &[ServiceView], host: HostState) -> Vec
 pub fn healthy_usable(s: &ServiceView) -> usize {
     s.backends
         .iter()
-        .filter(|b| b.state == "active" && b.healthy == Some(true))
+        .filter(|b| b.state == crate::control::BackendState::Active && b.healthy == Some(true))
         .filter(|b| s.kind != "ca" || s.ca_target == Some(b.address))
         .count()
 }
@@ -450,7 +450,11 @@ pub fn healthy_usable(s: &ServiceView) -> usize {
 /// Healthy usable backends a service needs: `min` for a compiler service,
 /// one for a CA service (it serves from one at a time).
 pub fn needed(s: &ServiceView, min: u32) -> usize {
-    if s.kind == "ca" { 1 } else { min as usize }
+    if s.kind == crate::control::ServiceKind::Ca {
+        1
+    } else {
+        min as usize
+    }
 }
 
 /// One BGP session as BIRD reports it.

@@ -353,7 +353,7 @@ impl Daemon {
             let before = self.views.iter().find(|o| o.name == s.name);
             let was = before.map(|b| b.active);
             if s.active == 0 && was != Some(0) {
-                if s.kind == "ca" {
+                if s.kind == crate::control::ServiceKind::Ca {
                     error!(
                         "service {}: NO certificate authority is usable; every connection to {} is dropped (counted as drop_no_ca)",
                         s.name, s.vip
@@ -367,7 +367,7 @@ impl Daemon {
             } else if s.active > 0 && was == Some(0) {
                 info!("service {}: {} backend(s) usable again", s.name, s.active);
             }
-            if s.kind == "ca"
+            if s.kind == crate::control::ServiceKind::Ca
                 && let Some(b) = before
                 && b.ca_target != s.ca_target
                 && let Some(t) = s.ca_target
