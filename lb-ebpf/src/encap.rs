@@ -203,7 +203,7 @@ pub fn hand_over(ctx: &XdpContext, choice: &Choice, len: u64) -> Result<u32, Rea
             new_flow: choice.new_flow as u8,
         };
         // Does not return on success.
-        let _ = ENCAP_PROG.tail_call(ctx, 0);
+        ENCAP_PROG.tail_call(ctx, 0);
     }
     Err(Reason::DropEncap)
 }
