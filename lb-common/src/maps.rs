@@ -59,6 +59,11 @@ pub const BACKEND_STATS: &str = "vx_be_stats_v2";
 pub const CONFIG: &str = "vx_config_v2";
 /// One [`crate::FloodState`] per CPU. Per-CPU array of 1.
 pub const FLOOD: &str = "vx_flood_v2";
+/// Fragmented datagrams to VIPs: [`crate::FragKey`] (source, destination,
+/// IP ID, protocol) -> [`crate::FragValue`] (the backend the first fragment
+/// went to). LRU hash map of [`FRAG_CAPACITY`], written by first fragments
+/// only, read by later ones.
+pub const FRAGS: &str = "vx_frags_v2";
 
 /// The version-1 flow table (key [`crate::FlowKey`], value
 /// [`crate::FlowValueV1`]): read and converted by an upgrade.
@@ -94,7 +99,7 @@ pub const V1_ALL: [&str; 11] = [
 ];
 
 /// Every map, for pinning and unpinning in one place.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     VIPS,
     VIP_FILTER,
     VIP_ADDRS,
@@ -110,6 +115,7 @@ pub const ALL: [&str; 15] = [
     BACKEND_STATS,
     CONFIG,
     FLOOD,
+    FRAGS,
 ];
 
 /// Most VIPs (compiler and CA services together).
@@ -126,6 +132,11 @@ pub const MAX_REGIONS: u32 = MAX_SERVICES * 2;
 pub const MAGLEV_CAPACITY: u32 = 16 * 1024 * 1024;
 /// Default flow-table capacity (entries). Configurable at load time.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 1_048_576;
+
+/// Entries of the fragment table: datagrams in reassembly at once. A
+/// datagram needs its entry only between its first and last fragment (a few
+/// milliseconds), so this is ample for a compiler fleet's rare fragments.
+pub const FRAG_CAPACITY: u32 = 16384;
 
 /// Default Maglev table size: prime, and large enough that 100s of backends
 /// each get hundreds of slots.

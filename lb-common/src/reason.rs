@@ -58,7 +58,10 @@ reasons! {
     PassNotVip = 3, "pass_not_vip", Pass;
     /// IP, but neither TCP nor UDP (ICMP, ...).
     PassNotL4 = 4, "pass_not_l4", Pass;
-    /// IPv4 fragment or IPv6 fragment header: no reliable ports (see README).
+    /// A fragment to a VIP address that cannot be followed: a later
+    /// fragment (non-zero offset) whose first fragment was not seen (or whose
+    /// backend is gone), or a fragmented ICMP message (see README, *ICMP and
+    /// fragments*). First fragments carry the ports and are balanced.
     PassFragment = 5, "pass_fragment", Pass;
     /// More than two VLAN tags.
     PassVlanDepth = 6, "pass_vlan_depth", Pass;
@@ -85,9 +88,17 @@ reasons! {
     /// A packet to a VIP whose source address is a VIP address: spoofed (a
     /// land attack, or reflection bait); never forwarded to a backend.
     DropSpoofedSource = 17, "drop_spoofed_source", Drop;
+    /// An ICMP error to a VIP address (fragmentation needed, destination
+    /// unreachable, ICMPv6 packet too big ...) whose ICMP header or quoted
+    /// IP header plus 8 bytes is cut short or is not an IP header.
+    PassIcmpMalformed = 18, "pass_icmp_malformed", Pass;
+    /// An ICMP error to a VIP address that names no VIP flow: the quoted
+    /// packet is not TCP/UDP from that VIP's (address, port), or is a later
+    /// fragment, or no backend of the VIP's service is usable.
+    PassIcmpUnmatched = 19, "pass_icmp_unmatched", Pass;
 }
 
 /// Number of reason codes; the size of the reason counter array.
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 20;
 
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);

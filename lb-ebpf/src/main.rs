@@ -5,29 +5,34 @@
 //! sources that claim to be a VIP, and choose a backend (CA steering, or
 //! Maglev with flood mode); rewrite L2 and transmit. A pass or drop is
 //! counted under its reason, a forwarded packet in its backend's record.
+//! Packets without ports of their own follow a flow instead: an ICMP error
+//! quoting a VIP's reply goes to that flow's backend (`icmp`), a later
+//! fragment to where its datagram's first fragment went (`frag`).
 #![no_std]
 #![no_main]
 
 mod family;
+mod frag;
+mod icmp;
 mod maps;
 mod parse;
 mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{
-    KIND_CA, KIND_COMPILER, Reason,
-    hash::{addr_slot, vip_slot},
-    reason::Verdict,
-};
+use lb_common::{KIND_CA, KIND_COMPILER, Reason, hash::vip_slot, reason::Verdict};
 
 use crate::{
     family::Family,
-    maps::{VIP_ADDRS, VIP_FILTER, VIPS},
+    maps::{VIP_FILTER, VIPS},
     parse::{Cursor, L3, Parsed},
 };
 
 #[xdp]
+// Inlined into the entry the macro generates: as a called function it would
+// take the packet pointers as arguments and re-extend them (a shift the
+// verifier refuses on a pointer).
+#[inline(always)]
 pub fn voxlb(ctx: XdpContext) -> u32 {
     let c = Cursor::new(&ctx);
     let len = c.len();
@@ -50,9 +55,21 @@ pub fn voxlb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb(c: &Cursor, len: u64) -> Result<Reason, Reason> {
     let (l3, off, unicast) = parse::l2(c)?;
+    // Packets without ports of their own are steered by what they carry:
+    // ICMP errors by the flow they quote, later fragments by their first.
     match l3 {
-        L3::V4 => lb(c, parse::ipv4(c, off, unicast)?, len),
-        L3::V6 => lb(c, parse::ipv6(c, off, unicast)?, len),
+        L3::V4 => match parse::ipv4(c, off, unicast) {
+            Ok(pkt) => lb(c, pkt, len),
+            Err(Reason::PassNotL4) => icmp::v4(c, off, unicast, len),
+            Err(Reason::PassFragment) => frag::later_v4(c, off, unicast, len),
+            Err(r) => Err(r),
+        },
+        L3::V6 => match parse::ipv6(c, off, unicast) {
+            Ok(pkt) => lb(c, pkt, len),
+            Err(Reason::PassNotL4) => icmp::v6(c, off, unicast, len),
+            Err(Reason::PassFragment) => frag::later_v6(c, off, unicast, len),
+            Err(r) => Err(r),
+        },
     }
 }
 
@@ -105,15 +122,13 @@ fn lb<K: Family>(c: &Cursor, pkt: Parsed<K>, len: u64) -> Result<Reason, Reason>
 /// hashes to the same slot.
 #[inline(always)]
 fn spoofed<K: Family>(pkt: &Parsed<K>) -> bool {
-    match VIP_FILTER.get(addr_slot(pkt.key.src_fold())) {
-        Some(s) if s.addrs != 0 => VIP_ADDRS.get_ptr(pkt.key.src_key()).is_some(),
-        _ => false,
-    }
+    family::from_vip_addr(&pkt.key)
 }
 
-/// Rewrite for DSR and count the packet in its backend's record.
+/// Rewrite for DSR and count the packet in its backend's record; a first
+/// fragment's datagram is recorded for its later fragments.
 #[inline(always)]
-fn forward<K>(
+fn forward<K: Family>(
     c: &Cursor,
     pkt: &Parsed<K>,
     choice: &select::Choice,
@@ -125,6 +140,9 @@ fn forward<K>(
         return Err(Reason::PassNotUnicast);
     }
     rewrite_l2(c, &choice.mac)?;
+    if pkt.first_frag {
+        frag::remember(pkt, choice.backend_id);
+    }
     stats::count_forward(choice.backend_id, len, choice.new_flow);
     Ok(reason)
 }

@@ -10,11 +10,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, BackendStats, Counter, DpConfig, FilterSlot, FloodState, FlowKeyV4, FlowKeyV6,
-    FlowValue, TableRegion, VipAddrKey, VipInfo, VipKey,
+    FlowValue, FragKey, FragValue, TableRegion, VipAddrKey, VipInfo, VipKey,
     hash::FILTER_SLOTS,
     maps as names,
     maps::{
-        DEFAULT_FLOW_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES, MAX_VIPS,
+        DEFAULT_FLOW_CAPACITY, FRAG_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS,
+        MAX_SERVICES, MAX_VIPS,
     },
     reason::REASON_COUNT,
 };
@@ -49,7 +50,7 @@ macro_rules! pinned {
 }
 
 // Every constant of lb_common::maps::ALL is declared below.
-const _: () = assert!(names::ALL.len() == 15, "a map was added: declare it here");
+const _: () = assert!(names::ALL.len() == 16, "a map was added: declare it here");
 
 /// Per-CPU LRU lists: inserting a flow takes no lock shared by all CPUs.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -135,4 +136,12 @@ pinned!(
 pinned!(
     "vx_flood_v2" == names::FLOOD,
     pub static FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
+);
+
+pinned!(
+    "vx_frags_v2" == names::FRAGS,
+    /// One common LRU (not per CPU): fragments are rare, and the fragments
+    /// of one datagram may arrive on different CPUs.
+    pub static FRAGS: LruHashMap<FragKey, FragValue> =
+        LruHashMap::with_max_entries(FRAG_CAPACITY, 0);
 );

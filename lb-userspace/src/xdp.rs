@@ -33,8 +33,8 @@ use aya::{
 };
 use lb_common::{
     BackendInfo, BackendStats, Counter, DpConfig, FamilyKey, FilterSlot, FloodState, FlowKey,
-    FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, KIND_CA, Reason, ServiceStats, TableRegion,
-    VipAddrKey, VipInfo, VipKey,
+    FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, FragKey, FragValue, KIND_CA, Reason,
+    ServiceStats, TableRegion, VipAddrKey, VipInfo, VipKey,
     hash::{FILTER_SLOTS, addr_slot, fold_addr, vip_slot},
     maps::{self as names, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
     reason::Verdict,
@@ -109,6 +109,8 @@ pub struct XdpDataPlane {
     be_stats: PerCpuArray<MapData, BackendStats>,
     config: Array<MapData, DpConfig>,
     flood: PerCpuArray<MapData, FloodState>,
+    /// Fragmented datagrams to VIPs (written by the data plane only).
+    frags: HashMap<MapData, FragKey, FragValue>,
     /// What we know each region holds, to write only changed slots.
     shadow: BTreeMap<u32, Vec<u32>>,
     /// Every pin of a [`Self::load`]ed data plane (maps and links) with a
@@ -329,6 +331,7 @@ impl XdpDataPlane {
             be_stats: take!(names::BACKEND_STATS),
             config: take!(names::CONFIG),
             flood: take!(names::FLOOD),
+            frags: take!(names::FRAGS),
             shadow: BTreeMap::new(),
             pins: Vec::new(),
         })
@@ -356,6 +359,15 @@ impl XdpDataPlane {
                 .map_err(map_err(names::FLOWS6)),
             None => Err(other(format!("flow key of unknown family {}", key.family))),
         }
+    }
+
+    /// The fragment table's records: which backend each fragmented
+    /// datagram's first fragment went to (tests, diagnostics).
+    pub fn fragments(&self) -> Result<Vec<(FragKey, FragValue)>> {
+        self.frags
+            .iter()
+            .map(|r| r.map_err(map_err(names::FRAGS)))
+            .collect()
     }
 
     /// Write one entry under a raw IPv4 key (the benchmark's floor program
