@@ -378,9 +378,15 @@ pub struct DpConfig {
     /// New-flow inserts per second per CPU above which SYNs are forwarded by
     /// the Maglev table alone, without a flow entry (flood mode). 0 = never.
     pub flood_threshold: u32,
-    pub _pad: u32,
+    /// `DP_*` bits. 0 (a fresh map) is the default behaviour.
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<DpConfig>() == 8);
+
+/// [`DpConfig::flags`]: ICMP errors about VIP flows are passed to the
+/// kernel instead of steered to the flow's backend (`icmp_steering =
+/// false`).
+pub const DP_NO_ICMP_STEERING: u32 = 1;
 
 /// Length of a flood-mode window: the threshold is per window, per CPU.
 pub const FLOOD_WINDOW_NS: u64 = 1_000_000_000;

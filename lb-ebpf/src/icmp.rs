@@ -16,11 +16,13 @@
 //! to the kernel as before (`pass_not_l4`): those are about the path or
 //! addressed to the LB host, not about a compiler's connection.
 
-use lb_common::{FlowKeyV4, FlowKeyV6, KIND_CA, KIND_COMPILER, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{
+    DP_NO_ICMP_STEERING, FlowKeyV4, FlowKeyV6, KIND_CA, KIND_COMPILER, PROTO_TCP, PROTO_UDP, Reason,
+};
 
 use crate::{
     family::{Family, from_vip_addr, to_vip_addr},
-    maps::VIPS,
+    maps::{CONFIG, VIPS},
     parse::{Cursor, Parsed, ipv6_chain},
     select,
 };
@@ -44,6 +46,15 @@ const ICMPV6_PKT_TOOBIG: u8 = 2;
 const ICMP_HLEN: usize = 8;
 /// What the quote must hold after its IP header: both ports.
 const QUOTED_L4: usize = 8;
+
+/// `icmp_steering` is on (the default: a fresh config reads 0). Off, the
+/// errors are passed as any other ICMP is.
+#[inline(always)]
+fn steering_on() -> bool {
+    CONFIG
+        .get(0)
+        .is_none_or(|c| c.flags & DP_NO_ICMP_STEERING == 0)
+}
 
 /// An IPv4 packet (already validated by `parse::ipv4`) that is neither TCP
 /// nor UDP, at `off`.
@@ -73,7 +84,7 @@ pub fn v4(c: &Cursor, off: usize, unicast: bool, len: u64) -> Result<Reason, Rea
     }
     let t: *const [u8; ICMP_HLEN] = c.ptr(icmp_off).ok_or(Reason::PassIcmpMalformed)?;
     // SAFETY: the ICMP header lies inside the packet.
-    if unsafe { (*t)[0] } != ICMP_DEST_UNREACH {
+    if unsafe { (*t)[0] } != ICMP_DEST_UNREACH || !steering_on() {
         return Err(Reason::PassNotL4);
     }
     if from_vip_addr(&outer) {
@@ -139,7 +150,7 @@ pub fn v6(c: &Cursor, off: usize, unicast: bool, len: u64) -> Result<Reason, Rea
     let t: *const [u8; ICMP_HLEN] = c.ptr(ch.l4_off).ok_or(Reason::PassIcmpMalformed)?;
     // SAFETY: the ICMPv6 header lies inside the packet.
     let ty = unsafe { (*t)[0] };
-    if ty != ICMPV6_DEST_UNREACH && ty != ICMPV6_PKT_TOOBIG {
+    if (ty != ICMPV6_DEST_UNREACH && ty != ICMPV6_PKT_TOOBIG) || !steering_on() {
         return Err(Reason::PassNotL4);
     }
     if from_vip_addr(&outer) {

@@ -291,6 +291,9 @@ impl Daemon {
         if let Err(e) = dp.set_flood_threshold(config.flood_threshold) {
             warn!("setting the flood threshold: {e}");
         }
+        if let Err(e) = dp.set_icmp_steering(config.icmp_steering) {
+            warn!("setting icmp_steering: {e}");
+        }
         let macs = match resolver.table() {
             Ok(t) => t,
             Err(e) => {
@@ -840,6 +843,11 @@ impl Daemon {
             && let Err(e) = self.dp.set_flood_threshold(new.flood_threshold)
         {
             warn!("reload: setting the flood threshold: {e}");
+        }
+        if new.icmp_steering != self.config.icmp_steering
+            && let Err(e) = self.dp.set_icmp_steering(new.icmp_steering)
+        {
+            warn!("reload: setting icmp_steering: {e}");
         }
         let mut dropped = Vec::new();
         let mut retired = Vec::new();

@@ -32,9 +32,9 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendInfo, BackendStats, Counter, DpConfig, FamilyKey, FilterSlot, FloodState, FlowKey,
-    FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, FragKey, FragValue, KIND_CA, Reason,
-    ServiceStats, TableRegion, VipAddrKey, VipInfo, VipKey,
+    BackendInfo, BackendStats, Counter, DP_NO_ICMP_STEERING, DpConfig, FamilyKey, FilterSlot,
+    FloodState, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, FragKey, FragValue, KIND_CA,
+    Reason, ServiceStats, TableRegion, VipAddrKey, VipInfo, VipKey,
     hash::{FILTER_SLOTS, addr_slot, fold_addr, vip_slot},
     maps::{self as names, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
     reason::Verdict,
@@ -359,6 +359,14 @@ impl XdpDataPlane {
                 .map_err(map_err(names::FLOWS6)),
             None => Err(other(format!("flow key of unknown family {}", key.family))),
         }
+    }
+
+    /// Read, change and write back the one data-plane config slot (only
+    /// this process writes it).
+    fn update_config(&mut self, f: impl FnOnce(&mut DpConfig)) -> Result<()> {
+        let mut c = self.config.get(&0, 0).map_err(map_err(names::CONFIG))?;
+        f(&mut c);
+        self.config.set(0, c, 0).map_err(map_err(names::CONFIG))
     }
 
     /// The fragment table's records: which backend each fragmented
@@ -1246,16 +1254,17 @@ impl DataPlane for XdpDataPlane {
     }
 
     fn set_flood_threshold(&mut self, per_cpu_per_s: u32) -> Result<()> {
-        self.config
-            .set(
-                0,
-                DpConfig {
-                    flood_threshold: per_cpu_per_s,
-                    _pad: 0,
-                },
-                0,
-            )
-            .map_err(map_err(names::CONFIG))
+        self.update_config(|c| c.flood_threshold = per_cpu_per_s)
+    }
+
+    fn set_icmp_steering(&mut self, on: bool) -> Result<()> {
+        self.update_config(|c| {
+            if on {
+                c.flags &= !DP_NO_ICMP_STEERING;
+            } else {
+                c.flags |= DP_NO_ICMP_STEERING;
+            }
+        })
     }
 
     fn flow_capacity(&self) -> Option<u64> {

@@ -782,3 +782,28 @@ fn ipv6_fragments_follow_their_first_in_and_out_of_order() {
     // IPv6 datagrams are keyed without the protocol.
     assert_eq!(ids, vec![(ib, 0), (ia, 0)]);
 }
+
+#[test]
+fn with_icmp_steering_off_errors_are_passed_as_before() {
+    need_root!();
+    let mut f = Fixture::new();
+    let (agent, vip) = (IpAddr::from(AGENT4), IpAddr::from(VIP4));
+    let owner = f.pick(S_V4, &key_of(agent, 40000, vip, 8140, PROTO_TCP));
+    let icmp4 = frag_needed(
+        vip,
+        &reply(vip, 8140, agent, 40000, PROTO_TCP).quote(QUOTE4),
+    );
+    let (agent6, vip6) = (IpAddr::from(agent6()), IpAddr::from(vip6()));
+    let icmp6 = too_big(
+        vip6,
+        &reply(vip6, 8140, agent6, 40000, PROTO_TCP).quote(QUOTE6),
+    );
+    f.dp.set_icmp_steering(false).unwrap();
+    // The flood threshold shares the config slot: setting it keeps the flag.
+    f.dp.set_flood_threshold(1000).unwrap();
+    f.expect_untouched("v4, steering off", &icmp4, XDP_PASS, Reason::PassNotL4);
+    f.expect_untouched("v6, steering off", &icmp6, XDP_PASS, Reason::PassNotL4);
+    f.dp.set_icmp_steering(true).unwrap();
+    f.expect_tx("v4, steering on", &icmp4, Reason::TxCompiler, owner);
+    assert_eq!(f.dp.flood_status().unwrap().threshold, 1000);
+}
