@@ -36,7 +36,7 @@ pub fn remember<K: Family>(pkt: &Parsed<K>, backend_id: u32) {
     };
     // A full LRU evicts its oldest datagram; a failed insert (no memory)
     // only means the later fragments are passed.
-    let _ = FRAGS.insert(&pkt.key.frag_key(pkt.frag_id), &v, 0);
+    let _ = FRAGS.insert(pkt.key.frag_key(pkt.frag_id), v, 0);
 }
 
 /// A later IPv4 fragment (already validated by `parse::ipv4`) at `off`.
@@ -90,7 +90,7 @@ fn follow<K: Family>(
         return Err(Reason::PassNotVip);
     }
     // SAFETY: a value from a map lookup, copied at once (plain integers).
-    let v = *unsafe { FRAGS.get(&key.frag_key(id)) }.ok_or(Reason::PassFragment)?;
+    let v = *unsafe { FRAGS.get(key.frag_key(id)) }.ok_or(Reason::PassFragment)?;
     let choice = select::recorded(v.backend_id, v.generation).ok_or(Reason::PassFragment)?;
     // The first fragment's ports and protocol: forwarded as its flow is.
     let pkt = Parsed {
