@@ -149,9 +149,21 @@ impl XdpDataPlane {
             .interfaces
             .iter()
             .all(|i| link_pin(&opts.pin_dir, i).exists());
+        // A map this build added (e.g. the fragment table) is not pinned by
+        // an older deployment, whose attached program does not know it: the
+        // new program is loaded with the existing maps (reused by their
+        // pins) plus the new one, and swapped into the links.
+        let missing: Vec<&str> = names::ALL
+            .iter()
+            .copied()
+            .filter(|n| !opts.pin_dir.join(n).exists())
+            .collect();
+        if all_linked && !missing.is_empty() {
+            info!(maps = ?missing, "maps missing from the pins; loading this build's program into the links");
+        }
         // The attached program of a v1 deployment reads v1 flow values: it
         // is replaced in its links, like `voxlb run --replace`.
-        if all_linked && !opts.replace && v1_flows.is_none() {
+        if all_linked && !opts.replace && v1_flows.is_none() && missing.is_empty() {
             info!(pin_dir = %opts.pin_dir.display(), "reusing the attached program and pinned maps");
             let mut maps = BTreeMap::new();
             for name in names::ALL {
