@@ -8,7 +8,8 @@
 //!   slice-based re-implementation of "what should happen to this frame",
 //!   written from the reason codes' definitions, not from the eBPF code;
 //! - a **generator** ([`Generator`]) of valid frames of each input class
-//!   (compiler, CA and UDP VIPs over IPv4/IPv6, non-VIP traffic, non-IP)
+//!   (compiler, CA and UDP VIPs over IPv4/IPv6, non-VIP traffic, non-IP,
+//!   ICMP errors about VIP replies, first and later fragments)
 //!   with 1–3 structure-aware mutations, plus a sweep that truncates rich
 //!   frames at every byte.
 //!
