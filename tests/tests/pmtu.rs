@@ -190,6 +190,31 @@ fn reason_count(d: &Daemon, label: &str) -> u64 {
     }
 }
 
+/// The "too big" errors the router has sent so far (its kernel's SNMP
+/// counters: ICMP destination unreachable for IPv4, packet too big for IPv6).
+fn router_errors(topo: &Topology, v6: bool) -> u64 {
+    let ns = format!("{}-rt", topo.prefix);
+    if v6 {
+        let t = netns::exec(&ns, "cat", &["/proc/net/snmp6"]).expect("snmp6");
+        t.lines()
+            .find_map(|l| l.strip_prefix("Icmp6OutPktTooBigs"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("Icmp6OutPktTooBigs")
+    } else {
+        let t = netns::exec(&ns, "cat", &["/proc/net/snmp"]).expect("snmp");
+        let rows: Vec<Vec<&str>> = t
+            .lines()
+            .filter(|l| l.starts_with("Icmp:"))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let at = rows[0]
+            .iter()
+            .position(|h| *h == "OutDestUnreachs")
+            .expect("OutDestUnreachs");
+        rows[1][at].parse().expect("a count")
+    }
+}
+
 /// Rewrite the daemon's config with `icmp_steering = on` and reload.
 fn set_steering(d: &Daemon, on: bool) {
     let text = std::fs::read_to_string(&d.config).expect("read the config");
@@ -231,11 +256,15 @@ fn l2_a_narrow_return_path_stalls_downloads_unless_voxlb_steers_the_routers_icmp
         // Steering off: the router's error reaches the LB and is passed to
         // its kernel; the compiler keeps sending 1500-byte segments.
         set_steering(&d, false);
-        let passed = reason_count(&d, "pass_not_l4");
+        let (passed, sent) = (reason_count(&d, "pass_not_l4"), router_errors(&topo, v6));
         let r = download(&topo, v6, Duration::from_secs(6));
         assert!(
             r.is_err(),
             "{fam}: the download crossed the narrow link without steering"
+        );
+        assert!(
+            router_errors(&topo, v6) > sent,
+            "{fam}: the router sent no too-big error"
         );
         assert!(
             reason_count(&d, "pass_not_l4") > passed,
@@ -243,11 +272,16 @@ fn l2_a_narrow_return_path_stalls_downloads_unless_voxlb_steers_the_routers_icmp
         );
         // Steering on: the error goes to the compiler of the quoted flow.
         set_steering(&d, true);
+        let sent = router_errors(&topo, v6);
         if let Err(e) = download(&topo, v6, Duration::from_secs(30)) {
             panic!(
                 "{fam}: with ICMP steering: {e:#}; daemon log:\n{}",
                 d.log_tail(30)
             );
         }
+        assert!(
+            router_errors(&topo, v6) > sent,
+            "{fam}: the download needed no path-MTU discovery"
+        );
     }
 }
