@@ -59,6 +59,11 @@ pub const BACKEND_STATS: &str = "vx_be_stats_v2";
 pub const CONFIG: &str = "vx_config_v2";
 /// One [`crate::FloodState`] per CPU. Per-CPU array of 1.
 pub const FLOOD: &str = "vx_flood_v2";
+/// Fragmented datagrams to VIPs: [`crate::FragKey`] (source, destination,
+/// IP ID, protocol) -> [`crate::FragValue`] (the backend the first fragment
+/// went to). LRU hash map of [`FRAG_CAPACITY`], written by first fragments
+/// only, read by later ones.
+pub const FRAGS: &str = "vx_frags_v2";
 
 /// Backend id -> [`crate::TunnelInfo`]: the outer headers and egress of a
 /// routed (`ipip`/`gue`) backend. Array. Added within layout 2 (a new map,
@@ -69,15 +74,32 @@ pub const TUNNELS: &str = "vx_tunnels_v2";
 /// Devmap hash, the target of `XDP_REDIRECT` for routed backends whose
 /// route leaves through another interface voxlb is attached to.
 pub const TX_PORTS: &str = "vx_tx_ports_v2";
-/// Index 0 -> the encapsulating program (`voxlb_encap`). Program array:
-/// the packet path tail-calls it for routed backends, so encapsulation has
-/// a stack of its own. Userspace puts the program in after loading it.
-pub const ENCAP_PROG: &str = "vx_encap_prog_v2";
-/// The job handed to the encapsulating program. Per-CPU array of 1 (the
-/// value type is private to the data plane).
+/// Slot -> a program the packet path tail-calls ([`TAIL_PROGRAMS`]).
+/// Program array. The rare or heavy paths (encapsulation, ICMP errors,
+/// later fragments) are programs of their own, each with its own 512-byte
+/// stack: the packet path's is nearly full, and the L2 fast path must not
+/// pay for them. Userspace puts the programs in after loading them.
+pub const PROGS: &str = "vx_progs_v2";
+/// The job the packet path hands a tail-called program that forwards (the
+/// chosen backend): the encapsulating and first-fragment programs. Per-CPU
+/// array of 1 (the value type is private to the data plane).
 pub const ENCAP_JOB: &str = "vx_encap_job_v2";
-/// The encapsulating program's name in the object.
-pub const ENCAP_PROGRAM: &str = "voxlb_encap";
+/// [`PROGS`] slot of the encapsulating program (routed backends).
+pub const PROG_ENCAP: u32 = 0;
+/// [`PROGS`] slot of the ICMP-error steering program.
+pub const PROG_ICMP: u32 = 1;
+/// [`PROGS`] slot of the later-fragment program.
+pub const PROG_FRAG: u32 = 2;
+/// [`PROGS`] slot of the first-fragment program (records the datagram,
+/// then forwards the fragment like the packet path would).
+pub const PROG_FIRST_FRAG: u32 = 3;
+/// The tail-called programs: (slot, name in the object).
+pub const TAIL_PROGRAMS: [(u32, &str); 4] = [
+    (PROG_ENCAP, "voxlb_encap"),
+    (PROG_ICMP, "voxlb_icmp"),
+    (PROG_FRAG, "voxlb_frag"),
+    (PROG_FIRST_FRAG, "voxlb_first_frag"),
+];
 /// Most interfaces in [`TX_PORTS`].
 pub const MAX_TX_PORTS: u32 = 64;
 
@@ -115,7 +137,7 @@ pub const V1_ALL: [&str; 11] = [
 ];
 
 /// Every map, for pinning and unpinning in one place.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     VIPS,
     VIP_FILTER,
     VIP_ADDRS,
@@ -131,9 +153,10 @@ pub const ALL: [&str; 19] = [
     BACKEND_STATS,
     CONFIG,
     FLOOD,
+    FRAGS,
     TUNNELS,
     TX_PORTS,
-    ENCAP_PROG,
+    PROGS,
     ENCAP_JOB,
 ];
 
@@ -151,6 +174,11 @@ pub const MAX_REGIONS: u32 = MAX_SERVICES * 2;
 pub const MAGLEV_CAPACITY: u32 = 16 * 1024 * 1024;
 /// Default flow-table capacity (entries). Configurable at load time.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 1_048_576;
+
+/// Entries of the fragment table: datagrams in reassembly at once. A
+/// datagram needs its entry only between its first and last fragment (a few
+/// milliseconds), so this is ample for a compiler fleet's rare fragments.
+pub const FRAG_CAPACITY: u32 = 16384;
 
 /// Default Maglev table size: prime, and large enough that 100s of backends
 /// each get hundreds of slots.

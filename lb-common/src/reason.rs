@@ -80,7 +80,10 @@ reasons! {
     PassNotVip = 3, "pass_not_vip", Pass;
     /// IP, but neither TCP nor UDP (ICMP, ...).
     PassNotL4 = 4, "pass_not_l4", Pass;
-    /// IPv4 fragment or IPv6 fragment header: no reliable ports (see README).
+    /// A fragment to a VIP address that cannot be followed: a later
+    /// fragment (non-zero offset) whose first fragment was not seen (or whose
+    /// backend is gone), or a fragmented ICMP message (see README, *ICMP and
+    /// fragments*). First fragments carry the ports and are balanced.
     PassFragment = 5, "pass_fragment", Pass;
     /// More than two VLAN tags.
     PassVlanDepth = 6, "pass_vlan_depth", Pass;
@@ -107,25 +110,33 @@ reasons! {
     /// A packet to a VIP whose source address is a VIP address: spoofed (a
     /// land attack, or reflection bait); never forwarded to a backend.
     DropSpoofedSource = 17, "drop_spoofed_source", Drop;
+    /// An ICMP error to a VIP address (fragmentation needed, destination
+    /// unreachable, ICMPv6 packet too big ...) whose ICMP header or quoted
+    /// IP header plus 8 bytes is cut short or is not an IP header.
+    PassIcmpMalformed = 18, "pass_icmp_malformed", Pass;
+    /// An ICMP error to a VIP address that names no VIP flow: the quoted
+    /// packet is not TCP/UDP from that VIP's (address, port), or is a later
+    /// fragment, or no backend of the VIP's service is usable.
+    PassIcmpUnmatched = 19, "pass_icmp_unmatched", Pass;
     /// Encapsulation would exceed the path MTU to the compilers and the
     /// client's packet may not be fragmented (IPv4 DF, or any IPv6): the
     /// client was sent "fragmentation needed" / "packet too big" with the
     /// usable MTU, from the VIP, out the interface the packet came in on.
-    TxTooBig = 18, "tx_too_big", Tx;
+    TxTooBig = 20, "tx_too_big", Tx;
     /// Encapsulation would exceed the path MTU and the IPv4 packet allows
     /// fragmentation (DF clear). XDP cannot fragment, and the compiler-side
     /// decap cannot reassemble: dropped (see README, *Path MTU*).
-    DropTooBigNoDf = 19, "drop_too_big_no_df", Drop;
+    DropTooBigNoDf = 21, "drop_too_big_no_df", Drop;
     /// A routed backend's egress interface is neither the ingress one nor
     /// in the devmap of interfaces voxlb is attached to (maps mid-update).
-    DropNoEgress = 20, "drop_no_egress", Drop;
+    DropNoEgress = 22, "drop_no_egress", Drop;
     /// The frame could not be grown for the outer headers
     /// (`bpf_xdp_adjust_head` refused: no headroom), or the backend's tunnel
     /// entry is not set up.
-    DropEncap = 21, "drop_encap", Drop;
+    DropEncap = 23, "drop_encap", Drop;
 }
 
 /// Number of reason codes; the size of the reason counter array.
-pub const REASON_COUNT: u32 = 22;
+pub const REASON_COUNT: u32 = 24;
 
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);

@@ -421,9 +421,15 @@ pub struct DpConfig {
     /// New-flow inserts per second per CPU above which SYNs are forwarded by
     /// the Maglev table alone, without a flow entry (flood mode). 0 = never.
     pub flood_threshold: u32,
-    pub _pad: u32,
+    /// `DP_*` bits. 0 (a fresh map) is the default behaviour.
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<DpConfig>() == 8);
+
+/// [`DpConfig::flags`]: ICMP errors about VIP flows are passed to the
+/// kernel instead of steered to the flow's backend (`icmp_steering =
+/// false`).
+pub const DP_NO_ICMP_STEERING: u32 = 1;
 
 /// Length of a flood-mode window: the threshold is per window, per CPU.
 pub const FLOOD_WINDOW_NS: u64 = 1_000_000_000;
@@ -453,6 +459,40 @@ impl FloodState {
             && self.attempts > threshold as u64
     }
 }
+
+/// Key of the fragment table (`vx_frags_v2`): one fragmented datagram.
+/// IPv4 identifies it by (source, destination, 16-bit ID, protocol) as RFC
+/// 791 does; IPv6 by (source, destination, 32-bit ID) (RFC 8200), with
+/// `proto` 0. Addresses in the 16-byte form (IPv4 in the first four).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// The IP ID (IPv4: zero-extended), host byte order.
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+
+/// Value of the fragment table: where the first fragment went, and the
+/// ports and protocol it carried (later fragments have none), so a later
+/// fragment is forwarded exactly as its flow's packets are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub backend_id: u32,
+    /// `BackendInfo::generation` when recorded: a later fragment whose
+    /// backend id was since given to another host is not followed.
+    pub generation: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -492,6 +532,10 @@ mod pod {
     unsafe impl aya::Pod for ServiceStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for BackendStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragValue {}
 }
 
 impl VipKey {

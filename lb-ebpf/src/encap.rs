@@ -30,7 +30,7 @@ use lb_common::{FAMILY_V4, FAMILY_V6, FORWARD_GUE, PROTO_TCP, Reason, TunnelInfo
 
 use crate::{
     family::Family,
-    maps::{ENCAP_JOB, ENCAP_PROG, TUNNELS, TX_PORTS},
+    maps::{ENCAP_JOB, PROGS, TUNNELS, TX_PORTS},
     parse::{self, Cursor, L3, Parsed},
     select::Choice,
     stats,
@@ -186,24 +186,23 @@ pub struct EncapJob {
     pub new_flow: u8,
 }
 
-/// Forward to a routed backend: record the job and tail-call the
-/// encapsulating program (`voxlb_encap`, [`run`]). Returns only if the
-/// tail call failed (the program array is empty mid-load): counted as
-/// `drop_encap`.
+/// Hand the forwarding of this packet to the tail-called program in `slot`
+/// (`PROG_ENCAP`: [`run`]; `PROG_FIRST_FRAG`: `frag::first`): record the
+/// job and tail-call it. Returns only if the tail call failed (the program
+/// array is empty mid-load): counted as `drop_encap`.
 #[inline(always)]
-pub fn hand_over(ctx: &XdpContext, choice: &Choice, len: u64) -> Result<u32, Reason> {
+pub fn hand_over(ctx: &XdpContext, choice: &Choice, len: u64, slot: u32) -> Result<u32, Reason> {
     let job = ENCAP_JOB.get_ptr_mut(0).ok_or(Reason::DropInternal)?;
     // SAFETY: this CPU's slot of a per-CPU array, valid for the run.
+    // Field by field: no copy of the job on the packet path's stack.
     unsafe {
-        *job = EncapJob {
-            backend_id: choice.backend_id,
-            bytes: len as u32,
-            mac: choice.mac,
-            forwarding: choice.forwarding,
-            new_flow: choice.new_flow as u8,
-        };
+        (*job).backend_id = choice.backend_id;
+        (*job).bytes = len as u32;
+        (*job).mac = choice.mac;
+        (*job).forwarding = choice.forwarding;
+        (*job).new_flow = choice.new_flow as u8;
         // Does not return on success.
-        ENCAP_PROG.tail_call(ctx, 0);
+        PROGS.tail_call(ctx, slot);
     }
     Err(Reason::DropEncap)
 }

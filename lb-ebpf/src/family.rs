@@ -4,11 +4,11 @@
 
 use aya_ebpf::maps::LruHashMap;
 use lb_common::{
-    FAMILY_V4, FAMILY_V6, FlowKeyV4, FlowKeyV6, FlowValue, VipAddrKey, VipKey,
-    hash::{flow_hash_v4, flow_hash_v6, fold_v4, fold_v6},
+    FAMILY_V4, FAMILY_V6, FlowKeyV4, FlowKeyV6, FlowValue, FragKey, VipAddrKey, VipKey,
+    hash::{addr_slot, flow_hash_v4, flow_hash_v6, fold_v4, fold_v6},
 };
 
-use crate::maps::{FLOWS4, FLOWS6};
+use crate::maps::{FLOWS4, FLOWS6, VIP_ADDRS, VIP_FILTER};
 
 /// Sum of the big-endian 16-bit words of `a` (not folded).
 #[inline(always)]
@@ -41,6 +41,36 @@ pub trait Family: Copy + 'static {
     fn vip_key(&self) -> VipKey;
     /// The VIP-address key of the source.
     fn src_key(&self) -> VipAddrKey;
+    /// The VIP-address key of the destination.
+    fn dst_key(&self) -> VipAddrKey;
+    /// The source port, as on the wire.
+    fn sport_be(&self) -> u16;
+    /// The same addresses with these ports and protocol.
+    fn with_l4(self, sport_be: u16, dport_be: u16, proto: u8) -> Self;
+    /// The fragment-table key of a datagram of these addresses with IP ID
+    /// `id` (IPv4 keys it by protocol too, IPv6 does not).
+    fn frag_key(&self, id: u32) -> FragKey;
+}
+
+/// The source address is one of the VIPs' (a land attack or spoofing).
+/// One array load on the address; a hash lookup only when a VIP address
+/// hashes to the same slot.
+#[inline(always)]
+pub fn from_vip_addr<K: Family>(key: &K) -> bool {
+    match VIP_FILTER.get(addr_slot(key.src_fold())) {
+        Some(s) if s.addrs != 0 => VIP_ADDRS.get_ptr(key.src_key()).is_some(),
+        _ => false,
+    }
+}
+
+/// The destination is one of the VIPs' addresses (any port): one array
+/// load, and a hash lookup only when a VIP address hashes to its slot.
+#[inline(always)]
+pub fn to_vip_addr<K: Family>(key: &K) -> bool {
+    match VIP_FILTER.get(addr_slot(key.dst_fold())) {
+        Some(s) if s.addrs != 0 => VIP_ADDRS.get_ptr(key.dst_key()).is_some(),
+        _ => false,
+    }
 }
 
 impl Family for FlowKeyV4 {
@@ -85,6 +115,40 @@ impl Family for FlowKeyV4 {
         k.addr[..4].copy_from_slice(&self.src);
         k
     }
+    #[inline(always)]
+    fn dst_key(&self) -> VipAddrKey {
+        let mut k = VipAddrKey {
+            family: FAMILY_V4,
+            ..VipAddrKey::default()
+        };
+        k.addr[..4].copy_from_slice(&self.dst);
+        k
+    }
+    #[inline(always)]
+    fn sport_be(&self) -> u16 {
+        self.sport_be
+    }
+    #[inline(always)]
+    fn with_l4(self, sport_be: u16, dport_be: u16, proto: u8) -> Self {
+        FlowKeyV4 {
+            sport_be,
+            dport_be,
+            proto,
+            ..self
+        }
+    }
+    #[inline(always)]
+    fn frag_key(&self, id: u32) -> FragKey {
+        let mut k = FragKey {
+            id,
+            proto: self.proto,
+            family: FAMILY_V4,
+            ..FragKey::default()
+        };
+        k.src[..4].copy_from_slice(&self.src);
+        k.dst[..4].copy_from_slice(&self.dst);
+        k
+    }
 }
 
 impl Family for FlowKeyV6 {
@@ -124,6 +188,38 @@ impl Family for FlowKeyV6 {
             addr: self.src,
             family: FAMILY_V6,
             _pad: [0; 3],
+        }
+    }
+    #[inline(always)]
+    fn dst_key(&self) -> VipAddrKey {
+        VipAddrKey {
+            addr: self.dst,
+            family: FAMILY_V6,
+            _pad: [0; 3],
+        }
+    }
+    #[inline(always)]
+    fn sport_be(&self) -> u16 {
+        self.sport_be
+    }
+    #[inline(always)]
+    fn with_l4(self, sport_be: u16, dport_be: u16, proto: u8) -> Self {
+        FlowKeyV6 {
+            sport_be,
+            dport_be,
+            proto,
+            ..self
+        }
+    }
+    #[inline(always)]
+    fn frag_key(&self, id: u32) -> FragKey {
+        FragKey {
+            src: self.src,
+            dst: self.dst,
+            id,
+            proto: 0,
+            family: FAMILY_V6,
+            _pad: [0; 2],
         }
     }
 }

@@ -6,11 +6,16 @@
 //! Maglev with flood mode); rewrite L2 and transmit, or encapsulate for a
 //! routed backend (`encap`). A pass or drop is counted under its reason, a
 //! forwarded packet in its backend's record.
+//! Packets without ports of their own follow a flow instead: an ICMP error
+//! quoting a VIP's reply goes to that flow's backend (`icmp`), a later
+//! fragment to where its datagram's first fragment went (`frag`).
 #![no_std]
 #![no_main]
 
 mod encap;
 mod family;
+mod frag;
+mod icmp;
 mod maps;
 mod parse;
 mod select;
@@ -19,16 +24,21 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     FORWARD_L2, KIND_CA, KIND_COMPILER, Reason,
-    hash::{addr_slot, vip_slot},
+    hash::vip_slot,
+    maps::{PROG_ENCAP, PROG_FIRST_FRAG, PROG_FRAG, PROG_ICMP},
 };
 
 use crate::{
     family::Family,
-    maps::{VIP_ADDRS, VIP_FILTER, VIPS},
+    maps::{VIP_FILTER, VIPS},
     parse::{Cursor, L3, Parsed},
 };
 
 #[xdp]
+// Inlined into the entry the macro generates: as a called function it would
+// take the packet pointers as arguments and re-extend them (a shift the
+// verifier refuses on a pointer).
+#[inline(always)]
 pub fn voxlb(ctx: XdpContext) -> u32 {
     let c = Cursor::new(&ctx);
     let len = c.len();
@@ -43,18 +53,12 @@ pub fn voxlb(ctx: XdpContext) -> u32 {
 }
 
 /// The encapsulating program, reached only by tail call from [`voxlb`]
-/// (through `vx_encap_prog_v2`) for a packet to a routed backend: see
+/// (through `vx_progs_v2`) for a packet to a routed backend: see
 /// `encap`. Never attached to an interface.
 #[xdp]
 pub fn voxlb_encap(ctx: XdpContext) -> u32 {
-    match encap::run(&ctx) {
-        Ok(action) => action,
-        Err(reason) => {
-            let len = Cursor::new(&ctx).len();
-            stats::count_reason(reason, len);
-            reason.verdict().action()
-        }
-    }
+    let len = Cursor::new(&ctx).len();
+    finish(encap::run(&ctx), len)
 }
 
 /// `Ok` with the XDP action after rewriting the frame for its backend;
@@ -63,9 +67,84 @@ pub fn voxlb_encap(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb(ctx: &XdpContext, c: &Cursor, len: u64) -> Result<u32, Reason> {
     let (l3, off, unicast) = parse::l2(c)?;
+    // Packets without ports of their own are steered by what they carry:
+    // ICMP errors by the flow they quote, later fragments by their first.
     match l3 {
-        L3::V4 => lb(ctx, c, parse::ipv4(c, off, unicast)?, len),
-        L3::V6 => lb(ctx, c, parse::ipv6(c, off, unicast)?, len),
+        L3::V4 => match parse::ipv4(c, off, unicast) {
+            Ok(pkt) => lb(ctx, c, pkt, len),
+            Err(r) => elsewhere(ctx, r),
+        },
+        L3::V6 => match parse::ipv6(c, off, unicast) {
+            Ok(pkt) => lb(ctx, c, pkt, len),
+            Err(r) => elsewhere(ctx, r),
+        },
+    }
+}
+
+/// A packet without ports of its own (ICMP, a later fragment) goes on in
+/// the program of its kind, by tail call: those paths are rare, and their
+/// stack would not fit in this one's. The reason stands if the call fails
+/// (the program array is empty while loading), which was the verdict
+/// before ICMP steering and fragment tracking existed.
+#[inline(always)]
+fn elsewhere(ctx: &XdpContext, r: Reason) -> Result<u32, Reason> {
+    let slot = match r {
+        Reason::PassNotL4 => PROG_ICMP,
+        Reason::PassFragment => PROG_FRAG,
+        r => return Err(r),
+    };
+    // SAFETY: tail call with this program's context; returns only on
+    // failure.
+    unsafe { maps::PROGS.tail_call(ctx, slot) };
+    Err(r)
+}
+
+/// The ICMP program (tail-called for a packet that is neither TCP nor
+/// UDP): an ICMP error about a VIP flow goes to that flow's backend
+/// (`icmp`); anything else is passed as before.
+#[xdp]
+pub fn voxlb_icmp(ctx: XdpContext) -> u32 {
+    let c = Cursor::new(&ctx);
+    let len = c.len();
+    let r = parse::l2(&c).and_then(|(l3, off, unicast)| match l3 {
+        L3::V4 => icmp::v4(&ctx, &c, off, unicast, len),
+        L3::V6 => icmp::v6(&ctx, &c, off, unicast, len),
+    });
+    finish(r, len)
+}
+
+/// The fragment program (tail-called for a fragment that is not a first
+/// one): it goes where its datagram's first fragment went (`frag`).
+#[xdp]
+pub fn voxlb_frag(ctx: XdpContext) -> u32 {
+    let c = Cursor::new(&ctx);
+    let len = c.len();
+    let r = parse::l2(&c).and_then(|(l3, off, unicast)| match l3 {
+        L3::V4 => frag::later_v4(&ctx, &c, off, unicast, len),
+        L3::V6 => frag::later_v6(&ctx, &c, off, unicast, len),
+    });
+    finish(r, len)
+}
+
+/// The first-fragment program (tail-called by `forward` for a first
+/// fragment, its backend chosen): records the datagram for the later
+/// fragments, then forwards it (`frag::first`).
+#[xdp]
+pub fn voxlb_first_frag(ctx: XdpContext) -> u32 {
+    let c = Cursor::new(&ctx);
+    let len = c.len();
+    finish(frag::first(&ctx, &c), len)
+}
+
+/// The verdict of a tail-called program: the action, or the reason counted.
+#[inline(always)]
+fn finish(r: Result<u32, Reason>, len: u64) -> u32 {
+    match r {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::count_reason(reason, len);
+            reason.verdict().action()
+        }
     }
 }
 
@@ -115,15 +194,13 @@ fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Resu
 /// hashes to the same slot.
 #[inline(always)]
 fn spoofed<K: Family>(pkt: &Parsed<K>) -> bool {
-    match VIP_FILTER.get(addr_slot(pkt.key.src_fold())) {
-        Some(s) if s.addrs != 0 => VIP_ADDRS.get_ptr(pkt.key.src_key()).is_some(),
-        _ => false,
-    }
+    family::from_vip_addr(&pkt.key)
 }
 
 /// Rewrite for DSR (or encapsulate for a routed backend) and count the
-/// packet in its backend's record. The tx reason (compiler or CA) is the
-/// backend's service's kind: userspace derives it from the record.
+/// packet in its backend's record; a first fragment's datagram is recorded
+/// for its later fragments. The tx reason (compiler or CA) is the backend's
+/// service's kind: userspace derives it from the record.
 #[inline(always)]
 fn forward<K: Family>(
     ctx: &XdpContext,
@@ -136,9 +213,14 @@ fn forward<K: Family>(
         // A VIP packet sent to a group address: not something we route.
         return Err(Reason::PassNotUnicast);
     }
+    if pkt.first_frag {
+        // Recorded for the later fragments, then forwarded, by the
+        // first-fragment program (its stack is its own).
+        return encap::hand_over(ctx, choice, len, PROG_FIRST_FRAG);
+    }
     if choice.forwarding != FORWARD_L2 {
         // Counted by the encapsulating program once sent.
-        return encap::hand_over(ctx, choice, len);
+        return encap::hand_over(ctx, choice, len, PROG_ENCAP);
     }
     rewrite_l2(c, &choice.mac)?;
     stats::count_forward(choice.backend_id, len, choice.new_flow);
@@ -148,7 +230,7 @@ fn forward<K: Family>(
 /// Direct server return: the frame goes to the backend's MAC, from the MAC
 /// it was addressed to (ours), with L3 and above untouched.
 #[inline(always)]
-fn rewrite_l2(c: &Cursor, backend_mac: &[u8; 6]) -> Result<(), Reason> {
+pub(crate) fn rewrite_l2(c: &Cursor, backend_mac: &[u8; 6]) -> Result<(), Reason> {
     let eth: *mut [u8; 12] = c.ptr(0).ok_or(Reason::DropTruncatedL2)?;
     // SAFETY: the 12 address bytes lie inside the packet (checked by `ptr`).
     let eth = unsafe { &mut *eth };

@@ -11,12 +11,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, BackendStats, Counter, DpConfig, FilterSlot, FloodState, FlowKeyV4, FlowKeyV6,
-    FlowValue, TableRegion, TunnelInfo, VipAddrKey, VipInfo, VipKey,
+    FlowValue, FragKey, FragValue, TableRegion, TunnelInfo, VipAddrKey, VipInfo, VipKey,
     hash::FILTER_SLOTS,
     maps as names,
     maps::{
-        DEFAULT_FLOW_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES,
-        MAX_TX_PORTS, MAX_VIPS,
+        DEFAULT_FLOW_CAPACITY, FRAG_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS,
+        MAX_SERVICES, MAX_TX_PORTS, MAX_VIPS,
     },
     reason::REASON_COUNT,
 };
@@ -51,7 +51,7 @@ macro_rules! pinned {
 }
 
 // Every constant of lb_common::maps::ALL is declared below.
-const _: () = assert!(names::ALL.len() == 19, "a map was added: declare it here");
+const _: () = assert!(names::ALL.len() == 20, "a map was added: declare it here");
 
 /// Per-CPU LRU lists: inserting a flow takes no lock shared by all CPUs.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -140,6 +140,14 @@ pinned!(
 );
 
 pinned!(
+    "vx_frags_v2" == names::FRAGS,
+    /// One common LRU (not per CPU): fragments are rare, and the fragments
+    /// of one datagram may arrive on different CPUs.
+    pub static FRAGS: LruHashMap<FragKey, FragValue> =
+        LruHashMap::with_max_entries(FRAG_CAPACITY, 0);
+);
+
+pinned!(
     "vx_tunnels_v2" == names::TUNNELS,
     pub static TUNNELS: Array<TunnelInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
 );
@@ -150,9 +158,10 @@ pinned!(
 );
 
 pinned!(
-    "vx_encap_prog_v2" == names::ENCAP_PROG,
-    /// Index 0: the encapsulating program (`voxlb_encap`), tail-called.
-    pub static ENCAP_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+    "vx_progs_v2" == names::PROGS,
+    /// The tail-called programs, by `lb_common::maps::PROG_*` slot.
+    pub static PROGS: ProgramArray =
+        ProgramArray::with_max_entries(names::TAIL_PROGRAMS.len() as u32, 0);
 );
 
 pinned!(

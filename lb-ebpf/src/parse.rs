@@ -25,6 +25,10 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_NONE: u8 = 59;
 const IPPROTO_DSTOPTS: u8 = 60;
 
+/// IPv4 flags + fragment offset: more fragments, and the offset bits.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
 /// TCP flag bits (byte 13 of the header).
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -48,6 +52,13 @@ pub struct Parsed<K> {
     /// Addressed to a unicast MAC (ours); group-addressed frames are never
     /// forwarded nor remembered.
     pub unicast: bool,
+    /// A first fragment (offset 0, more to come): balanced by its ports like
+    /// any packet, and its datagram (`frag_id`) recorded so that the later
+    /// fragments, which carry no ports, follow it (see `frag`).
+    pub first_frag: bool,
+    /// The IP ID (IPv4) or fragment-header identification (IPv6) of a
+    /// fragment; 0 otherwise.
+    pub frag_id: u32,
 }
 
 /// Bounds-checked access to the packet.
@@ -153,11 +164,16 @@ pub fn ipv4(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV4>, 
         return Err(Reason::DropTruncatedL3);
     }
     let frag = be16([h[6], h[7]]);
-    if frag & 0x3fff != 0 {
-        // MF set or a non-zero offset: see the README on fragments.
+    if frag & IP_OFFSET != 0 {
+        // A later fragment carries no ports: `frag::later_v4` follows it.
         return Err(Reason::PassFragment);
     }
     let proto = h[9];
+    // In a first fragment `tot_len` covers this fragment only; the L4
+    // header must lie in it (it always does: a first fragment carries at
+    // least 8 bytes of data, and the whole TCP header under any MTU >= 68),
+    // and UDP's length field, which covers the whole datagram, is not
+    // checked against it.
     let l4 = parse_l4(c, off + ihl, tot_len - ihl, proto)?;
     let key = FlowKeyV4 {
         src: [h[12], h[13], h[14], h[15]],
@@ -167,12 +183,36 @@ pub fn ipv4(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV4>, 
         proto,
         _pad: [0; 3],
     };
-    Ok(l4.parsed(key, proto, unicast))
+    let mut p = l4.parsed(key, proto, unicast);
+    if frag & IP_MF != 0 {
+        p.first_frag = true;
+        p.frag_id = be16([h[4], h[5]]) as u32;
+    }
+    Ok(p)
 }
 
-/// IPv6 (with up to four extension headers) and L4 from `off`.
+/// An IPv6 header and its extension headers, walked.
+pub struct Ipv6Chain {
+    /// The upper-layer protocol.
+    pub next: u8,
+    /// Where its header starts, and how many bytes the payload length leaves it.
+    pub l4_off: usize,
+    pub l4_len: usize,
+    /// A fragment header with offset 0 and M set was walked: a first fragment.
+    pub first_frag: bool,
+    /// A fragment header with a non-zero offset stopped the walk: a later
+    /// fragment, whose upper-layer header is elsewhere (`next` is its
+    /// fragment header's next-header field).
+    pub later_frag: bool,
+    /// The last fragment header's identification.
+    pub frag_id: u32,
+}
+
+/// The fixed IPv6 header at `off` and up to four extension headers (a
+/// fragment header counts as one; an atomic fragment, offset 0 without M,
+/// is a whole packet).
 #[inline(always)]
-pub fn ipv6(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV6>, Reason> {
+pub fn ipv6_chain(c: &Cursor, off: usize) -> Result<Ipv6Chain, Reason> {
     let ip: *const [u8; 40] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
     // SAFETY: the 40-byte fixed header lies inside the packet.
     let h = unsafe { &*ip };
@@ -183,46 +223,79 @@ pub fn ipv6(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV6>, 
     if payload_len > c.remaining(off + 40) {
         return Err(Reason::DropTruncatedL3);
     }
-    let mut next = h[6];
-    let mut l4_off = off + 40;
-    let mut l4_len = payload_len;
+    let mut ch = Ipv6Chain {
+        next: h[6],
+        l4_off: off + 40,
+        l4_len: payload_len,
+        first_frag: false,
+        later_frag: false,
+        frag_id: 0,
+    };
     for _ in 0..MAX_IPV6_EXT {
-        let ext_len = match next {
+        let ext_len = match ch.next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-                let e: *const [u8; 2] = c.ptr(l4_off).ok_or(Reason::DropTruncatedL3)?;
+                let e: *const [u8; 2] = c.ptr(ch.l4_off).ok_or(Reason::DropTruncatedL3)?;
                 // SAFETY: the two-byte extension prefix lies inside the packet.
                 let (nh, len) = unsafe { ((*e)[0], (*e)[1] as usize) };
-                let is_ah = next == IPPROTO_AH;
-                next = nh;
+                let is_ah = ch.next == IPPROTO_AH;
+                ch.next = nh;
                 if is_ah { (len + 2) * 4 } else { (len + 1) * 8 }
             }
-            IPPROTO_FRAGMENT => return Err(Reason::PassFragment),
+            IPPROTO_FRAGMENT => {
+                let e: *const [u8; 8] = c.ptr(ch.l4_off).ok_or(Reason::DropTruncatedL3)?;
+                // SAFETY: the 8-byte fragment header lies inside the packet.
+                let e = unsafe { &*e };
+                ch.next = e[0];
+                let off_m = be16([e[2], e[3]]);
+                ch.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                ch.first_frag = off_m & 1 != 0;
+                ch.later_frag = off_m >> 3 != 0;
+                8
+            }
             _ => break,
         };
-        if ext_len > l4_len {
+        if ext_len > ch.l4_len {
             return Err(Reason::DropTruncatedL3);
         }
-        l4_off += ext_len;
-        l4_len -= ext_len;
-    }
-    match next {
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
-            return Err(Reason::PassIpv6ExtLimit);
+        ch.l4_off += ext_len;
+        ch.l4_len -= ext_len;
+        if ch.later_frag {
+            return Ok(ch);
         }
-        IPPROTO_FRAGMENT => return Err(Reason::PassFragment),
-        IPPROTO_NONE => return Err(Reason::PassNotL4),
-        _ => {}
     }
-    let l4 = parse_l4(c, l4_off, l4_len, next)?;
+    match ch.next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Err(Reason::PassIpv6ExtLimit)
+        }
+        IPPROTO_NONE => Err(Reason::PassNotL4),
+        _ => Ok(ch),
+    }
+}
+
+/// IPv6 (with up to four extension headers) and L4 from `off`.
+#[inline(always)]
+pub fn ipv6(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV6>, Reason> {
+    let ch = ipv6_chain(c, off)?;
+    if ch.later_frag {
+        // No ports here: `frag::later_v6` follows it.
+        return Err(Reason::PassFragment);
+    }
+    let l4 = parse_l4(c, ch.l4_off, ch.l4_len, ch.next)?;
+    let ip: *const [u8; 40] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
+    // SAFETY: the 40-byte fixed header lies inside the packet.
+    let h = unsafe { &*ip };
     let mut key = FlowKeyV6 {
         sport_be: l4.sport_be,
         dport_be: l4.dport_be,
-        proto: next,
+        proto: ch.next,
         ..FlowKeyV6::default()
     };
     key.src.copy_from_slice(&h[8..24]);
     key.dst.copy_from_slice(&h[24..40]);
-    Ok(l4.parsed(key, next, unicast))
+    let mut p = l4.parsed(key, ch.next, unicast);
+    p.first_frag = ch.first_frag;
+    p.frag_id = ch.frag_id;
+    Ok(p)
 }
 
 /// What the L4 header says.
@@ -241,6 +314,8 @@ impl L4 {
             proto,
             tcp_flags: self.tcp_flags,
             unicast,
+            first_frag: false,
+            frag_id: 0,
         }
     }
 }

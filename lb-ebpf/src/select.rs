@@ -210,6 +210,49 @@ fn under_flood(now: u64) -> bool {
     true
 }
 
+/// The backend a packet about flow `pkt` belongs to, for traffic that
+/// must follow the flow but never changes it (ICMP errors quoting it): the
+/// flow table's entry if its backend still keeps flows, else the Maglev
+/// pick, which is where the flow's next packet would go. Writes nothing.
+#[inline(always)]
+pub fn owner<K: Family>(service_id: u32, pkt: &Parsed<K>) -> Option<Choice> {
+    if let Some(p) = K::flows().get_ptr(pkt.key) {
+        // SAFETY: a value pointer from a map lookup, valid for this run
+        // (plain integers, see `established`).
+        let v = unsafe { *p };
+        if let Some(c) = recorded(v.backend_id, v.generation) {
+            return Some(c);
+        }
+    }
+    let id = pick(service_id, pkt).ok()?;
+    let be = backend(id)?;
+    if be.service_id != service_id || !keeps_flows(be.state) {
+        return None;
+    }
+    Some(Choice {
+        backend_id: id,
+        mac: be.mac,
+        forwarding: be.forwarding,
+        new_flow: false,
+    })
+}
+
+/// A backend recorded for a flow or a datagram, if it still keeps flows and
+/// its id was not given to another host since (same generation).
+#[inline(always)]
+pub fn recorded(backend_id: u32, generation: u32) -> Option<Choice> {
+    let be = backend(backend_id)?;
+    if !keeps_flows(be.state) || be.generation != generation {
+        return None;
+    }
+    Some(Choice {
+        backend_id,
+        mac: be.mac,
+        forwarding: be.forwarding,
+        new_flow: false,
+    })
+}
+
 /// Index the service's active Maglev table with the flow hash.
 #[inline(always)]
 fn pick<K: Family>(service_id: u32, pkt: &Parsed<K>) -> Result<u32, Reason> {

@@ -241,6 +241,7 @@ fn run() -> Result<bool> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let frags_tracked = world.fragments_tracked();
 
     println!(
         "fuzz: {} sweep cases (every base frame cut at every byte), then random mutations",
@@ -250,6 +251,9 @@ fn run() -> Result<bool> {
         "fuzz: {:.1} s, {:.0} cases/s",
         secs,
         a.cases as f64 / secs.max(1e-9)
+    );
+    println!(
+        "fuzz: {frags_tracked} fragmented datagrams recorded by first fragments (later ones checked against them)"
     );
     println!("fuzz: cases per input class:");
     for (c, n) in &by_class {

@@ -8,7 +8,8 @@
 //!   slice-based re-implementation of "what should happen to this frame",
 //!   written from the reason codes' definitions, not from the eBPF code;
 //! - a **generator** ([`Generator`]) of valid frames of each input class
-//!   (compiler, CA and UDP VIPs over IPv4/IPv6, non-VIP traffic, non-IP)
+//!   (compiler, CA and UDP VIPs over IPv4/IPv6, non-VIP traffic, non-IP,
+//!   ICMP errors about VIP replies, first and later fragments)
 //!   with 1–3 structure-aware mutations, plus a sweep that truncates rich
 //!   frames at every byte.
 //!
@@ -18,6 +19,7 @@
 //! of the VIP's own service, and a CA VIP's only to a CA).
 
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -140,6 +142,11 @@ pub struct World {
     retired: BTreeMap<u32, (u32, u32)>,
     /// Addresses handed out so far by id reuse (each reuse is a new host).
     reused: u32,
+    /// The model's fragment table: datagram -> (backend id, generation) of
+    /// the first fragment the program forwarded. Updated by every
+    /// prediction (frames must be predicted in the order they are run);
+    /// exact while the kernel's LRU does not evict what is asked again.
+    frags: RefCell<HashMap<Datagram, (u32, u32)>>,
 }
 
 /// A flow entry as the model tracks it: (backend id, generation, closed).
@@ -175,6 +182,7 @@ impl World {
             vip_index: BTreeMap::new(),
             retired: BTreeMap::new(),
             reused: 0,
+            frags: RefCell::new(HashMap::new()),
         };
         for (addr, port, proto, service_id, kind) in [
             (IpAddr::from(VIP4), PORT, PROTO_TCP, S_V4, KIND_COMPILER),
@@ -389,6 +397,11 @@ impl World {
         Ok(what)
     }
 
+    /// Datagrams the model's fragment table holds.
+    pub fn fragments_tracked(&self) -> usize {
+        self.frags.borrow().len()
+    }
+
     /// Whether any compiler table the model holds gives slots to `id`.
     pub fn in_table(&self, id: u32) -> bool {
         self.model_tables.values().any(|t| t.contains(&id))
@@ -472,12 +485,18 @@ pub enum Class {
     NonVipV4,
     NonVipV6,
     NonIp,
+    /// ICMP errors (and other ICMP) about VIP replies, quotes cut or not.
+    IcmpV4,
+    IcmpV6,
+    /// First and later fragments of a few datagrams per VIP.
+    FragV4,
+    FragV6,
     /// A sweep case (a base frame cut short).
     Sweep,
 }
 
 /// (class, weight): most cases aim at the paths that forward.
-const CLASSES: [(Class, usize); 11] = [
+const CLASSES: [(Class, usize); 15] = [
     (Class::CompilerV4, 20),
     (Class::CompilerV6, 15),
     (Class::CaV4, 10),
@@ -489,6 +508,10 @@ const CLASSES: [(Class, usize); 11] = [
     (Class::NonVipV4, 12),
     (Class::NonVipV6, 8),
     (Class::NonIp, 5),
+    (Class::IcmpV4, 6),
+    (Class::IcmpV6, 4),
+    (Class::FragV4, 6),
+    (Class::FragV6, 4),
 ];
 
 impl Class {
@@ -524,6 +547,38 @@ pub fn flow_case(r: &mut Rng) -> Case {
         Ipv4Addr::new(192, 0, 2, n + 1).into()
     };
     let sport = 40000 + r.below(4) as u16;
+    let proto = if class == Class::UdpV4 {
+        PROTO_UDP
+    } else {
+        PROTO_TCP
+    };
+    if r.chance(10) {
+        // A router's ICMP error about the compiler's reply on this flow.
+        let f = icmp_about(r, dst, dport, proto, src, sport);
+        return Case {
+            class: if dst.is_ipv6() {
+                Class::IcmpV6
+            } else {
+                Class::IcmpV4
+            },
+            frame: f.build(),
+            desc: format!("flow {src}:{sport} -> {dst}:{dport}: ICMP {:?}", f.l4),
+        };
+    }
+    if r.chance(10) {
+        // A fragment of one of four datagrams of this flow.
+        let id = 7 + r.below(4) as u32;
+        let (f, what) = fragment_of(r, src, sport, dst, dport, proto, id);
+        return Case {
+            class: if dst.is_ipv6() {
+                Class::FragV6
+            } else {
+                Class::FragV4
+            },
+            frame: f.build(),
+            desc: format!("flow {src}:{sport} -> {dst}:{dport}: {what} id {id}"),
+        };
+    }
     let (mut frame, what) = if class == Class::UdpV4 {
         (Frame::udp(src, sport, dst, dport), "datagram")
     } else {
@@ -550,6 +605,122 @@ pub fn flow_case(r: &mut Rng) -> Case {
             if group { " to a group address" } else { "" }
         ),
     }
+}
+
+/// The router on the compilers' return path that sends ICMP errors.
+pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// See [`ROUTER4`].
+pub fn router6() -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1)
+}
+
+/// An ICMP message from a router about a reply `vip:port -> agent:aport`
+/// (what a compiler sends in DSR): mostly an error voxlb steers, with a
+/// quote of any length; now and then another type, another destination, a
+/// quote of another source or of a later fragment.
+fn icmp_about(r: &mut Rng, vip: IpAddr, port: u16, proto: u8, agent: IpAddr, aport: u16) -> Frame {
+    let v6 = vip.is_ipv6();
+    let mut reply = if proto == PROTO_UDP {
+        Frame::udp(vip, port, agent, aport)
+    } else {
+        Frame::tcp(vip, port, agent, aport, flags::ACK | flags::PSH)
+    };
+    let n = r.below(64);
+    reply = reply.with_payload(&r.bytes(n));
+    if r.chance(4) {
+        // A reply some other host sent: not ours to steer.
+        reply.src = if v6 {
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x200))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 200))
+        };
+    }
+    if !v6 && r.chance(4) {
+        reply.frag = r.pick(&[0x2000u16, 0x2005, 0x0010]);
+    }
+    let full = if v6 { 48 } else { 28 };
+    let len = match r.below(10) {
+        0 | 1 => r.below(full + 8),
+        2 => full,
+        _ => 1500,
+    };
+    let quote = reply.quote(len);
+    let (ty, code, rest) = if v6 {
+        match r.below(10) {
+            0..=4 => (2, 0, r.pick(&[1280u32, 1400, 1480])),
+            5 | 6 => (1, r.below(7) as u8, 0),
+            7 => (3, 0, 0),
+            8 => (4, r.below(3) as u8, r.below(48) as u32),
+            _ => (r.pick(&[128u8, 129, 135, 136]), 0, 0),
+        }
+    } else {
+        match r.below(10) {
+            0..=4 => (3, 4, r.pick(&[1280u32, 1400, 1480, 576])),
+            5 | 6 => (3, r.below(16) as u8, 0),
+            7 => (11, r.below(2) as u8, 0),
+            8 => (12, 0, r.below(20) as u32 * 0x0100_0000),
+            _ => (r.pick(&[0u8, 8, 5]), 0, 0),
+        }
+    };
+    let from = if r.chance(3) {
+        vip
+    } else if v6 {
+        router6().into()
+    } else {
+        ROUTER4.into()
+    };
+    let to = if r.chance(8) {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
+        }
+    } else {
+        vip
+    };
+    Frame::icmp_msg(from, to, ty, code, rest, &quote)
+}
+
+/// A fragment of one of a few datagrams from a few agents: the first (with
+/// the L4 header) or a later one (offset in 8-byte units, no L4 header).
+fn fragment_of(
+    r: &mut Rng,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    proto: u8,
+    id: u32,
+) -> (Frame, &'static str) {
+    let n = 8 * r.range(1, 8);
+    let first = r.chance(50);
+    let mut f = if !first {
+        Frame {
+            l4: L4::Other(proto),
+            ..Frame::udp(src, sport, dst, dport)
+        }
+    } else if proto == PROTO_UDP {
+        Frame::udp(src, sport, dst, dport)
+    } else {
+        Frame::tcp(src, sport, dst, dport, r.pick(&[flags::SYN, flags::ACK]))
+    };
+    f = f.with_payload(&r.bytes(n)).with_ip_id(id);
+    f.frag = if first {
+        0x2000
+    } else {
+        r.pick(&[0x2000u16, 0]) | r.range(1, 200) as u16
+    };
+    if dst.is_ipv6() {
+        f = f.with_ext(44, 8);
+    }
+    (
+        f,
+        if first {
+            "first fragment"
+        } else {
+            "later fragment"
+        },
+    )
 }
 
 /// A client address; now and then a VIP address instead (a land attack or
@@ -616,6 +787,62 @@ fn base(r: &mut Rng, class: Class) -> Result<Frame, Vec<u8>> {
                 1 => Frame::udp(src, sport, vip6_ca().into(), PORT),
                 _ => tcp(src, client6(r), 8140, r),
             }
+        }
+        Class::IcmpV4 | Class::IcmpV6 => {
+            let v6 = class == Class::IcmpV6;
+            let (vip, port, proto): (IpAddr, u16, u8) = if v6 {
+                r.pick(&[
+                    (vip6().into(), PORT, PROTO_TCP),
+                    (vip6().into(), PORT, PROTO_TCP),
+                    (vip6_ca().into(), PORT, PROTO_TCP),
+                    (vip6().into(), 22, PROTO_TCP),
+                    (vip6().into(), PORT, PROTO_UDP),
+                ])
+            } else {
+                r.pick(&[
+                    (VIP4.into(), PORT, PROTO_TCP),
+                    (VIP4.into(), PORT, PROTO_TCP),
+                    (VIP4_CA.into(), PORT, PROTO_TCP),
+                    (VIP4_UDP.into(), UDP_PORT, PROTO_UDP),
+                    (VIP4_EMPTY.into(), PORT, PROTO_TCP),
+                    (VIP4_UNINSTALLED.into(), PORT, PROTO_TCP),
+                    (VIP4_CA_NONE.into(), PORT, PROTO_TCP),
+                    (VIP4.into(), 22, PROTO_TCP),
+                ])
+            };
+            let agent = if v6 { client6(r) } else { client4(r) };
+            icmp_about(r, vip, port, proto, agent, sport)
+        }
+        Class::FragV4 | Class::FragV6 => {
+            let v6 = class == Class::FragV6;
+            let (dst, port, proto): (IpAddr, u16, u8) = if v6 {
+                r.pick(&[
+                    (vip6().into(), PORT, PROTO_TCP),
+                    (vip6_ca().into(), PORT, PROTO_TCP),
+                    (
+                        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1).into(),
+                        22,
+                        PROTO_TCP,
+                    ),
+                ])
+            } else {
+                r.pick(&[
+                    (VIP4_UDP.into(), UDP_PORT, PROTO_UDP),
+                    (VIP4.into(), PORT, PROTO_TCP),
+                    (VIP4_CA.into(), PORT, PROTO_TCP),
+                    (VIP4_EMPTY.into(), PORT, PROTO_TCP),
+                    (Ipv4Addr::new(10, 0, 0, 1).into(), 22, PROTO_TCP),
+                ])
+            };
+            // A few agents and IDs, so later fragments meet their first.
+            let n = r.below(4) as u16 + 1;
+            let src: IpAddr = if v6 {
+                Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, n).into()
+            } else {
+                Ipv4Addr::new(192, 0, 2, 100 + n as u8).into()
+            };
+            let id = r.pick(&[1u32, 2, 0xfffe, 0x8001_0000]);
+            fragment_of(r, src, 40000 + n, dst, port, proto, id).0
         }
         Class::NonIp => {
             return Err(if r.chance(40) {
@@ -717,6 +944,16 @@ fn apply_spec(r: &mut Rng, f: &mut Frame, op: SpecOp, log: &mut String) {
                 return;
             }
             let n = r.range(1, 6);
+            if r.chance(30) {
+                // Fragment headers' offset, M flag and ID.
+                f.frag = match r.below(4) {
+                    0 => 0x2000,
+                    1 => r.range(1, 0x1fff) as u16,
+                    2 => 0x2000 | r.range(1, 8) as u16,
+                    _ => r.next_u64() as u16,
+                };
+                f.ip_id = r.next_u64() as u32;
+            }
             for _ in 0..n {
                 let kind = r.pick(&[0u8, 43, 60, 51, 44, 60, 0]);
                 let len = match kind {
@@ -1022,6 +1259,50 @@ fn sweep_bases() -> Vec<(Vec<u8>, &'static str)> {
             "IPv6 fragment header",
         ),
         (arp_request(), "ARP"),
+        (
+            Frame::icmp_msg(
+                ROUTER4.into(),
+                VIP4.into(),
+                3,
+                4,
+                1400,
+                &Frame::tcp(VIP4.into(), PORT, c4, 40005, flags::ACK)
+                    .with_payload(&[0x5a; 24])
+                    .quote(1500),
+            )
+            .build(),
+            "ICMP fragmentation needed about a VIP reply",
+        ),
+        (
+            Frame::icmp_msg(
+                router6().into(),
+                vip6().into(),
+                2,
+                0,
+                1280,
+                &Frame::tcp(vip6().into(), PORT, c6, 40006, flags::ACK)
+                    .with_payload(&[0x5a; 16])
+                    .quote(1500),
+            )
+            .build(),
+            "ICMPv6 packet too big about a VIP reply",
+        ),
+        (
+            Frame::udp(c4, 40007, VIP4_UDP.into(), UDP_PORT)
+                .with_payload(&[0x11; 32])
+                .with_frag(0x2000)
+                .with_ip_id(77)
+                .build(),
+            "IPv4 first fragment",
+        ),
+        (
+            syn(c6, vip6().into())
+                .with_ext(44, 8)
+                .with_frag(0x2000)
+                .with_ip_id(78)
+                .build(),
+            "IPv6 first fragment",
+        ),
     ]
 }
 
@@ -1241,8 +1522,31 @@ mod tests {
         let mut f = syn.build();
         f.truncate(30);
         assert_eq!(w.expect(&f).reason, Reason::DropTruncatedL3);
-        let f = syn.clone().with_frag(0x2000).build();
-        assert_eq!(w.expect(&f).reason, Reason::PassFragment);
+        // A later fragment whose first was not seen; then its first, which
+        // is balanced and recorded, and the later one follows it.
+        let later = syn.clone().with_frag(0x0010).build();
+        assert_eq!(w.expect(&later).reason, Reason::PassFragment);
+        let first = w.expect(&syn.clone().with_frag(0x2000).build());
+        assert_eq!(first.reason, Reason::TxCompiler);
+        assert_eq!(w.expect(&later).backend, first.backend);
+        assert_eq!(w.fragments_tracked(), 1);
+        // ICMP errors about a VIP's reply: steered to the flow's backend;
+        // cut short: malformed; about another host's reply: unmatched.
+        let reply = Frame::tcp(VIP4.into(), PORT, c4(), 40000, flags::ACK);
+        let icmp = |q: Vec<u8>| Frame::icmp_msg(ROUTER4.into(), VIP4.into(), 3, 4, 1400, &q);
+        assert_eq!(
+            w.expect(&icmp(reply.quote(28)).build()).backend,
+            w.expect(&syn.build()).backend
+        );
+        assert_eq!(
+            w.expect(&icmp(reply.quote(27)).build()).reason,
+            Reason::PassIcmpMalformed
+        );
+        let stranger = Frame::tcp(c4(), PORT, c4(), 40000, flags::ACK);
+        assert_eq!(
+            w.expect(&icmp(stranger.quote(28)).build()).reason,
+            Reason::PassIcmpUnmatched
+        );
         let f = syn.clone().with_dst_mac([0xff; 6]).build();
         assert_eq!(w.expect(&f).reason, Reason::PassNotUnicast);
         let f = Frame::tcp(c4(), 1, VIP4_EMPTY.into(), PORT, flags::SYN)

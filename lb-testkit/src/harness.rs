@@ -59,7 +59,7 @@ impl TestDataPlane {
             .map_max_entries(names::FLOWS6, flow_capacity)
             .load(EBPF_OBJECT)
             .map_err(other)?;
-        voxlb::xdp::install_encap(&mut product)?;
+        voxlb::xdp::install_tail_programs(&mut product)?;
         program(&mut product, PROGRAM_NAME)?.load().map_err(other)?;
         let mut test = Ebpf::load(TEST_OBJECT).map_err(other)?;
         program(&mut test, BENCH_REFLECTOR)?.load().map_err(other)?;

@@ -30,6 +30,14 @@ pub enum L4 {
     },
     /// ICMP (v4) or ICMPv6 echo request.
     Icmp,
+    /// An ICMP (v4) or ICMPv6 message of any type: `rest` is the header's
+    /// second word (unused, MTU, pointer); the frame's payload follows (for
+    /// an error, the quoted packet: see [`Frame::quote`]).
+    IcmpMsg {
+        ty: u8,
+        code: u8,
+        rest: u32,
+    },
     /// Any other protocol number, payload only.
     Other(u8),
 }
@@ -54,7 +62,11 @@ pub struct Frame {
     /// IPv4 options (padded to a multiple of 4).
     pub ip_options: Vec<u8>,
     /// IPv4 flags + fragment offset field (host order), e.g. 0x4000 = DF.
+    /// Also an IPv6 fragment header's fields: its offset is `frag & 0x1fff`
+    /// and its M flag is the MF bit (0x2000).
     pub frag: u16,
+    /// IPv4 identification (low 16 bits), or an IPv6 fragment header's.
+    pub ip_id: u32,
     /// IPv6 extension headers, in order.
     pub ext: Vec<Ext>,
     pub l4: L4,
@@ -77,6 +89,7 @@ impl Frame {
             dst,
             ip_options: Vec::new(),
             frag: 0x4000,
+            ip_id: 0x1234,
             ext: Vec::new(),
             l4: L4::Tcp {
                 sport,
@@ -103,6 +116,31 @@ impl Frame {
             payload: b"voxlb-ping".to_vec(),
             ..Frame::tcp(src, 0, dst, 0, 0)
         }
+    }
+
+    /// An ICMP/ICMPv6 message of type `ty`, code `code`, second header word
+    /// `rest`, with `body` after the header (for an error: [`Frame::quote`]).
+    pub fn icmp_msg(src: IpAddr, dst: IpAddr, ty: u8, code: u8, rest: u32, body: &[u8]) -> Self {
+        Frame {
+            l4: L4::IcmpMsg { ty, code, rest },
+            payload: body.to_vec(),
+            ..Frame::tcp(src, 0, dst, 0, 0)
+        }
+    }
+
+    /// The IP packet of this frame (what an ICMP error quotes), cut to
+    /// `len` bytes at most.
+    pub fn quote(&self, len: usize) -> Vec<u8> {
+        let f = self.build();
+        let l3 = l3_offset(&f);
+        let mut q = f[l3..].to_vec();
+        q.truncate(len);
+        q
+    }
+
+    pub fn with_ip_id(mut self, id: u32) -> Self {
+        self.ip_id = id;
+        self
     }
 
     pub fn with_payload(mut self, p: &[u8]) -> Self {
@@ -141,6 +179,8 @@ impl Frame {
             (L4::Udp { .. }, _) => 17,
             (L4::Icmp, IpAddr::V4(_)) => 1,
             (L4::Icmp, IpAddr::V6(_)) => 58,
+            (L4::IcmpMsg { .. }, IpAddr::V4(_)) => 1,
+            (L4::IcmpMsg { .. }, IpAddr::V6(_)) => 58,
             (L4::Other(p), _) => *p,
         }
     }
@@ -178,18 +218,22 @@ impl Frame {
                 let t = if self.dst.is_ipv4() { 8 } else { 128 };
                 b.extend_from_slice(&[t, 0, 0, 0, 0, 1, 0, 1]);
             }
+            L4::IcmpMsg { ty, code, rest } => {
+                b.extend_from_slice(&[*ty, *code, 0, 0]);
+                b.extend_from_slice(&rest.to_be_bytes());
+            }
             L4::Other(_) => {}
         }
         b.extend_from_slice(&self.payload);
         let csum_at = match self.l4 {
             L4::Tcp { .. } => Some(16),
             L4::Udp { .. } => Some(6),
-            L4::Icmp => Some(2),
+            L4::Icmp | L4::IcmpMsg { .. } => Some(2),
             L4::Other(_) => None,
         };
         if let Some(at) = csum_at {
             let mut sum = 0u32;
-            let v4_icmp = matches!(self.l4, L4::Icmp) && self.dst.is_ipv4();
+            let v4_icmp = matches!(self.l4, L4::Icmp | L4::IcmpMsg { .. }) && self.dst.is_ipv4();
             if !v4_icmp {
                 sum = pseudo_header(self.src, self.dst, self.l4_proto(), b.len());
             }
@@ -222,13 +266,21 @@ impl Frame {
                     d,
                     &self.ip_options,
                     self.frag,
+                    self.ip_id as u16,
                     self.l4_proto(),
                     l4.len(),
                 ));
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 f.extend_from_slice(&0x86ddu16.to_be_bytes());
-                f.extend_from_slice(&ipv6_header(s, d, &self.ext, self.l4_proto(), l4.len()));
+                f.extend_from_slice(&ipv6_header(
+                    s,
+                    d,
+                    &self.ext,
+                    (self.frag, self.ip_id),
+                    self.l4_proto(),
+                    l4.len(),
+                ));
             }
             _ => panic!("mixed address families in a test frame"),
         }
@@ -242,6 +294,7 @@ fn ipv4_header(
     d: Ipv4Addr,
     options: &[u8],
     frag: u16,
+    id: u16,
     proto: u8,
     l4_len: usize,
 ) -> Vec<u8> {
@@ -254,7 +307,7 @@ fn ipv4_header(
     h.push(0x40 | (ihl / 4) as u8);
     h.push(0);
     h.extend_from_slice(&((ihl + l4_len) as u16).to_be_bytes());
-    h.extend_from_slice(&0x1234u16.to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
     h.extend_from_slice(&frag.to_be_bytes());
     h.push(64);
     h.push(proto);
@@ -267,7 +320,16 @@ fn ipv4_header(
     h
 }
 
-fn ipv6_header(s: Ipv6Addr, d: Ipv6Addr, ext: &[Ext], proto: u8, l4_len: usize) -> Vec<u8> {
+/// `frag`: the fragment fields (see [`Frame::frag`], [`Frame::ip_id`])
+/// written into every fragment header of the chain.
+fn ipv6_header(
+    s: Ipv6Addr,
+    d: Ipv6Addr,
+    ext: &[Ext],
+    frag: (u16, u32),
+    proto: u8,
+    l4_len: usize,
+) -> Vec<u8> {
     let ext_len: usize = ext.iter().map(|e| e.len).sum();
     let mut h = vec![0x60, 0, 0, 0];
     h.extend_from_slice(&((ext_len + l4_len) as u16).to_be_bytes());
@@ -284,6 +346,11 @@ fn ipv6_header(s: Ipv6Addr, d: Ipv6Addr, ext: &[Ext], proto: u8, l4_len: usize) 
         } else {
             (e.len / 8 - 1) as u8
         };
+        if e.kind == 44 && e.len == 8 {
+            let off_m = ((frag.0 & 0x1fff) << 3) | u16::from(frag.0 & 0x2000 != 0);
+            b[2..4].copy_from_slice(&off_m.to_be_bytes());
+            b[4..8].copy_from_slice(&frag.1.to_be_bytes());
+        }
         if e.kind != 51 && e.kind != 44 && e.len > 2 {
             // PadN option filling the rest of the header.
             b[2] = 1;

@@ -139,6 +139,9 @@ pub struct Config {
     /// New-flow inserts per second per CPU above which SYNs are forwarded
     /// without a flow entry (flood mode); 0 = never.
     pub flood_threshold: u32,
+    /// Steer ICMP errors about VIP flows (path-MTU discovery) to the flow's
+    /// compiler; `false` passes them to the kernel, as before voxlb did.
+    pub icmp_steering: bool,
     pub compiler_services: Vec<CompilerService>,
     pub ca_services: Vec<CaService>,
     /// `[bgp]`: announce the VIPs through BIRD (see [`crate::announce`]).
@@ -297,6 +300,7 @@ struct RawConfig {
     metrics_listen: Option<String>,
     flow_capacity: Option<u32>,
     flood_threshold: Option<u32>,
+    icmp_steering: Option<bool>,
     #[serde(default)]
     compiler_services: Vec<RawCompilerService>,
     #[serde(default)]
@@ -671,6 +675,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         metrics_listen,
         flow_capacity,
         flood_threshold,
+        icmp_steering: raw.icmp_steering.unwrap_or(true),
         compiler_services,
         ca_services,
         bgp,

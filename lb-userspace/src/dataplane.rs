@@ -138,6 +138,12 @@ pub trait DataPlane: Send {
     fn set_flood_threshold(&mut self, _per_cpu_per_s: u32) -> Result<()> {
         Ok(())
     }
+    /// Steer ICMP errors about VIP flows to the flow's backend (`true`, the
+    /// default) or pass them to the kernel (`icmp_steering = false`). Data
+    /// planes that steer nothing have nothing to do.
+    fn set_icmp_steering(&mut self, _on: bool) -> Result<()> {
+        Ok(())
+    }
     /// Flood-mode state (see [`FloodStatus`]).
     fn flood_status(&self) -> Result<FloodStatus> {
         Ok(FloodStatus::default())

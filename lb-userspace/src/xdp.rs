@@ -32,9 +32,9 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendInfo, BackendStats, Counter, DpConfig, FamilyKey, FilterSlot, FloodState, FlowKey,
-    FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, KIND_CA, Reason, ServiceStats, TableRegion,
-    TunnelInfo, VipAddrKey, VipInfo, VipKey,
+    BackendInfo, BackendStats, Counter, DP_NO_ICMP_STEERING, DpConfig, FamilyKey, FilterSlot,
+    FloodState, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, FragKey, FragValue, KIND_CA,
+    Reason, ServiceStats, TableRegion, TunnelInfo, VipAddrKey, VipInfo, VipKey,
     hash::{FILTER_SLOTS, addr_slot, fold_addr, vip_slot},
     maps::{self as names, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
 };
@@ -110,9 +110,11 @@ pub struct XdpDataPlane {
     flood: PerCpuArray<MapData, FloodState>,
     tunnels: Array<MapData, TunnelInfo>,
     tx_ports: DevMapHash<MapData>,
-    /// Holds the encapsulating program (an unpinned program array loses
-    /// its entries when its last descriptor closes: this is that one).
-    _encap_prog: ProgramArray<MapData>,
+    /// Holds the tail-called programs (an unpinned program array loses its
+    /// entries when its last descriptor closes: this is that one).
+    _progs: ProgramArray<MapData>,
+    /// Fragmented datagrams to VIPs (written by the data plane only).
+    frags: HashMap<MapData, FragKey, FragValue>,
     /// What we know each region holds, to write only changed slots.
     shadow: BTreeMap<u32, Vec<u32>>,
     /// Every pin of a [`Self::load`]ed data plane (maps and links) with a
@@ -151,11 +153,8 @@ impl XdpDataPlane {
             .interfaces
             .iter()
             .all(|i| link_pin(&opts.pin_dir, i).exists());
-        // Maps added within layout 2 (the tunnel maps) and a reason array
-        // shorter than this build's reasons: the attached program predates
-        // them, so it is replaced (like `--replace`) over the other maps,
-        // which carry over; a short reason array is made again (its
-        // counters restart from zero: they are rates to every consumer).
+        // A short reason array (a build with fewer reasons) is made again:
+        // its counters restart from zero (they are rates to every consumer).
         let reasons_pin = opts.pin_dir.join(names::REASON_STATS);
         if reasons_pin.exists() {
             let short = MapData::from_pin(&reasons_pin)
@@ -168,10 +167,21 @@ impl XdpDataPlane {
                     .map_err(|e| other(format!("removing {}: {e}", reasons_pin.display())))?;
             }
         }
-        let all_pinned = names::ALL.iter().all(|n| opts.pin_dir.join(n).exists());
+        // A map this build added (e.g. the fragment table) is not pinned by
+        // an older deployment, whose attached program does not know it: the
+        // new program is loaded with the existing maps (reused by their
+        // pins) plus the new one, and swapped into the links.
+        let missing: Vec<&str> = names::ALL
+            .iter()
+            .copied()
+            .filter(|n| !opts.pin_dir.join(n).exists())
+            .collect();
+        if all_linked && !missing.is_empty() {
+            info!(maps = ?missing, "maps missing from the pins; loading this build's program into the links");
+        }
         // The attached program of a v1 deployment reads v1 flow values: it
         // is replaced in its links, like `voxlb run --replace`.
-        if all_linked && all_pinned && !opts.replace && v1_flows.is_none() {
+        if all_linked && !opts.replace && v1_flows.is_none() && missing.is_empty() {
             info!(pin_dir = %opts.pin_dir.display(), "reusing the attached program and pinned maps");
             let mut maps = BTreeMap::new();
             for name in names::ALL {
@@ -209,9 +219,9 @@ impl XdpDataPlane {
             .load(EBPF_OBJECT)
             .map_err(other)
             .and_then(|mut ebpf| {
-                // The encapsulating program is in the program array before
-                // the packet path that tail-calls it is attached.
-                install_encap(&mut ebpf)?;
+                // The tail-called programs are in the program array before
+                // the packet path that calls them is attached.
+                install_tail_programs(&mut ebpf)?;
                 let prog: &mut Xdp = program(&mut ebpf, PROGRAM_NAME)?;
                 prog.load().map_err(other)?;
                 for iface in &opts.interfaces {
@@ -390,7 +400,8 @@ impl XdpDataPlane {
             flood: take!(names::FLOOD),
             tunnels: take!(names::TUNNELS),
             tx_ports: take!(names::TX_PORTS),
-            _encap_prog: take!(names::ENCAP_PROG),
+            _progs: take!(names::PROGS),
+            frags: take!(names::FRAGS),
             shadow: BTreeMap::new(),
             pins: Vec::new(),
         })
@@ -418,6 +429,23 @@ impl XdpDataPlane {
                 .map_err(map_err(names::FLOWS6)),
             None => Err(other(format!("flow key of unknown family {}", key.family))),
         }
+    }
+
+    /// Read, change and write back the one data-plane config slot (only
+    /// this process writes it).
+    fn update_config(&mut self, f: impl FnOnce(&mut DpConfig)) -> Result<()> {
+        let mut c = self.config.get(&0, 0).map_err(map_err(names::CONFIG))?;
+        f(&mut c);
+        self.config.set(0, c, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// The fragment table's records: which backend each fragmented
+    /// datagram's first fragment went to (tests, diagnostics).
+    pub fn fragments(&self) -> Result<Vec<(FragKey, FragValue)>> {
+        self.frags
+            .iter()
+            .map(|r| r.map_err(map_err(names::FRAGS)))
+            .collect()
     }
 
     /// Write one entry under a raw IPv4 key (the benchmark's floor program
@@ -960,18 +988,21 @@ impl Drop for Mmap {
     }
 }
 
-/// Load the encapsulating program of `ebpf` and put it in the program
-/// array the packet path tail-calls (`vx_encap_prog_v2`, index 0).
-pub fn install_encap(ebpf: &mut Ebpf) -> Result<()> {
-    let prog: &mut Xdp = program(ebpf, names::ENCAP_PROGRAM)?;
-    prog.load().map_err(other)?;
-    let fd = prog.fd().map_err(other)?.try_clone().map_err(other)?;
-    let map = ebpf
-        .map_mut(names::ENCAP_PROG)
-        .ok_or_else(|| other(format!("map {} missing from the object", names::ENCAP_PROG)))?;
-    let mut arr: ProgramArray<&mut MapData> =
-        ProgramArray::try_from(map).map_err(map_err(names::ENCAP_PROG))?;
-    arr.set(0, &fd, 0).map_err(map_err(names::ENCAP_PROG))
+/// Load the tail-called programs of `ebpf` (encapsulation, ICMP errors,
+/// later fragments) and put each in its slot of `vx_progs_v2`.
+pub fn install_tail_programs(ebpf: &mut Ebpf) -> Result<()> {
+    for (slot, name) in names::TAIL_PROGRAMS {
+        let prog: &mut Xdp = program(ebpf, name)?;
+        prog.load().map_err(other)?;
+        let fd = prog.fd().map_err(other)?.try_clone().map_err(other)?;
+        let map = ebpf
+            .map_mut(names::PROGS)
+            .ok_or_else(|| other(format!("map {} missing from the object", names::PROGS)))?;
+        let mut arr: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map).map_err(map_err(names::PROGS))?;
+        arr.set(slot, &fd, 0).map_err(map_err(names::PROGS))?;
+    }
+    Ok(())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -1326,16 +1357,17 @@ impl DataPlane for XdpDataPlane {
     }
 
     fn set_flood_threshold(&mut self, per_cpu_per_s: u32) -> Result<()> {
-        self.config
-            .set(
-                0,
-                DpConfig {
-                    flood_threshold: per_cpu_per_s,
-                    _pad: 0,
-                },
-                0,
-            )
-            .map_err(map_err(names::CONFIG))
+        self.update_config(|c| c.flood_threshold = per_cpu_per_s)
+    }
+
+    fn set_icmp_steering(&mut self, on: bool) -> Result<()> {
+        self.update_config(|c| {
+            if on {
+                c.flags &= !DP_NO_ICMP_STEERING;
+            } else {
+                c.flags |= DP_NO_ICMP_STEERING;
+            }
+        })
     }
 
     fn flow_capacity(&self) -> Option<u64> {

@@ -106,6 +106,25 @@ fn flood_threshold_is_read_and_typed() {
 }
 
 #[test]
+fn icmp_steering_defaults_on_and_is_typed() {
+    assert!(Config::parse(BASE).unwrap().icmp_steering);
+    let c = Config::parse(&BASE.replace(
+        "interfaces = [\"eth0\"]",
+        "interfaces = [\"eth0\"]\nicmp_steering = false",
+    ))
+    .unwrap();
+    assert!(!c.icmp_steering);
+    assert_err(
+        &BASE.replace(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\"]\nicmp_steering = \"no\"",
+        ),
+        "icmp_steering",
+        "invalid type",
+    );
+}
+
+#[test]
 fn unknown_keys_are_named_with_their_line() {
     let e = err(&BASE.replace(
         "address = \"10.0.0.1\"",

@@ -305,24 +305,24 @@ fn cases() -> Vec<Case> {
             frame: Frame::icmp(v6(client6()), v6(vip6())).build(),
             expect: Pass(Reason::PassNotL4),
         },
+        // First fragments are balanced (and tracked: tests/icmp_frag.rs).
         Case {
-            name: "IPv4 first fragment (MF) to the VIP",
-            frame: syn4(40001).with_payload(&[7; 64]).with_frag(0x2000).build(),
-            expect: Pass(Reason::PassFragment),
-        },
-        Case {
-            name: "IPv4 non-first fragment to the VIP",
+            name: "IPv4 non-first fragment to the VIP, its first not seen",
             frame: syn4(40001).with_frag(0x0010).build(),
             expect: Pass(Reason::PassFragment),
         },
         Case {
-            name: "IPv6 fragment header to the VIP",
-            frame: syn6(40001).with_ext(44, 8).build(),
+            name: "IPv6 non-first fragment to the VIP, its first not seen",
+            frame: syn6(40001).with_ext(44, 8).with_frag(0x2010).build(),
             expect: Pass(Reason::PassFragment),
         },
         Case {
-            name: "IPv6 fragment header after a hop-by-hop header",
-            frame: syn6(40001).with_ext(0, 8).with_ext(44, 8).build(),
+            name: "IPv6 non-first fragment after a hop-by-hop header",
+            frame: syn6(40001)
+                .with_ext(0, 8)
+                .with_ext(44, 8)
+                .with_frag(0x0003)
+                .build(),
             expect: Pass(Reason::PassFragment),
         },
         Case {
@@ -627,6 +627,28 @@ fn cases() -> Vec<Case> {
         "IPv6 SYN behind a routing header",
         syn6(41010).with_ext(43, 24).build(),
         k6(41010),
+        S_V6,
+    ));
+    c.push(tx(
+        "IPv4 first fragment (MF, offset 0) to the VIP",
+        syn4(41013).with_payload(&[7; 64]).with_frag(0x2000).build(),
+        k4(41013),
+        S_V4,
+    ));
+    c.push(tx(
+        "IPv6 atomic fragment (offset 0, no M) is a whole packet",
+        syn6(41014).with_ext(44, 8).build(),
+        k6(41014),
+        S_V6,
+    ));
+    c.push(tx(
+        "IPv6 first fragment after a hop-by-hop header",
+        syn6(41015)
+            .with_ext(0, 8)
+            .with_ext(44, 8)
+            .with_frag(0x2000)
+            .build(),
+        k6(41015),
         S_V6,
     ));
     c.push(tx(

@@ -713,6 +713,59 @@ fn deleted_pins_are_put_back_by_the_running_data_plane() {
     .unwrap();
 }
 
+/// An upgrade from a build without a map (the fragment table came after
+/// the other v2 maps): the pins and link of the older deployment are
+/// reused (the VIP written before is still there), the missing map is
+/// created and pinned, and this build's program is swapped into the link.
+#[test]
+fn a_map_missing_from_older_pins_is_added_and_the_rest_reused() {
+    lb_testkit::require_root!("pinning BPF objects");
+    lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
+    std::thread::spawn(|| {
+        // SAFETY: unshare has no memory preconditions; it moves this thread only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        let opts = LoadOptions {
+            interfaces: vec!["lo".into()],
+            mode: XdpMode::Generic,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-newmap-{}", std::process::id())),
+            flow_capacity: 1024,
+            replace: false,
+        };
+        let _ = std::fs::remove_dir_all(&opts.pin_dir);
+        let result = std::panic::catch_unwind(|| {
+            let vip = VipKey::new("192.0.2.10".parse().unwrap(), 8140, PROTO_TCP);
+            {
+                let mut old = XdpDataPlane::load(&opts).expect("load and attach");
+                old.upsert_vip(
+                    vip,
+                    VipInfo {
+                        service_id: 0,
+                        kind: KIND_COMPILER,
+                    },
+                )
+                .unwrap();
+            }
+            let frags = opts.pin_dir.join(lb_common::maps::FRAGS);
+            std::fs::remove_file(&frags).unwrap();
+            let new = XdpDataPlane::load(&opts).expect("load over the older pins");
+            assert!(frags.exists(), "the new map is pinned");
+            let info = VipInfo {
+                service_id: 0,
+                kind: KIND_COMPILER,
+            };
+            assert_eq!(new.vips().unwrap(), vec![(vip, info)]);
+            assert!(xdp::link_pin(&opts.pin_dir, "lo").exists());
+            assert!(new.fragments().unwrap().is_empty());
+        });
+        xdp::detach(&opts).unwrap();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 /// A `voxlb run` that cannot attach leaves no half-made data plane: an
 /// unknown interface is refused before anything is created, and a failed
 /// attach removes the pins that attempt created.

@@ -70,8 +70,32 @@ impl Flow {
     }
 }
 
+/// A fragmented datagram as the model names it: (source, destination, ID,
+/// protocol), the protocol 0 for IPv6 (RFC 8200 identifies a datagram by
+/// addresses and ID alone).
+pub type Datagram = (IpAddr, IpAddr, u32, u8);
+
+/// What a frame is, once parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Pkt {
+    /// TCP or UDP with its ports; a first fragment (offset 0, more to come)
+    /// names its datagram.
+    Flow(Flow, Option<Datagram>),
+    /// A fragment with a non-zero offset: no ports.
+    Later(Datagram),
+    /// Any other upper-layer protocol, with its bytes as the IP header
+    /// delimits them, and whether it is a first fragment.
+    Other {
+        proto: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        body: Vec<u8>,
+        fragmented: bool,
+    },
+}
+
 /// Ethernet, at most two VLAN tags, then IPv4/IPv6.
-pub(super) fn model_parse(f: &[u8]) -> Result<Flow, Reason> {
+pub(super) fn model_parse(f: &[u8]) -> Result<Pkt, Reason> {
     if f.len() < 14 {
         return Err(Reason::DropTruncatedL2);
     }
@@ -96,7 +120,7 @@ pub(super) fn model_parse(f: &[u8]) -> Result<Flow, Reason> {
 }
 
 /// `ip`: from the IPv4 header to the end of the frame.
-pub(super) fn model_ipv4(ip: &[u8]) -> Result<Flow, Reason> {
+pub(super) fn model_ipv4(ip: &[u8]) -> Result<Pkt, Reason> {
     if ip.len() < 20 {
         return Err(Reason::DropTruncatedL3);
     }
@@ -111,19 +135,23 @@ pub(super) fn model_ipv4(ip: &[u8]) -> Result<Flow, Reason> {
     if total > ip.len() {
         return Err(Reason::DropTruncatedL3);
     }
-    // MF or a fragment offset; DF and the reserved bit do not matter.
-    if be16(ip, 6) & 0x3fff != 0 {
-        return Err(Reason::PassFragment);
-    }
     let v4 = |at: usize| IpAddr::from([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+    let (src, dst, proto) = (v4(12), v4(16), ip[9]);
+    // DF and the reserved bit do not matter; the offset and MF do.
+    let flags = be16(ip, 6);
+    let datagram = (src, dst, be16(ip, 4) as u32, proto);
+    if flags & 0x1fff != 0 {
+        return Ok(Pkt::Later(datagram));
+    }
+    let first = (flags & 0x2000 != 0).then_some(datagram);
     // Ethernet padding past the IP total length is not payload.
-    model_l4(&ip[header..total], ip[9], v4(12), v4(16))
+    model_l4(&ip[header..total], proto, src, dst, first)
 }
 
 /// Extension headers walked before handing the packet to the kernel.
 pub(super) const MODEL_EXT_LIMIT: usize = 4;
 
-pub(super) fn model_ipv6(ip: &[u8]) -> Result<Flow, Reason> {
+pub(super) fn model_ipv6(ip: &[u8]) -> Result<Pkt, Reason> {
     if ip.len() < 40 {
         return Err(Reason::DropTruncatedL3);
     }
@@ -138,8 +166,32 @@ pub(super) fn model_ipv6(ip: &[u8]) -> Result<Flow, Reason> {
     let mut next = ip[6];
     let mut rest = &ip[40..40 + payload];
     let mut walked = 0;
+    let (src, dst) = (v6(8), v6(24));
+    let mut first = None;
     loop {
         match next {
+            // A fragment header: 8 bytes; a non-zero offset ends the walk
+            // (the rest is the middle of a datagram); with offset 0 the last
+            // fragment header seen says whether this is a first fragment (M)
+            // or a whole packet (an atomic fragment).
+            44 => {
+                if walked == MODEL_EXT_LIMIT {
+                    return Err(Reason::PassIpv6ExtLimit);
+                }
+                if rest.len() < 8 {
+                    return Err(Reason::DropTruncatedL3);
+                }
+                let id = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
+                let offset = be16(rest, 2) >> 3;
+                let more = rest[3] & 1 == 1;
+                next = rest[0];
+                rest = &rest[8..];
+                walked += 1;
+                if offset != 0 {
+                    return Ok(Pkt::Later((src, dst, id, 0)));
+                }
+                first = more.then_some((src, dst, id, 0));
+            }
             // Hop-by-hop, routing, destination options: 8-byte units; AH: 4-byte.
             0 | 43 | 60 | 51 => {
                 if walked == MODEL_EXT_LIMIT {
@@ -160,16 +212,23 @@ pub(super) fn model_ipv6(ip: &[u8]) -> Result<Flow, Reason> {
                 rest = &rest[len..];
                 walked += 1;
             }
-            44 => return Err(Reason::PassFragment),
             59 => return Err(Reason::PassNotL4),
             _ => break,
         }
     }
-    model_l4(rest, next, v6(8), v6(24))
+    model_l4(rest, next, src, dst, first)
 }
 
-/// `seg`: the L4 header and payload as the IP header delimits them.
-pub(super) fn model_l4(seg: &[u8], proto: u8, src: IpAddr, dst: IpAddr) -> Result<Flow, Reason> {
+/// `seg`: the L4 header and payload as the IP header delimits them (in a
+/// first fragment, this fragment's part: only the L4 header itself must be
+/// in it).
+pub(super) fn model_l4(
+    seg: &[u8],
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    first: Option<Datagram>,
+) -> Result<Pkt, Reason> {
     match proto {
         PROTO_TCP => {
             if seg.len() < 20 {
@@ -185,16 +244,25 @@ pub(super) fn model_l4(seg: &[u8], proto: u8, src: IpAddr, dst: IpAddr) -> Resul
                 return Err(Reason::DropTruncatedL4);
             }
         }
-        _ => return Err(Reason::PassNotL4),
+        _ => {
+            return Ok(Pkt::Other {
+                proto,
+                src,
+                dst,
+                body: seg.to_vec(),
+                fragmented: first.is_some(),
+            });
+        }
     }
-    Ok(Flow {
+    let flow = Flow {
         src,
         dst,
         sport: u16::from_be_bytes([seg[0], seg[1]]),
         dport: u16::from_be_bytes([seg[2], seg[3]]),
         proto,
         tcp_flags: if proto == PROTO_TCP { seg[13] } else { 0 },
-    })
+    };
+    Ok(Pkt::Flow(flow, first))
 }
 
 impl World {
@@ -218,17 +286,218 @@ impl World {
         exp
     }
 
-    /// The outcome, and the flow entry the program writes, if any.
+    /// The outcome, and the flow entry the program writes, if any. A first
+    /// fragment that is forwarded has its datagram recorded in the model's
+    /// fragment table, as the program records it in its own.
     fn predict(
         &self,
         frame: &[u8],
         flows: Option<&ModelFlows>,
     ) -> (Expected, Option<(FlowId, FlowEntry)>) {
-        let flow = match model_parse(frame) {
-            Ok(f) => f,
-            Err(r) => return (Expected::of(r), None),
-        };
         let unicast = frame[0] & 1 == 0;
+        match model_parse(frame) {
+            Err(r) => (Expected::of(r), None),
+            Ok(Pkt::Flow(flow, first)) => {
+                let (exp, write) = self.predict_flow(flow, unicast, flows);
+                if let (Some(datagram), Some(id)) = (first, exp.backend)
+                    && exp.reason.verdict() == Verdict::Tx
+                {
+                    let generation = self.backends[&id].generation;
+                    self.frags.borrow_mut().insert(datagram, (id, generation));
+                }
+                (exp, write)
+            }
+            Ok(Pkt::Later(datagram)) => (self.predict_later(datagram, unicast), None),
+            Ok(Pkt::Other {
+                proto,
+                src,
+                dst,
+                body,
+                fragmented,
+            }) => (
+                self.predict_icmp(proto, src, dst, &body, fragmented, unicast, flows),
+                None,
+            ),
+        }
+    }
+
+    /// Whether `addr` is the address of some VIP (any port, protocol).
+    fn is_vip_addr(&self, addr: IpAddr) -> bool {
+        self.vip_index.keys().any(|(a, _, _)| *a == addr)
+    }
+
+    /// The VIP a backend's traffic is counted under: its service, and CA
+    /// when the service has a CA VIP.
+    fn vip_of_backend(&self, id: u32) -> VipInfo {
+        VipInfo {
+            service_id: self.backends[&id].service_id,
+            kind: if self.is_ca_backend(id) {
+                KIND_CA
+            } else {
+                KIND_COMPILER
+            },
+        }
+    }
+
+    /// Whether backend `id` still holds what was recorded for it at
+    /// `generation`: it keeps flows and the id was not reused.
+    fn still_holds(&self, id: u32, generation: u32) -> bool {
+        self.backends.get(&id).is_some_and(|b| {
+            [BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_RETIRING].contains(&b.state)
+                && b.generation == generation
+        })
+    }
+
+    /// A later fragment: to a VIP address, it goes where its datagram's
+    /// first fragment went, if that backend still holds it; otherwise it is
+    /// passed (`pass_fragment`). The host's own fragments: `pass_not_vip`.
+    fn predict_later(&self, datagram: Datagram, unicast: bool) -> Expected {
+        if !self.is_vip_addr(datagram.1) {
+            return Expected::of(Reason::PassNotVip);
+        }
+        let Some(&(id, generation)) = self.frags.borrow().get(&datagram) else {
+            return Expected::of(Reason::PassFragment);
+        };
+        if !self.still_holds(id, generation) {
+            return Expected::of(Reason::PassFragment);
+        }
+        let vip = self.vip_of_backend(id);
+        if !unicast {
+            return Expected {
+                vip: Some(vip),
+                ..Expected::of(Reason::PassNotUnicast)
+            };
+        }
+        let reason = if vip.kind == KIND_CA {
+            Reason::TxCa
+        } else {
+            Reason::TxCompiler
+        };
+        Expected {
+            reason,
+            backend: Some(id),
+            vip: Some(vip),
+            established: false,
+        }
+    }
+
+    /// Neither TCP nor UDP: an ICMP error to a VIP address about one of its
+    /// replies goes to the backend of the flow it quotes (README, *ICMP
+    /// and fragments*); everything else is `pass_not_l4`.
+    #[allow(clippy::too_many_arguments)]
+    fn predict_icmp(
+        &self,
+        proto: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        body: &[u8],
+        fragmented: bool,
+        unicast: bool,
+        flows: Option<&ModelFlows>,
+    ) -> Expected {
+        let v4 = dst.is_ipv4();
+        if proto != (if v4 { 1 } else { 58 }) || !self.is_vip_addr(dst) {
+            return Expected::of(Reason::PassNotL4);
+        }
+        if fragmented {
+            return Expected::of(Reason::PassFragment);
+        }
+        if body.len() < 8 {
+            return Expected::of(Reason::PassIcmpMalformed);
+        }
+        // Destination unreachable (v4: 3, v6: 1) and packet too big (v6: 2).
+        let steered = if v4 {
+            body[0] == 3
+        } else {
+            body[0] == 1 || body[0] == 2
+        };
+        if !steered {
+            return Expected::of(Reason::PassNotL4);
+        }
+        if self.is_vip_addr(src) {
+            return Expected::of(Reason::DropSpoofedSource);
+        }
+        let quote = &body[8..];
+        // The quoted header, its protocol, addresses, and where the ports are.
+        let (qproto, qsrc, qdst, ports_at, later) = if v4 {
+            if quote.len() < 20 {
+                return Expected::of(Reason::PassIcmpMalformed);
+            }
+            let ihl = usize::from(quote[0] & 0x0f) * 4;
+            if quote[0] >> 4 != 4 || ihl < 20 || ihl + 8 > quote.len() {
+                return Expected::of(Reason::PassIcmpMalformed);
+            }
+            let a =
+                |at: usize| IpAddr::from([quote[at], quote[at + 1], quote[at + 2], quote[at + 3]]);
+            (quote[9], a(12), a(16), ihl, be16(quote, 6) & 0x1fff != 0)
+        } else {
+            if quote.len() < 48 {
+                return Expected::of(Reason::PassIcmpMalformed);
+            }
+            if quote[0] >> 4 != 6 {
+                return Expected::of(Reason::PassIcmpMalformed);
+            }
+            let a = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&quote[at..at + 16]).unwrap());
+            (quote[6], a(8), a(24), 40, false)
+        };
+        if !(qproto == PROTO_TCP || qproto == PROTO_UDP) || later || qsrc != dst {
+            return Expected::of(Reason::PassIcmpUnmatched);
+        }
+        // The quoted reply went VIP -> agent: its flow is agent -> VIP.
+        let flow = Flow {
+            src: qdst,
+            dst: qsrc,
+            sport: be16(quote, ports_at + 2) as u16,
+            dport: be16(quote, ports_at) as u16,
+            proto: qproto,
+            tcp_flags: 0,
+        };
+        let Some(info) = self
+            .vip_index
+            .get(&(flow.dst, flow.dport, flow.proto))
+            .copied()
+        else {
+            return Expected::of(Reason::PassIcmpUnmatched);
+        };
+        let chosen = match info.kind {
+            KIND_COMPILER => {
+                // The flow's entry, if its backend still holds it; else the
+                // table's pick. Nothing is written.
+                let entry = flows
+                    .and_then(|f| f.get(&flow.id()))
+                    .filter(|(id, generation, _)| self.still_holds(*id, *generation));
+                match entry {
+                    Some(&(id, _, _)) => Ok((Reason::TxCompiler, id)),
+                    None => self.compiler(info.service_id, &flow),
+                }
+            }
+            KIND_CA => self.ca(info.service_id),
+            _ => Err(Reason::PassNotVip),
+        };
+        let Ok((reason, id)) = chosen else {
+            return Expected::of(Reason::PassIcmpUnmatched);
+        };
+        if !unicast {
+            return Expected {
+                vip: Some(info),
+                ..Expected::of(Reason::PassNotUnicast)
+            };
+        }
+        Expected {
+            reason,
+            backend: Some(id),
+            vip: Some(info),
+            established: false,
+        }
+    }
+
+    /// A TCP/UDP packet (a first fragment included).
+    fn predict_flow(
+        &self,
+        flow: Flow,
+        unicast: bool,
+        flows: Option<&ModelFlows>,
+    ) -> (Expected, Option<(FlowId, FlowEntry)>) {
         // The established-flow path comes before the VIP lookup, but only
         // for ports some VIP uses (the pre-filter).
         let port_used = self.vip_index.keys().any(|(_, p, _)| *p == flow.dport);

@@ -307,6 +307,11 @@ impl Daemon {
         {
             warn!("reload: setting the flood threshold: {e}");
         }
+        if new.icmp_steering != self.config.icmp_steering
+            && let Err(e) = self.dp.set_icmp_steering(new.icmp_steering)
+        {
+            warn!("reload: setting icmp_steering: {e}");
+        }
         let mut dropped = Vec::new();
         let mut retired = Vec::new();
         let old = self.config.clone();

@@ -266,6 +266,9 @@ impl Daemon {
         if let Err(e) = dp.set_flood_threshold(config.flood_threshold) {
             warn!("setting the flood threshold: {e}");
         }
+        if let Err(e) = dp.set_icmp_steering(config.icmp_steering) {
+            warn!("setting icmp_steering: {e}");
+        }
         let macs = match resolver.table() {
             Ok(t) => t,
             Err(e) => {
