@@ -1594,9 +1594,22 @@ mod tests {
         for i in 0..g.sweep_len() + 50_000 {
             seen.insert(w.expect(&g.case(i).frame).reason as u32);
         }
+        // The fuzz world forwards by L2 only: the routed-mode reasons are
+        // proven by the encapsulation packet tests (`encap_packets.rs`),
+        // whose outputs the model would have to rebuild byte for byte.
+        let routed_only = [
+            Reason::TxTooBig,
+            Reason::DropTooBigNoDf,
+            Reason::DropNoEgress,
+            Reason::DropEncap,
+        ];
         let missing: Vec<&str> = Reason::ALL
             .iter()
-            .filter(|r| !seen.contains(&(**r as u32)) && **r != Reason::DropInternal)
+            .filter(|r| {
+                !seen.contains(&(**r as u32))
+                    && **r != Reason::DropInternal
+                    && !routed_only.contains(r)
+            })
             .map(|r| r.label())
             .collect();
         assert!(missing.is_empty(), "never produced: {missing:?}");
