@@ -41,11 +41,18 @@ use crate::{
 };
 
 /// XDP action codes as BPF_PROG_TEST_RUN returns them.
-pub const XDP_DROP: u32 = 1;
-/// See [`XDP_DROP`].
-pub const XDP_PASS: u32 = 2;
-/// See [`XDP_DROP`].
-pub const XDP_TX: u32 = 3;
+/// Reasons only a routed (`ipip`/`gue`) backend can give. The fuzz world
+/// forwards by L2 only: these are proven by the encapsulation packet tests
+/// (`lb-userspace/tests/encap_packets.rs`), whose outputs the model would
+/// have to rebuild byte for byte.
+pub const ROUTED_ONLY: [Reason; 4] = [
+    Reason::TxTooBig,
+    Reason::DropTooBigNoDf,
+    Reason::DropNoEgress,
+    Reason::DropEncap,
+];
+
+pub use lb_common::reason::action::{XDP_DROP, XDP_PASS, XDP_TX};
 
 /// The XDP action a reason implies.
 pub fn action_of(r: Reason) -> u32 {
@@ -1594,15 +1601,7 @@ mod tests {
         for i in 0..g.sweep_len() + 50_000 {
             seen.insert(w.expect(&g.case(i).frame).reason as u32);
         }
-        // The fuzz world forwards by L2 only: the routed-mode reasons are
-        // proven by the encapsulation packet tests (`encap_packets.rs`),
-        // whose outputs the model would have to rebuild byte for byte.
-        let routed_only = [
-            Reason::TxTooBig,
-            Reason::DropTooBigNoDf,
-            Reason::DropNoEgress,
-            Reason::DropEncap,
-        ];
+        let routed_only = ROUTED_ONLY;
         let missing: Vec<&str> = Reason::ALL
             .iter()
             .filter(|r| {

@@ -22,12 +22,13 @@ fn regressions() -> Vec<(usize, Regression)> {
 }
 
 /// Every reason the fuzzer's world can produce: all but `drop_internal`
-/// (a table naming an unusable backend id, which the world never installs).
+/// (a table naming an unusable backend id, which the world never installs)
+/// and the routed-only reasons (the world forwards by L2).
 fn reachable_reasons() -> Vec<Reason> {
     Reason::ALL
         .iter()
         .copied()
-        .filter(|r| *r != Reason::DropInternal)
+        .filter(|r| *r != Reason::DropInternal && !lb_testkit::fuzz::ROUTED_ONLY.contains(r))
         .collect()
 }
 

@@ -21,9 +21,7 @@ use lb_testkit::{
 };
 use voxlb::dataplane::DataPlane;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+use lb_common::reason::action::{XDP_DROP, XDP_PASS, XDP_TX};
 
 /// Small prime tables keep setup fast; the size does not change the logic.
 const TABLE: u32 = 1009;

@@ -19,9 +19,7 @@ use lb_testkit::{
 };
 use voxlb::dataplane::DataPlane;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+use lb_common::reason::action::{XDP_DROP, XDP_PASS, XDP_TX};
 const TABLE: u32 = 1009;
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
