@@ -1,8 +1,10 @@
 //! Routed compilers, compiler side: `voxlb decap` on a compiler in another
 //! subnet behind a router (`voxlb_tests::routed`), fed IPIP/GUE traffic by
 //! a test-only encapsulating hop in the LB namespace
-//! (`voxlb_tests::encap_hop`) until the LB's XDP program encapsulates
-//! itself. Real TLS downloads, checked byte for byte; the compilers answer
+//! (`voxlb_tests::encap_hop`), so that every family pair of the compiler
+//! side is proven with real TCP independently of the LB (the real data
+//! plane on this topology: `routed_lb.rs`). Real TLS downloads, checked
+//! byte for byte; the compilers answer
 //! the clients directly through the router (DSR), so a completed TLS
 //! handshake also proves the replies leave with the VIP as source.
 //!
@@ -33,14 +35,10 @@ fn serial() -> MutexGuard<'static, ()> {
 const GUE_PORT: u16 = 6080;
 
 fn topology(compilers: usize) -> RoutedTopology {
-    topology_mtu(compilers, None)
-}
-
-fn topology_mtu(compilers: usize, return_mtu: Option<u32>) -> RoutedTopology {
     RoutedTopology::build(&RoutedSpec {
         kind: "vxr",
         compilers,
-        return_mtu,
+        return_mtu: None,
         client_vip_mtu: 1400,
         testd: env!("CARGO_BIN_EXE_voxlb-testd").into(),
     })
@@ -131,16 +129,6 @@ fn download(
 }
 
 fn hop(topo: &RoutedTopology, vip: IpAddr, outer_v6: bool, encap: Encap) -> EncapHop {
-    hop_steering(topo, vip, outer_v6, encap, true)
-}
-
-fn hop_steering(
-    topo: &RoutedTopology,
-    vip: IpAddr,
-    outer_v6: bool,
-    encap: Encap,
-    steer_icmp: bool,
-) -> EncapHop {
     let c = &topo.compilers[0];
     EncapHop::start(&HopSpec {
         ns: topo.lb.ns.clone(),
@@ -149,7 +137,8 @@ fn hop_steering(
         src6: topo.lb.ip6.into(),
         compilers: vec![if outer_v6 { c.ip6.into() } else { c.ip4.into() }],
         encap,
-        steer_icmp,
+        // Path MTU through the real data plane: `routed_lb.rs`.
+        steer_icmp: false,
     })
     .expect("start the encapsulating hop")
 }
@@ -280,48 +269,4 @@ fn decap_check_names_what_a_compiler_lacks() {
     let bad = decap(&topo, &c1, &["--stats"]);
     assert_ne!(bad.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--pin-dir"));
-}
-
-#[test]
-fn a_narrow_return_path_stalls_downloads_unless_the_routers_icmp_reaches_the_compiler() {
-    lb_testkit::require_root!("network namespaces and XDP");
-    let _s = serial();
-    // The router's link toward the clients has MTU 1280: the compiler's
-    // 1400-byte segments (the clients' MSS) do not fit, and the router says
-    // so to their source, the VIP, which routes to the LB.
-    let topo = topology_mtu(1, Some(1280));
-    let c1 = topo.compilers[0].clone();
-    attach(&topo, &c1);
-    let size = 2 * 1024 * 1024;
-    for v6 in [true, false] {
-        let vip: IpAddr = if v6 { VIP6.into() } else { VIP4.into() };
-        let fam = if v6 { "IPv6" } else { "IPv4" };
-        {
-            // ICMP not steered: the compiler never learns, the download
-            // stalls (Linux does no blackhole probing by default).
-            let h = hop_steering(&topo, vip, v6, Encap::Gue(GUE_PORT), false);
-            let r = download(&topo, topo.vip(v6), size, Duration::from_secs(6));
-            assert!(
-                r.is_err(),
-                "{fam}: a download crossed the narrow link unsteered"
-            );
-            assert!(
-                h.icmp.load(std::sync::atomic::Ordering::Relaxed) > 0,
-                "{fam}: no ICMP error from the router reached the LB"
-            );
-        }
-        // Steered to the compiler of the quoted flow (encapsulated like
-        // the flow's packets): path MTU discovery works, the download ends.
-        let h = hop_steering(&topo, vip, v6, Encap::Gue(GUE_PORT), true);
-        if let Err(e) = download(&topo, topo.vip(v6), size, Duration::from_secs(30)) {
-            panic!(
-                "{fam}: steered ICMP: {e:#}; hop sent {} errors {} icmp {}; decap {}",
-                h.sent.load(std::sync::atomic::Ordering::Relaxed),
-                h.errors.load(std::sync::atomic::Ordering::Relaxed),
-                h.icmp.load(std::sync::atomic::Ordering::Relaxed),
-                stats(&topo, &c1)
-            );
-        }
-        assert!(h.icmp.load(std::sync::atomic::Ordering::Relaxed) > 0);
-    }
 }

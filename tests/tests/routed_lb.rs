@@ -35,10 +35,14 @@ const V4: &str = "routed4";
 const V6: &str = "routed6";
 
 fn topology(compilers: usize) -> RoutedTopology {
+    topology_mtu(compilers, None)
+}
+
+fn topology_mtu(compilers: usize, return_mtu: Option<u32>) -> RoutedTopology {
     RoutedTopology::build(&RoutedSpec {
         kind: "vxl",
         compilers,
-        return_mtu: None,
+        return_mtu,
         client_vip_mtu: 1400,
         testd: env!("CARGO_BIN_EXE_voxlb-testd").into(),
     })
@@ -434,5 +438,93 @@ fn a_routed_compiler_without_a_route_is_reported_and_kept_out() {
             "CLI-added compiler not resolved: {b:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Rewrite the daemon's config with `icmp_steering = on` and reload.
+fn set_steering(d: &Daemon, on: bool) {
+    let text = std::fs::read_to_string(&d.config).expect("read the config");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("icmp_steering"))
+        .map(|l| {
+            if l.starts_with("flow_capacity") {
+                format!("{l}\nicmp_steering = {on}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&d.config, text).expect("write the config");
+    let out = d.cli(&["reload"]).expect("voxlb reload");
+    assert_eq!(out.code(), 0, "reload: {} {}", out.stdout, out.stderr);
+}
+
+/// The LB's packets-passed count of one reason.
+fn reason_packets(d: &Daemon, label: &str) -> u64 {
+    match d.json(&["stats"]).expect("stats") {
+        Response::Stats(s) => s
+            .reasons
+            .iter()
+            .find(|r| r.reason == label)
+            .map_or(0, |r| r.packets),
+        other => panic!("stats: {other:?}"),
+    }
+}
+
+#[test]
+fn a_narrow_return_path_stalls_routed_downloads_unless_voxlb_steers_the_routers_icmp() {
+    lb_testkit::require_root!("network namespaces and XDP");
+    let _s = serial();
+    // The router's link toward the clients has MTU 1280: the compiler's
+    // 1400-byte segments (the clients' MSS) do not fit, and the router says
+    // so to their source, the VIP, which routes to the LB. voxlb must send
+    // that error to the compiler of the quoted flow, encapsulated like the
+    // flow's packets (IPIP for the IPv4 VIP, GUE for the IPv6 one).
+    let topo = topology_mtu(1, Some(1280));
+    let c1 = topo.compilers[0].clone();
+    attach_decap(&topo, &c1);
+    let d = start_daemon(&topo, &[]);
+    wait_active(&d, V4, 1);
+    wait_active(&d, V6, 1);
+    let size = 2 * 1024 * 1024;
+    let get = |v6: bool, limit: u64| {
+        download(
+            &topo,
+            topo.vip(v6),
+            format!("/catalog?bytes={size}"),
+            size,
+            Duration::from_secs(limit),
+        )
+    };
+    for v6 in [false, true] {
+        let fam = if v6 {
+            "IPv6 over GUE"
+        } else {
+            "IPv4 over IPIP"
+        };
+        // Steering off: the errors are passed to the LB's own kernel, the
+        // compiler never learns, the download stalls (Linux does no
+        // blackhole probing by default).
+        set_steering(&d, false);
+        let passed = reason_packets(&d, "pass_not_l4");
+        assert!(
+            get(v6, 6).is_err(),
+            "{fam}: a download crossed the narrow link with steering off"
+        );
+        assert!(
+            reason_packets(&d, "pass_not_l4") > passed,
+            "{fam}: no ICMP error from the router reached voxlb"
+        );
+        // Steering on: the router's error reaches the compiler through the
+        // tunnel, path MTU discovery works, every byte arrives.
+        set_steering(&d, true);
+        let decap_before = decap_packets(&topo, &c1, if v6 { "decap_gue6" } else { "decap_ipip4" });
+        if let Err(e) = get(v6, 30) {
+            panic!("{fam}: steered ICMP: {e:#}\n{}", d.log_tail(20));
+        }
+        assert!(
+            decap_packets(&topo, &c1, if v6 { "decap_gue6" } else { "decap_ipip4" }) > decap_before
+        );
     }
 }
