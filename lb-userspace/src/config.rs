@@ -26,6 +26,22 @@ use lb_common::{
 };
 use serde::Deserialize;
 
+/// The forwarding keys of a raw service section (compiler or CA: the same
+/// keys, in two structs because serde's `flatten` cannot be combined with
+/// `deny_unknown_fields`).
+macro_rules! raw_forwarding {
+    ($s:expr) => {
+        crate::forwarding::RawForwarding {
+            forwarding: $s.forwarding,
+            gue_port: $s.gue_port,
+            encap_source_v4: $s.encap_source_v4,
+            encap_source_v6: $s.encap_source_v6,
+            encap_ttl: $s.encap_ttl,
+            mtu: $s.mtu,
+        }
+    };
+}
+
 use crate::{
     health::{CheckKind, HealthCheck, HttpCheck, TlsCheck},
     load::{Balance, ControllerConfig},
@@ -488,18 +504,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         claim_name(&key, &s.name)?;
         let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
         claim_vip(&key, vip)?;
-        let forwarding = parse_forwarding(
-            &key,
-            vip,
-            crate::forwarding::RawForwarding {
-                forwarding: s.forwarding,
-                gue_port: s.gue_port,
-                encap_source_v4: s.encap_source_v4,
-                encap_source_v6: s.encap_source_v6,
-                encap_ttl: s.encap_ttl,
-                mtu: s.mtu,
-            },
-        )?;
+        let forwarding = parse_forwarding(&key, vip, raw_forwarding!(s))?;
         let mut backends: Vec<Backend> = Vec::new();
         for (j, b) in s.backends.into_iter().enumerate() {
             let bkey = format!("{key}.backends[{j}]");
@@ -589,18 +594,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         claim_name(&key, &s.name)?;
         let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
         claim_vip(&key, vip)?;
-        let forwarding = parse_forwarding(
-            &key,
-            vip,
-            crate::forwarding::RawForwarding {
-                forwarding: s.forwarding,
-                gue_port: s.gue_port,
-                encap_source_v4: s.encap_source_v4,
-                encap_source_v6: s.encap_source_v6,
-                encap_ttl: s.encap_ttl,
-                mtu: s.mtu,
-            },
-        )?;
+        let forwarding = parse_forwarding(&key, vip, raw_forwarding!(s))?;
         let ca_backend = |bkey: String, b: RawCaBackend| -> Result<Backend, ConfigError> {
             let b = Backend {
                 address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,

@@ -426,6 +426,25 @@ impl Daemon {
         Ok(())
     }
 
+    /// Rewrite the daemon's config with `icmp_steering = on` and reload.
+    pub fn set_icmp_steering(&self, on: bool) {
+        let text = std::fs::read_to_string(&self.config).expect("read the config");
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("icmp_steering"))
+            .map(|l| {
+                if l.starts_with("flow_capacity") {
+                    format!("{l}\nicmp_steering = {on}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, text).expect("write the config");
+        let out = self.cli(&["reload"]).expect("voxlb reload");
+        assert_eq!(out.code(), 0, "reload: {} {}", out.stdout, out.stderr);
+    }
+
     /// The last lines of the daemon's log.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)

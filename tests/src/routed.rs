@@ -245,6 +245,37 @@ impl RoutedTopology {
         Ok(())
     }
 
+    /// A TLS GET of `path` through `vip` from the client, answered with
+    /// `bytes` pattern bytes (checked byte for byte) within `limit`; the
+    /// serving compiler's name.
+    pub fn download(
+        &self,
+        vip: SocketAddr,
+        path: String,
+        bytes: u64,
+        limit: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        let tls = self.tls.clone();
+        self.rt.run(async move {
+            tokio::time::timeout(limit, async {
+                let mut c = client::connect_tls(vip, &vip.ip().to_string(), tls).await?;
+                let r = c.get(&path).await?;
+                anyhow::ensure!(r.status() == 200, "status {}", r.status());
+                anyhow::ensure!(
+                    r.body.len() as u64 == bytes,
+                    "{} of {bytes} bytes",
+                    r.body.len()
+                );
+                if let Some(at) = crate::pattern::first_mismatch(0, &r.body) {
+                    anyhow::bail!("body differs at byte {at}");
+                }
+                Ok(r.header("X-Backend").unwrap_or("?").to_owned())
+            })
+            .await
+            .context("timed out")?
+        })?
+    }
+
     /// A compiler's pin directory for `voxlb decap`.
     pub fn decap_pin_dir(&self, compiler: &Node) -> PathBuf {
         self.pin_dir.join(format!("decap-{}", compiler.name))

@@ -215,25 +215,6 @@ fn router_errors(topo: &Topology, v6: bool) -> u64 {
     }
 }
 
-/// Rewrite the daemon's config with `icmp_steering = on` and reload.
-fn set_steering(d: &Daemon, on: bool) {
-    let text = std::fs::read_to_string(&d.config).expect("read the config");
-    let text: String = text
-        .lines()
-        .filter(|l| !l.starts_with("icmp_steering"))
-        .map(|l| {
-            if l.starts_with("flow_capacity") {
-                format!("{l}\nicmp_steering = {on}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(&d.config, text).expect("write the config");
-    let out = d.cli(&["reload"]).expect("voxlb reload");
-    assert_eq!(out.code(), 0, "reload: {} {}", out.stdout, out.stderr);
-}
-
 #[test]
 fn l2_a_narrow_return_path_stalls_downloads_unless_voxlb_steers_the_routers_icmp() {
     lb_testkit::require_root!("network namespaces and XDP");
@@ -255,7 +236,7 @@ fn l2_a_narrow_return_path_stalls_downloads_unless_voxlb_steers_the_routers_icmp
         .unwrap_or_else(|| panic!("{fam}: no small answer through the LB and rt"));
         // Steering off: the router's error reaches the LB and is passed to
         // its kernel; the compiler keeps sending 1500-byte segments.
-        set_steering(&d, false);
+        d.set_icmp_steering(false);
         let (passed, sent) = (reason_count(&d, "pass_not_l4"), router_errors(&topo, v6));
         let r = download(&topo, v6, Duration::from_secs(6));
         assert!(
@@ -271,7 +252,7 @@ fn l2_a_narrow_return_path_stalls_downloads_unless_voxlb_steers_the_routers_icmp
             "{fam}: no ICMP error from the router reached the LB"
         );
         // Steering on: the error goes to the compiler of the quoted flow.
-        set_steering(&d, true);
+        d.set_icmp_steering(true);
         let sent = router_errors(&topo, v6);
         if let Err(e) = download(&topo, v6, Duration::from_secs(30)) {
             panic!(

@@ -17,11 +17,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use voxlb_tests::{
-    client, daemon,
+    daemon,
     encap_hop::{Encap, EncapHop, HopSpec},
-    netns, pattern,
+    netns,
     routed::{RoutedSpec, RoutedTopology, VIP4, VIP6},
     topology::{IFACE, Node},
 };
@@ -107,25 +106,7 @@ fn download(
     bytes: u64,
     limit: Duration,
 ) -> anyhow::Result<String> {
-    let tls = topo.tls.clone();
-    topo.rt.run(async move {
-        tokio::time::timeout(limit, async {
-            let mut c = client::connect_tls(vip, &vip.ip().to_string(), tls).await?;
-            let r = c.get(&format!("/catalog?bytes={bytes}")).await?;
-            anyhow::ensure!(r.status() == 200, "status {}", r.status());
-            anyhow::ensure!(
-                r.body.len() as u64 == bytes,
-                "{} of {bytes} bytes",
-                r.body.len()
-            );
-            if let Some(at) = pattern::first_mismatch(0, &r.body) {
-                anyhow::bail!("body differs at byte {at}");
-            }
-            Ok(r.header("X-Backend").unwrap_or("?").to_owned())
-        })
-        .await
-        .context("timed out")?
-    })?
+    topo.download(vip, format!("/catalog?bytes={bytes}"), bytes, limit)
 }
 
 fn hop(topo: &RoutedTopology, vip: IpAddr, outer_v6: bool, encap: Encap) -> EncapHop {

@@ -14,12 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use voxlb::control::Response;
 use voxlb_tests::{
-    client, daemon,
+    daemon,
     daemon::Daemon,
-    netns, pattern,
+    netns,
     routed::{RoutedSpec, RoutedTopology, VIP4, VIP6},
     topology::{IFACE, Node, SERVICE_NAME},
 };
@@ -184,25 +183,7 @@ fn download(
     bytes: u64,
     limit: Duration,
 ) -> anyhow::Result<String> {
-    let tls = topo.tls.clone();
-    topo.rt.run(async move {
-        tokio::time::timeout(limit, async {
-            let mut c = client::connect_tls(vip, &vip.ip().to_string(), tls).await?;
-            let r = c.get(&path).await?;
-            anyhow::ensure!(r.status() == 200, "status {}", r.status());
-            anyhow::ensure!(
-                r.body.len() as u64 == bytes,
-                "{} of {bytes} bytes",
-                r.body.len()
-            );
-            if let Some(at) = pattern::first_mismatch(0, &r.body) {
-                anyhow::bail!("body differs at byte {at}");
-            }
-            Ok(r.header("X-Backend").unwrap_or("?").to_owned())
-        })
-        .await
-        .context("timed out")?
-    })?
+    topo.download(vip, path, bytes, limit)
 }
 
 fn catalog(topo: &RoutedTopology, v6: bool, bytes: u64) -> String {
@@ -441,25 +422,6 @@ fn a_routed_compiler_without_a_route_is_reported_and_kept_out() {
     }
 }
 
-/// Rewrite the daemon's config with `icmp_steering = on` and reload.
-fn set_steering(d: &Daemon, on: bool) {
-    let text = std::fs::read_to_string(&d.config).expect("read the config");
-    let text: String = text
-        .lines()
-        .filter(|l| !l.starts_with("icmp_steering"))
-        .map(|l| {
-            if l.starts_with("flow_capacity") {
-                format!("{l}\nicmp_steering = {on}\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(&d.config, text).expect("write the config");
-    let out = d.cli(&["reload"]).expect("voxlb reload");
-    assert_eq!(out.code(), 0, "reload: {} {}", out.stdout, out.stderr);
-}
-
 /// The LB's packets-passed count of one reason.
 fn reason_packets(d: &Daemon, label: &str) -> u64 {
     match d.json(&["stats"]).expect("stats") {
@@ -506,7 +468,7 @@ fn a_narrow_return_path_stalls_routed_downloads_unless_voxlb_steers_the_routers_
         // Steering off: the errors are passed to the LB's own kernel, the
         // compiler never learns, the download stalls (Linux does no
         // blackhole probing by default).
-        set_steering(&d, false);
+        d.set_icmp_steering(false);
         let passed = reason_packets(&d, "pass_not_l4");
         assert!(
             get(v6, 6).is_err(),
@@ -518,7 +480,7 @@ fn a_narrow_return_path_stalls_routed_downloads_unless_voxlb_steers_the_routers_
         );
         // Steering on: the router's error reaches the compiler through the
         // tunnel, path MTU discovery works, every byte arrives.
-        set_steering(&d, true);
+        d.set_icmp_steering(true);
         let decap_before = decap_packets(&topo, &c1, if v6 { "decap_gue6" } else { "decap_ipip4" });
         if let Err(e) = get(v6, 30) {
             panic!("{fam}: steered ICMP: {e:#}\n{}", d.log_tail(20));

@@ -244,24 +244,19 @@ impl Daemon {
     /// Addresses of L2 backends whose MAC is needed but unknown (routed
     /// ones are resolved by [`Self::route_tick`]).
     pub(super) fn unresolved(&self) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self
-            .views
-            .iter()
-            .filter(|s| !s.forwarding.routed())
-            .flat_map(|s| s.backends.iter())
-            .filter(|b| b.mac.is_none())
-            .map(|b| b.address)
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+        self.without_mac(false)
     }
 
     /// Every backend kept out for want of a MAC or a route (status).
     pub(super) fn unresolved_all(&self) -> Vec<IpAddr> {
+        self.without_mac(true)
+    }
+
+    fn without_mac(&self, routed_too: bool) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = self
             .views
             .iter()
+            .filter(|s| routed_too || !s.forwarding.routed())
             .flat_map(|s| s.backends.iter())
             .filter(|b| b.mac.is_none())
             .map(|b| b.address)
