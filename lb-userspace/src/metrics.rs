@@ -103,11 +103,23 @@ fn esc(s: &str) -> String {
 /// The metrics page.
 pub fn render(stats: &StatsView, status: &StatusView) -> String {
     let mut o = String::new();
-    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
+    counters(&mut o, stats);
+    service_gauges(&mut o, status);
+    compiler_gauges(&mut o, status);
+    flow_gauges(&mut o, status);
+    render_multi_host(&mut o, status);
+    o
+}
+
+/// `# HELP` and `# TYPE` of a metric family.
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The data plane's counters: reasons, services, backends, flood mode.
+fn counters(o: &mut String, stats: &StatsView) {
     family(
-        &mut o,
+        o,
         "voxlb_reason_packets_total",
         "counter",
         "Packets by outcome of the XDP program.",
@@ -120,7 +132,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         );
     }
     family(
-        &mut o,
+        o,
         "voxlb_reason_bytes_total",
         "counter",
         "Bytes by outcome of the XDP program.",
@@ -155,7 +167,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         ),
     ];
     for (name, help, get) in svc_metrics {
-        family(&mut o, name, "counter", help);
+        family(o, name, "counter", help);
         for s in &stats.services {
             let _ = writeln!(
                 o,
@@ -184,7 +196,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         ),
     ];
     for (name, help, get) in be_metrics {
-        family(&mut o, name, "counter", help);
+        family(o, name, "counter", help);
         for s in &stats.services {
             for b in &s.backends {
                 let _ = writeln!(
@@ -225,11 +237,15 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             f.flood_windows,
         ),
     ] {
-        family(&mut o, name, kind, help);
+        family(o, name, kind, help);
         let _ = writeln!(o, "{name} {v}");
     }
+}
+
+/// Per service and backend: usable, up, healthy, the service's kind and mode.
+fn service_gauges(o: &mut String, status: &StatusView) {
     family(
-        &mut o,
+        o,
         "voxlb_service_usable_backends",
         "gauge",
         "Backends usable for new flows.",
@@ -244,7 +260,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         );
     }
     family(
-        &mut o,
+        o,
         "voxlb_service_info",
         "gauge",
         "1 per service: its kind and forwarding mode (l2, ipip, gue); join on service for per-mode totals.",
@@ -259,7 +275,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         );
     }
     family(
-        &mut o,
+        o,
         "voxlb_backend_up",
         "gauge",
         "1 if the backend takes new flows (compiler) or may serve (CA), else 0; state says why.",
@@ -277,7 +293,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         }
     }
     family(
-        &mut o,
+        o,
         "voxlb_backend_healthy",
         "gauge",
         "Last health-check verdict (1 up, 0 down; not yet checked counts as 1).",
@@ -293,6 +309,10 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             );
         }
     }
+}
+
+/// Per compiler: configured and effective weight, tier, JRuby pressure.
+fn compiler_gauges(o: &mut String, status: &StatusView) {
     let compilers = || {
         status
             .services
@@ -304,7 +324,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         format!("service=\"{}\",backend=\"{}\"", esc(&s.name), b.address)
     };
     family(
-        &mut o,
+        o,
         "voxlb_backend_configured_weight",
         "gauge",
         "Compiler weight from the config or `voxlb backend weight`.",
@@ -318,7 +338,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         );
     }
     family(
-        &mut o,
+        o,
         "voxlb_backend_effective_weight",
         "gauge",
         "Weight new flows follow: configured x load factor x slow-start ramp; 0 = no new flows (drained, down, or its tier is standby).",
@@ -334,7 +354,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         }
     }
     family(
-        &mut o,
+        o,
         "voxlb_backend_tier",
         "gauge",
         "Priority tier of the compiler (0 preferred).",
@@ -343,7 +363,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         let _ = writeln!(o, "voxlb_backend_tier{{{}}} {}", labels(s, b), b.tier);
     }
     family(
-        &mut o,
+        o,
         "voxlb_backend_jruby_pressure_ratio",
         "gauge",
         "Smoothed JRuby pool pressure behind the load factor: occupancy + queued/size, 0..2 (balance = \"load\" with load data only).",
@@ -358,8 +378,12 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             );
         }
     }
+}
+
+/// Open connections per backend, and what retiring backends still hold.
+fn flow_gauges(o: &mut String, status: &StatusView) {
     family(
-        &mut o,
+        o,
         "voxlb_backend_open_flows",
         "gauge",
         "Connections open on the backend (no FIN/RST from the agent yet; UDP: seen within 30 s) at the last flow-table scan.",
@@ -378,7 +402,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         }
     }
     family(
-        &mut o,
+        o,
         "voxlb_backend_retiring_open_flows",
         "gauge",
         "Retiring (removed) backends: connections still open on it at the last flow-table scan.",
@@ -400,7 +424,7 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
         );
     }
     family(
-        &mut o,
+        o,
         "voxlb_backend_retiring_seconds_left",
         "gauge",
         "Retiring (removed) backends: seconds until its grace ends and its remaining flows are re-picked.",
@@ -415,8 +439,6 @@ pub fn render(stats: &StatsView, status: &StatusView) -> String {
             deadline.saturating_sub(now) / 1000
         );
     }
-    render_multi_host(&mut o, status);
-    o
 }
 
 fn histogram(o: &mut String, name: &str, labels: &str, h: &crate::telemetry::Histogram) {
@@ -435,9 +457,6 @@ fn histogram(o: &mut String, name: &str, labels: &str, h: &crate::telemetry::His
 /// backend, table rebuilds, health-check latency, start time, build info.
 pub fn render_telemetry(t: &crate::telemetry::TelemetryView, status: &StatusView) -> String {
     let mut o = String::new();
-    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     family(
         &mut o,
         "voxlb_build_info",

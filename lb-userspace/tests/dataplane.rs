@@ -249,10 +249,18 @@ fn poke(mut frame: Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     frame
 }
 
+/// Every frame of the table: passed, dropped, forwarded.
 fn cases() -> Vec<Case> {
+    let mut c = passed_cases();
+    c.extend(dropped_cases());
+    c.extend(forwarded_cases());
+    c
+}
+
+/// Frames that are not ours: passed untouched, each under its reason.
+fn passed_cases() -> Vec<Case> {
     use Expect::*;
-    let l3 = |f: &[u8]| l3_offset(f);
-    let mut c = vec![
+    vec![
         // --- not ours: passed untouched ---
         Case {
             name: "ARP request",
@@ -351,6 +359,14 @@ fn cases() -> Vec<Case> {
             frame: syn4(40005).with_dst_mac([0xff; 6]).build(),
             expect: Pass(Reason::PassNotUnicast),
         },
+    ]
+}
+
+/// Malformed frames: dropped, each under its reason.
+fn dropped_cases() -> Vec<Case> {
+    use Expect::*;
+    let l3 = |f: &[u8]| l3_offset(f);
+    vec![
         // --- malformed: dropped ---
         // (BPF_PROG_TEST_RUN refuses frames under 14 bytes, as drivers never
         // hand XDP a frame shorter than its Ethernet header.)
@@ -518,6 +534,13 @@ fn cases() -> Vec<Case> {
             frame: Frame::tcp(v4(CLIENT4), 40012, v4(VIP4_CA_NONE), 8140, flags::SYN).build(),
             expect: Drop(Reason::DropNoCa),
         },
+    ]
+}
+
+/// Frames for a VIP: forwarded to the expected backend.
+fn forwarded_cases() -> Vec<Case> {
+    use Expect::*;
+    let mut c = vec![
         // --- ours: forwarded ---
         Case {
             name: "CA VIP SYN goes to the primary CA",
