@@ -38,23 +38,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, repeat, syns) = if quick {
-        (3, 20_000, 500)
-    } else {
-        (7, 200_000, 4000)
-    };
-    // The daemon's default flow-table size unless `--flow-capacity N`: the
-    // SYN path's cost is mostly cache and TLB misses in that table.
-    let args: Vec<String> = std::env::args().collect();
-    let capacity = args
-        .iter()
-        .position(|a| a == "--flow-capacity")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse::<u32>())
-        .transpose()?
-        .unwrap_or(lb_common::maps::DEFAULT_FLOW_CAPACITY);
+/// The data plane the rows run against: a compiler service of ten
+/// backends (service 0), a CA service (1), and two routed services of ten
+/// compilers each, IPIP (2) and GUE (3), leaving through the test run's
+/// ingress interface.
+fn setup(capacity: u32) -> anyhow::Result<TestDataPlane> {
     let mut dp = TestDataPlane::load(capacity)?;
     dp.upsert_vip(
         VipKey::new(VIP.into(), 8140, PROTO_TCP),
@@ -148,6 +136,27 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
 
+    Ok(dp)
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, repeat, syns) = if quick {
+        (3, 20_000, 500)
+    } else {
+        (7, 200_000, 4000)
+    };
+    // The daemon's default flow-table size unless `--flow-capacity N`: the
+    // SYN path's cost is mostly cache and TLB misses in that table.
+    let args: Vec<String> = std::env::args().collect();
+    let capacity = args
+        .iter()
+        .position(|a| a == "--flow-capacity")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse::<u32>())
+        .transpose()?
+        .unwrap_or(lb_common::maps::DEFAULT_FLOW_CAPACITY);
+    let mut dp = setup(capacity)?;
     let client = |i: u32| IpAddr::V4(Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8));
     let not_vip = Frame::tcp(
         client(1),
