@@ -327,7 +327,7 @@ fn run_exec_start_against_a_topology(argv: &[String], bounding: &str, ambient: &
         let text = log_text();
         assert!(
             text.lines()
-                .any(|l| l.starts_with("<6>voxlb::daemon: voxlb daemon ready")),
+                .any(|l| l.starts_with("<6>voxlb::daemon::run: voxlb daemon ready")),
             "{text}"
         );
         assert!(
