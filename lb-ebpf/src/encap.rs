@@ -127,14 +127,23 @@ fn udp_csum_zero(c: &Cursor, off: usize) -> Result<bool, Reason> {
 
 /// One's-complement sum of big-endian 16-bit words, not yet folded.
 #[inline(always)]
-fn sum_words<const N: usize>(mut acc: u32, b: &[u8; N]) -> u32 {
-    let mut i = 0;
-    while i + 1 < N {
+pub fn sum_words<const N: usize>(acc: u32, b: &[u8; N]) -> u32 {
+    let acc = sum_range(acc, b, 0, N & !1);
+    if N % 2 == 1 {
+        acc + ((b[N - 1] as u32) << 8)
+    } else {
+        acc
+    }
+}
+
+/// [`sum_words`] over `b[from..to]` (`to - from` even): the checksummed
+/// part of a header written in place.
+#[inline(always)]
+fn sum_range<const N: usize>(mut acc: u32, b: &[u8; N], from: usize, to: usize) -> u32 {
+    let mut i = from;
+    while i + 1 < to {
         acc += u16::from_be_bytes([b[i], b[i + 1]]) as u32;
         i += 2;
-    }
-    if N % 2 == 1 {
-        acc += (b[N - 1] as u32) << 8;
     }
     acc
 }
@@ -357,13 +366,7 @@ fn send(ctx: &XdpContext, c: &Cursor, job: &EncapJob, flow: &Flow) -> Result<u32
         h[25] = 0;
         h[26..30].copy_from_slice(&t.src[..4]);
         h[30..34].copy_from_slice(&t.dst[..4]);
-        let mut sum = 0u32;
-        let mut i = ETH_HLEN;
-        while i < ETH_HLEN + 20 {
-            sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-            i += 2;
-        }
-        let csum = (!fold(sum)).to_be_bytes();
+        let csum = (!fold(sum_range(0, h, ETH_HLEN, ETH_HLEN + 20))).to_be_bytes();
         h[24] = csum[0];
         h[25] = csum[1];
         if gue {
@@ -530,24 +533,12 @@ fn too_big_v4(ctx: &XdpContext, c: &Cursor, off: usize, mtu: u32) -> Result<u32,
     p[11] = 0;
     p[12..16].copy_from_slice(&dst);
     p[16..20].copy_from_slice(&src);
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 20 {
-        sum += u16::from_be_bytes([p[i], p[i + 1]]) as u32;
-        i += 2;
-    }
-    let csum = (!fold(sum)).to_be_bytes();
+    let csum = (!fold(sum_range(0, p, 0, 20))).to_be_bytes();
     p[10] = csum[0];
     p[11] = csum[1];
     let m = (mtu.min(0xffff) as u16).to_be_bytes();
     p[20..28].copy_from_slice(&[3, 4, 0, 0, 0, 0, m[0], m[1]]);
-    let mut sum = 0u32;
-    let mut i = 20;
-    while i < 28 + QUOTE4 {
-        sum += u16::from_be_bytes([p[i], p[i + 1]]) as u32;
-        i += 2;
-    }
-    let csum = (!fold(sum)).to_be_bytes();
+    let csum = (!fold(sum_range(0, p, 20, 28 + QUOTE4))).to_be_bytes();
     p[22] = csum[0];
     p[23] = csum[1];
     Err(Reason::TxTooBig)
@@ -574,13 +565,8 @@ fn too_big_v6(ctx: &XdpContext, c: &Cursor, off: usize, mtu: u32) -> Result<u32,
     let m = mtu.to_be_bytes();
     p[40..48].copy_from_slice(&[2, 0, 0, 0, m[0], m[1], m[2], m[3]]);
     // Pseudo-header: the addresses, the length, the next header.
-    let mut sum = u16::from_be_bytes(plen) as u32 + IPPROTO_ICMPV6 as u32;
-    let mut i = 8;
-    while i < 48 + QUOTE6 {
-        sum += u16::from_be_bytes([p[i], p[i + 1]]) as u32;
-        i += 2;
-    }
-    let csum = (!fold(sum)).to_be_bytes();
+    let pseudo = u16::from_be_bytes(plen) as u32 + IPPROTO_ICMPV6 as u32;
+    let csum = (!fold(sum_range(pseudo, p, 8, 48 + QUOTE6))).to_be_bytes();
     p[42] = csum[0];
     p[43] = csum[1];
     Err(Reason::TxTooBig)

@@ -8,19 +8,10 @@ use lb_common::{
     hash::{addr_slot, flow_hash_v4, flow_hash_v6, fold_v4, fold_v6},
 };
 
-use crate::maps::{FLOWS4, FLOWS6, VIP_ADDRS, VIP_FILTER};
-
-/// Sum of the big-endian 16-bit words of `a` (not folded).
-#[inline(always)]
-fn words<const N: usize>(a: &[u8; N]) -> u32 {
-    let mut s = 0u32;
-    let mut i = 0;
-    while i + 1 < N {
-        s += u16::from_be_bytes([a[i], a[i + 1]]) as u32;
-        i += 2;
-    }
-    s
-}
+use crate::{
+    encap::sum_words,
+    maps::{FLOWS4, FLOWS6, VIP_ADDRS, VIP_FILTER},
+};
 
 pub trait Family: Copy + 'static {
     /// IPv6 (else IPv4).
@@ -77,7 +68,7 @@ impl Family for FlowKeyV4 {
     const V6: bool = false;
     #[inline(always)]
     fn addr_sum(&self) -> u32 {
-        words(&self.src) + words(&self.dst)
+        sum_words(sum_words(0, &self.src), &self.dst)
     }
     #[inline(always)]
     fn flows() -> &'static LruHashMap<Self, FlowValue> {
@@ -155,7 +146,7 @@ impl Family for FlowKeyV6 {
     const V6: bool = true;
     #[inline(always)]
     fn addr_sum(&self) -> u32 {
-        words(&self.src) + words(&self.dst)
+        sum_words(sum_words(0, &self.src), &self.dst)
     }
     #[inline(always)]
     fn flows() -> &'static LruHashMap<Self, FlowValue> {
