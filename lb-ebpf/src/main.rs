@@ -42,14 +42,8 @@ use crate::{
 pub fn voxlb(ctx: XdpContext) -> u32 {
     let c = Cursor::new(&ctx);
     let len = c.len();
-    match try_lb(&ctx, &c, len) {
-        // Counted in the backend's record by `forward`.
-        Ok(action) => action,
-        Err(reason) => {
-            stats::count_reason(reason, len);
-            reason.verdict().action()
-        }
-    }
+    // A forwarded packet is counted in its backend's record by `forward`.
+    finish(try_lb(&ctx, &c, len), len)
 }
 
 /// The encapsulating program, reached only by tail call from [`voxlb`]
@@ -136,7 +130,8 @@ pub fn voxlb_first_frag(ctx: XdpContext) -> u32 {
     finish(frag::first(&ctx, &c), len)
 }
 
-/// The verdict of a tail-called program: the action, or the reason counted.
+/// The verdict of a program (the packet path or a tail-called one): the
+/// action, or the reason counted.
 #[inline(always)]
 fn finish(r: Result<u32, Reason>, len: u64) -> u32 {
     match r {
