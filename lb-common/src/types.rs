@@ -16,7 +16,7 @@ pub const NO_BACKEND: u32 = u32::MAX;
 
 /// Key of the VIP map. An IPv4 address sits in the first four bytes of
 /// `addr`, the rest zero. `port` is in network byte order, as on the wire.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     pub addr: [u8; 16],
@@ -171,7 +171,12 @@ pub struct FlowKeyV4 {
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as scalars (a byte and a word), not `[u8; 3]`: the eBPF
+    /// build zeroes a byte array through a call to a byte-loop `memset`
+    /// subprogram, and scalars with plain stores
+    /// (`lb-userspace/tests/object_code.rs`).
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
 
@@ -185,7 +190,9 @@ pub struct FlowKeyV6 {
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Scalar padding: see [`FlowKeyV4::_pad`].
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<FlowKeyV6>() == 40);
 
@@ -248,7 +255,8 @@ impl FlowKey {
                 sport_be: self.sport_be,
                 dport_be: self.dport_be,
                 proto: self.proto,
-                _pad: [0; 3],
+                _pad: 0,
+                _pad2: 0,
             })),
             _ => None,
         }
@@ -405,12 +413,14 @@ const _: () = assert!(core::mem::size_of::<FilterSlot>() == 8);
 
 /// Key of the VIP address set (`vx_vip_addrs_v2`): the addresses of every
 /// VIP, whatever the port, to drop packets that claim to come from one.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipAddrKey {
     pub addr: [u8; 16],
     pub family: u8,
-    pub _pad: [u8; 3],
+    /// Scalar padding: see [`FlowKeyV4::_pad`].
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
 
@@ -473,7 +483,7 @@ pub struct FragKey {
     pub id: u32,
     pub proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 
@@ -490,7 +500,9 @@ pub struct FragValue {
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Scalar padding: see [`FlowKeyV4::_pad`].
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<FragValue>() == 16);
 
@@ -558,7 +570,8 @@ impl VipAddrKey {
         VipAddrKey {
             addr,
             family,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }

@@ -33,7 +33,8 @@ pub fn remember<K: Family>(pkt: &Parsed<K>, backend_id: u32) {
         sport_be: pkt.key.sport_be(),
         dport_be: pkt.dport_be,
         proto: pkt.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     // A full LRU evicts its oldest datagram; a failed insert (no memory)
     // only means the later fragments are passed.

@@ -129,7 +129,8 @@ pub fn v4(
         sport_be: u16::from_ne_bytes([p[2], p[3]]),
         dport_be: u16::from_ne_bytes([p[0], p[1]]),
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     steer(ctx, c, key, unicast, len)
 }

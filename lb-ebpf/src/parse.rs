@@ -181,7 +181,8 @@ pub fn ipv4(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV4>, 
         sport_be: l4.sport_be,
         dport_be: l4.dport_be,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let mut p = l4.parsed(key, proto, unicast);
     if frag & IP_MF != 0 {

@@ -195,7 +195,8 @@ fn main() -> anyhow::Result<()> {
             sport_be: u16::from_ne_bytes([f[34], f[35]]),
             dport_be: u16::from_ne_bytes([f[36], f[37]]),
             proto: f[38],
-            _pad: [f[39], f[40], f[41]],
+            _pad: f[39],
+            _pad2: u16::from_ne_bytes([f[40], f[41]]),
         })
     };
     dp.insert_bench_flow4(&floor_key(&est)?)?;
@@ -216,6 +217,36 @@ fn main() -> anyhow::Result<()> {
                 .with_payload(&[0; 32])
                 .build(),
         );
+    }
+    // `--profile ROW SECONDS`: run one steady-state row alone for that long,
+    // for a sampling profiler (`perf record -e cpu-clock -a`, which needs no
+    // PMU) to see where its time goes; prints nothing else.
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        let row = args.get(i + 1).map(String::as_str).unwrap_or("");
+        let secs: u64 = args.get(i + 2).map(|s| s.parse()).transpose()?.unwrap_or(5);
+        let (prog, frame) = match row {
+            "reflector" => (BENCH_REFLECTOR, &est),
+            "floor" => (BENCH_LOOKUP, &est),
+            "pass" => (PROGRAM_NAME, &not_vip),
+            "ca" => (PROGRAM_NAME, &ca),
+            "established" => (PROGRAM_NAME, &est),
+            "miss" => (PROGRAM_NAME, &miss),
+            _ => anyhow::bail!(
+                "--profile: unknown row {row:?} (reflector, floor, pass, ca, established, miss)"
+            ),
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let mut runs = 0u64;
+        let mut total = 0.0;
+        while std::time::Instant::now() < until {
+            total += ns(&mut dp, prog, frame, repeat)?;
+            runs += 1;
+        }
+        println!(
+            "{row}: {:.1} ns/packet over {runs} runs",
+            total / runs as f64
+        );
+        return Ok(());
     }
     let mut v: [Vec<f64>; 13] = Default::default();
     let mut next_client = 0u32;

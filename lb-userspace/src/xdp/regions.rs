@@ -90,7 +90,8 @@ impl XdpDataPlane {
                 .entry(VipAddrKey {
                     addr: k.addr,
                     family: k.family,
-                    _pad: [0; 3],
+                    _pad: 0,
+                    _pad2: 0,
                 })
                 .or_default() += 1;
         }
