@@ -554,6 +554,17 @@ pub fn effective_cell(b: &crate::control::BackendView) -> String {
     }
 }
 
+/// The load signals behind the effective weight: JRuby pressure, and the
+/// compile time relative to the serving compilers' when there is one
+/// (`80% 4.0x`).
+fn load_cell(b: &crate::control::BackendView) -> String {
+    match (b.load_pressure_permille, b.load_slowness_permille) {
+        (Some(p), Some(s)) => format!("{}% {}.{}x", (p + 5) / 10, s / 1000, s % 1000 / 100),
+        (Some(p), None) => format!("{}%", (p + 5) / 10),
+        (None, _) => "-".into(),
+    }
+}
+
 fn render_backends(services: &[ServiceView]) -> String {
     let mut rows = Vec::new();
     for s in services {
@@ -579,10 +590,7 @@ fn render_backends(services: &[ServiceView]) -> String {
                 } else {
                     "-".into()
                 },
-                dash(
-                    b.load_pressure_permille
-                        .map(|p| format!("{}%", (p + 5) / 10)),
-                ),
+                load_cell(b),
                 if s.kind == crate::control::ServiceKind::Compiler {
                     b.slots.to_string()
                 } else if s.ca_target == Some(b.address) {

@@ -295,6 +295,14 @@ pub struct BackendView {
     /// (occupancy + queue, 0..2000); `None` = no load data.
     #[serde(default)]
     pub load_pressure_permille: Option<u32>,
+    /// The smoothed average borrow time (compile time) the compiler
+    /// reports, ms; `None` = no load data or none timed yet.
+    #[serde(default)]
+    pub load_borrow_ms: Option<u32>,
+    /// That borrow time over the serving compilers' lower median, permille
+    /// (4000 = compiles take 4x its peers'); `None` = no data.
+    #[serde(default)]
+    pub load_slowness_permille: Option<u32>,
     /// Load factor, permille of the configured weight.
     #[serde(default)]
     pub load_permille: Option<u32>,
@@ -310,6 +318,8 @@ pub struct BackendView {
 pub fn show_weight(view: &mut BackendView, w: &crate::load::EffectiveWeight) {
     view.effective_weight_milli = Some(w.maglev_weight);
     view.load_pressure_permille = w.pressure_permille;
+    view.load_borrow_ms = w.borrow_ms;
+    view.load_slowness_permille = w.slowness_permille;
     view.load_permille = Some(w.load_permille);
     view.ramp_permille = Some(w.ramp_permille);
     view.weight_role = Some(

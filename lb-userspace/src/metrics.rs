@@ -378,6 +378,38 @@ fn compiler_gauges(o: &mut String, status: &StatusView) {
             );
         }
     }
+    family(
+        o,
+        "voxlb_backend_jruby_borrow_seconds",
+        "gauge",
+        "Smoothed average JRuby borrow time (compile time) the compiler reports (load data only).",
+    );
+    for (s, b) in compilers() {
+        if let Some(ms) = b.load_borrow_ms {
+            let _ = writeln!(
+                o,
+                "voxlb_backend_jruby_borrow_seconds{{{}}} {}",
+                labels(s, b),
+                ms as f64 / 1000.0
+            );
+        }
+    }
+    family(
+        o,
+        "voxlb_backend_slowness_ratio",
+        "gauge",
+        "Borrow time over the lower median of the serving compilers' (4 = compiles take 4x their peers'; load data only).",
+    );
+    for (s, b) in compilers() {
+        if let Some(r) = b.load_slowness_permille {
+            let _ = writeln!(
+                o,
+                "voxlb_backend_slowness_ratio{{{}}} {}",
+                labels(s, b),
+                r as f64 / 1000.0
+            );
+        }
+    }
 }
 
 /// Open connections per backend, and what retiring backends still hold.

@@ -371,6 +371,8 @@ impl Slot {
             tier: b.tier,
             effective_weight_milli: None,
             load_pressure_permille: None,
+            load_borrow_ms: None,
+            load_slowness_permille: None,
             load_permille: None,
             ramp_permille: None,
             weight_role: None,

@@ -681,6 +681,8 @@ fn metrics_render_every_family() {
         tier: 0,
         effective_weight_milli: None,
         load_pressure_permille: None,
+        load_borrow_ms: None,
+        load_slowness_permille: None,
         load_permille: None,
         ramp_permille: None,
         weight_role: None,

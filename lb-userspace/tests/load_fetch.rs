@@ -100,7 +100,8 @@ async fn reads_a_real_answer_with_the_debug_path() {
         p.poll(LOCALHOST).await,
         LoadInput::Sample(LoadSignal {
             occupancy_permille: 1000,
-            queue_permille: 0
+            queue_permille: 0,
+            borrow_ms: None,
         })
     );
 }

@@ -674,6 +674,7 @@ tier = 1
         LoadInput::Sample(LoadSignal {
             occupancy_permille: occupancy,
             queue_permille: queue,
+            borrow_ms: None,
         })
     }
 

@@ -38,6 +38,8 @@ fn backend(addr: &str, name: &str, id: u32, weight: u32, state: &str, slots: u32
         tier: 0,
         effective_weight_milli: None,
         load_pressure_permille: None,
+        load_borrow_ms: None,
+        load_slowness_permille: None,
         load_permille: None,
         ramp_permille: None,
         weight_role: None,

@@ -5,8 +5,9 @@
 //! from the status API like an OpenVox compiler's.
 //!
 //! With `balance = "load"` the slow compiler must get a smaller share of
-//! new connections than with `static`, and the agents' p99 run time must
-//! fall, in the same test on the same topology. Only comparisons, with a
+//! new connections than with `static`, its weight must hold still (its
+//! borrow time, 4x its peers', keeps it low when it is idle too), and the
+//! agents' p99 run time must fall, in the same test on the same topology. Only comparisons, with a
 //! generous margin: no absolute time is asserted (figures are
 //! `cargo xtask bench load`'s job).
 //!
@@ -132,6 +133,16 @@ fn load_balance_gives_a_compiler_slowed_by_agents_fewer_connections_and_cuts_p99
         "c1's weight was never lowered: {factors:?}\n{}",
         d.log_tail(30)
     );
+    // c1's compiles take 4x its peers' whatever work it is given: the
+    // slowness the controller reads from its borrow time says so, and the
+    // factor holds still instead of chasing c1's occupancy.
+    let slowness = c1_view(&d, &c1_addr).and_then(|v| v.load_slowness_permille);
+    assert!(
+        slowness.is_some_and(|s| s >= 3000),
+        "c1's slowness (borrow time over its peers', permille): {slowness:?}"
+    );
+    let changes = factors.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(changes <= 2, "c1's load factor oscillated: {factors:?}");
     let (s_static, s_load) = (share(&fixed, &c1.name), share(&load, &c1.name));
     assert!(
         s_load < s_static * 0.8,

@@ -68,6 +68,11 @@ pub struct LoadSignal {
     /// Requests waiting for an instance over pool size, 0..=1000 (capped:
     /// a queue as long as the pool already means "saturated").
     pub queue_permille: u32,
+    /// `average-borrow-time` rounded to whole ms: how long a compile holds
+    /// an instance — the compiler's service time, which does not depend on
+    /// how much work the balancer gives it. `None` when missing, or 0 (the
+    /// server reports 0 until a borrow has been timed: no data yet).
+    pub borrow_ms: Option<u32>,
 }
 
 impl LoadSignal {
@@ -81,7 +86,7 @@ impl LoadSignal {
 impl JrubyMetrics {
     /// The load signal: occupancy from `size - free` (the borrowed list may
     /// be capped by the server, the free count is not), queue from the
-    /// waiting requests.
+    /// waiting requests, service time from the average borrow time.
     pub fn signal(&self) -> LoadSignal {
         let size = self.size.max(1) as u64;
         let busy = self.size.saturating_sub(self.free) as u64;
@@ -89,6 +94,10 @@ impl JrubyMetrics {
         LoadSignal {
             occupancy_permille: (busy * 1000 / size).min(1000) as u32,
             queue_permille: (waiting * 1000 / size).min(1000) as u32,
+            borrow_ms: self
+                .average_borrow_ms
+                .map(|ms| ms.round().min(u32::MAX as f64) as u32)
+                .filter(|ms| *ms > 0),
         }
     }
 }
@@ -194,7 +203,9 @@ mod tests {
             m.signal(),
             LoadSignal {
                 occupancy_permille: 1000,
-                queue_permille: 0
+                queue_permille: 0,
+                // The fixture's server had not timed a borrow yet: 0.
+                borrow_ms: None,
             }
         );
     }
@@ -288,6 +299,23 @@ mod tests {
         assert_eq!(m.average_borrow_ms, None);
         assert_eq!(m.borrow_count, None);
         assert_eq!(m.requested_count, None);
+        assert_eq!(m.signal().borrow_ms, None);
+    }
+
+    #[test]
+    fn borrow_time_is_whole_ms_and_zero_is_no_data() {
+        let borrow = |v: &str| {
+            let body = with_metrics(&format!(
+                r#"{{"num-jrubies":4,"num-free-jrubies":4,"average-borrow-time":{v}}}"#
+            ));
+            parse(&body).unwrap().signal().borrow_ms
+        };
+        assert_eq!(borrow("1000"), Some(1000));
+        assert_eq!(borrow("249.6"), Some(250));
+        assert_eq!(borrow("0"), None);
+        assert_eq!(borrow("0.2"), None);
+        assert_eq!(borrow("1e300"), Some(u32::MAX));
+        assert_eq!(borrow("null"), None);
     }
 
     #[test]

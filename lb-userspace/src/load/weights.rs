@@ -17,17 +17,33 @@
 //!
 //! What it does, in order:
 //!
-//! 1. **Signal**: pressure = JRuby occupancy + waiting requests per instance
-//!    ([`LoadSignal::pressure_permille`], 0..=2000), smoothed by an EWMA
+//! 1. **Signals**: pressure = JRuby occupancy + waiting requests per
+//!    instance ([`LoadSignal::pressure_permille`], 0..=2000), and service
+//!    time = the average borrow time the compiler reports (how long a
+//!    compile holds an instance), each smoothed by an EWMA
 //!    (`smoothing_percent` of each new sample).
-//! 2. **Load factor** (`balance = "load"` only): up to a pressure of
-//!    [`PRESSURE_LOW`] a compiler keeps its full weight — spare JRuby
-//!    instances mean no agent waits, so there is nothing to move; from there
-//!    to [`PRESSURE_HIGH`] (pool full and a quarter of it queued) the factor
-//!    falls linearly to `min_weight_percent`, and stays there. It is rounded
-//!    to [`QUANTUM_PERMILLE`] steps, and a new factor is only taken if it
-//!    differs from the current one by at least `hysteresis_percent`. No
-//!    load data (no answer, an unparsable one) = factor 100%.
+//! 2. **Load factor** (`balance = "load"` only): the lower of two factors,
+//!    each rounded to [`QUANTUM_PERMILLE`] steps and bounded below by
+//!    `min_weight_percent`:
+//!    - *pressure*: up to [`PRESSURE_LOW`] a compiler keeps its full weight
+//!      — spare JRuby instances mean no agent waits; from there to
+//!      [`PRESSURE_HIGH`] (pool full and a quarter of it queued) the factor
+//!      falls linearly to `min_weight_percent`, and stays there;
+//!    - *slowness*: its borrow time over the reference, the lower median of
+//!      the borrow times of the compilers serving new flows. Up to
+//!      [`SLOWNESS_LOW`] (1.5x) full weight; from there to
+//!      [`SLOWNESS_HIGH`] (3x) the factor falls linearly to
+//!      `min_weight_percent`. An agent sent to a compiler whose compiles
+//!      take 4x its peers' waits 4x longer even with no queue, and
+//!      occupancy alone misses it: a slow compiler given little work is
+//!      idle, its pressure factor rises, it gets more, and the weight
+//!      chases itself. The borrow time does not depend on how much work
+//!      the balancer gives a compiler (the server keeps its mean while
+//!      idle), so this factor holds still.
+//!
+//!    A new factor is only taken if it differs from the current one by at
+//!    least `hysteresis_percent`. No load data (no answer, an unparsable
+//!    one) = factor 100%; no borrow timed yet = no slowness term.
 //! 3. **Slow start**: a compiler that joins, or whose health check brings it
 //!    back, starts at [`SLOW_START_INITIAL_PERMILLE`] of its weight and
 //!    ramps linearly to 100% over `slow_start`, in quantum steps. Compilers
@@ -57,6 +73,12 @@ pub const PRESSURE_LOW: u32 = 250;
 /// At and above this pressure (pool full, a quarter of its size waiting) a
 /// compiler is at `min_weight_percent`.
 pub const PRESSURE_HIGH: u32 = 1250;
+/// Up to this slowness (borrow time 1.5x its peers') a compiler keeps its
+/// full weight: compile times differ by catalog, and that is not slowness.
+pub const SLOWNESS_LOW: u32 = 1500;
+/// At and above this slowness (3x its peers' borrow time) a compiler is at
+/// `min_weight_percent`: every agent sent there waits 3x longer, queue or not.
+pub const SLOWNESS_HIGH: u32 = 3000;
 /// Share of its weight a slow-starting compiler starts with.
 pub const SLOW_START_INITIAL_PERMILLE: u32 = 100;
 /// The window of the rewrite limit.
@@ -156,6 +178,12 @@ pub struct EffectiveWeight {
     pub ramp_permille: u32,
     /// The smoothed pressure behind the load factor; `None` = no load data.
     pub pressure_permille: Option<u32>,
+    /// The smoothed average borrow time (compile time), ms; `None` = no
+    /// load data or no borrow timed yet.
+    pub borrow_ms: Option<u32>,
+    /// That borrow time over the serving compilers' reference, permille
+    /// (1000 = as fast as its peers, 4000 = 4x slower); `None` = no data.
+    pub slowness_permille: Option<u32>,
 }
 
 impl EffectiveWeight {
@@ -179,6 +207,8 @@ pub struct Plan {
 #[derive(Clone, Debug)]
 struct BackendState {
     pressure: Option<u32>,
+    /// Smoothed average borrow time, ms.
+    borrow: Option<u32>,
     load: u32,
     ramp: u32,
     ramp_start: Option<u64>,
@@ -219,14 +249,32 @@ impl Controller {
         self.backends
             .retain(|a, _| inputs.iter().any(|i| i.address == *a));
 
-        // Targets of each backend's controller-made factors.
-        let mut targets: BTreeMap<IpAddr, (u32, u32)> = BTreeMap::new();
+        // Tiers first: the slowness reference is taken among the compilers
+        // that take new flows.
+        let usable = |i: &CompilerInput| i.healthy && !i.drained && i.weight > 0;
+        let mut per_tier: BTreeMap<u32, u32> = BTreeMap::new();
+        for i in inputs.iter().filter(|i| usable(i)) {
+            *per_tier.entry(i.tier).or_default() += 1;
+        }
+        let active_tier = per_tier
+            .iter()
+            .find(|(_, n)| **n >= cfg.min_healthy)
+            .or_else(|| per_tier.iter().next())
+            .map(|(t, _)| *t);
+
+        // Each backend's smoothed signals.
+        let a = cfg.smoothing_percent.clamp(1, 100) as u64;
+        let ewma = |new: u32, prev: Option<u32>| match prev {
+            None => new,
+            Some(prev) => ((a * new as u64 + (100 - a) * prev as u64 + 50) / 100) as u32,
+        };
         for input in inputs {
             let st = self
                 .backends
                 .entry(input.address)
                 .or_insert_with(|| BackendState {
                     pressure: None,
+                    borrow: None,
                     load: 1000,
                     ramp: 1000,
                     ramp_start: None,
@@ -245,20 +293,44 @@ impl Controller {
 
             match input.load {
                 LoadInput::Sample(s) => {
-                    let p = s.pressure_permille().min(2000);
-                    let a = cfg.smoothing_percent.clamp(1, 100);
-                    st.pressure = Some(match st.pressure {
-                        None => p,
-                        Some(prev) => (a * p + (100 - a) * prev + 50) / 100,
-                    });
+                    st.pressure = Some(ewma(s.pressure_permille().min(2000), st.pressure));
+                    // An answer without a borrow time keeps the last one: the
+                    // server only has none before its first timed borrow.
+                    if let Some(ms) = s.borrow_ms {
+                        st.borrow = Some(ewma(ms, st.borrow));
+                    }
                 }
-                LoadInput::NoData => st.pressure = None,
+                LoadInput::NoData => {
+                    st.pressure = None;
+                    st.borrow = None;
+                }
                 LoadInput::Unchanged => {}
             }
+        }
 
+        // The service time a compiler is compared with: the lower median of
+        // the serving compilers' (one that answers fast because it fails
+        // fast does not make its peers look slow; of two, the faster).
+        let mut peers: Vec<u32> = inputs
+            .iter()
+            .filter(|i| usable(i) && Some(i.tier) == active_tier)
+            .filter_map(|i| {
+                let st = &self.backends[&i.address];
+                st.pressure.and(st.borrow)
+            })
+            .collect();
+        peers.sort_unstable();
+        let reference = peers.get(peers.len().saturating_sub(1) / 2).copied();
+
+        // Targets of each backend's controller-made factors.
+        let mut targets: BTreeMap<IpAddr, (u32, u32)> = BTreeMap::new();
+        for input in inputs {
+            let st = &self.backends[&input.address];
             let load_target = match (cfg.balance, st.pressure) {
                 (Balance::Load, Some(p)) => {
-                    let t = load_factor(p, cfg.min_weight_percent);
+                    let slowness = slowness_permille(st.borrow, reference);
+                    let t = load_factor(p, cfg.min_weight_percent)
+                        .min(slowness_factor(slowness, cfg.min_weight_percent));
                     let hyst = cfg.hysteresis_percent * 10;
                     if t.abs_diff(st.load) >= hyst.max(1) {
                         t
@@ -301,18 +373,6 @@ impl Controller {
             }
         }
 
-        // Tiers.
-        let usable = |i: &CompilerInput| i.healthy && !i.drained && i.weight > 0;
-        let mut per_tier: BTreeMap<u32, u32> = BTreeMap::new();
-        for i in inputs.iter().filter(|i| usable(i)) {
-            *per_tier.entry(i.tier).or_default() += 1;
-        }
-        let active_tier = per_tier
-            .iter()
-            .find(|(_, n)| **n >= cfg.min_healthy)
-            .or_else(|| per_tier.iter().next())
-            .map(|(t, _)| *t);
-
         let weights = inputs
             .iter()
             .map(|i| {
@@ -339,6 +399,8 @@ impl Controller {
                     load_permille: st.load,
                     ramp_permille: st.ramp,
                     pressure_permille: st.pressure,
+                    borrow_ms: st.pressure.and(st.borrow),
+                    slowness_permille: st.pressure.and(slowness_permille(st.borrow, reference)),
                 }
             })
             .collect();
@@ -361,6 +423,28 @@ pub fn load_factor(pressure: u32, min_weight_percent: u32) -> u32 {
         return min;
     }
     let raw = 1000 - (1000 - min) * (pressure - PRESSURE_LOW) / (PRESSURE_HIGH - PRESSURE_LOW);
+    quantize(raw).clamp(min, 1000)
+}
+
+/// A borrow time over the reference borrow time, permille.
+fn slowness_permille(borrow: Option<u32>, reference: Option<u32>) -> Option<u32> {
+    let (b, r) = (borrow?, reference?);
+    Some((b as u64 * 1000 / r.max(1) as u64).min(u32::MAX as u64) as u32)
+}
+
+/// The factor (permille) of a compiler's slowness (its borrow time over its
+/// peers', permille; `None` = no data), quantized and bounded like
+/// [`load_factor`].
+pub fn slowness_factor(slowness: Option<u32>, min_weight_percent: u32) -> u32 {
+    let Some(s) = slowness else { return 1000 };
+    let min = (min_weight_percent * 10).clamp(1, 1000);
+    if s <= SLOWNESS_LOW {
+        return 1000;
+    }
+    if s >= SLOWNESS_HIGH {
+        return min;
+    }
+    let raw = 1000 - (1000 - min) * (s - SLOWNESS_LOW) / (SLOWNESS_HIGH - SLOWNESS_LOW);
     quantize(raw).clamp(min, 1000)
 }
 
@@ -397,6 +481,16 @@ mod tests {
         LoadInput::Sample(LoadSignal {
             occupancy_permille: occupancy,
             queue_permille: queue,
+            borrow_ms: None,
+        })
+    }
+
+    /// A sample with an average borrow time.
+    fn timed(occupancy: u32, queue: u32, borrow_ms: u32) -> LoadInput {
+        LoadInput::Sample(LoadSignal {
+            occupancy_permille: occupancy,
+            queue_permille: queue,
+            borrow_ms: Some(borrow_ms),
         })
     }
 
@@ -678,9 +772,163 @@ mod tests {
         assert_eq!(weights(&c.step(0, &[i])), [250]);
     }
 
+    #[test]
+    fn slowness_factor_bounds_and_steps() {
+        assert_eq!(slowness_factor(None, 25), 1000);
+        assert_eq!(slowness_factor(Some(1000), 25), 1000);
+        assert_eq!(slowness_factor(Some(SLOWNESS_LOW), 25), 1000);
+        // Halfway (2.25x): 1000 - 750/2 = 625, rounds to 650.
+        assert_eq!(slowness_factor(Some(2250), 25), 650);
+        assert_eq!(slowness_factor(Some(SLOWNESS_HIGH), 25), 250);
+        assert_eq!(slowness_factor(Some(4000), 1), 10);
+        assert_eq!(slowness_factor(Some(u32::MAX), 33), 330);
+        assert_eq!(slowness_factor(Some(u32::MAX), 100), 1000);
+        for s in 0..=5000 {
+            assert_eq!(slowness_factor(Some(s), 25) % QUANTUM_PERMILLE, 0);
+            assert!(
+                slowness_factor(Some(s + 1), 25) <= slowness_factor(Some(s), 25),
+                "monotone at {s}"
+            );
+        }
+    }
+
+    /// The bench's pool in closed loop: c1 has 2 JRuby instances and
+    /// compiles in 1000 ms, c2 and c3 have 4 and compile in 250 ms; 12
+    /// catalog requests a second are shared by the weights of the previous
+    /// step, and each compiler reports the occupancy they make (Little's
+    /// law) and, if `timed`, its borrow time. Returns c1's load factor per
+    /// 1 s step.
+    fn closed_loop(cfg: &ControllerConfig, timed_borrow: bool, steps: u64) -> Vec<u32> {
+        let pool = [(1u8, 2u32, 1000u32), (2, 4, 250), (3, 4, 250)];
+        let mut c = Controller::new(cfg.clone());
+        let mut weights = [1000u64; 3];
+        let mut c1 = Vec::new();
+        for t in 0..steps {
+            let total: u64 = weights.iter().sum();
+            let inputs: Vec<_> = pool
+                .iter()
+                .zip(weights)
+                .map(|(&(n, jrubies, borrow), w)| {
+                    // Requests a second x seconds per request / instances.
+                    let busy = 12 * w * borrow as u64 / total / jrubies as u64;
+                    let occupancy = busy.min(1000) as u32;
+                    let queue = (busy.saturating_sub(1000) as u32).min(1000);
+                    let load = if timed_borrow {
+                        timed(occupancy, queue, borrow)
+                    } else {
+                        sig(occupancy, queue)
+                    };
+                    input(n, load)
+                })
+                .collect();
+            let plan = c.step(t * 1000, &inputs);
+            for (w, e) in weights.iter_mut().zip(&plan.weights) {
+                *w = e.maglev_weight as u64;
+            }
+            c1.push(plan.weights[0].load_permille);
+        }
+        c1
+    }
+
+    #[test]
+    fn a_stable_slow_compiler_goes_to_the_floor_and_stays_there() {
+        let cfg = ControllerConfig {
+            min_weight_percent: 1,
+            smoothing_percent: 100,
+            ..load_config()
+        };
+        let changes = |f: &[u32]| f.windows(2).filter(|w| w[0] != w[1]).count();
+        // Occupancy alone chases itself: at the floor c1 is idle, so it
+        // gets its weight back, is flooded, and goes back to the floor.
+        let pressure_only = closed_loop(&cfg, false, 120);
+        assert!(
+            changes(&pressure_only[10..]) >= 10,
+            "expected oscillation: {pressure_only:?}"
+        );
+        // With its borrow time, c1 (4x slower than the median) goes to the
+        // floor and holds still, idle or not.
+        let with_borrow = closed_loop(&cfg, true, 120);
+        assert_eq!(with_borrow[1..], [10; 119], "{with_borrow:?}");
+        // The same with the shipped defaults' smoothing and floor.
+        let defaults = closed_loop(&load_config(), true, 120);
+        assert!(defaults[5..].iter().all(|f| *f == 250), "{defaults:?}");
+    }
+
+    #[test]
+    fn slowness_is_against_the_median_of_serving_compilers() {
+        let mut c = Controller::new(ControllerConfig {
+            smoothing_percent: 100,
+            ..load_config()
+        });
+        // One compiler that answers fast (failing fast, say) does not make
+        // its peers look slow: the reference is the lower median, 250.
+        let p = c.step(
+            0,
+            &[
+                input(1, timed(100, 0, 10)),
+                input(2, timed(100, 0, 250)),
+                input(3, timed(100, 0, 260)),
+                input(4, timed(100, 0, 1000)),
+            ],
+        );
+        assert_eq!(weights(&p), [100_000, 100_000, 100_000, 25_000]);
+        assert_eq!(p.weights[3].slowness_permille, Some(4000));
+        assert_eq!(p.weights[3].borrow_ms, Some(1000));
+        assert_eq!(p.weights[0].slowness_permille, Some(40));
+        // Of two, the faster is the reference.
+        let mut c = Controller::new(load_config());
+        let p = c.step(
+            0,
+            &[input(1, timed(0, 0, 1000)), input(2, timed(0, 0, 250))],
+        );
+        assert_eq!(weights(&p), [25_000, 100_000]);
+        // A drained compiler is no reference: the slow one is alone, at
+        // full weight.
+        let mut c = Controller::new(load_config());
+        let mut drained = input(2, timed(0, 0, 250));
+        drained.drained = true;
+        let p = c.step(0, &[input(1, timed(0, 0, 1000)), drained]);
+        assert_eq!(weights(&p), [100_000, 0]);
+        assert_eq!(p.weights[0].slowness_permille, Some(1000));
+    }
+
+    #[test]
+    fn missing_borrow_time_means_pressure_only() {
+        let mut c = Controller::new(ControllerConfig {
+            smoothing_percent: 100,
+            ..load_config()
+        });
+        let p = c.step(
+            0,
+            &[input(1, timed(0, 0, 1000)), input(2, timed(0, 0, 250))],
+        );
+        assert_eq!(weights(&p), [25_000, 100_000]);
+        // An answer without a borrow time keeps the last one...
+        let p = c.step(1000, &[input(1, sig(0, 0)), input(2, sig(0, 0))]);
+        assert_eq!(weights(&p), [25_000, 100_000]);
+        // ...no load data forgets it...
+        let p = c.step(2000, &[input(1, LoadInput::NoData), input(2, sig(0, 0))]);
+        assert_eq!(weights(&p), [100_000, 100_000]);
+        assert_eq!(p.weights[0].borrow_ms, None);
+        assert_eq!(p.weights[0].slowness_permille, None);
+        // ...and a compiler that never timed a borrow has no slowness.
+        let p = c.step(3000, &[input(1, sig(0, 0)), input(2, timed(0, 0, 250))]);
+        assert_eq!(weights(&p), [100_000, 100_000]);
+        assert_eq!(p.weights[0].slowness_permille, None);
+        // Static balance shows the slowness but does not act on it.
+        let mut s = Controller::new(ControllerConfig::default());
+        let p = s.step(
+            0,
+            &[input(1, timed(0, 0, 1000)), input(2, timed(0, 0, 250))],
+        );
+        assert_eq!(weights(&p), [100_000, 100_000]);
+        assert_eq!(p.weights[0].slowness_permille, Some(4000));
+    }
+
     fn arb_load() -> impl Strategy<Value = LoadInput> {
         prop_oneof![
             (0u32..=1000, 0u32..=1000).prop_map(|(o, q)| sig(o, q)),
+            (0u32..=1000, 0u32..=1000, 1u32..10_000).prop_map(|(o, q, b)| timed(o, q, b)),
             Just(LoadInput::NoData),
             Just(LoadInput::Unchanged),
         ]

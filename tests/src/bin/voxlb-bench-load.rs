@@ -95,12 +95,12 @@ struct Args {
 
 /// The service keys of voxlb's `load` run: the shipped defaults but for the
 /// poll interval (5 s by default), which an operator of a site this small
-/// would shorten too, and the floor of a loaded compiler's weight: the
-/// default 25% still sends a compiler with half the JRuby instances and a
-/// quarter of the speed more new runs than it can take (its capacity is
-/// about 6% of the pool's here), so its queue never drains; 5% lets it. (A
-/// run with 1% and a faster EWMA did worse: the compiler's weight came back
-/// as soon as its queue drained, and it oscillated.)
+/// would shorten too, and the floor of a loaded or slow compiler's weight:
+/// the default 25% still sends a compiler with half the JRuby instances and
+/// a quarter of the speed more new runs than it can take (its capacity is
+/// about 6% of the pool's here), so its queue never drains; at 5% it does
+/// not queue. Its 4x borrow time keeps it at that floor whether it is busy
+/// or idle (the slowness term of the controller).
 const LOAD_KEYS: &str = "balance = \"load\"\nload_interval = \"1s\"\nmin_weight_percent = 5";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
