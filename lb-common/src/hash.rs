@@ -139,6 +139,46 @@ pub const fn vip_slot(folded: u32, port_be: u16) -> u32 {
     (folded ^ ((port_be as u32) << 16 | port_be as u32)).wrapping_mul(0x9e37_79b1) >> 16
 }
 
+/// Set in a [`direct_entry`] that holds a VIP (an all-zero slot holds none).
+pub const DIRECT_VALID: u64 = 1 << 63;
+/// The bits of a [`direct_entry`] that [`direct_key`] must match.
+pub const DIRECT_KEY_MASK: u64 = (1 << 56) - 1;
+const _: () = assert!(
+    crate::maps::MAX_SERVICES <= 64,
+    "service ids fill 6 bits of a direct entry"
+);
+
+/// The exact key of an IPv4 destination in the direct VIP array: address
+/// (as [`fold_v4`] reads it), port as on the wire, protocol, in 56 bits.
+#[inline(always)]
+pub const fn direct_key(folded_v4: u32, port_be: u16, proto: u8) -> u64 {
+    folded_v4 as u64 | (port_be as u64) << 32 | (proto as u64) << 48
+}
+
+/// A direct VIP entry: the key, the service id (6 bits), the kind (1 bit:
+/// CA) and [`DIRECT_VALID`], in one word, so that a packet reads a whole
+/// entry or none of it (userspace stores it with one 8-byte store).
+#[inline(always)]
+pub const fn direct_entry(key: u64, service_id: u32, kind: u32) -> u64 {
+    (key & DIRECT_KEY_MASK)
+        | ((service_id as u64) & 0x3f) << 56
+        | ((kind as u64) & 1) << 62
+        | DIRECT_VALID
+}
+
+/// The VIP a direct entry holds for `key`: `None` if it holds no VIP or
+/// another one (a different address, port or protocol in the same slot).
+#[inline(always)]
+pub const fn direct_vip(entry: u64, key: u64) -> Option<crate::VipInfo> {
+    if entry & DIRECT_VALID == 0 || entry & DIRECT_KEY_MASK != key {
+        return None;
+    }
+    Some(crate::VipInfo {
+        service_id: ((entry >> 56) & 0x3f) as u32,
+        kind: ((entry >> 62) & 1) as u32,
+    })
+}
+
 /// Pre-filter slot of an address alone (the spoofed-source check).
 #[inline(always)]
 pub const fn addr_slot(folded: u32) -> u32 {
@@ -158,6 +198,29 @@ pub const fn fold_addr(addr: &[u8; 16], family: u8) -> u32 {
 mod tests {
     use super::*;
     use crate::FlowKey;
+
+    #[test]
+    fn a_direct_entry_gives_back_its_vip_for_its_own_key_only() {
+        let key = direct_key(fold_v4(&[10, 0, 0, 100]), 8140u16.to_be(), 6);
+        for (sid, kind) in [(0, 0), (1, 1), (63, 0), (63, 1)] {
+            let e = direct_entry(key, sid, kind);
+            assert_eq!(
+                direct_vip(e, key),
+                Some(crate::VipInfo {
+                    service_id: sid,
+                    kind
+                })
+            );
+        }
+        let e = direct_entry(key, 5, 1);
+        assert_eq!(direct_vip(0, key), None, "an empty slot holds no VIP");
+        let other_addr = direct_key(fold_v4(&[10, 0, 0, 101]), 8140u16.to_be(), 6);
+        let other_port = direct_key(fold_v4(&[10, 0, 0, 100]), 8141u16.to_be(), 6);
+        let other_proto = direct_key(fold_v4(&[10, 0, 0, 100]), 8140u16.to_be(), 17);
+        for k in [other_addr, other_port, other_proto] {
+            assert_eq!(direct_vip(e, k), None);
+        }
+    }
 
     #[test]
     fn golden_values_pin_the_hash() {

@@ -29,6 +29,11 @@ pub const VIP_FILTER: &str = "vx_vip_filter_v2";
 /// (u32). Hash map, read only when the filter's address slot is set: a
 /// packet from a VIP address is spoofed.
 pub const VIP_ADDRS: &str = "vx_vip_addrs_v2";
+/// Exact entries of IPv4 VIPs, one `u64` per pre-filter slot
+/// ([`crate::hash::direct_entry`]): the VIP a packet is for, read with one
+/// array load instead of a hash lookup in [`VIPS`], for every VIP that has
+/// its filter slot to itself. Memory-mapped, written by userspace only.
+pub const VIP_DIRECT: &str = "vx_vip_direct_v2";
 /// Backend id -> [`crate::BackendInfo`]. Array.
 pub const BACKENDS: &str = "vx_backends_v2";
 /// Maglev slots of every table copy, concatenated. Array of backend ids,
@@ -137,10 +142,11 @@ pub const V1_ALL: [&str; 11] = [
 ];
 
 /// Every map, for pinning and unpinning in one place.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
     VIPS,
     VIP_FILTER,
     VIP_ADDRS,
+    VIP_DIRECT,
     BACKENDS,
     MAGLEV,
     REGIONS,

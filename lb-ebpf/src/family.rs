@@ -5,7 +5,7 @@
 use aya_ebpf::maps::LruHashMap;
 use lb_common::{
     FAMILY_V4, FAMILY_V6, FlowKeyV4, FlowKeyV6, FlowValue, FragKey, VipAddrKey, VipKey,
-    hash::{addr_slot, flow_hash_v4, flow_hash_v6, fold_v4, fold_v6},
+    hash::{addr_slot, direct_key, flow_hash_v4, flow_hash_v6, fold_v4, fold_v6},
 };
 
 use crate::{
@@ -30,6 +30,8 @@ pub trait Family: Copy + 'static {
     fn hash(&self) -> u32;
     /// The VIP-map key of the destination.
     fn vip_key(&self) -> VipKey;
+    /// The key of the destination in the direct VIP array (IPv4 only).
+    fn direct_key(&self, dport_be: u16, proto: u8) -> Option<u64>;
     /// The VIP-address key of the source.
     fn src_key(&self) -> VipAddrKey;
     /// The VIP-address key of the destination.
@@ -107,6 +109,10 @@ impl Family for FlowKeyV4 {
         }
     }
     #[inline(always)]
+    fn direct_key(&self, dport_be: u16, proto: u8) -> Option<u64> {
+        Some(direct_key(fold_v4(&self.dst), dport_be, proto))
+    }
+    #[inline(always)]
     fn src_key(&self) -> VipAddrKey {
         VipAddrKey {
             addr: v4_in_16(self.src),
@@ -181,6 +187,10 @@ impl Family for FlowKeyV6 {
             proto: self.proto,
             family: FAMILY_V6,
         }
+    }
+    #[inline(always)]
+    fn direct_key(&self, _dport_be: u16, _proto: u8) -> Option<u64> {
+        None
     }
     #[inline(always)]
     fn src_key(&self) -> VipAddrKey {

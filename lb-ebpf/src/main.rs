@@ -23,14 +23,14 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    FORWARD_L2, KIND_CA, KIND_COMPILER, Reason,
-    hash::vip_slot,
+    FORWARD_L2, KIND_CA, KIND_COMPILER, Reason, VipInfo,
+    hash::{direct_vip, vip_slot},
     maps::{PROG_ENCAP, PROG_FIRST_FRAG, PROG_FRAG, PROG_ICMP},
 };
 
 use crate::{
     family::Family,
-    maps::{VIP_FILTER, VIPS},
+    maps::{VIP_DIRECT, VIP_FILTER, VIPS},
     parse::{Cursor, L3, Parsed},
 };
 
@@ -148,9 +148,8 @@ fn finish(r: Result<u32, Reason>, len: u64) -> u32 {
 fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Result<u32, Reason> {
     // Pre-filter: one array load on (destination, port). Nothing there: not
     // ours. No compiler VIP there: CA traffic, which skips the flow table.
-    let slot = VIP_FILTER
-        .get(vip_slot(pkt.key.dst_fold(), pkt.dport_be))
-        .ok_or(Reason::PassNotVip)?;
+    let index = vip_slot(pkt.key.dst_fold(), pkt.dport_be);
+    let slot = VIP_FILTER.get(index).ok_or(Reason::PassNotVip)?;
     let known = if slot.compiler != 0 {
         // Established compiler flows: the flow table alone decides.
         match select::established(&pkt) {
@@ -162,9 +161,7 @@ fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Resu
     } else {
         return Err(Reason::PassNotVip);
     };
-    // SAFETY: VIP values are plain integers written only by userspace; a
-    // concurrent update can only make us read an older or newer value.
-    let info = *unsafe { VIPS.get(pkt.key.vip_key()) }.ok_or(Reason::PassNotVip)?;
+    let info = vip(&pkt, index).ok_or(Reason::PassNotVip)?;
     // Nothing is forwarded (nor recorded) for a source that claims to be
     // one of our VIPs. Established flows were checked when they were made.
     if spoofed(&pkt) {
@@ -182,6 +179,23 @@ fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Resu
             Err(r)
         }
     }
+}
+
+/// The VIP a packet is addressed to: an IPv4 VIP alone in its filter slot
+/// is read from the direct array (one array load, the key compared in one
+/// word); any other from the VIP map (a hash lookup).
+#[inline(always)]
+fn vip<K: Family>(pkt: &Parsed<K>, index: u32) -> Option<VipInfo> {
+    if let Some(key) = pkt.key.direct_key(pkt.dport_be, pkt.proto) {
+        if let Some(&entry) = VIP_DIRECT.get(index) {
+            if let Some(info) = direct_vip(entry, key) {
+                return Some(info);
+            }
+        }
+    }
+    // SAFETY: VIP values are plain integers written only by userspace; a
+    // concurrent update can only make us read an older or newer value.
+    unsafe { VIPS.get(pkt.key.vip_key()) }.copied()
 }
 
 /// The source address is one of the VIPs' (a land attack or spoofing).

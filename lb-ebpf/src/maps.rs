@@ -51,7 +51,7 @@ macro_rules! pinned {
 }
 
 // Every constant of lb_common::maps::ALL is declared below.
-const _: () = assert!(names::ALL.len() == 20, "a map was added: declare it here");
+const _: () = assert!(names::ALL.len() == 21, "a map was added: declare it here");
 
 /// Per-CPU LRU lists: inserting a flow takes no lock shared by all CPUs.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -67,6 +67,11 @@ pinned!(
     "vx_vip_filter_v2" == names::VIP_FILTER,
     pub static VIP_FILTER: Array<FilterSlot> =
         Array::with_max_entries(FILTER_SLOTS, BPF_F_MMAPABLE);
+);
+
+pinned!(
+    "vx_vip_direct_v2" == names::VIP_DIRECT,
+    pub static VIP_DIRECT: Array<u64> = Array::with_max_entries(FILTER_SLOTS, BPF_F_MMAPABLE);
 );
 
 pinned!(

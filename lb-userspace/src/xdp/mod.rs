@@ -38,10 +38,11 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendInfo, BackendStats, Counter, DP_NO_ICMP_STEERING, DpConfig, FamilyKey, FilterSlot,
-    FloodState, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, FragKey, FragValue, KIND_CA,
-    Reason, ServiceStats, TableRegion, TunnelInfo, VipAddrKey, VipInfo, VipKey,
-    hash::{FILTER_SLOTS, addr_slot, fold_addr, vip_slot},
+    BackendInfo, BackendStats, Counter, DP_NO_ICMP_STEERING, DpConfig, FAMILY_V4, FamilyKey,
+    FilterSlot, FloodState, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, FragKey,
+    FragValue, KIND_CA, KIND_COMPILER, Reason, ServiceStats, TableRegion, TunnelInfo, VipAddrKey,
+    VipInfo, VipKey,
+    hash::{FILTER_SLOTS, addr_slot, direct_entry, direct_key, fold_addr, vip_slot},
     maps::{self as names, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
 };
 use tracing::{info, warn};
@@ -104,6 +105,8 @@ pub struct XdpDataPlane {
     vips: HashMap<MapData, VipKey, VipInfo>,
     /// The pre-filter, memory-mapped.
     vip_filter: Mmap,
+    /// The direct IPv4 VIP entries, memory-mapped (one `u64` per filter slot).
+    vip_direct: Mmap,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     backends: Array<MapData, BackendInfo>,
     /// A descriptor of the backend array for batched reads.
@@ -181,8 +184,14 @@ impl XdpDataPlane {
             names::VIP_FILTER,
             FILTER_SLOTS as usize * FILTER_STRIDE,
         )?;
+        let vip_direct = Mmap::new(
+            &fd_of(names::VIP_DIRECT)?,
+            names::VIP_DIRECT,
+            FILTER_SLOTS as usize * 8,
+        )?;
         Ok(XdpDataPlane {
             _ebpf: ebpf,
+            vip_direct,
             flows4_fd,
             flows6_fd,
             backends_fd,

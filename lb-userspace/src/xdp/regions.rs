@@ -110,6 +110,30 @@ impl XdpDataPlane {
                     .map_err(map_err(names::VIP_ADDRS))?;
             }
         }
+        // Direct entries: an IPv4 VIP alone in its slot. Written before the
+        // filter words, cleared (below) once no VIP map entry backs them;
+        // each is one 8-byte store, which a packet reads whole.
+        let mut direct: BTreeMap<u32, u64> = BTreeMap::new();
+        for (k, info) in &vips {
+            let slot = vip_slot(fold_addr(&k.addr, k.family), k.port_be);
+            let alone = want
+                .get(&slot)
+                .is_some_and(|s| u32::from(s.compiler) + u32::from(s.ca) == 1);
+            if alone
+                && k.family == FAMILY_V4
+                && (info.kind == KIND_CA || info.kind == KIND_COMPILER)
+            {
+                let key = direct_key(fold_addr(&k.addr, k.family), k.port_be, k.proto);
+                direct.insert(slot, direct_entry(key, info.service_id, info.kind));
+            }
+        }
+        for slot in 0..FILTER_SLOTS {
+            let off = slot as usize * 8;
+            let w = direct.get(&slot).copied().unwrap_or(0);
+            if self.vip_direct.load_u64(off) != w {
+                self.vip_direct.store_u64(off, w);
+            }
+        }
         for slot in 0..FILTER_SLOTS {
             let w = want.get(&slot).copied().unwrap_or_default();
             let off = slot as usize * FILTER_STRIDE;
@@ -130,6 +154,21 @@ impl XdpDataPlane {
             }
         }
         Ok(())
+    }
+
+    /// The direct entry of (address, port, protocol)'s filter slot, as
+    /// [`lb_common::hash::direct_vip`] reads it for that destination: what
+    /// the data plane will take without a VIP map lookup (tests).
+    pub fn direct_vip(&self, addr: std::net::IpAddr, port: u16, proto: u8) -> Option<VipInfo> {
+        let std::net::IpAddr::V4(v4) = addr else {
+            return None;
+        };
+        let folded = lb_common::hash::fold_v4(&v4.octets());
+        let off = vip_slot(folded, port.to_be()) as usize * 8;
+        lb_common::hash::direct_vip(
+            self.vip_direct.load_u64(off),
+            direct_key(folded, port.to_be(), proto),
+        )
     }
 
     /// What the pre-filter says about (address, port): tests check that
