@@ -151,10 +151,17 @@ fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Resu
     let index = vip_slot(pkt.key.dst_fold(), pkt.dport_be);
     let slot = VIP_FILTER.get(index).ok_or(Reason::PassNotVip)?;
     let known = if slot.compiler != 0 {
-        // Established compiler flows: the flow table alone decides.
-        match select::established(&pkt) {
-            Ok(choice) => return forward(ctx, c, &pkt, &choice, len),
-            Err(known) => known,
+        if select::is_syn(&pkt) && select::flooding() {
+            // Flood mode: a SYN neither reads nor writes the flow table;
+            // the Maglev table, which every LB host agrees on, sends it
+            // (as Katran sends every SYN). Established flows keep theirs.
+            select::Known::Miss
+        } else {
+            // Established compiler flows: the flow table alone decides.
+            match select::established(&pkt) {
+                Ok(choice) => return forward(ctx, c, &pkt, &choice, len),
+                Err(known) => known,
+            }
         }
     } else if slot.ca != 0 {
         select::Known::Miss

@@ -179,6 +179,28 @@ pub fn compiler<K: Family>(
     })
 }
 
+/// This CPU is in flood mode now (a peek: nothing is counted). Reads the
+/// clock only past the threshold, so a SYN outside a flood pays two array
+/// loads for it. In flood mode a SYN skips the flow table altogether (see
+/// `lb`): a spoofed SYN would only miss there, and that miss, in a table
+/// of a million entries, is most of what it costs.
+#[inline(always)]
+pub fn flooding() -> bool {
+    let threshold = match CONFIG.get(0) {
+        Some(c) if c.flood_threshold != 0 => c.flood_threshold as u64,
+        _ => return false,
+    };
+    let Some(st) = FLOOD.get(0) else {
+        return false;
+    };
+    if st.attempts <= threshold {
+        return false;
+    }
+    // SAFETY: helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    now.saturating_sub(st.window_start_ns) < FLOOD_WINDOW_NS
+}
+
 /// Katran's `is_under_flood`, per CPU: count the flow creations asked for
 /// in the current one-second window; past the configured threshold, say no
 /// (and count it) until the window ends.

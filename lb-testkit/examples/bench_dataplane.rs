@@ -224,6 +224,20 @@ fn main() -> anyhow::Result<()> {
     if let Some(i) = args.iter().position(|a| a == "--profile") {
         let row = args.get(i + 1).map(String::as_str).unwrap_or("");
         let secs: u64 = args.get(i + 2).map(|s| s.parse()).transpose()?.unwrap_or(5);
+        if row == "syn" || row == "flood" {
+            // Distinct SYNs at repeat 1, as in the table below.
+            dp.set_flood_threshold(u32::from(row == "flood"))?;
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            let (mut runs, mut total, mut i) = (0u64, 0.0, 0u32);
+            while std::time::Instant::now() < until {
+                i = i.wrapping_add(1);
+                let syn = Frame::tcp(client(i), 50000, VIP.into(), 8140, flags::SYN).build();
+                total += ns(&mut dp, PROGRAM_NAME, &syn, 1)?;
+                runs += 1;
+            }
+            println!("{row}: {:.1} ns/packet over {runs} runs", total / runs as f64);
+            return Ok(());
+        }
         let (prog, frame) = match row {
             "reflector" => (BENCH_REFLECTOR, &est),
             "floor" => (BENCH_LOOKUP, &est),
@@ -232,7 +246,7 @@ fn main() -> anyhow::Result<()> {
             "established" => (PROGRAM_NAME, &est),
             "miss" => (PROGRAM_NAME, &miss),
             _ => anyhow::bail!(
-                "--profile: unknown row {row:?} (reflector, floor, pass, ca, established, miss)"
+                "--profile: unknown row {row:?} (reflector, floor, pass, ca, established, miss, syn, flood)"
             ),
         };
         let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
