@@ -139,6 +139,9 @@ pub const fn vip_slot(folded: u32, port_be: u16) -> u32 {
     (folded ^ ((port_be as u32) << 16 | port_be as u32)).wrapping_mul(0x9e37_79b1) >> 16
 }
 
+/// Words of the VIP address bitmap (one bit per [`addr_slot`]).
+pub const ADDR_BITS_WORDS: u32 = FILTER_SLOTS / 64;
+
 /// Set in a [`direct_entry`] that holds a VIP (an all-zero slot holds none).
 pub const DIRECT_VALID: u64 = 1 << 63;
 /// The bits of a [`direct_entry`] that [`direct_key`] must match.

@@ -34,6 +34,12 @@ pub const VIP_ADDRS: &str = "vx_vip_addrs_v2";
 /// array load instead of a hash lookup in [`VIPS`], for every VIP that has
 /// its filter slot to itself. Memory-mapped, written by userspace only.
 pub const VIP_DIRECT: &str = "vx_vip_direct_v2";
+/// The VIP addresses' filter for the spoofed-source check: one bit per
+/// [`crate::hash::addr_slot`], [`crate::hash::ADDR_BITS_WORDS`] words (8 KiB,
+/// which stays in cache under a flood of random sources, where the 512 KiB
+/// pre-filter did not). A set bit means "maybe" (see [`VIP_ADDRS`]).
+/// Memory-mapped, written by userspace only.
+pub const VIP_ADDR_BITS: &str = "vx_vip_addr_bits_v2";
 /// Backend id -> [`crate::BackendInfo`]. Array.
 pub const BACKENDS: &str = "vx_backends_v2";
 /// Maglev slots of every table copy, concatenated. Array of backend ids,
@@ -142,11 +148,12 @@ pub const V1_ALL: [&str; 11] = [
 ];
 
 /// Every map, for pinning and unpinning in one place.
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 22] = [
     VIPS,
     VIP_FILTER,
     VIP_ADDRS,
     VIP_DIRECT,
+    VIP_ADDR_BITS,
     BACKENDS,
     MAGLEV,
     REGIONS,

@@ -404,8 +404,10 @@ pub struct FilterSlot {
     pub compiler: u16,
     /// CA VIPs whose (address, port) hash here.
     pub ca: u16,
-    /// VIP addresses (any port) that hash here by address alone: a source
-    /// address in such a slot is checked against `vx_vip_addrs_v2`.
+    /// VIP addresses (any port) that hash here by address alone. This
+    /// build's data plane reads the bitmap `vx_vip_addr_bits_v2` instead
+    /// (8 KiB, which stays in cache); the count is still written for the
+    /// program of an earlier v2 build until an upgrade replaces it.
     pub addrs: u16,
     pub _pad: u16,
 }

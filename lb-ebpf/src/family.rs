@@ -10,7 +10,7 @@ use lb_common::{
 
 use crate::{
     encap::sum_words,
-    maps::{FLOWS4, FLOWS6, VIP_ADDRS, VIP_FILTER},
+    maps::{FLOWS4, FLOWS6, VIP_ADDR_BITS, VIP_ADDRS},
 };
 
 pub trait Family: Copy + 'static {
@@ -45,25 +45,30 @@ pub trait Family: Copy + 'static {
     fn frag_key(&self, id: u32) -> FragKey;
 }
 
-/// The source address is one of the VIPs' (a land attack or spoofing).
-/// One array load on the address; a hash lookup only when a VIP address
-/// hashes to the same slot.
+/// A VIP address may hash to this address's slot: its bit in the 8 KiB
+/// address bitmap. Clear means certainly not a VIP address.
 #[inline(always)]
-pub fn from_vip_addr<K: Family>(key: &K) -> bool {
-    match VIP_FILTER.get(addr_slot(key.src_fold())) {
-        Some(s) if s.addrs != 0 => VIP_ADDRS.get_ptr(key.src_key()).is_some(),
-        _ => false,
+fn maybe_vip_addr(folded: u32) -> bool {
+    let slot = addr_slot(folded);
+    match VIP_ADDR_BITS.get(slot >> 6) {
+        Some(&w) => (w >> (slot & 63)) & 1 != 0,
+        None => false,
     }
 }
 
-/// The destination is one of the VIPs' addresses (any port): one array
+/// The source address is one of the VIPs' (a land attack or spoofing).
+/// One bitmap load on the address; a hash lookup only when a VIP address
+/// hashes to the same slot.
+#[inline(always)]
+pub fn from_vip_addr<K: Family>(key: &K) -> bool {
+    maybe_vip_addr(key.src_fold()) && VIP_ADDRS.get_ptr(key.src_key()).is_some()
+}
+
+/// The destination is one of the VIPs' addresses (any port): one bitmap
 /// load, and a hash lookup only when a VIP address hashes to its slot.
 #[inline(always)]
 pub fn to_vip_addr<K: Family>(key: &K) -> bool {
-    match VIP_FILTER.get(addr_slot(key.dst_fold())) {
-        Some(s) if s.addrs != 0 => VIP_ADDRS.get_ptr(key.dst_key()).is_some(),
-        _ => false,
-    }
+    maybe_vip_addr(key.dst_fold()) && VIP_ADDRS.get_ptr(key.dst_key()).is_some()
 }
 
 /// An IPv4 address in the 16-byte form of the VIP keys (the rest zero),

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use lb_common::{
     BackendInfo, BackendStats, Counter, DpConfig, FilterSlot, FloodState, FlowKeyV4, FlowKeyV6,
     FlowValue, FragKey, FragValue, TableRegion, TunnelInfo, VipAddrKey, VipInfo, VipKey,
-    hash::FILTER_SLOTS,
+    hash::{ADDR_BITS_WORDS, FILTER_SLOTS},
     maps as names,
     maps::{
         DEFAULT_FLOW_CAPACITY, FRAG_CAPACITY, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS,
@@ -51,7 +51,7 @@ macro_rules! pinned {
 }
 
 // Every constant of lb_common::maps::ALL is declared below.
-const _: () = assert!(names::ALL.len() == 21, "a map was added: declare it here");
+const _: () = assert!(names::ALL.len() == 22, "a map was added: declare it here");
 
 /// Per-CPU LRU lists: inserting a flow takes no lock shared by all CPUs.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -72,6 +72,11 @@ pinned!(
 pinned!(
     "vx_vip_direct_v2" == names::VIP_DIRECT,
     pub static VIP_DIRECT: Array<u64> = Array::with_max_entries(FILTER_SLOTS, BPF_F_MMAPABLE);
+);
+
+pinned!(
+    "vx_vip_addr_bits_v2" == names::VIP_ADDR_BITS,
+    pub static VIP_ADDR_BITS: Array<u64> = Array::with_max_entries(ADDR_BITS_WORDS, BPF_F_MMAPABLE);
 );
 
 pinned!(

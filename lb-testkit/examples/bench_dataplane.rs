@@ -235,7 +235,10 @@ fn main() -> anyhow::Result<()> {
                 total += ns(&mut dp, PROGRAM_NAME, &syn, 1)?;
                 runs += 1;
             }
-            println!("{row}: {:.1} ns/packet over {runs} runs", total / runs as f64);
+            println!(
+                "{row}: {:.1} ns/packet over {runs} runs",
+                total / runs as f64
+            );
             return Ok(());
         }
         let (prog, frame) = match row {

@@ -42,7 +42,9 @@ use lb_common::{
     FilterSlot, FloodState, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, FragKey,
     FragValue, KIND_CA, KIND_COMPILER, Reason, ServiceStats, TableRegion, TunnelInfo, VipAddrKey,
     VipInfo, VipKey,
-    hash::{FILTER_SLOTS, addr_slot, direct_entry, direct_key, fold_addr, vip_slot},
+    hash::{
+        ADDR_BITS_WORDS, FILTER_SLOTS, addr_slot, direct_entry, direct_key, fold_addr, vip_slot,
+    },
     maps::{self as names, MAGLEV_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
 };
 use tracing::{info, warn};
@@ -107,6 +109,8 @@ pub struct XdpDataPlane {
     vip_filter: Mmap,
     /// The direct IPv4 VIP entries, memory-mapped (one `u64` per filter slot).
     vip_direct: Mmap,
+    /// The VIP address bitmap, memory-mapped.
+    vip_addr_bits: Mmap,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     backends: Array<MapData, BackendInfo>,
     /// A descriptor of the backend array for batched reads.
@@ -189,9 +193,15 @@ impl XdpDataPlane {
             names::VIP_DIRECT,
             FILTER_SLOTS as usize * 8,
         )?;
+        let vip_addr_bits = Mmap::new(
+            &fd_of(names::VIP_ADDR_BITS)?,
+            names::VIP_ADDR_BITS,
+            ADDR_BITS_WORDS as usize * 8,
+        )?;
         Ok(XdpDataPlane {
             _ebpf: ebpf,
             vip_direct,
+            vip_addr_bits,
             flows4_fd,
             flows6_fd,
             backends_fd,

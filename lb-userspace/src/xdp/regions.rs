@@ -95,11 +95,14 @@ impl XdpDataPlane {
                 })
                 .or_default() += 1;
         }
+        let mut bits = vec![0u64; ADDR_BITS_WORDS as usize];
         for a in addrs.keys() {
-            let s = want
-                .entry(addr_slot(fold_addr(&a.addr, a.family)))
-                .or_default();
-            s.addrs = s.addrs.saturating_add(1);
+            let s = addr_slot(fold_addr(&a.addr, a.family));
+            bits[(s >> 6) as usize] |= 1 << (s & 63);
+            // Still counted in the pre-filter for the program of an earlier
+            // build, which reads it until an upgrade swaps this one in.
+            let f = want.entry(s).or_default();
+            f.addrs = f.addrs.saturating_add(1);
         }
         // Addresses first when adding (a VIP is never reachable from its
         // own address), last when removing (the same, the other way).
@@ -132,6 +135,13 @@ impl XdpDataPlane {
             let w = direct.get(&slot).copied().unwrap_or(0);
             if self.vip_direct.load_u64(off) != w {
                 self.vip_direct.store_u64(off, w);
+            }
+        }
+        // The address bits after the address set (a bit never promises an
+        // address the set lacks), each word one 8-byte store.
+        for (i, &w) in bits.iter().enumerate() {
+            if self.vip_addr_bits.load_u64(i * 8) != w {
+                self.vip_addr_bits.store_u64(i * 8, w);
             }
         }
         for slot in 0..FILTER_SLOTS {
