@@ -40,6 +40,12 @@ pub const VIP_DIRECT: &str = "vx_vip_direct_v2";
 /// pre-filter did not). A set bit means "maybe" (see [`VIP_ADDRS`]).
 /// Memory-mapped, written by userspace only.
 pub const VIP_ADDR_BITS: &str = "vx_vip_addr_bits_v2";
+/// The data plane's clock line ([`crate::ClockBase`]), one entry.
+pub const CLOCK: &str = "vx_clock_v2";
+/// The program userspace runs (BPF_PROG_TEST_RUN, never attached) to read
+/// jiffies and CLOCK_MONOTONIC (coarse) at one instant, into the first 16
+/// bytes of the frame.
+pub const CLOCK_PROGRAM: &str = "voxlb_clock";
 /// Backend id -> [`crate::BackendInfo`]. Array.
 pub const BACKENDS: &str = "vx_backends_v2";
 /// Maglev slots of every table copy, concatenated. Array of backend ids,
@@ -148,7 +154,8 @@ pub const V1_ALL: [&str; 11] = [
 ];
 
 /// Every map, for pinning and unpinning in one place.
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 23] = [
+    CLOCK,
     VIPS,
     VIP_FILTER,
     VIP_ADDRS,

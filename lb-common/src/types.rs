@@ -438,6 +438,58 @@ pub struct DpConfig {
 }
 const _: () = assert!(core::mem::size_of::<DpConfig>() == 8);
 
+/// The data plane's clock (`vx_clock_v2`): CLOCK_MONOTONIC in ns read as
+/// `base_ns + (jiffies - base_jiffies) * ns_per_jiffy`. The kernel keeps
+/// jiffies in step with CLOCK_MONOTONIC (one tick every `TICK_NSEC` of it),
+/// so this line gives what `bpf_ktime_get_coarse_ns()` gives, to within a
+/// tick, without a helper call: `bpf_jiffies64()` is inlined by the
+/// verifier into one load. The daemon draws the line once per boot from two
+/// readings of both clocks (`voxlb_clock`); `ns_per_jiffy == 0` (never
+/// drawn) makes the data plane call `bpf_ktime_get_coarse_ns()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockBase {
+    pub base_ns: u64,
+    pub base_jiffies: u64,
+    /// Last, so that a packet that reads it non-zero reads a whole line
+    /// (userspace writes the line before any program uses it).
+    pub ns_per_jiffy: u64,
+}
+const _: () = assert!(core::mem::size_of::<ClockBase>() == 24);
+
+impl ClockBase {
+    /// The line through two simultaneous readings of (jiffies, ns) each,
+    /// taken at least one tick apart: the tick snapped to the `TICK_NSEC`
+    /// of a standard `HZ` (100, 250, 300, 1000) when within 1% of one.
+    /// `None` if the readings are not a tick apart.
+    pub fn from_readings(a: (u64, u64), b: (u64, u64)) -> Option<ClockBase> {
+        let (dj, dn) = (b.0.checked_sub(a.0)?, b.1.checked_sub(a.1)?);
+        if dj == 0 {
+            return None;
+        }
+        let measured = dn / dj;
+        let tick = [100u64, 250, 300, 1000]
+            .iter()
+            .map(|hz| (1_000_000_000 + hz / 2) / hz)
+            .find(|t| measured.abs_diff(*t) * 100 <= *t)
+            .unwrap_or(measured);
+        Some(ClockBase {
+            base_ns: b.1,
+            base_jiffies: b.0,
+            ns_per_jiffy: tick,
+        })
+    }
+
+    /// CLOCK_MONOTONIC at `jiffies` on this line.
+    pub fn ns_at(&self, jiffies: u64) -> u64 {
+        self.base_ns.wrapping_add(
+            jiffies
+                .wrapping_sub(self.base_jiffies)
+                .wrapping_mul(self.ns_per_jiffy),
+        )
+    }
+}
+
 /// [`DpConfig::flags`]: ICMP errors about VIP flows are passed to the
 /// kernel instead of steered to the flow's backend (`icmp_steering =
 /// false`).
@@ -549,6 +601,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for FragKey {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for ClockBase {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FragValue {}
 }
 
@@ -598,5 +652,41 @@ pub fn addr_from_bytes(addr: &[u8; 16], family: u8) -> Option<core::net::IpAddr>
         ))),
         FAMILY_V6 => Some(core::net::IpAddr::V6(core::net::Ipv6Addr::from(*addr))),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::ClockBase;
+
+    #[test]
+    fn a_clock_line_snaps_to_the_tick_of_a_standard_hz() {
+        // HZ = 250: 4 ms a tick; readings 7 ticks apart, coarse ns on ticks.
+        let a = (4_294_937_296, 1_000_000_000);
+        let b = (a.0 + 7, a.1 + 7 * 4_000_000);
+        let l = ClockBase::from_readings(a, b).unwrap();
+        assert_eq!(l.ns_per_jiffy, 4_000_000);
+        assert_eq!(l.ns_at(b.0), b.1);
+        assert_eq!(l.ns_at(b.0 + 250), b.1 + 1_000_000_000);
+        assert_eq!(l.ns_at(a.0), a.1);
+        // HZ = 300 (3333333 ns a tick), read a little off the tick.
+        let b = (a.0 + 3, a.1 + 3 * 3_333_333 + 500);
+        assert_eq!(
+            ClockBase::from_readings(a, b).unwrap().ns_per_jiffy,
+            3_333_333
+        );
+        // An odd tick is taken as measured.
+        let b = (a.0 + 10, a.1 + 10 * 2_000_000);
+        assert_eq!(
+            ClockBase::from_readings(a, b).unwrap().ns_per_jiffy,
+            2_000_000
+        );
+    }
+
+    #[test]
+    fn no_line_from_readings_within_one_tick_or_backwards() {
+        assert_eq!(ClockBase::from_readings((5, 100), (5, 200)), None);
+        assert_eq!(ClockBase::from_readings((6, 100), (5, 200)), None);
+        assert_eq!(ClockBase::from_readings((5, 200), (6, 100)), None);
     }
 }

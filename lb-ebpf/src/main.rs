@@ -21,7 +21,12 @@ mod parse;
 mod select;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    macros::xdp,
+    programs::XdpContext,
+};
 use lb_common::{
     FORWARD_L2, KIND_CA, KIND_COMPILER, Reason, VipInfo,
     hash::{direct_vip, vip_slot},
@@ -130,6 +135,24 @@ pub fn voxlb_first_frag(ctx: XdpContext) -> u32 {
     finish(frag::first(&ctx, &c), len)
 }
 
+/// Never attached: userspace runs it with BPF_PROG_TEST_RUN to read
+/// jiffies and the coarse CLOCK_MONOTONIC at one instant (the frame's first
+/// 16 bytes, in that order), from which it draws the data plane's clock
+/// line (`lb_common::ClockBase`, `select::now_ns`).
+#[xdp]
+pub fn voxlb_clock(ctx: XdpContext) -> u32 {
+    let c = Cursor::new(&ctx);
+    if let Some(p) = c.ptr::<[u64; 2]>(0) {
+        // SAFETY: helper calls without arguments; the 16 bytes lie inside
+        // the frame (checked by `ptr`), written unaligned.
+        unsafe {
+            let v = [bpf_jiffies64(), bpf_ktime_get_coarse_ns()];
+            core::ptr::write_unaligned(p, v);
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
 /// The verdict of a program (the packet path or a tail-called one): the
 /// action, or the reason counted.
 #[inline(always)]
@@ -193,12 +216,11 @@ fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Resu
 /// word); any other from the VIP map (a hash lookup).
 #[inline(always)]
 fn vip<K: Family>(pkt: &Parsed<K>, index: u32) -> Option<VipInfo> {
-    if let Some(key) = pkt.key.direct_key(pkt.dport_be, pkt.proto) {
-        if let Some(&entry) = VIP_DIRECT.get(index) {
-            if let Some(info) = direct_vip(entry, key) {
-                return Some(info);
-            }
-        }
+    if let Some(key) = pkt.key.direct_key(pkt.dport_be, pkt.proto)
+        && let Some(&entry) = VIP_DIRECT.get(index)
+        && let Some(info) = direct_vip(entry, key)
+    {
+        return Some(info);
     }
     // SAFETY: VIP values are plain integers written only by userspace; a
     // concurrent update can only make us read an older or newer value.

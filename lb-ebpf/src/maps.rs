@@ -10,8 +10,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    BackendInfo, BackendStats, Counter, DpConfig, FilterSlot, FloodState, FlowKeyV4, FlowKeyV6,
-    FlowValue, FragKey, FragValue, TableRegion, TunnelInfo, VipAddrKey, VipInfo, VipKey,
+    BackendInfo, BackendStats, ClockBase, Counter, DpConfig, FilterSlot, FloodState, FlowKeyV4,
+    FlowKeyV6, FlowValue, FragKey, FragValue, TableRegion, TunnelInfo, VipAddrKey, VipInfo, VipKey,
     hash::{ADDR_BITS_WORDS, FILTER_SLOTS},
     maps as names,
     maps::{
@@ -51,7 +51,7 @@ macro_rules! pinned {
 }
 
 // Every constant of lb_common::maps::ALL is declared below.
-const _: () = assert!(names::ALL.len() == 22, "a map was added: declare it here");
+const _: () = assert!(names::ALL.len() == 23, "a map was added: declare it here");
 
 /// Per-CPU LRU lists: inserting a flow takes no lock shared by all CPUs.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -137,6 +137,11 @@ pinned!(
     "vx_be_stats_v2" == names::BACKEND_STATS,
     pub static BACKEND_STATS: PerCpuArray<BackendStats> =
         PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+);
+
+pinned!(
+    "vx_clock_v2" == names::CLOCK,
+    pub static CLOCK: Array<ClockBase> = Array::with_max_entries(1, 0);
 );
 
 pinned!(

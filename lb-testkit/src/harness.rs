@@ -60,6 +60,7 @@ impl TestDataPlane {
             .load(EBPF_OBJECT)
             .map_err(other)?;
         voxlb::xdp::install_tail_programs(&mut product)?;
+        voxlb::xdp::calibrate_clock(&mut product)?;
         program(&mut product, PROGRAM_NAME)?.load().map_err(other)?;
         let mut test = Ebpf::load(TEST_OBJECT).map_err(other)?;
         program(&mut test, BENCH_REFLECTOR)?.load().map_err(other)?;

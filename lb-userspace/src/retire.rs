@@ -62,8 +62,8 @@ pub fn count_flows(
     Ok(out)
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()`, which stamps
-/// the flow entries.
+/// CLOCK_MONOTONIC in ns: the clock the data plane stamps flow entries
+/// with (jiffies on the line of `xdp::calibrate_clock`, within a tick).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -101,6 +101,8 @@ impl XdpDataPlane {
                 // The tail-called programs are in the program array before
                 // the packet path that calls them is attached.
                 install_tail_programs(&mut ebpf)?;
+                // The clock line is in place before a packet reads it.
+                super::calibrate_clock(&mut ebpf)?;
                 let prog: &mut Xdp = program(&mut ebpf, PROGRAM_NAME)?;
                 prog.load().map_err(other)?;
                 for iface in &opts.interfaces {

@@ -38,10 +38,10 @@ use aya::{
     },
 };
 use lb_common::{
-    BackendInfo, BackendStats, Counter, DP_NO_ICMP_STEERING, DpConfig, FAMILY_V4, FamilyKey,
-    FilterSlot, FloodState, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1, FragKey,
-    FragValue, KIND_CA, KIND_COMPILER, Reason, ServiceStats, TableRegion, TunnelInfo, VipAddrKey,
-    VipInfo, VipKey,
+    BackendInfo, BackendStats, ClockBase, Counter, DP_NO_ICMP_STEERING, DpConfig, FAMILY_V4,
+    FamilyKey, FilterSlot, FloodState, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, FlowValueV1,
+    FragKey, FragValue, KIND_CA, KIND_COMPILER, Reason, ServiceStats, TableRegion, TunnelInfo,
+    VipAddrKey, VipInfo, VipKey,
     hash::{
         ADDR_BITS_WORDS, FILTER_SLOTS, addr_slot, direct_entry, direct_key, fold_addr, vip_slot,
     },
@@ -54,11 +54,13 @@ use crate::{
     object::{EBPF_OBJECT, PROGRAM_NAME},
 };
 
+mod clock;
 mod loader;
 mod pins;
 mod regions;
 mod scan;
 
+pub use clock::calibrate_clock;
 use loader::take_maps;
 pub use loader::{detach, install_tail_programs, link_pin, migrate_v1};
 pub(crate) use pins::check_bpffs;
@@ -121,6 +123,8 @@ pub struct XdpDataPlane {
     regions: Array<MapData, TableRegion>,
     active: Array<MapData, u32>,
     ca_steer: Array<MapData, u32>,
+    /// The clock line flow stamps are drawn on (one entry).
+    clock: Array<MapData, ClockBase>,
     flows4: HashMap<MapData, FlowKeyV4, FlowValue>,
     flows6: HashMap<MapData, FlowKeyV6, FlowValue>,
     /// Descriptors of the flow tables for batched reads.
@@ -214,6 +218,7 @@ impl XdpDataPlane {
             regions: take!(names::REGIONS),
             active: take!(names::ACTIVE),
             ca_steer: take!(names::CA_STEER),
+            clock: take!(names::CLOCK),
             flows4: take!(names::FLOWS4),
             flows6: take!(names::FLOWS6),
             reasons: take!(names::REASON_STATS),
@@ -228,6 +233,12 @@ impl XdpDataPlane {
             shadow: BTreeMap::new(),
             pins: Vec::new(),
         })
+    }
+
+    /// The clock line the data plane stamps flows on (jiffies to
+    /// CLOCK_MONOTONIC), as `calibrate_clock` wrote it.
+    pub fn clock(&self) -> Result<ClockBase> {
+        self.clock.get(&0, 0).map_err(map_err(names::CLOCK))
     }
 
     /// Look one flow up, in its family's table.
