@@ -2,9 +2,10 @@
 //! the XDP program (BPF_PROG_TEST_RUN), side by side with a bare reference
 //! program that only swaps MACs and returns XDP_TX, from the same run.
 //!
-//! The floor row is the reflector plus one hit in the IPv4 flow table: what
-//! a single kernel hash lookup costs here, next to which the established
-//! path (which must do one) is read.
+//! The floor rows are what a path cannot go below on this kernel: the
+//! reflector plus one hit in an IPv4 flow table (the established path must
+//! do one), and the reflector plus a miss and an insert in one (a recorded
+//! SYN must do both), in a table as full as the production one.
 //!
 //! Steady-state paths are timed with `repeat` (the kernel's average over the
 //! repeats). The SYN path cannot be: after the first repeat its flow exists,
@@ -22,7 +23,7 @@ use lb_common::{
 };
 use lb_testkit::{
     harness::TestDataPlane,
-    object::{BENCH_LOOKUP, BENCH_REFLECTOR},
+    object::{BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR},
     packet::{Frame, flags},
 };
 use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
@@ -139,240 +140,338 @@ fn setup(capacity: u32) -> anyhow::Result<TestDataPlane> {
     Ok(dp)
 }
 
-fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (rounds, repeat, syns) = if quick {
-        (3, 20_000, 500)
-    } else {
-        (7, 200_000, 4000)
-    };
-    // The daemon's default flow-table size unless `--flow-capacity N`: the
-    // SYN path's cost is mostly cache and TLB misses in that table.
-    let args: Vec<String> = std::env::args().collect();
-    let capacity = args
-        .iter()
-        .position(|a| a == "--flow-capacity")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse::<u32>())
-        .transpose()?
-        .unwrap_or(lb_common::maps::DEFAULT_FLOW_CAPACITY);
-    let mut dp = setup(capacity)?;
-    let client = |i: u32| IpAddr::V4(Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8));
-    let not_vip = Frame::tcp(
-        client(1),
-        40000,
-        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        22,
-        flags::ACK,
-    )
-    .with_payload(&[0; 32])
-    .build();
-    let ca = Frame::tcp(client(1), 40001, CA_VIP.into(), 8140, flags::ACK)
-        .with_payload(&[0; 32])
-        .build();
-    let est_syn = Frame::tcp(client(1), 40002, VIP.into(), 8140, flags::SYN).build();
-    dp.test_run(PROGRAM_NAME, &est_syn, 1)?;
-    let est = Frame::tcp(client(1), 40002, VIP.into(), 8140, flags::ACK)
-        .with_payload(&[0; 32])
-        .build();
+/// The command line: `[--quick] [--flow-capacity N] [--profile ROW SECS]`.
+struct Args {
+    rounds: usize,
+    repeat: u32,
+    syns: u32,
+    /// The daemon's default flow-table size unless `--flow-capacity N`: the
+    /// SYN path's cost is mostly cache and TLB misses in that table.
+    capacity: u32,
+    /// `--profile ROW SECONDS`: run one row alone for that long, for a
+    /// sampling profiler (`perf record -e cpu-clock -a`, which needs no
+    /// PMU) to see where its time goes; prints nothing else.
+    profile: Option<(String, u64)>,
+}
 
-    // A non-SYN segment of an unknown flow: flow miss, VIP lookup, Maglev
-    // pick, no insert: the SYN path's work minus the insert, steady state.
-    let miss = Frame::tcp(client(2), 40003, VIP.into(), 8140, flags::ACK)
-        .with_payload(&[0; 32])
-        .build();
-
-    // The floor: the reflector plus one hit in the IPv4 flow table, keyed
-    // by the 16 bytes at offset 26 of the frame (what `vx_bench_lookup`
-    // reads), in a table as full as the established path's.
-    // The floor's table is the test object's own (see `vx_bench_lookup`):
-    // every flow the production table gains (the SYN rows below) is also
-    // put in it, so both stay equally full.
-    let floor_key = |f: &[u8]| -> anyhow::Result<FlowKeyV4> {
-        Ok(FlowKeyV4 {
-            src: f[26..30].try_into()?,
-            dst: f[30..34].try_into()?,
-            sport_be: u16::from_ne_bytes([f[34], f[35]]),
-            dport_be: u16::from_ne_bytes([f[36], f[37]]),
-            proto: f[38],
-            _pad: f[39],
-            _pad2: u16::from_ne_bytes([f[40], f[41]]),
+impl Args {
+    fn parse() -> anyhow::Result<Args> {
+        let args: Vec<String> = std::env::args().collect();
+        let after = |flag: &str, k: usize| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + k))
+        };
+        let quick = args.iter().any(|a| a == "--quick");
+        let (rounds, repeat, syns) = if quick {
+            (3, 20_000, 500)
+        } else {
+            (7, 200_000, 4000)
+        };
+        let capacity = after("--flow-capacity", 1)
+            .map(|v| v.parse::<u32>())
+            .transpose()?
+            .unwrap_or(lb_common::maps::DEFAULT_FLOW_CAPACITY);
+        let profile = match after("--profile", 1) {
+            None => None,
+            Some(row) => {
+                let secs = after("--profile", 2).map(|s| s.parse()).transpose()?;
+                Some((row.clone(), secs.unwrap_or(5)))
+            }
+        };
+        Ok(Args {
+            rounds,
+            repeat,
+            syns,
+            capacity,
+            profile,
         })
-    };
-    dp.insert_bench_flow4(&floor_key(&est)?)?;
+    }
+}
 
-    let ns = |dp: &mut TestDataPlane, prog: &str, f: &[u8], rep: u32| -> anyhow::Result<f64> {
-        Ok(dp.test_run(prog, f, rep)?.duration.as_nanos() as f64)
-    };
-    // Established routed flows (their SYNs went first).
-    let mut routed_est = Vec::new();
-    for vip in [IPIP_VIP, GUE_VIP] {
-        let syn = Frame::tcp(client(1), 40010, vip.into(), 8140, flags::SYN).build();
+/// A distinct client for each `i` below 2^17 (198.18.0.0/15).
+fn client(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        198,
+        18 + ((i >> 16) & 1) as u8,
+        (i >> 8) as u8,
+        i as u8,
+    ))
+}
+
+fn syn(i: u32, port: u16, vip: Ipv4Addr) -> Vec<u8> {
+    Frame::tcp(client(i), port, vip.into(), 8140, flags::SYN).build()
+}
+
+fn segment(i: u32, port: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    Frame::tcp(client(i), port, dst.into(), dport, flags::ACK)
+        .with_payload(&[0; 32])
+        .build()
+}
+
+/// The steady-state frames the rows time.
+struct Frames {
+    not_vip: Vec<u8>,
+    ca: Vec<u8>,
+    /// A segment of an established compiler flow.
+    est: Vec<u8>,
+    /// A non-SYN segment of an unknown flow: flow miss, VIP lookup, Maglev
+    /// pick, no insert: the SYN path's work minus the insert.
+    miss: Vec<u8>,
+    /// Segments of established routed flows, IPIP then GUE.
+    routed_est: [Vec<u8>; 2],
+}
+
+/// The floor's flow-table key of a frame: the 16 bytes at offset 26 that
+/// the test object's floor programs read.
+fn floor_key(f: &[u8]) -> anyhow::Result<FlowKeyV4> {
+    Ok(FlowKeyV4 {
+        src: f[26..30].try_into()?,
+        dst: f[30..34].try_into()?,
+        sport_be: u16::from_ne_bytes([f[34], f[35]]),
+        dport_be: u16::from_ne_bytes([f[36], f[37]]),
+        proto: f[38],
+        _pad: f[39],
+        _pad2: u16::from_ne_bytes([f[40], f[41]]),
+    })
+}
+
+/// Build the frames, and open the flows the established rows time (their
+/// SYNs go first; the floor's own table gets the same key).
+fn prepare(dp: &mut TestDataPlane) -> anyhow::Result<Frames> {
+    dp.test_run(PROGRAM_NAME, &syn(1, 40002, VIP), 1)?;
+    let est = segment(1, 40002, VIP, 8140);
+    dp.insert_bench_flow4(&floor_key(&est)?)?;
+    let mut routed_est: [Vec<u8>; 2] = Default::default();
+    for (k, vip) in [IPIP_VIP, GUE_VIP].into_iter().enumerate() {
         anyhow::ensure!(
-            dp.test_run(PROGRAM_NAME, &syn, 1)?.action == 3,
+            dp.test_run(PROGRAM_NAME, &syn(1, 40010, vip), 1)?.action == 3,
             "routed SYN not sent"
         );
-        routed_est.push(
-            Frame::tcp(client(1), 40010, vip.into(), 8140, flags::ACK)
-                .with_payload(&[0; 32])
-                .build(),
-        );
+        routed_est[k] = segment(1, 40010, vip, 8140);
     }
-    // `--profile ROW SECONDS`: run one steady-state row alone for that long,
-    // for a sampling profiler (`perf record -e cpu-clock -a`, which needs no
-    // PMU) to see where its time goes; prints nothing else.
-    if let Some(i) = args.iter().position(|a| a == "--profile") {
-        let row = args.get(i + 1).map(String::as_str).unwrap_or("");
-        let secs: u64 = args.get(i + 2).map(|s| s.parse()).transpose()?.unwrap_or(5);
-        if row == "syn" || row == "flood" {
-            // Distinct SYNs at repeat 1, as in the table below.
-            dp.set_flood_threshold(u32::from(row == "flood"))?;
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-            let (mut runs, mut total, mut i) = (0u64, 0.0, 0u32);
-            while std::time::Instant::now() < until {
-                i = i.wrapping_add(1);
-                let syn = Frame::tcp(client(i), 50000, VIP.into(), 8140, flags::SYN).build();
-                total += ns(&mut dp, PROGRAM_NAME, &syn, 1)?;
-                runs += 1;
-            }
-            println!(
-                "{row}: {:.1} ns/packet over {runs} runs",
-                total / runs as f64
-            );
-            return Ok(());
-        }
-        let (prog, frame) = match row {
-            "reflector" => (BENCH_REFLECTOR, &est),
-            "floor" => (BENCH_LOOKUP, &est),
-            "pass" => (PROGRAM_NAME, &not_vip),
-            "ca" => (PROGRAM_NAME, &ca),
-            "established" => (PROGRAM_NAME, &est),
-            "miss" => (PROGRAM_NAME, &miss),
-            _ => anyhow::bail!(
-                "--profile: unknown row {row:?} (reflector, floor, pass, ca, established, miss, syn, flood)"
-            ),
-        };
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        let mut runs = 0u64;
-        let mut total = 0.0;
+    Ok(Frames {
+        not_vip: segment(1, 40000, Ipv4Addr::new(10, 0, 0, 1), 22),
+        ca: segment(1, 40001, CA_VIP, 8140),
+        est,
+        miss: segment(2, 40003, VIP, 8140),
+        routed_est,
+    })
+}
+
+fn ns(dp: &mut TestDataPlane, prog: &str, f: &[u8], rep: u32) -> anyhow::Result<f64> {
+    Ok(dp.test_run(prog, f, rep)?.duration.as_nanos() as f64)
+}
+
+/// `--profile ROW SECS`.
+fn profile(
+    dp: &mut TestDataPlane,
+    f: &Frames,
+    row: &str,
+    secs: u64,
+    repeat: u32,
+) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let (mut runs, mut total) = (0u64, 0.0);
+    if let Some(prog) = match row {
+        "syn" | "flood" => Some(PROGRAM_NAME),
+        "insert" => Some(BENCH_INSERT),
+        _ => None,
+    } {
+        // Distinct SYNs at repeat 1, as in the table.
+        dp.set_flood_threshold(u32::from(row == "flood"))?;
         while std::time::Instant::now() < until {
-            total += ns(&mut dp, prog, frame, repeat)?;
+            total += ns(dp, prog, &syn(runs as u32 + 1, 50000, VIP), 1)?;
             runs += 1;
         }
-        println!(
-            "{row}: {:.1} ns/packet over {runs} runs",
-            total / runs as f64
-        );
-        return Ok(());
-    }
-    let mut v: [Vec<f64>; 13] = Default::default();
-    let mut next_client = 0u32;
-    for _ in 0..rounds {
-        v[0].push(ns(&mut dp, BENCH_REFLECTOR, &est, repeat)?);
-        v[1].push(ns(&mut dp, BENCH_LOOKUP, &est, repeat)?);
-        v[2].push(ns(&mut dp, PROGRAM_NAME, &not_vip, repeat)?);
-        v[3].push(ns(&mut dp, PROGRAM_NAME, &ca, repeat)?);
-        v[4].push(ns(&mut dp, PROGRAM_NAME, &est, repeat)?);
-        v[5].push(ns(&mut dp, PROGRAM_NAME, &miss, repeat)?);
-        let (mut r1, mut s1, mut f1) = (0.0, 0.0, 0.0);
-        for _ in 0..syns {
-            next_client += 1;
-            let syn = Frame::tcp(client(next_client), 50000, VIP.into(), 8140, flags::SYN).build();
-            r1 += ns(&mut dp, BENCH_REFLECTOR, &syn, 1)?;
-            s1 += ns(&mut dp, PROGRAM_NAME, &syn, 1)?;
-            dp.insert_bench_flow4(&floor_key(&syn)?)?;
-        }
-        // Flood mode: threshold 1, so all but the first SYN of each second
-        // are forwarded by the Maglev table without an insert.
-        dp.set_flood_threshold(1)?;
-        for _ in 0..syns {
-            next_client += 1;
-            let syn = Frame::tcp(client(next_client), 50001, VIP.into(), 8140, flags::SYN).build();
-            f1 += ns(&mut dp, PROGRAM_NAME, &syn, 1)?;
-        }
-        dp.set_flood_threshold(0)?;
-        v[6].push(r1 / syns as f64);
-        v[7].push(s1 / syns as f64);
-        v[8].push(f1 / syns as f64);
-        // Routed: established and SYN, IPIP then GUE, at repeat 1.
-        for (k, vip) in [IPIP_VIP, GUE_VIP].into_iter().enumerate() {
-            let (mut e1, mut s1) = (0.0, 0.0);
-            for _ in 0..syns {
-                e1 += ns(&mut dp, PROGRAM_NAME, &routed_est[k], 1)?;
-                next_client += 1;
-                let syn =
-                    Frame::tcp(client(next_client), 50002, vip.into(), 8140, flags::SYN).build();
-                s1 += ns(&mut dp, PROGRAM_NAME, &syn, 1)?;
-            }
-            v[9 + 2 * k].push(e1 / syns as f64);
-            v[10 + 2 * k].push(s1 / syns as f64);
+    } else {
+        let (prog, frame) = match row {
+            "reflector" => (BENCH_REFLECTOR, &f.est),
+            "floor" => (BENCH_LOOKUP, &f.est),
+            "pass" => (PROGRAM_NAME, &f.not_vip),
+            "ca" => (PROGRAM_NAME, &f.ca),
+            "established" => (PROGRAM_NAME, &f.est),
+            "miss" => (PROGRAM_NAME, &f.miss),
+            _ => anyhow::bail!(
+                "--profile: unknown row {row:?} (reflector, floor, pass, ca, established, miss, insert, syn, flood)"
+            ),
+        };
+        while std::time::Instant::now() < until {
+            total += ns(dp, prog, frame, repeat)?;
+            runs += 1;
         }
     }
-    let flood = dp.flood_status()?;
+    println!(
+        "{row}: {:.1} ns/packet over {runs} runs",
+        total / runs as f64
+    );
+    Ok(())
+}
+
+/// Add to row `k` of `r`, for each `(k, prog)`, the mean ns of `prog` over
+/// `count` SYNs from new clients to `vip`.
+fn syns(
+    dp: &mut TestDataPlane,
+    r: &mut [f64; ROWS],
+    count: u32,
+    next: &mut u32,
+    progs: &[(usize, &str)],
+    port: u16,
+    vip: Ipv4Addr,
+) -> anyhow::Result<()> {
+    for _ in 0..count {
+        *next += 1;
+        let frame = syn(*next, port, vip);
+        for &(k, prog) in progs {
+            r[k] += ns(dp, prog, &frame, 1)? / f64::from(count);
+        }
+    }
+    Ok(())
+}
+
+/// The rows, in the order they are printed.
+const ROWS: usize = 14;
+
+/// One round of every row; SYN rows average `syns` distinct SYNs, each
+/// from a client no earlier round used.
+fn round(
+    dp: &mut TestDataPlane,
+    f: &Frames,
+    a: &Args,
+    next: &mut u32,
+) -> anyhow::Result<[f64; ROWS]> {
+    let mut r = [0.0; ROWS];
+    for (k, (prog, frame)) in [
+        (BENCH_REFLECTOR, &f.est),
+        (BENCH_LOOKUP, &f.est),
+        (PROGRAM_NAME, &f.not_vip),
+        (PROGRAM_NAME, &f.ca),
+        (PROGRAM_NAME, &f.est),
+        (PROGRAM_NAME, &f.miss),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        r[k] = ns(dp, prog, frame, a.repeat)?;
+    }
+    // The reflector, the insert floor and the SYN path on the same SYNs
+    // (the floor's table gains what the production table gains).
+    let reflect_insert_syn = [(6, BENCH_REFLECTOR), (7, BENCH_INSERT), (8, PROGRAM_NAME)];
+    syns(dp, &mut r, a.syns, next, &reflect_insert_syn, 50000, VIP)?;
+    // Flood mode: threshold 1, so all but the first SYN of each second
+    // are forwarded by the Maglev table without an insert.
+    dp.set_flood_threshold(1)?;
+    syns(dp, &mut r, a.syns, next, &[(9, PROGRAM_NAME)], 50001, VIP)?;
+    dp.set_flood_threshold(0)?;
+    // Routed: established and SYN, IPIP then GUE, at repeat 1.
+    for (k, vip) in [IPIP_VIP, GUE_VIP].into_iter().enumerate() {
+        for _ in 0..a.syns {
+            r[10 + 2 * k] += ns(dp, PROGRAM_NAME, &f.routed_est[k], 1)? / a.syns as f64;
+        }
+        syns(
+            dp,
+            &mut r,
+            a.syns,
+            next,
+            &[(11 + 2 * k, PROGRAM_NAME)],
+            50002,
+            vip,
+        )?;
+    }
+    Ok(r)
+}
+
+fn report(a: &Args, rows: [f64; ROWS], flood_syns: u64) {
     let [
         refl,
         floor,
         pass,
-        cav,
-        estv,
-        missv,
+        ca,
+        est,
+        miss,
         refl1,
-        synv,
-        floodv,
+        insert,
+        syn,
+        flood,
         ipip_est,
         ipip_syn,
         gue_est,
         gue_syn,
-    ] = v.map(median);
+    ] = rows;
     println!(
-        "voxlb data plane, BPF_PROG_TEST_RUN, median of {rounds} rounds (repeat {repeat}; SYN: {syns} distinct flows at repeat 1)"
+        "voxlb data plane, BPF_PROG_TEST_RUN, median of {} rounds (repeat {}; SYN: {} distinct flows at repeat 1)",
+        a.rounds, a.repeat, a.syns
     );
     println!(
-        "flow tables: {capacity} entries per family; flood-mode rows: {} SYNs forwarded without an entry",
-        flood.flood_syns
+        "flow tables: {} entries per family; flood-mode rows: {flood_syns} SYNs forwarded without an entry",
+        a.capacity
     );
     println!(
         "{:<52} {:>10} {:>12} {:>8}",
         "path", "ns/packet", "x reflector", "target"
     );
-    println!(
-        "{:<52} {:>10.1} {:>12} {:>8}",
-        "bare reflector (swap MACs, XDP_TX)", refl, "1.00", ""
+    let table = |base: f64, rows: &[(&str, f64, &str)]| {
+        println!("{:<52} {base:>10.1} {:>12} {:>8}", rows[0].0, "1.00", "");
+        for (name, v, target) in &rows[1..] {
+            println!("{name:<52} {v:>10.1} {:>12.2} {target:>8}", v / base);
+        }
+    };
+    table(
+        refl,
+        &[
+            ("bare reflector (swap MACs, XDP_TX)", refl, ""),
+            ("floor: reflector + one IPv4 flow-table hit", floor, ""),
+            ("non-VIP pass (SSH to the LB)", pass, "<= 1.1"),
+            ("CA VIP (filter, VIP lookup, steering)", ca, "<= 2.0"),
+            ("compiler, established (flow-table hit)", est, "<= 2.0"),
+            ("compiler, unknown non-SYN (Maglev pick)", miss, ""),
+        ],
     );
-    for (name, v, target) in [
-        ("floor: reflector + one IPv4 flow-table hit", floor, ""),
-        ("non-VIP pass (SSH to the LB)", pass, "<= 1.1"),
-        ("CA VIP (filter, VIP lookup, steering)", cav, "<= 2.0"),
-        ("compiler, established (flow-table hit)", estv, "<= 2.0"),
-        ("compiler, unknown non-SYN (Maglev pick)", missv, ""),
-    ] {
-        println!("{name:<52} {v:>10.1} {:>12.2} {target:>8}", v / refl);
-    }
-    println!(
-        "{:<52} {:>10.1} {:>12} {:>8}",
-        "bare reflector, repeat 1", refl1, "1.00", ""
+    table(
+        refl1,
+        &[
+            ("bare reflector, repeat 1", refl1, ""),
+            ("floor: reflector + flow-table miss + insert", insert, ""),
+            (
+                "compiler SYN (Maglev pick + flow insert), repeat 1",
+                syn,
+                "<= 4.0",
+            ),
+            (
+                "compiler SYN in flood mode (no insert), repeat 1",
+                flood,
+                "<= 2.5",
+            ),
+            (
+                "routed IPIP, established (+ tail call, encap)",
+                ipip_est,
+                "",
+            ),
+            ("routed IPIP, SYN", ipip_syn, ""),
+            ("routed GUE, established (+ tail call, encap)", gue_est, ""),
+            ("routed GUE, SYN", gue_syn, ""),
+        ],
     );
-    for (name, v, target) in [
-        (
-            "compiler SYN (Maglev pick + flow insert), repeat 1",
-            synv,
-            "<= 4.0",
-        ),
-        (
-            "compiler SYN in flood mode (no insert), repeat 1",
-            floodv,
-            "<= 2.5",
-        ),
-        (
-            "routed IPIP, established (+ tail call, encap)",
-            ipip_est,
-            "",
-        ),
-        ("routed IPIP, SYN", ipip_syn, ""),
-        ("routed GUE, established (+ tail call, encap)", gue_est, ""),
-        ("routed GUE, SYN", gue_syn, ""),
-    ] {
-        println!("{name:<52} {v:>10.1} {:>12.2} {target:>8}", v / refl1);
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse()?;
+    let mut dp = setup(a.capacity)?;
+    let frames = prepare(&mut dp)?;
+    if let Some((row, secs)) = &a.profile {
+        return profile(&mut dp, &frames, row, *secs, a.repeat);
     }
+    let mut v: [Vec<f64>; ROWS] = Default::default();
+    let mut next_client = 0u32;
+    for _ in 0..a.rounds {
+        for (k, x) in round(&mut dp, &frames, &a, &mut next_client)?
+            .into_iter()
+            .enumerate()
+        {
+            v[k].push(x);
+        }
+    }
+    let flood = dp.flood_status()?;
+    report(&a, v.map(median), flood.flood_syns);
     Ok(())
 }

@@ -17,7 +17,7 @@ use voxlb::{
     xdp::XdpDataPlane,
 };
 
-use crate::object::{BENCH_FLOWS4, BENCH_LOOKUP, BENCH_REFLECTOR, TEST_OBJECT};
+use crate::object::{BENCH_FLOWS4, BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR, TEST_OBJECT};
 
 /// Result of one BPF_PROG_TEST_RUN.
 #[derive(Debug, Clone)]
@@ -65,6 +65,7 @@ impl TestDataPlane {
         let mut test = Ebpf::load(TEST_OBJECT).map_err(other)?;
         program(&mut test, BENCH_REFLECTOR)?.load().map_err(other)?;
         program(&mut test, BENCH_LOOKUP)?.load().map_err(other)?;
+        program(&mut test, BENCH_INSERT)?.load().map_err(other)?;
         let dp = XdpDataPlane::from_unpinned(&mut product)?;
         Ok(TestDataPlane { product, test, dp })
     }
@@ -82,11 +83,11 @@ impl TestDataPlane {
             .map_err(other)
     }
 
-    /// Run `program_name` ([`PROGRAM_NAME`], [`BENCH_REFLECTOR`] or
-    /// [`BENCH_LOOKUP`]) on one
-    /// frame, `repeat` times on the same buffer.
+    /// Run `program_name` ([`PROGRAM_NAME`], or a benchmark program of the
+    /// test object: [`BENCH_REFLECTOR`], [`BENCH_LOOKUP`], [`BENCH_INSERT`])
+    /// on one frame, `repeat` times on the same buffer.
     pub fn test_run(&mut self, program_name: &str, frame: &[u8], repeat: u32) -> Result<RunOutput> {
-        let ebpf = if program_name == BENCH_REFLECTOR || program_name == BENCH_LOOKUP {
+        let ebpf = if [BENCH_REFLECTOR, BENCH_LOOKUP, BENCH_INSERT].contains(&program_name) {
             &mut self.test
         } else {
             &mut self.product

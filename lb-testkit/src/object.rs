@@ -10,6 +10,9 @@ pub const BENCH_REFLECTOR: &str = "vx_bench_reflect";
 /// The benchmark floor: the reflector plus one IPv4 flow-table lookup.
 pub const BENCH_LOOKUP: &str = "vx_bench_lookup";
 
+/// The SYN path's floor: the reflector plus a flow-table miss and insert.
+pub const BENCH_INSERT: &str = "vx_bench_insert";
+
 /// The floor's own flow table (key and value as `vx_flows4_v2`).
 pub const BENCH_FLOWS4: &str = "vx_bench_flows4";
 
