@@ -713,10 +713,12 @@ fn deleted_pins_are_put_back_by_the_running_data_plane() {
     .unwrap();
 }
 
-/// An upgrade from a build without a map (the fragment table came after
+/// An upgrade from a build without some maps (the fragment table, the
+/// direct VIP array, the VIP address bitmap and the clock line came after
 /// the other v2 maps): the pins and link of the older deployment are
-/// reused (the VIP written before is still there), the missing map is
-/// created and pinned, and this build's program is swapped into the link.
+/// reused (the VIP written before is still there), the missing maps are
+/// created, pinned and filled (a direct entry for the VIP, a clock line),
+/// and this build's program is swapped into the link.
 #[test]
 fn a_map_missing_from_older_pins_is_added_and_the_rest_reused() {
     lb_testkit::require_root!("pinning BPF objects");
@@ -745,15 +747,26 @@ fn a_map_missing_from_older_pins_is_added_and_the_rest_reused() {
                 )
                 .unwrap();
             }
-            let frags = opts.pin_dir.join(lb_common::maps::FRAGS);
-            std::fs::remove_file(&frags).unwrap();
+            use lb_common::maps::{CLOCK, FRAGS, VIP_ADDR_BITS, VIP_DIRECT};
+            let added = [FRAGS, VIP_DIRECT, VIP_ADDR_BITS, CLOCK].map(|m| opts.pin_dir.join(m));
+            for pin in &added {
+                std::fs::remove_file(pin).unwrap();
+            }
             let new = XdpDataPlane::load(&opts).expect("load over the older pins");
-            assert!(frags.exists(), "the new map is pinned");
+            for pin in &added {
+                assert!(pin.exists(), "{} is pinned", pin.display());
+            }
+            assert_ne!(new.clock().unwrap().ns_per_jiffy, 0, "a clock line");
             let info = VipInfo {
                 service_id: 0,
                 kind: KIND_COMPILER,
             };
             assert_eq!(new.vips().unwrap(), vec![(vip, info)]);
+            assert_eq!(
+                new.direct_vip("192.0.2.10".parse().unwrap(), 8140, PROTO_TCP),
+                Some(info),
+                "the direct entry is rebuilt from the VIP map"
+            );
             assert!(xdp::link_pin(&opts.pin_dir, "lo").exists());
             assert!(new.fragments().unwrap().is_empty());
         });
