@@ -188,7 +188,10 @@ pub const MAX_SERVICES: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Two table regions per service (the active copy and the one being written).
 pub const MAX_REGIONS: u32 = MAX_SERVICES * 2;
-/// Total Maglev slots over all regions: 16 Mi slots, 64 MiB. Enough for two
+/// Total Maglev slots over all regions: 16 Mi slots, 128 MiB (the kernel
+/// rounds each array element up to 8 bytes, so a `u32` slot takes 8; packing
+/// two slots per element would halve it and the cache footprint of a pick,
+/// at the cost of a new map layout, left for the next layout bump). Enough for two
 /// copies of 655373-slot tables for 12 services, or of 65537-slot tables for
 /// all 64.
 pub const MAGLEV_CAPACITY: u32 = 16 * 1024 * 1024;
