@@ -5,10 +5,10 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{FlowKeyV4, FlowValue, maps::DEFAULT_FLOW_CAPACITY};
+use lb_common::{Counter, FlowKeyV4, FlowValue, hash::FILTER_SLOTS, maps::DEFAULT_FLOW_CAPACITY};
 
 /// The floor's table: the same key, value, size and flags as the
 /// production IPv4 flow table (`vx_flows4_v2`), but this object's own, so
@@ -17,6 +17,13 @@ use lb_common::{FlowKeyV4, FlowValue, maps::DEFAULT_FLOW_CAPACITY};
 #[map(name = "vx_bench_flows4")]
 static BENCH_FLOWS4: LruHashMap<FlowKeyV4, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 1 << 1);
+
+/// The bookkeeping floor's pre-filter (same size and element as
+/// `vx_vip_filter_v2`) and counter (one per-CPU record, as a reason's).
+#[map(name = "vx_bench_filter")]
+static BENCH_FILTER: Array<u64> = Array::with_max_entries(FILTER_SLOTS, 0);
+#[map(name = "vx_bench_counter")]
+static BENCH_COUNT: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
 /// Benchmark reference: swap the MACs and bounce the frame. It is what
 /// `cargo xtask bench dataplane` compares every path of the real program
@@ -73,13 +80,50 @@ pub fn vx_bench_insert(ctx: XdpContext) -> u32 {
     }
     // SAFETY: as in `vx_bench_lookup`.
     let key = unsafe { core::ptr::read_unaligned((start + 26) as *const FlowKeyV4) };
-    if BENCH_FLOWS4.get_ptr(&key).is_none() {
+    if BENCH_FLOWS4.get_ptr(key).is_none() {
         let value = FlowValue {
             backend_id: 1,
             ..FlowValue::default()
         };
-        if BENCH_FLOWS4.insert(&key, &value, 0).is_err() {
+        if BENCH_FLOWS4.insert(key, value, 0).is_err() {
             return xdp_action::XDP_DROP;
+        }
+    }
+    // SAFETY: the 12 address bytes lie inside the packet (checked above).
+    let eth = unsafe { &mut *(start as *mut [u8; 12]) };
+    let mut tmp = [0u8; 6];
+    tmp.copy_from_slice(&eth[0..6]);
+    eth.copy_within(6..12, 0);
+    eth[6..12].copy_from_slice(&tmp);
+    xdp_action::XDP_TX
+}
+
+/// The bookkeeping floor: the reflector plus what every packet voxlb
+/// handles pays whatever its path, one pre-filter read indexed by the
+/// destination address and port (at fixed offsets, no parsing) and one
+/// per-CPU counter record. Next to it the non-VIP pass row is read.
+#[xdp]
+pub fn vx_bench_count(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 38 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bytes 30..38 lie inside the packet (checked above).
+    let (addr, port) = unsafe {
+        (
+            core::ptr::read_unaligned((start + 30) as *const u32),
+            core::ptr::read_unaligned((start + 36) as *const u16),
+        )
+    };
+    let slot = addr.wrapping_mul(0x9e37_79b1) ^ u32::from(port);
+    if BENCH_FILTER.get(slot & (FILTER_SLOTS - 1)).copied() == Some(u64::MAX) {
+        return xdp_action::XDP_DROP;
+    }
+    if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value, written only by this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += (end - start) as u64;
         }
     }
     // SAFETY: the 12 address bytes lie inside the packet (checked above).

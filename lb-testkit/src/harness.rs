@@ -17,7 +17,9 @@ use voxlb::{
     xdp::XdpDataPlane,
 };
 
-use crate::object::{BENCH_FLOWS4, BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR, TEST_OBJECT};
+use crate::object::{
+    BENCH_COUNT, BENCH_FLOWS4, BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR, TEST_OBJECT,
+};
 
 /// Result of one BPF_PROG_TEST_RUN.
 #[derive(Debug, Clone)]
@@ -66,6 +68,7 @@ impl TestDataPlane {
         program(&mut test, BENCH_REFLECTOR)?.load().map_err(other)?;
         program(&mut test, BENCH_LOOKUP)?.load().map_err(other)?;
         program(&mut test, BENCH_INSERT)?.load().map_err(other)?;
+        program(&mut test, BENCH_COUNT)?.load().map_err(other)?;
         let dp = XdpDataPlane::from_unpinned(&mut product)?;
         Ok(TestDataPlane { product, test, dp })
     }
@@ -84,14 +87,15 @@ impl TestDataPlane {
     }
 
     /// Run `program_name` ([`PROGRAM_NAME`], or a benchmark program of the
-    /// test object: [`BENCH_REFLECTOR`], [`BENCH_LOOKUP`], [`BENCH_INSERT`])
-    /// on one frame, `repeat` times on the same buffer.
+    /// test object: [`BENCH_REFLECTOR`], [`BENCH_COUNT`], [`BENCH_LOOKUP`],
+    /// [`BENCH_INSERT`]) on one frame, `repeat` times on the same buffer.
     pub fn test_run(&mut self, program_name: &str, frame: &[u8], repeat: u32) -> Result<RunOutput> {
-        let ebpf = if [BENCH_REFLECTOR, BENCH_LOOKUP, BENCH_INSERT].contains(&program_name) {
-            &mut self.test
-        } else {
-            &mut self.product
-        };
+        let ebpf =
+            if [BENCH_REFLECTOR, BENCH_COUNT, BENCH_LOOKUP, BENCH_INSERT].contains(&program_name) {
+                &mut self.test
+            } else {
+                &mut self.product
+            };
         let prog = program(ebpf, program_name)?;
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();

@@ -13,6 +13,10 @@ pub const BENCH_LOOKUP: &str = "vx_bench_lookup";
 /// The SYN path's floor: the reflector plus a flow-table miss and insert.
 pub const BENCH_INSERT: &str = "vx_bench_insert";
 
+/// The bookkeeping floor: the reflector plus a pre-filter read and a
+/// per-CPU counter record.
+pub const BENCH_COUNT: &str = "vx_bench_count";
+
 /// The floor's own flow table (key and value as `vx_flows4_v2`).
 pub const BENCH_FLOWS4: &str = "vx_bench_flows4";
 
