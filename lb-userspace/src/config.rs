@@ -410,243 +410,30 @@ struct RawHealthCheck {
 // Validation.
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    if raw.interfaces.is_empty() {
-        return Err(invalid("interfaces", "at least one interface is needed"));
-    }
-    for (i, name) in raw.interfaces.iter().enumerate() {
-        check_ifname(name).map_err(|p| invalid(format!("interfaces[{i}]"), p))?;
-        if raw.interfaces[..i].contains(name) {
-            return Err(invalid(
-                format!("interfaces[{i}]"),
-                format!("{name:?} is listed twice"),
-            ));
-        }
-    }
-    let metrics_listen = match &raw.metrics_listen {
-        None => None,
-        Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                "metrics_listen",
-                format!("{s:?} is not an address:port (IPv6 as [addr]:port)"),
-            )
-        })?),
-    };
+    check_interfaces(&raw.interfaces)?;
+    let metrics_listen = parse_metrics_listen(raw.metrics_listen.as_deref())?;
     let flood_threshold = raw.flood_threshold.unwrap_or(DEFAULT_FLOOD_THRESHOLD);
-    let flow_capacity = raw.flow_capacity.unwrap_or(DEFAULT_FLOW_CAPACITY);
-    if flow_capacity == 0 || flow_capacity > MAX_FLOW_CAPACITY {
-        return Err(invalid(
-            "flow_capacity",
-            format!("{flow_capacity} is out of range 1..={MAX_FLOW_CAPACITY}"),
-        ));
-    }
-    for (key, p) in [
-        ("pin_dir", &raw.pin_dir),
-        ("control_socket", &raw.control_socket),
-        ("state_dir", &raw.state_dir),
-    ] {
-        if let Some(p) = p
-            && !p.is_absolute()
-        {
-            return Err(invalid(
-                key,
-                format!("{} is not an absolute path", p.display()),
-            ));
-        }
-    }
+    let flow_capacity = check_flow_capacity(raw.flow_capacity)?;
+    check_absolute_paths(&raw)?;
 
-    let mut names: HashMap<String, String> = HashMap::new();
-    let mut vips: HashMap<Vip, String> = HashMap::new();
-    // One view of each backend address over all services, to catch the same
-    // server described two ways.
-    let mut seen_backends: BTreeMap<IpAddr, (String, Backend)> = BTreeMap::new();
-    let mut claim_name = |key: &str, name: &str| -> Result<(), ConfigError> {
-        check_name(name).map_err(|p| invalid(format!("{key}.name"), p))?;
-        if let Some(other) = names.insert(name.to_owned(), key.to_owned()) {
-            return Err(invalid(
-                format!("{key}.name"),
-                format!("service name {name:?} is already used by {other}"),
-            ));
-        }
-        Ok(())
-    };
-    let mut claim_vip = |key: &str, vip: Vip| -> Result<(), ConfigError> {
-        if let Some(other) = vips.insert(vip, key.to_owned()) {
-            return Err(invalid(
-                format!("{key}.vip"),
-                format!("VIP {vip} is already used by {other}"),
-            ));
-        }
-        Ok(())
-    };
-    let mut claim_backend = |key: &str, b: &Backend| -> Result<(), ConfigError> {
-        if let Some((other, prev)) = seen_backends.get(&b.address) {
-            if prev.mac != b.mac || prev.name != b.name {
-                return Err(invalid(
-                    key.to_owned(),
-                    format!(
-                        "backend {} is also in {other} with a different {}",
-                        b.address,
-                        if prev.mac != b.mac { "mac" } else { "name" }
-                    ),
-                ));
-            }
-        } else {
-            seen_backends.insert(b.address, (key.to_owned(), b.clone()));
-        }
-        Ok(())
-    };
-
+    let mut claims = Claims::default();
     let mut compiler_services = Vec::new();
     let mut total_slots: u64 = 0;
     let mut total_backends = 0usize;
     for (i, s) in raw.compiler_services.into_iter().enumerate() {
         let key = format!("compiler_services[{i}]");
-        claim_name(&key, &s.name)?;
-        let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
-        claim_vip(&key, vip)?;
-        let forwarding = parse_forwarding(&key, vip, raw_forwarding!(s))?;
-        let mut backends: Vec<Backend> = Vec::new();
-        for (j, b) in s.backends.into_iter().enumerate() {
-            let bkey = format!("{key}.backends[{j}]");
-            let weight = match b.weight {
-                None => DEFAULT_WEIGHT,
-                Some(w) => check_weight(w).map_err(|p| invalid(format!("{bkey}.weight"), p))?,
-            };
-            let tier = match b.tier {
-                None => 0,
-                Some(t) => int_in(&format!("{bkey}.tier"), t, 0, MAX_TIER)?,
-            };
-            let backend = Backend {
-                address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
-                name: check_opt_name(&bkey, b.name)?,
-                weight,
-                mac: parse_opt_mac(&bkey, b.mac.as_deref())?,
-                tier,
-            };
-            if backends.iter().any(|o| o.address == backend.address) {
-                return Err(invalid(
-                    format!("{bkey}.address"),
-                    format!(
-                        "backend {} is listed twice in this service",
-                        backend.address
-                    ),
-                ));
-            }
-            check_routed_mac(&bkey, &forwarding, &backend)?;
-            claim_backend(&bkey, &backend)?;
-            backends.push(backend);
-        }
-        let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
-        maglev::validate_size(table_size, backends.len())
-            .map_err(|e| invalid(format!("{key}.table_size"), e.to_string()))?;
-        // Two copies per service (the one packets read, the one being written).
-        total_slots += 2 * table_size as u64;
-        if total_slots > MAGLEV_CAPACITY as u64 {
-            return Err(invalid(
-                format!("{key}.table_size"),
-                format!(
-                    "the Maglev tables of all services need {total_slots} slots \
-                     (two copies each), more than the {MAGLEV_CAPACITY} the data plane has"
-                ),
-            ));
-        }
-        total_backends += backends.len();
-        let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
-        let raw_balancing = RawBalancing {
-            balance: s.balance,
-            min_weight_percent: s.min_weight_percent,
-            min_healthy: s.min_healthy,
-            slow_start: s.slow_start,
-            load_interval: s.load_interval,
-            load_smoothing_percent: s.load_smoothing_percent,
-            load_hysteresis_percent: s.load_hysteresis_percent,
-            max_rewrites_per_minute: s.max_rewrites_per_minute,
-        };
-        let balancing = parse_balancing(&key, &raw_balancing, &health)?;
-        let retire_grace = match &s.retire_grace {
-            None => DEFAULT_RETIRE_GRACE,
-            Some(g) => {
-                let d = parse_duration(g).map_err(|p| invalid(format!("{key}.retire_grace"), p))?;
-                if d > MAX_RETIRE_GRACE {
-                    return Err(invalid(
-                        format!("{key}.retire_grace"),
-                        format!("{g:?} is longer than the maximum of 24h (1440m)"),
-                    ));
-                }
-                d
-            }
-        };
-        compiler_services.push(CompilerService {
-            name: s.name,
-            vip,
-            table_size,
-            health,
-            backends,
-            balancing,
-            retire_grace,
-            forwarding,
-        });
+        let service = compiler_service(&key, s, &mut claims, &mut total_slots)?;
+        total_backends += service.backends.len();
+        compiler_services.push(service);
     }
-
     let mut ca_services = Vec::new();
     for (i, s) in raw.ca_services.into_iter().enumerate() {
         let key = format!("ca_services[{i}]");
-        claim_name(&key, &s.name)?;
-        let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
-        claim_vip(&key, vip)?;
-        let forwarding = parse_forwarding(&key, vip, raw_forwarding!(s))?;
-        let ca_backend = |bkey: String, b: RawCaBackend| -> Result<Backend, ConfigError> {
-            let b = Backend {
-                address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
-                name: check_opt_name(&bkey, b.name)?,
-                weight: 1,
-                mac: parse_opt_mac(&bkey, b.mac.as_deref())?,
-                tier: 0,
-            };
-            check_routed_mac(&bkey, &forwarding, &b)?;
-            Ok(b)
-        };
-        let primary = ca_backend(format!("{key}.primary"), s.primary)?;
-        claim_backend(&format!("{key}.primary"), &primary)?;
-        let standby = match s.standby {
-            None => None,
-            Some(b) => {
-                let b = ca_backend(format!("{key}.standby"), b)?;
-                if b.address == primary.address {
-                    return Err(invalid(
-                        format!("{key}.standby.address"),
-                        format!("{} is also the primary", b.address),
-                    ));
-                }
-                claim_backend(&format!("{key}.standby"), &b)?;
-                Some(b)
-            }
-        };
-        total_backends += 1 + standby.is_some() as usize;
-        let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
-        ca_services.push(CaService {
-            name: s.name,
-            vip,
-            health,
-            primary,
-            standby,
-            forwarding,
-        });
+        let service = ca_service(&key, s, &mut claims)?;
+        total_backends += 1 + service.standby.is_some() as usize;
+        ca_services.push(service);
     }
-
-    let services = compiler_services.len() + ca_services.len();
-    if services > MAX_SERVICES as usize {
-        return Err(invalid(
-            "compiler_services",
-            format!("{services} services, the data plane holds at most {MAX_SERVICES}"),
-        ));
-    }
-    if total_backends > MAX_BACKENDS as usize {
-        return Err(invalid(
-            "compiler_services",
-            format!("{total_backends} backends, the data plane holds at most {MAX_BACKENDS}"),
-        ));
-    }
+    check_data_plane_room(compiler_services.len() + ca_services.len(), total_backends)?;
 
     let all_vips: Vec<Vip> = compiler_services
         .iter()
@@ -674,6 +461,296 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ca_services,
         bgp,
     })
+}
+
+fn check_interfaces(interfaces: &[String]) -> Result<(), ConfigError> {
+    if interfaces.is_empty() {
+        return Err(invalid("interfaces", "at least one interface is needed"));
+    }
+    for (i, name) in interfaces.iter().enumerate() {
+        check_ifname(name).map_err(|p| invalid(format!("interfaces[{i}]"), p))?;
+        if interfaces[..i].contains(name) {
+            return Err(invalid(
+                format!("interfaces[{i}]"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_metrics_listen(s: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(s) = s else {
+        return Ok(None);
+    };
+    let addr = s.parse::<SocketAddr>().map_err(|_| {
+        invalid(
+            "metrics_listen",
+            format!("{s:?} is not an address:port (IPv6 as [addr]:port)"),
+        )
+    })?;
+    Ok(Some(addr))
+}
+
+fn check_flow_capacity(raw: Option<u32>) -> Result<u32, ConfigError> {
+    let flow_capacity = raw.unwrap_or(DEFAULT_FLOW_CAPACITY);
+    if flow_capacity == 0 || flow_capacity > MAX_FLOW_CAPACITY {
+        return Err(invalid(
+            "flow_capacity",
+            format!("{flow_capacity} is out of range 1..={MAX_FLOW_CAPACITY}"),
+        ));
+    }
+    Ok(flow_capacity)
+}
+
+fn check_absolute_paths(raw: &RawConfig) -> Result<(), ConfigError> {
+    for (key, p) in [
+        ("pin_dir", &raw.pin_dir),
+        ("control_socket", &raw.control_socket),
+        ("state_dir", &raw.state_dir),
+    ] {
+        if let Some(p) = p
+            && !p.is_absolute()
+        {
+            return Err(invalid(
+                key,
+                format!("{} is not an absolute path", p.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What the services seen so far hold, so that no two of them share a name
+/// or a VIP, and the same server is not described two ways.
+#[derive(Default)]
+struct Claims {
+    /// Service name -> the key of the service that has it.
+    names: HashMap<String, String>,
+    /// VIP -> the key of the service that has it.
+    vips: HashMap<Vip, String>,
+    /// Backend address -> the first key it was seen under, and how.
+    backends: BTreeMap<IpAddr, (String, Backend)>,
+}
+
+impl Claims {
+    fn name(&mut self, key: &str, name: &str) -> Result<(), ConfigError> {
+        check_name(name).map_err(|p| invalid(format!("{key}.name"), p))?;
+        if let Some(other) = self.names.insert(name.to_owned(), key.to_owned()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("service name {name:?} is already used by {other}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn vip(&mut self, key: &str, vip: Vip) -> Result<(), ConfigError> {
+        if let Some(other) = self.vips.insert(vip, key.to_owned()) {
+            return Err(invalid(
+                format!("{key}.vip"),
+                format!("VIP {vip} is already used by {other}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn backend(&mut self, key: &str, b: &Backend) -> Result<(), ConfigError> {
+        if let Some((other, prev)) = self.backends.get(&b.address) {
+            if prev.mac != b.mac || prev.name != b.name {
+                return Err(invalid(
+                    key.to_owned(),
+                    format!(
+                        "backend {} is also in {other} with a different {}",
+                        b.address,
+                        if prev.mac != b.mac { "mac" } else { "name" }
+                    ),
+                ));
+            }
+        } else {
+            self.backends.insert(b.address, (key.to_owned(), b.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// A compiler service; `total_slots` counts the Maglev slots of the
+/// services so far, this one included.
+fn compiler_service(
+    key: &str,
+    s: RawCompilerService,
+    claims: &mut Claims,
+    total_slots: &mut u64,
+) -> Result<CompilerService, ConfigError> {
+    claims.name(key, &s.name)?;
+    let vip = parse_vip(key, &s.vip, s.protocol.as_deref())?;
+    claims.vip(key, vip)?;
+    let forwarding = parse_forwarding(key, vip, raw_forwarding!(s))?;
+    let mut backends: Vec<Backend> = Vec::new();
+    for (j, b) in s.backends.into_iter().enumerate() {
+        let bkey = format!("{key}.backends[{j}]");
+        let backend = compiler_backend(&bkey, b)?;
+        if backends.iter().any(|o| o.address == backend.address) {
+            return Err(invalid(
+                format!("{bkey}.address"),
+                format!(
+                    "backend {} is listed twice in this service",
+                    backend.address
+                ),
+            ));
+        }
+        check_routed_mac(&bkey, &forwarding, &backend)?;
+        claims.backend(&bkey, &backend)?;
+        backends.push(backend);
+    }
+    let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+    check_table_size(key, table_size, backends.len(), total_slots)?;
+    let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
+    let raw_balancing = RawBalancing {
+        balance: s.balance,
+        min_weight_percent: s.min_weight_percent,
+        min_healthy: s.min_healthy,
+        slow_start: s.slow_start,
+        load_interval: s.load_interval,
+        load_smoothing_percent: s.load_smoothing_percent,
+        load_hysteresis_percent: s.load_hysteresis_percent,
+        max_rewrites_per_minute: s.max_rewrites_per_minute,
+    };
+    let balancing = parse_balancing(key, &raw_balancing, &health)?;
+    let retire_grace = parse_retire_grace(key, s.retire_grace.as_deref())?;
+    Ok(CompilerService {
+        name: s.name,
+        vip,
+        table_size,
+        health,
+        backends,
+        balancing,
+        retire_grace,
+        forwarding,
+    })
+}
+
+fn compiler_backend(bkey: &str, b: RawBackend) -> Result<Backend, ConfigError> {
+    let weight = match b.weight {
+        None => DEFAULT_WEIGHT,
+        Some(w) => check_weight(w).map_err(|p| invalid(format!("{bkey}.weight"), p))?,
+    };
+    let tier = match b.tier {
+        None => 0,
+        Some(t) => int_in(&format!("{bkey}.tier"), t, 0, MAX_TIER)?,
+    };
+    Ok(Backend {
+        address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
+        name: check_opt_name(bkey, b.name)?,
+        weight,
+        mac: parse_opt_mac(bkey, b.mac.as_deref())?,
+        tier,
+    })
+}
+
+/// A service's table size against its backends, and the tables of all
+/// services so far (`total_slots`, to which this one's are added) against
+/// the data plane's table array.
+fn check_table_size(
+    key: &str,
+    table_size: u32,
+    backends: usize,
+    total_slots: &mut u64,
+) -> Result<(), ConfigError> {
+    maglev::validate_size(table_size, backends)
+        .map_err(|e| invalid(format!("{key}.table_size"), e.to_string()))?;
+    // Two copies per service (the one packets read, the one being written).
+    *total_slots += 2 * table_size as u64;
+    if *total_slots > MAGLEV_CAPACITY as u64 {
+        return Err(invalid(
+            format!("{key}.table_size"),
+            format!(
+                "the Maglev tables of all services need {total_slots} slots \
+                 (two copies each), more than the {MAGLEV_CAPACITY} the data plane has"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_retire_grace(key: &str, raw: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(g) = raw else {
+        return Ok(DEFAULT_RETIRE_GRACE);
+    };
+    let d = parse_duration(g).map_err(|p| invalid(format!("{key}.retire_grace"), p))?;
+    if d > MAX_RETIRE_GRACE {
+        return Err(invalid(
+            format!("{key}.retire_grace"),
+            format!("{g:?} is longer than the maximum of 24h (1440m)"),
+        ));
+    }
+    Ok(d)
+}
+
+fn ca_service(key: &str, s: RawCaService, claims: &mut Claims) -> Result<CaService, ConfigError> {
+    claims.name(key, &s.name)?;
+    let vip = parse_vip(key, &s.vip, s.protocol.as_deref())?;
+    claims.vip(key, vip)?;
+    let forwarding = parse_forwarding(key, vip, raw_forwarding!(s))?;
+    let primary = ca_backend(&format!("{key}.primary"), s.primary, &forwarding)?;
+    claims.backend(&format!("{key}.primary"), &primary)?;
+    let standby = match s.standby {
+        None => None,
+        Some(b) => {
+            let b = ca_backend(&format!("{key}.standby"), b, &forwarding)?;
+            if b.address == primary.address {
+                return Err(invalid(
+                    format!("{key}.standby.address"),
+                    format!("{} is also the primary", b.address),
+                ));
+            }
+            claims.backend(&format!("{key}.standby"), &b)?;
+            Some(b)
+        }
+    };
+    let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
+    Ok(CaService {
+        name: s.name,
+        vip,
+        health,
+        primary,
+        standby,
+        forwarding,
+    })
+}
+
+fn ca_backend(
+    bkey: &str,
+    b: RawCaBackend,
+    forwarding: &crate::forwarding::Forwarding,
+) -> Result<Backend, ConfigError> {
+    let b = Backend {
+        address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
+        name: check_opt_name(bkey, b.name)?,
+        weight: 1,
+        mac: parse_opt_mac(bkey, b.mac.as_deref())?,
+        tier: 0,
+    };
+    check_routed_mac(bkey, forwarding, &b)?;
+    Ok(b)
+}
+
+/// The services and backends of the whole config against what the data
+/// plane's maps hold.
+fn check_data_plane_room(services: usize, backends: usize) -> Result<(), ConfigError> {
+    if services > MAX_SERVICES as usize {
+        return Err(invalid(
+            "compiler_services",
+            format!("{services} services, the data plane holds at most {MAX_SERVICES}"),
+        ));
+    }
+    if backends > MAX_BACKENDS as usize {
+        return Err(invalid(
+            "compiler_services",
+            format!("{backends} backends, the data plane holds at most {MAX_BACKENDS}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The balancing keys of a compiler service, apart from the rest.
