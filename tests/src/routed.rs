@@ -50,7 +50,10 @@ use crate::{
     client,
     netns::{self, NsRuntime},
     pki::{HostSpec, Pki},
-    topology::{IFACE, Node, PORT, SERVICE_NAME, offloads_off, read_mac, spawn_testd},
+    topology::{
+        IFACE, Node, PORT, SERVICE_NAME, add_bridge, add_namespace, bridge_netfilter_off,
+        hold_vips_on_lo, offloads_off, plug, read_mac, spawn_testd,
+    },
 };
 
 /// Compiler VIP (IPv4) of the routed topology.
@@ -305,9 +308,7 @@ fn add_namespaces(p: &Plan, guard: &mut Guard) -> anyhow::Result<()> {
         .chain(p.compilers.iter().map(|c| c.ns.clone()))
         .collect();
     for ns in &names {
-        netns::run("ip", &["netns", "add", ns])?;
-        guard.namespaces.push(ns.clone());
-        netns::ip(ns, &["link", "set", "lo", "up"])?;
+        add_namespace(ns, &mut guard.namespaces)?;
     }
     Ok(())
 }
@@ -316,27 +317,9 @@ fn add_namespaces(p: &Plan, guard: &mut Guard) -> anyhow::Result<()> {
 /// (router, compilers), in the bridge namespace `br`.
 fn add_bridges(br: &str) -> anyhow::Result<()> {
     for bridge in ["br0", "br1"] {
-        netns::ip(
-            br,
-            &[
-                "link",
-                "add",
-                bridge,
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-            ],
-        )?;
-        netns::ip(br, &["link", "set", bridge, "up"])?;
+        add_bridge(br, bridge)?;
     }
-    for family in ["iptables", "ip6tables", "arptables"] {
-        let _ = netns::exec(
-            br,
-            "sysctl",
-            &["-qw", &format!("net.bridge.bridge-nf-call-{family}=0")],
-        );
-    }
+    bridge_netfilter_off(br);
     Ok(())
 }
 
@@ -391,18 +374,7 @@ fn plug_into_bridges(p: &Plan) -> anyhow::Result<()> {
         ));
     }
     for (ns, dev, port, bridge, a4, a6) in &links {
-        netns::ip(
-            br,
-            &[
-                "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns,
-            ],
-        )?;
-        netns::ip(br, &["link", "set", port, "master", bridge, "up"])?;
-        offloads_off(br, port)?;
-        offloads_off(ns, dev)?;
-        netns::ip(ns, &["addr", "add", a4, "dev", dev])?;
-        netns::ip(ns, &["-6", "addr", "add", a6, "dev", dev, "nodad"])?;
-        netns::ip(ns, &["link", "set", dev, "up"])?;
+        plug(br, bridge, port, ns, dev, a4, a6)?;
     }
     Ok(())
 }
@@ -580,24 +552,5 @@ fn set_up_compiler(c: &Node, (rb4, rb6): (Ipv4Addr, Ipv6Addr)) -> anyhow::Result
         &c.ns,
         &["-6", "route", "add", "default", "via", &rb6.to_string()],
     )?;
-    for k in [
-        "net.ipv4.conf.all.arp_ignore=1",
-        "net.ipv4.conf.all.arp_announce=2",
-    ] {
-        netns::exec(&c.ns, "sysctl", &["-qw", k])?;
-    }
-    netns::ip(&c.ns, &["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-    netns::ip(
-        &c.ns,
-        &[
-            "-6",
-            "addr",
-            "add",
-            &format!("{VIP6}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ],
-    )?;
-    Ok(())
+    hold_vips_on_lo(&c.ns, &[VIP4], &[VIP6])
 }
