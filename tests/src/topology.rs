@@ -272,7 +272,7 @@ impl Topology {
             )?;
         }
         let (client_addrs4, client_addrs6) = add_client_addrs(&client, spec.client_addrs)?;
-        route_vips_via_lb(&client, &lb)?;
+        route_vips_via_lb(&client.ns, &lb)?;
         // XDP_TX out of the LB's veth needs an XDP program on its peer.
         let peer_pin = pin_dir.join(format!("veth_peer_{LB_PEER}"));
         netns::run_in(&bridge_ns, || {
@@ -813,14 +813,14 @@ fn add_client_addrs(client: &Node, count: usize) -> anyhow::Result<(Vec<Ipv4Addr
     Ok((client_addrs4, client_addrs6))
 }
 
-/// The client reaches the VIPs' subnets through the LB.
-fn route_vips_via_lb(client: &Node, lb: &Node) -> anyhow::Result<()> {
+/// Namespace `ns` reaches the VIPs' subnets through the LB.
+pub fn route_vips_via_lb(ns: &str, lb: &Node) -> anyhow::Result<()> {
     netns::ip(
-        &client.ns,
+        ns,
         &["route", "add", "10.77.1.0/24", "via", &lb.ip4.to_string()],
     )?;
     netns::ip(
-        &client.ns,
+        ns,
         &[
             "-6",
             "route",

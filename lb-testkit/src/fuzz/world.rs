@@ -110,6 +110,20 @@ pub type ModelFlows = HashMap<FlowId, FlowEntry>;
 /// A 5-tuple in the model's own form.
 pub type FlowId = (IpAddr, IpAddr, u16, u16, u8);
 
+/// An active backend's record.
+fn active_backend(id: u32, service: u32, addr: IpAddr, generation: u32) -> BackendInfo {
+    let (addr, family) = addr_bytes(addr);
+    BackendInfo {
+        mac: backend_mac(id),
+        state: BACKEND_ACTIVE,
+        generation,
+        service_id: service,
+        addr,
+        family,
+        ..Default::default()
+    }
+}
+
 fn backend_addr(id: u32, v6: bool) -> IpAddr {
     if v6 {
         IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, id as u16))
@@ -163,18 +177,8 @@ impl World {
         ] {
             let mut pool = Vec::new();
             for id in ids {
-                let (addr, family) = addr_bytes(backend_addr(id, v6));
-                w.backends.insert(
-                    id,
-                    BackendInfo {
-                        mac: backend_mac(id),
-                        state: BACKEND_ACTIVE,
-                        service_id: service,
-                        addr,
-                        family,
-                        ..Default::default()
-                    },
-                );
+                w.backends
+                    .insert(id, active_backend(id, service, backend_addr(id, v6), 0));
                 pool.push(Member {
                     addr: backend_addr(id, v6),
                     weight: 1,
@@ -187,18 +191,8 @@ impl World {
         w.pools.insert(S_EMPTY, Vec::new());
         w.rebuild(S_EMPTY);
         for (id, service) in [(30, S_CA), (31, S_CA), (32, S_CA6)] {
-            let (addr, family) = addr_bytes(backend_addr(id, false));
-            w.backends.insert(
-                id,
-                BackendInfo {
-                    mac: backend_mac(id),
-                    state: BACKEND_ACTIVE,
-                    service_id: service,
-                    addr,
-                    family,
-                    ..Default::default()
-                },
-            );
+            w.backends
+                .insert(id, active_backend(id, service, backend_addr(id, false), 0));
         }
         w.ca_targets.insert(S_CA, 30);
         w.ca_targets.insert(S_CA6, 32);
@@ -273,19 +267,8 @@ impl World {
                     IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, self.reused as u16))
                 }
             };
-            let (a, family) = addr_bytes(addr);
-            self.backends.insert(
-                id,
-                BackendInfo {
-                    mac: backend_mac(id),
-                    state: BACKEND_ACTIVE,
-                    generation: generation + 1,
-                    service_id: service,
-                    addr: a,
-                    family,
-                    ..Default::default()
-                },
-            );
+            self.backends
+                .insert(id, active_backend(id, service, addr, generation + 1));
             pool.push(Member {
                 addr,
                 weight: 1,
