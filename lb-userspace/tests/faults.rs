@@ -26,11 +26,11 @@ use lb_common::{
     ServiceStats, VipInfo, VipKey, addr_bytes,
 };
 use lb_testkit::daemon_fixture;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use voxlb::{
     config::Config,
     control::{self, Request, Response},
-    daemon::{self, Daemon, RunOptions},
+    daemon::{self, Daemon},
     dataplane::{self, DataPlane, FakeDataPlane},
     neigh::StaticResolver,
     state::{AddedBackend, StateStore},
@@ -384,23 +384,9 @@ async fn hostile_cli_input_is_refused_before_any_map_write() {
 async fn pins_are_checked_on_every_request_and_periodically() {
     let dir = temp_dir("pincheck");
     let dp = Shared::default();
-    let path = write_config(&dir);
-    let config = Config::load(&path).unwrap();
-    let socket = config.control_socket.clone();
-    let listener = control::bind(&socket).unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(daemon::run(
-        config,
-        Some(path),
-        Box::new(dp.clone()),
-        listener,
-        RunOptions {
-            resolver: Box::new(StaticResolver::default()),
-            spawner: daemon::no_checks(),
-            signals: false,
-            stop: Some(stop_rx),
-        },
-    ));
+    let daemon_fixture::QuietDaemon { socket, stop, run } =
+        daemon_fixture::quiet_daemon(write_config(&dir), Box::new(dp.clone()), false);
+    let task = tokio::spawn(run);
     // The periodic check's first tick is immediate.
     let deadline = Instant::now() + Duration::from_secs(5);
     while dp.pin_checks.load(Ordering::SeqCst) == 0 {
@@ -424,23 +410,9 @@ async fn pins_are_checked_on_every_request_and_periodically() {
 async fn idle_connections_and_a_garbage_flood_do_not_lock_out_the_cli() {
     let dir = temp_dir("slowloris");
     let dp = Shared::default();
-    let path = write_config(&dir);
-    let config = Config::load(&path).unwrap();
-    let socket = config.control_socket.clone();
-    let listener = control::bind(&socket).unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(daemon::run(
-        config,
-        Some(path),
-        Box::new(dp.clone()),
-        listener,
-        RunOptions {
-            resolver: Box::new(StaticResolver::default()),
-            spawner: daemon::no_checks(),
-            signals: false,
-            stop: Some(stop_rx),
-        },
-    ));
+    let daemon_fixture::QuietDaemon { socket, stop, run } =
+        daemon_fixture::quiet_daemon(write_config(&dir), Box::new(dp.clone()), false);
+    let task = tokio::spawn(run);
     let s = socket.clone();
     let took = tokio::task::spawn_blocking(move || {
         // Wait until it serves.
