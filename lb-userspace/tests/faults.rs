@@ -628,16 +628,7 @@ fn deleted_pins_are_put_back_by_the_running_data_plane() {
     lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     // In a network namespace of its own (this thread only), on its loopback.
     std::thread::spawn(|| {
-        // SAFETY: unshare has no memory preconditions; it moves this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        let opts = LoadOptions {
-            interfaces: vec!["lo".into()],
-            mode: XdpMode::Generic,
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-pins-{}", std::process::id())),
-            flow_capacity: 1024,
-            replace: false,
-        };
-        let _ = std::fs::remove_dir_all(&opts.pin_dir);
+        let opts = own_netns_loopback("pins");
         let mut dp = XdpDataPlane::load(&opts).expect("load and attach");
         let vip = VipKey::new("192.0.2.10".parse().unwrap(), 8140, PROTO_TCP);
         dp.upsert_vip(
@@ -694,16 +685,7 @@ fn a_map_missing_from_older_pins_is_added_and_the_rest_reused() {
     lb_testkit::require_root!("pinning BPF objects");
     lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     std::thread::spawn(|| {
-        // SAFETY: unshare has no memory preconditions; it moves this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        let opts = LoadOptions {
-            interfaces: vec!["lo".into()],
-            mode: XdpMode::Generic,
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-newmap-{}", std::process::id())),
-            flow_capacity: 1024,
-            replace: false,
-        };
-        let _ = std::fs::remove_dir_all(&opts.pin_dir);
+        let opts = own_netns_loopback("newmap");
         let result = std::panic::catch_unwind(|| {
             let vip = VipKey::new("192.0.2.10".parse().unwrap(), 8140, PROTO_TCP);
             {
@@ -793,16 +775,7 @@ fn v1_pins_are_migrated_to_v2_with_their_flows() {
     lb_testkit::require_root!("pinning BPF objects");
     lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     std::thread::spawn(|| {
-        // SAFETY: unshare has no memory preconditions; it moves this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        let opts = LoadOptions {
-            interfaces: vec!["lo".into()],
-            mode: XdpMode::Generic,
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-v1-{}", std::process::id())),
-            flow_capacity: 1024,
-            replace: false,
-        };
-        let _ = std::fs::remove_dir_all(&opts.pin_dir);
+        let opts = own_netns_loopback("v1");
         std::fs::create_dir_all(&opts.pin_dir).unwrap();
         let key = |p: u16| FlowKey {
             src: [198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -931,4 +904,21 @@ fn v1_pins_are_migrated_to_v2_with_their_flows() {
     })
     .join()
     .unwrap();
+}
+
+/// Moves this thread into a network namespace of its own and returns load
+/// options for its loopback, with an empty pin directory
+/// `/sys/fs/bpf/vxh-NAME-PID`.
+fn own_netns_loopback(name: &str) -> LoadOptions {
+    // SAFETY: unshare has no memory preconditions; it moves this thread only.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+    let opts = LoadOptions {
+        interfaces: vec!["lo".into()],
+        mode: XdpMode::Generic,
+        pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-{name}-{}", std::process::id())),
+        flow_capacity: 1024,
+        replace: false,
+    };
+    let _ = std::fs::remove_dir_all(&opts.pin_dir);
+    opts
 }
