@@ -386,7 +386,7 @@ struct RawCaBackend {
     mac: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealthCheck {
     #[serde(rename = "type")]
@@ -1037,67 +1037,45 @@ fn parse_health(
     raw: Option<RawHealthCheck>,
     vip: Vip,
 ) -> Result<HealthCheck, ConfigError> {
-    let raw = raw.unwrap_or(RawHealthCheck {
-        kind: None,
-        port: None,
-        interval: None,
-        timeout: None,
-        rise: None,
-        fall: None,
-        path: None,
-        expect_status: None,
-        expect_body: None,
-        host: None,
-        ca_file: None,
-        insecure: None,
-        client_cert: None,
-        client_key: None,
-    });
+    let raw = raw.unwrap_or_default();
     let base = HealthCheck::openvox_default(TlsCheck {
         ca_file: None,
         insecure: false,
         client_cert: None,
         client_key: None,
     });
-    let kind_name = raw.kind.as_deref().unwrap_or("https");
-    let http = |raw: &RawHealthCheck| -> Result<HttpCheck, ConfigError> {
-        let CheckKind::Https(def, _) = &base.kind else {
-            unreachable!("the OpenVox default is an https check")
-        };
-        let path = raw.path.clone().unwrap_or_else(|| def.path.clone());
-        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(
-                format!("{key}.path"),
-                format!("{path:?} is not an absolute URL path without spaces"),
-            ));
-        }
-        let expect_status = raw.expect_status.unwrap_or(def.expect_status);
-        if !(100..=599).contains(&expect_status) {
-            return Err(invalid(
-                format!("{key}.expect_status"),
-                format!("{expect_status} is not an HTTP status"),
-            ));
-        }
-        // The OpenVox body check only makes sense with the OpenVox path.
-        let expect_body = match (&raw.expect_body, &raw.path) {
-            (Some(b), _) => Some(b.clone()).filter(|b| !b.is_empty()),
-            (None, None) => def.expect_body.clone(),
-            (None, Some(_)) => None,
-        };
-        if let Some(h) = &raw.host
-            && (h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return Err(invalid(
-                format!("{key}.host"),
-                format!("{h:?} is not a host name"),
-            ));
-        }
-        Ok(HttpCheck {
-            path,
-            expect_status,
-            expect_body,
-            host: raw.host.clone(),
-        })
+    let kind = parse_check_kind(key, &raw, &base)?;
+    let interval = check_duration(key, "interval", &raw.interval, base.interval)?;
+    let timeout = check_duration(key, "timeout", &raw.timeout, base.timeout)?;
+    if timeout > interval {
+        return Err(invalid(
+            format!("{key}.timeout"),
+            format!("{timeout:?} is longer than the interval ({interval:?})"),
+        ));
+    }
+    let port = raw.port.unwrap_or(vip.addr.port());
+    if port == 0 {
+        return Err(invalid(format!("{key}.port"), "port 0 cannot be probed"));
+    }
+    Ok(HealthCheck {
+        kind,
+        port,
+        interval,
+        timeout,
+        rise: check_count(key, "rise", raw.rise, base.rise)?,
+        fall: check_count(key, "fall", raw.fall, base.fall)?,
+    })
+}
+
+/// The check's type and the keys that go with it (`base`: the OpenVox
+/// default check, whose HTTP settings are the defaults).
+fn parse_check_kind(
+    key: &str,
+    raw: &RawHealthCheck,
+    base: &HealthCheck,
+) -> Result<CheckKind, ConfigError> {
+    let CheckKind::Https(def, _) = &base.kind else {
+        unreachable!("the OpenVox default is an https check")
     };
     let only_https = [
         ("ca_file", raw.ca_file.is_some()),
@@ -1111,21 +1089,15 @@ fn parse_health(
         ("expect_body", raw.expect_body.is_some()),
         ("host", raw.host.is_some()),
     ];
-    let reject = |keys: &[(&str, bool)], why: &str| -> Result<(), ConfigError> {
-        match keys.iter().find(|(_, set)| *set) {
-            Some((k, _)) => Err(invalid(format!("{key}.{k}"), why.to_owned())),
-            None => Ok(()),
-        }
-    };
-    let kind = match kind_name {
+    Ok(match raw.kind.as_deref().unwrap_or("https") {
         "tcp" => {
-            reject(&only_http, "only used by http and https checks")?;
-            reject(&only_https, "only used by https checks")?;
+            reject_keys(key, &only_http, "only used by http and https checks")?;
+            reject_keys(key, &only_https, "only used by https checks")?;
             CheckKind::Tcp
         }
         "http" => {
-            reject(&only_https, "only used by https checks")?;
-            CheckKind::Http(http(&raw)?)
+            reject_keys(key, &only_https, "only used by https checks")?;
+            CheckKind::Http(parse_http(key, raw, def)?)
         }
         "https" => {
             let tls = TlsCheck {
@@ -1137,7 +1109,7 @@ fn parse_health(
             // The rules live with the checker (`TlsCheck::check`).
             tls.check()
                 .map_err(|rule| invalid(format!("{key}.{}", rule.key()), rule.to_string()))?;
-            CheckKind::Https(http(&raw)?, tls)
+            CheckKind::Https(parse_http(key, raw, def)?, tls)
         }
         other => {
             return Err(invalid(
@@ -1145,51 +1117,86 @@ fn parse_health(
                 format!("{other:?} is not \"tcp\", \"http\" or \"https\""),
             ));
         }
-    };
-    let dur = |k: &str, v: &Option<String>, def: Duration| -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(def),
-            Some(s) => {
-                let d = parse_duration(s).map_err(|p| invalid(format!("{key}.{k}"), p))?;
-                if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
-                    return Err(invalid(
-                        format!("{key}.{k}"),
-                        format!("{s:?} is out of range 10ms..=1h"),
-                    ));
-                }
-                Ok(d)
-            }
-        }
-    };
-    let interval = dur("interval", &raw.interval, base.interval)?;
-    let timeout = dur("timeout", &raw.timeout, base.timeout)?;
-    if timeout > interval {
+    })
+}
+
+/// The first of `keys` that is set, as an error: it is `why`.
+fn reject_keys(key: &str, keys: &[(&str, bool)], why: &str) -> Result<(), ConfigError> {
+    match keys.iter().find(|(_, set)| *set) {
+        Some((k, _)) => Err(invalid(format!("{key}.{k}"), why.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// The HTTP part of an http or https check (`def`: the defaults).
+fn parse_http(key: &str, raw: &RawHealthCheck, def: &HttpCheck) -> Result<HttpCheck, ConfigError> {
+    let path = raw.path.clone().unwrap_or_else(|| def.path.clone());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid(
-            format!("{key}.timeout"),
-            format!("{timeout:?} is longer than the interval ({interval:?})"),
+            format!("{key}.path"),
+            format!("{path:?} is not an absolute URL path without spaces"),
         ));
     }
-    let count = |k: &str, v: Option<u32>, def: u32| -> Result<u32, ConfigError> {
-        let v = v.unwrap_or(def);
-        if (1..=100).contains(&v) {
-            Ok(v)
-        } else {
-            Err(invalid(
-                format!("{key}.{k}"),
-                format!("{v} is out of range 1..=100"),
-            ))
-        }
-    };
-    let port = raw.port.unwrap_or(vip.addr.port());
-    if port == 0 {
-        return Err(invalid(format!("{key}.port"), "port 0 cannot be probed"));
+    let expect_status = raw.expect_status.unwrap_or(def.expect_status);
+    if !(100..=599).contains(&expect_status) {
+        return Err(invalid(
+            format!("{key}.expect_status"),
+            format!("{expect_status} is not an HTTP status"),
+        ));
     }
-    Ok(HealthCheck {
-        kind,
-        port,
-        interval,
-        timeout,
-        rise: count("rise", raw.rise, base.rise)?,
-        fall: count("fall", raw.fall, base.fall)?,
+    // The OpenVox body check only makes sense with the OpenVox path.
+    let expect_body = match (&raw.expect_body, &raw.path) {
+        (Some(b), _) => Some(b.clone()).filter(|b| !b.is_empty()),
+        (None, None) => def.expect_body.clone(),
+        (None, Some(_)) => None,
+    };
+    if let Some(h) = &raw.host
+        && (h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(invalid(
+            format!("{key}.host"),
+            format!("{h:?} is not a host name"),
+        ));
+    }
+    Ok(HttpCheck {
+        path,
+        expect_status,
+        expect_body,
+        host: raw.host.clone(),
     })
+}
+
+/// Duration `key.k` of a check, 10 ms to 1 h.
+fn check_duration(
+    key: &str,
+    k: &str,
+    v: &Option<String>,
+    def: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(def),
+        Some(s) => {
+            let d = parse_duration(s).map_err(|p| invalid(format!("{key}.{k}"), p))?;
+            if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                return Err(invalid(
+                    format!("{key}.{k}"),
+                    format!("{s:?} is out of range 10ms..=1h"),
+                ));
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Count `key.k` of a check (rise, fall), 1 to 100.
+fn check_count(key: &str, k: &str, v: Option<u32>, def: u32) -> Result<u32, ConfigError> {
+    let v = v.unwrap_or(def);
+    if (1..=100).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(
+            format!("{key}.{k}"),
+            format!("{v} is out of range 1..=100"),
+        ))
+    }
 }
