@@ -213,98 +213,19 @@ impl Daemon {
         };
         let new = match Config::load(&path) {
             Ok(c) => c,
-            Err(e) => {
-                let msg = format!("reload failed, old config kept: {e}");
-                error!("{msg}");
-                self.last_reload_error = Some(msg.clone());
-                return Response::error(msg);
-            }
+            Err(e) => return self.reload_failed(e),
         };
         if let Err(e) = validate_checks(&new) {
-            let msg = format!("reload failed, old config kept: {e}");
-            error!("{msg}");
-            self.last_reload_error = Some(msg.clone());
-            return Response::error(msg);
+            return self.reload_failed(e);
         }
-        let fixed = [
-            ("interfaces", new.interfaces != self.config.interfaces),
-            ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
-            ("pin_dir", new.pin_dir != self.config.pin_dir),
-            (
-                "control_socket",
-                new.control_socket != self.config.control_socket,
-            ),
-            ("state_dir", new.state_dir != self.config.state_dir),
-            (
-                "metrics_listen",
-                new.metrics_listen != self.config.metrics_listen,
-            ),
-            (
-                "flow_capacity",
-                new.flow_capacity != self.config.flow_capacity,
-            ),
-        ];
-        for (k, changed) in fixed {
-            if changed {
-                warn!("reload: {k} changed; it takes effect at the next restart");
-            }
-        }
+        warn_restart_only_changes(&self.config, &new);
         let bgp_changed = new.bgp != self.config.bgp;
-        // The flood threshold is one map word: it changes at once.
-        if new.flood_threshold != self.config.flood_threshold
-            && let Err(e) = self.dp.set_flood_threshold(new.flood_threshold)
-        {
-            warn!("reload: setting the flood threshold: {e}");
-        }
-        if new.icmp_steering != self.config.icmp_steering
-            && let Err(e) = self.dp.set_icmp_steering(new.icmp_steering)
-        {
-            warn!("reload: setting icmp_steering: {e}");
-        }
+        self.apply_live_settings(&new);
         let mut dropped = Vec::new();
         let mut retired = Vec::new();
         let old = self.config.clone();
         let resp = self.change(Some(new.clone()), |st| {
-            let before: Vec<(String, config::Backend)> = old
-                .compiler_services
-                .iter()
-                .flat_map(|s| {
-                    reconcile::effective_backends(s, st.overlays.get(&s.name))
-                        .into_iter()
-                        .map(|e| (s.name.clone(), e.backend))
-                })
-                .collect();
-            dropped = reconcile::prune_overlay(&new, st);
-            // A backend the new config drops retires like a CLI removal; a
-            // service dropped entirely takes its VIP with it.
-            let now_ms = unix_ms_now();
-            for (name, b) in before {
-                let Some(svc) = new.compiler(&name) else {
-                    continue;
-                };
-                let o = st.overlays.get(&name);
-                let still = reconcile::effective_backends(svc, o)
-                    .iter()
-                    .any(|e| e.backend.address == b.address);
-                if still {
-                    continue;
-                }
-                st.overlays.entry(name.clone()).or_default().retiring.insert(
-                    b.address,
-                    Retiring {
-                        name: b.name.clone(),
-                        weight: b.weight,
-                        mac: b.mac,
-                        tier: b.tier,
-                        deadline_unix_ms: now_ms + svc.retire_grace.as_millis() as u64,
-                    },
-                );
-                retired.push(format!(
-                    "service {name}: {} is gone from the config; retiring (its established connections finish on it, at most {})",
-                    b.address,
-                    fmt_duration(svc.retire_grace)
-                ));
-            }
+            (dropped, retired) = retire_what_the_config_drops(&old, &new, st);
             Ok(if retired.is_empty() {
                 "config reloaded".into()
             } else {
@@ -322,13 +243,7 @@ impl Daemon {
                 self.last_reload_error = None;
                 info!("config reloaded from {}", path.display());
                 if bgp_changed {
-                    match (self.announcer.as_mut(), new.bgp.clone()) {
-                        (Some(a), Some(b)) => a.reconfigure(b),
-                        (Some(_), None) => self.stop_announcing(),
-                        (None, Some(b)) => self.announcer = Some(Announcer::new(b)),
-                        (None, None) => {}
-                    }
-                    self.announce();
+                    self.reconfigure_announcer(new.bgp.clone());
                 }
                 self.solicit_unresolved();
                 self.sync_checkers();
@@ -340,6 +255,41 @@ impl Daemon {
             _ => {}
         }
         resp
+    }
+
+    /// A reload that did not get as far as a change: logged, kept for
+    /// `voxlb status`, answered.
+    fn reload_failed(&mut self, e: impl std::fmt::Display) -> Response {
+        let msg = format!("reload failed, old config kept: {e}");
+        error!("{msg}");
+        self.last_reload_error = Some(msg.clone());
+        Response::error(msg)
+    }
+
+    /// Settings that are one map word each: they change at once.
+    fn apply_live_settings(&mut self, new: &Config) {
+        if new.flood_threshold != self.config.flood_threshold
+            && let Err(e) = self.dp.set_flood_threshold(new.flood_threshold)
+        {
+            warn!("reload: setting the flood threshold: {e}");
+        }
+        if new.icmp_steering != self.config.icmp_steering
+            && let Err(e) = self.dp.set_icmp_steering(new.icmp_steering)
+        {
+            warn!("reload: setting icmp_steering: {e}");
+        }
+    }
+
+    /// A changed `[bgp]`: the announcer is reconfigured, started or
+    /// stopped, and announces again.
+    fn reconfigure_announcer(&mut self, bgp: Option<crate::announce::BgpConfig>) {
+        match (self.announcer.as_mut(), bgp) {
+            (Some(a), Some(b)) => a.reconfigure(b),
+            (Some(_), None) => self.stop_announcing(),
+            (None, Some(b)) => self.announcer = Some(Announcer::new(b)),
+            (None, None) => {}
+        }
+        self.announce();
     }
 
     /// `voxlb backend remove`: retire the backend (or, `now`, remove it at
@@ -569,4 +519,77 @@ fn add_to_overlay(
         );
     }
     Ok(done)
+}
+
+/// Settings a reload cannot change: each one that changed is logged.
+fn warn_restart_only_changes(old: &Config, new: &Config) {
+    let fixed = [
+        ("interfaces", new.interfaces != old.interfaces),
+        ("xdp_mode", new.xdp_mode != old.xdp_mode),
+        ("pin_dir", new.pin_dir != old.pin_dir),
+        ("control_socket", new.control_socket != old.control_socket),
+        ("state_dir", new.state_dir != old.state_dir),
+        ("metrics_listen", new.metrics_listen != old.metrics_listen),
+        ("flow_capacity", new.flow_capacity != old.flow_capacity),
+    ];
+    for (k, changed) in fixed {
+        if changed {
+            warn!("reload: {k} changed; it takes effect at the next restart");
+        }
+    }
+}
+
+/// The overlay of `st` brought in line with the `new` config: entries it
+/// no longer applies to are dropped, and a backend the new config drops
+/// retires like a CLI removal (a service dropped entirely takes its VIP
+/// with it). Returns what was dropped and what retires, as log lines.
+fn retire_what_the_config_drops(
+    old: &Config,
+    new: &Config,
+    st: &mut State,
+) -> (Vec<String>, Vec<String>) {
+    let before: Vec<(String, config::Backend)> = old
+        .compiler_services
+        .iter()
+        .flat_map(|s| {
+            reconcile::effective_backends(s, st.overlays.get(&s.name))
+                .into_iter()
+                .map(|e| (s.name.clone(), e.backend))
+        })
+        .collect();
+    let dropped = reconcile::prune_overlay(new, st);
+    let mut retired = Vec::new();
+    let now_ms = unix_ms_now();
+    for (name, b) in before {
+        let Some(svc) = new.compiler(&name) else {
+            continue;
+        };
+        let o = st.overlays.get(&name);
+        let still = reconcile::effective_backends(svc, o)
+            .iter()
+            .any(|e| e.backend.address == b.address);
+        if still {
+            continue;
+        }
+        st.overlays
+            .entry(name.clone())
+            .or_default()
+            .retiring
+            .insert(
+                b.address,
+                Retiring {
+                    name: b.name.clone(),
+                    weight: b.weight,
+                    mac: b.mac,
+                    tier: b.tier,
+                    deadline_unix_ms: now_ms + svc.retire_grace.as_millis() as u64,
+                },
+            );
+        retired.push(format!(
+            "service {name}: {} is gone from the config; retiring (its established connections finish on it, at most {})",
+            b.address,
+            fmt_duration(svc.retire_grace)
+        ));
+    }
+    (dropped, retired)
 }
