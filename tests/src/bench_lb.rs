@@ -334,3 +334,61 @@ pub fn wait_ready(topo: &Topology, what: &str) -> anyhow::Result<()> {
     }
     bail!("{what} not ready through the VIP: {last}")
 }
+
+/// The daemon and backend binaries a benchmark runs: the ones given, else
+/// the ones next to the running binary.
+pub fn binaries(
+    voxlb: Option<&PathBuf>,
+    testd: Option<&PathBuf>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let voxlb_bin = match voxlb {
+        Some(p) => p.clone(),
+        None => sibling("voxlb")?,
+    };
+    let testd = match testd {
+        Some(p) => p.clone(),
+        None => sibling("voxlb-testd")?,
+    };
+    Ok((voxlb_bin, testd))
+}
+
+/// Now, as a report's date (`2026-01-31 12:00 UTC`).
+pub fn utc_date() -> anyhow::Result<String> {
+    Ok(netns::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?
+        .trim()
+        .to_owned())
+}
+
+/// The 1, 5 and 15 minute load averages (empty if unreadable).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The benchmarks' topology (3 compilers, 1 client address, namespaces
+/// named `kind`), tuned, its compilers' processes in `cg`'s load group.
+/// `cg` must outlive it.
+pub fn bench_topology(
+    kind: &'static str,
+    cg: &Cgroups,
+    testd: PathBuf,
+) -> anyhow::Result<Topology> {
+    eprintln!("building the topology (3 compilers)...");
+    let topo = Topology::build(&topology::Spec {
+        kind,
+        compilers: 3,
+        client_addrs: 1,
+        testd,
+    })?;
+    tune(&topo)?;
+    for c in &topo.compilers {
+        for pid in netns::pids_in(&c.ns) {
+            cg.add(bench::CG_LOAD, pid)?;
+        }
+    }
+    Ok(topo)
+}

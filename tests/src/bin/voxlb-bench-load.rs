@@ -26,10 +26,10 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use voxlb_tests::{
     agent::{AgentConfig, AgentReport, SkewedPool, run_agents},
-    bench::{self, CG_LOAD, Cgroups, CpuMeter, fmt_num, fmt_ratio, markdown_table, median},
-    bench_lb::{self, LbProcess, check_stop, sibling, tune},
+    bench::{self, Cgroups, CpuMeter, fmt_num, fmt_ratio, markdown_table, median},
+    bench_lb::{self, LbProcess, check_stop},
     netns,
-    topology::{Spec, Topology},
+    topology::Topology,
 };
 
 #[derive(Parser, Debug)]
@@ -212,37 +212,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
         warmup < duration,
         "--warmup must be shorter than --duration"
     );
-    let voxlb_bin = match &args.voxlb {
-        Some(p) => p.clone(),
-        None => sibling("voxlb")?,
-    };
-    let testd = match &args.testd {
-        Some(p) => p.clone(),
-        None => sibling("voxlb-testd")?,
-    };
+    let (voxlb_bin, testd) = bench_lb::binaries(args.voxlb.as_ref(), args.testd.as_ref())?;
     netns::run("sh", &["-c", "command -v haproxy"]).context("haproxy is not installed")?;
     let started = Instant::now();
-    let date = netns::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?
-        .trim()
-        .to_owned();
-    let load_before = loadavg();
+    let date = bench_lb::utc_date()?;
+    let load_before = bench_lb::loadavg();
 
     // Declared before the topology: dropped after it, once its processes
     // are gone.
     let cg = Cgroups::create(&format!("vxl-{}-0", std::process::id()))?;
-    eprintln!("building the topology (3 compilers)...");
-    let topo = Topology::build(&Spec {
-        kind: "vxl",
-        compilers: 3,
-        client_addrs: 1,
-        testd,
-    })?;
-    tune(&topo)?;
-    for c in &topo.compilers {
-        for pid in netns::pids_in(&c.ns) {
-            cg.add(CG_LOAD, pid)?;
-        }
-    }
+    let topo = bench_lb::bench_topology("vxl", &cg, testd)?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map_err(|e| eprintln!("note: BPF run-time stats unavailable: {e}"))
         .ok();
@@ -319,7 +298,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         slow: &slow,
         date,
         elapsed: started.elapsed(),
-        load: (load_before, loadavg()),
+        load: (load_before, bench_lb::loadavg()),
     };
     let md = report.markdown();
     println!("\n{md}");
@@ -345,15 +324,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
     drop(topo);
     drop(cg);
     Ok(())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// One balancer: set the compilers' pools, start it, run the agents
