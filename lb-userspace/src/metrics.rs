@@ -118,6 +118,14 @@ fn family(o: &mut String, name: &str, kind: &str, help: &str) {
 
 /// The data plane's counters: reasons, services, backends, flood mode.
 fn counters(o: &mut String, stats: &StatsView) {
+    reason_counters(o, stats);
+    service_counters(o, stats);
+    backend_counters(o, stats);
+    flood_metrics(o, stats);
+}
+
+/// Packets and bytes by reason (passes and drops, and the derived tx ones).
+fn reason_counters(o: &mut String, stats: &StatsView) {
     family(
         o,
         "voxlb_reason_packets_total",
@@ -144,6 +152,9 @@ fn counters(o: &mut String, stats: &StatsView) {
             r.reason, r.verdict, r.bytes
         );
     }
+}
+
+fn service_counters(o: &mut String, stats: &StatsView) {
     let svc_metrics: [Metric<ServiceStat>; 4] = [
         (
             "voxlb_service_packets_total",
@@ -178,6 +189,9 @@ fn counters(o: &mut String, stats: &StatsView) {
             );
         }
     }
+}
+
+fn backend_counters(o: &mut String, stats: &StatsView) {
     let be_metrics: [Metric<BackendStat>; 3] = [
         (
             "voxlb_backend_packets_total",
@@ -210,6 +224,10 @@ fn counters(o: &mut String, stats: &StatsView) {
             }
         }
     }
+}
+
+/// Flood mode: its threshold, the CPUs in it, what it forwarded.
+fn flood_metrics(o: &mut String, stats: &StatsView) {
     let f = &stats.flood;
     for (name, kind, help, v) in [
         (
