@@ -617,31 +617,23 @@ fn effective_sysctl(iface: &str, key: &str) -> Option<u32> {
 
 /// An IPv4 VIP on lo must be neither answered for nor used in ARP.
 fn check_arp(iface: &str) -> Vec<Finding> {
-    let ignore = match effective_sysctl(iface, "arp_ignore") {
-        Some(v) if v >= 1 => finding("arp_ignore", true, format!("{v}")),
+    [
+        ("arp_ignore", 1, "do not answer ARP for the VIP on lo"),
+        ("arp_announce", 2, "never use the VIP as ARP source"),
+    ]
+    .into_iter()
+    .map(|(key, want, why)| match effective_sysctl(iface, key) {
+        Some(v) if v >= want => finding(key, true, format!("{v}")),
         v => finding(
-            "arp_ignore",
+            key,
             false,
             format!(
-                "{} (want 1: do not answer ARP for the VIP on lo): \
-                 sysctl -w net.ipv4.conf.all.arp_ignore=1",
+                "{} (want {want}: {why}): sysctl -w net.ipv4.conf.all.{key}={want}",
                 v.map_or("unreadable".into(), |v| v.to_string())
             ),
         ),
-    };
-    let announce = match effective_sysctl(iface, "arp_announce") {
-        Some(v) if v >= 2 => finding("arp_announce", true, format!("{v}")),
-        v => finding(
-            "arp_announce",
-            false,
-            format!(
-                "{} (want 2: never use the VIP as ARP source): \
-                 sysctl -w net.ipv4.conf.all.arp_announce=2",
-                v.map_or("unreadable".into(), |v| v.to_string())
-            ),
-        ),
-    };
-    vec![ignore, announce]
+    })
+    .collect()
 }
 
 fn check_rp_filter(iface: &str) -> Finding {

@@ -99,11 +99,7 @@ pub fn flow_case(r: &mut Rng) -> Case {
         // A router's ICMP error about the compiler's reply on this flow.
         let f = icmp_about(r, dst, dport, proto, src, sport);
         return Case {
-            class: if dst.is_ipv6() {
-                Class::IcmpV6
-            } else {
-                Class::IcmpV4
-            },
+            class: by_family(dst, Class::IcmpV4, Class::IcmpV6),
             frame: f.build(),
             desc: format!("flow {src}:{sport} -> {dst}:{dport}: ICMP {:?}", f.l4),
         };
@@ -113,11 +109,7 @@ pub fn flow_case(r: &mut Rng) -> Case {
         let id = 7 + r.below(4) as u32;
         let (f, what) = fragment_of(r, src, sport, dst, dport, proto, id);
         return Case {
-            class: if dst.is_ipv6() {
-                Class::FragV6
-            } else {
-                Class::FragV4
-            },
+            class: by_family(dst, Class::FragV4, Class::FragV6),
             frame: f.build(),
             desc: format!("flow {src}:{sport} -> {dst}:{dport}: {what} id {id}"),
         };
@@ -148,6 +140,11 @@ pub fn flow_case(r: &mut Rng) -> Case {
             if group { " to a group address" } else { "" }
         ),
     }
+}
+
+/// `v4` or `v6`, by the family of `addr`.
+fn by_family(addr: IpAddr, v4: Class, v6: Class) -> Class {
+    if addr.is_ipv6() { v6 } else { v4 }
 }
 
 /// The router on the compilers' return path that sends ICMP errors.

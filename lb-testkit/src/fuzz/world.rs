@@ -282,20 +282,16 @@ impl World {
             let id = pool[i].value;
             let be = self.backends.get_mut(&id).expect("pool backend");
             match r.below(6) {
-                0 => {
-                    be.state = BACKEND_DRAINING;
+                // Out of the table: drained, retiring or down.
+                n @ (0 | 1 | 5) => {
+                    let (state, what) = match n {
+                        0 => (BACKEND_DRAINING, "drain"),
+                        5 => (BACKEND_RETIRING, "retire"),
+                        _ => (BACKEND_DOWN, "down"),
+                    };
+                    be.state = state;
                     pool[i].weight = 0;
-                    format!("drain {id}")
-                }
-                5 => {
-                    be.state = BACKEND_RETIRING;
-                    pool[i].weight = 0;
-                    format!("retire {id}")
-                }
-                1 => {
-                    be.state = BACKEND_DOWN;
-                    pool[i].weight = 0;
-                    format!("down {id}")
+                    format!("{what} {id}")
                 }
                 2 => {
                     be.state = BACKEND_ACTIVE;
