@@ -392,3 +392,42 @@ pub fn bench_topology(
     }
     Ok(topo)
 }
+
+/// Turns on the kernel's BPF run-time statistics (the XDP program's run
+/// time in the reports) until the returned fd is dropped; `None`, with a
+/// note, where the kernel refuses.
+pub fn run_time_stats() -> Option<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| eprintln!("note: BPF run-time stats unavailable: {e}"))
+        .ok()
+}
+
+/// Writes a benchmark's report: the Markdown to `out`, by default
+/// `bench/NAME.md` (`bench/NAME-quick.md` for a quick run), and the JSON
+/// next to it.
+pub fn write_report(
+    out: Option<&PathBuf>,
+    name: &str,
+    quick: bool,
+    md: &str,
+    json: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let out = out.cloned().unwrap_or_else(|| {
+        let file = if quick {
+            format!("{name}-quick.md")
+        } else {
+            format!("{name}.md")
+        };
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../bench")
+            .join(file)
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+    let json_path = out.with_extension("json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(json)?)?;
+    eprintln!("wrote {} and {}", out.display(), json_path.display());
+    Ok(())
+}

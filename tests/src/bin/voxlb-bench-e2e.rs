@@ -25,7 +25,7 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -231,9 +231,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let topo = bench_lb::bench_topology("vxb", &cg, testd)?;
     // XDP program run time for the report; released (and the kernel's stats
     // switched off again) when this fd is dropped.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|e| eprintln!("note: BPF run-time stats unavailable: {e}"))
-        .ok();
+    let _stats = bench_lb::run_time_stats();
     let meter = CpuMeter::new(&cg);
     let bench = Bench {
         topo: &topo,
@@ -283,7 +281,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     println!("\n{md}");
     if !args.no_write {
-        write_report(args, &md, &report)?;
+        bench_lb::write_report(args.out.as_ref(), "e2e", args.quick, &md, &report.json())?;
     }
     drop(cg);
     Ok(())
@@ -366,25 +364,6 @@ fn print_sample(pattern: Pattern, s: &Sample) {
         s.foreign_share() * 100.0,
         s.loaded.errors + s.probe.errors,
     );
-}
-
-/// The report as Markdown (`--out`, else `bench/e2e.md` or
-/// `bench/e2e-quick.md`) and JSON next to it.
-fn write_report(args: &Args, md: &str, report: &Report) -> anyhow::Result<()> {
-    let out = args.out.clone().unwrap_or_else(|| {
-        let name = if args.quick { "e2e-quick.md" } else { "e2e.md" };
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../bench")
-            .join(name)
-    });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
-    let json = out.with_extension("json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report.json())?)?;
-    eprintln!("wrote {} and {}", out.display(), json.display());
-    Ok(())
 }
 
 struct Bench<'a> {
