@@ -704,8 +704,6 @@ pub fn apply(
     previous: Option<&Desired>,
     dp: &mut dyn DataPlane,
 ) -> Result<Applied, DataPlaneError> {
-    let mut done = Applied::default();
-
     // Current backend slots for every id that matters.
     let ids: BTreeSet<u32> = match previous {
         Some(p) => p
@@ -718,95 +716,135 @@ pub fn apply(
     };
     let mut current: BTreeMap<u32, BackendInfo> = BTreeMap::new();
     for id in &ids {
-        let cur = match previous {
-            Some(p) => match p.backends.get(id) {
-                Some(b) => *b,
-                None => dp.backend(*id)?,
-            },
+        let cur = match previous.and_then(|p| p.backends.get(id)) {
+            Some(b) => *b,
             None => dp.backend(*id)?,
         };
         current.insert(*id, cur);
     }
-
-    let write_backend = |dp: &mut dyn DataPlane,
-                         current: &mut BTreeMap<u32, BackendInfo>,
-                         done: &mut Applied,
-                         id: u32,
-                         info: BackendInfo| {
-        if current.get(&id) != Some(&info) {
-            dp.set_backend(id, info)?;
-            current.insert(id, info);
-            done.backends += 1;
-        }
-        Ok::<_, DataPlaneError>(())
+    let mut a = Applier {
+        desired,
+        previous,
+        dp,
+        current,
+        done: Applied::default(),
     };
-
     // A tunnel entry is in place before its backend entry says "routed".
-    for (id, t) in &desired.tunnels {
-        let same = match previous.and_then(|p| p.tunnels.get(id)) {
-            Some(p) => p == t,
-            None => dp.tunnel(*id)? == *t,
-        };
-        if !same {
-            dp.set_tunnel(*id, *t)?;
-            done.tunnels += 1;
+    a.tunnels()?;
+    a.backends(|info| info.state == BACKEND_ACTIVE)?;
+    a.tables()?;
+    a.ca_targets()?;
+    a.backends(|info| info.state != BACKEND_ACTIVE)?;
+    a.vips()?;
+    a.free_unused(&ids)?;
+    Ok(a.done)
+}
+
+/// An [`apply`] under way: what it reads, the backend slots as they are
+/// now, and the writes so far.
+struct Applier<'a> {
+    desired: &'a Desired,
+    previous: Option<&'a Desired>,
+    dp: &'a mut dyn DataPlane,
+    current: BTreeMap<u32, BackendInfo>,
+    done: Applied,
+}
+
+impl Applier<'_> {
+    fn write_backend(&mut self, id: u32, info: BackendInfo) -> Result<(), DataPlaneError> {
+        if self.current.get(&id) != Some(&info) {
+            self.dp.set_backend(id, info)?;
+            self.current.insert(id, info);
+            self.done.backends += 1;
         }
+        Ok(())
     }
-    for (id, info) in &desired.backends {
-        if info.state == BACKEND_ACTIVE {
-            write_backend(dp, &mut current, &mut done, *id, *info)?;
-        }
-    }
-    for (sid, table) in &desired.tables {
-        let same = match previous {
-            Some(p) => p.tables.get(sid) == Some(table),
-            None => dp.active_table(*sid)?.as_ref() == Some(table),
-        };
-        if !same {
-            dp.install_table(*sid, table)?;
-            done.tables += 1;
-        }
-    }
-    for (sid, target) in &desired.ca_targets {
-        if dp.ca_target(*sid)? != *target {
-            dp.set_ca_target(*sid, *target)?;
-            done.ca_targets += 1;
-        }
-    }
-    for (id, info) in &desired.backends {
-        if info.state != BACKEND_ACTIVE {
-            write_backend(dp, &mut current, &mut done, *id, *info)?;
-        }
-    }
-    let vips: BTreeMap<VipKey, VipInfo> = dp.vips()?.into_iter().collect();
-    for (k, v) in &desired.vips {
-        if vips.get(k) != Some(v) {
-            dp.upsert_vip(*k, *v)?;
-            done.vips_upserted += 1;
-        }
-    }
-    for k in vips.keys() {
-        if !desired.vips.contains_key(k) {
-            dp.remove_vip(k)?;
-            done.vips_removed += 1;
-        }
-    }
-    for id in &ids {
-        if desired.backends.contains_key(id) {
-            continue;
-        }
-        let cur = current[id];
-        if cur.state != BACKEND_EMPTY {
-            // Keep the generation: it is what tells old flows apart.
-            let freed = BackendInfo {
-                state: BACKEND_EMPTY,
-                generation: cur.generation,
-                ..BackendInfo::default()
+
+    fn tunnels(&mut self) -> Result<(), DataPlaneError> {
+        for (id, t) in &self.desired.tunnels {
+            let same = match self.previous.and_then(|p| p.tunnels.get(id)) {
+                Some(p) => p == t,
+                None => self.dp.tunnel(*id)? == *t,
             };
-            write_backend(dp, &mut current, &mut done, *id, freed)?;
+            if !same {
+                self.dp.set_tunnel(*id, *t)?;
+                self.done.tunnels += 1;
+            }
         }
+        Ok(())
     }
-    Ok(done)
+
+    /// The desired backends that `which` selects.
+    fn backends(&mut self, which: fn(&BackendInfo) -> bool) -> Result<(), DataPlaneError> {
+        let desired = self.desired;
+        for (id, info) in &desired.backends {
+            if which(info) {
+                self.write_backend(*id, *info)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tables(&mut self) -> Result<(), DataPlaneError> {
+        for (sid, table) in &self.desired.tables {
+            let same = match self.previous {
+                Some(p) => p.tables.get(sid) == Some(table),
+                None => self.dp.active_table(*sid)?.as_ref() == Some(table),
+            };
+            if !same {
+                self.dp.install_table(*sid, table)?;
+                self.done.tables += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn ca_targets(&mut self) -> Result<(), DataPlaneError> {
+        for (sid, target) in &self.desired.ca_targets {
+            if self.dp.ca_target(*sid)? != *target {
+                self.dp.set_ca_target(*sid, *target)?;
+                self.done.ca_targets += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn vips(&mut self) -> Result<(), DataPlaneError> {
+        let vips: BTreeMap<VipKey, VipInfo> = self.dp.vips()?.into_iter().collect();
+        for (k, v) in &self.desired.vips {
+            if vips.get(k) != Some(v) {
+                self.dp.upsert_vip(*k, *v)?;
+                self.done.vips_upserted += 1;
+            }
+        }
+        for k in vips.keys() {
+            if !self.desired.vips.contains_key(k) {
+                self.dp.remove_vip(k)?;
+                self.done.vips_removed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every id of `ids` the plan does not use is emptied, keeping its
+    /// generation: it is what tells old flows apart.
+    fn free_unused(&mut self, ids: &BTreeSet<u32>) -> Result<(), DataPlaneError> {
+        for id in ids {
+            if self.desired.backends.contains_key(id) {
+                continue;
+            }
+            let cur = self.current[id];
+            if cur.state != BACKEND_EMPTY {
+                let freed = BackendInfo {
+                    state: BACKEND_EMPTY,
+                    generation: cur.generation,
+                    ..BackendInfo::default()
+                };
+                self.write_backend(*id, freed)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Bring the id allocation in line with what a data plane already holds
