@@ -780,6 +780,72 @@ fn parse_balancing(
     health: &HealthCheck,
 ) -> Result<Balancing, ConfigError> {
     let def = ControllerConfig::default();
+    let balance = parse_balance(key, raw, health)?;
+    let controller = ControllerConfig {
+        balance,
+        min_weight_percent: opt_int_in(
+            key,
+            "min_weight_percent",
+            raw.min_weight_percent,
+            (1, 100),
+            def.min_weight_percent,
+        )?,
+        min_healthy: opt_int_in(
+            key,
+            "min_healthy",
+            raw.min_healthy,
+            (1, 1000),
+            def.min_healthy,
+        )?,
+        slow_start: opt_duration_in(
+            key,
+            "slow_start",
+            &raw.slow_start,
+            (Duration::ZERO, Duration::from_secs(3600)),
+            def.slow_start,
+        )?,
+        smoothing_percent: opt_int_in(
+            key,
+            "load_smoothing_percent",
+            raw.load_smoothing_percent,
+            (1, 100),
+            def.smoothing_percent,
+        )?,
+        hysteresis_percent: opt_int_in(
+            key,
+            "load_hysteresis_percent",
+            raw.load_hysteresis_percent,
+            (0, 50),
+            def.hysteresis_percent,
+        )?,
+        max_rewrites_per_minute: opt_int_in(
+            key,
+            "max_rewrites_per_minute",
+            raw.max_rewrites_per_minute,
+            (1, 600),
+            def.max_rewrites_per_minute,
+        )?,
+    };
+    let load_interval = opt_duration_in(
+        key,
+        "load_interval",
+        &raw.load_interval,
+        (Duration::from_secs(1), Duration::from_secs(600)),
+        DEFAULT_LOAD_INTERVAL,
+    )?;
+    Ok(Balancing {
+        controller,
+        load_interval,
+    })
+}
+
+/// `balance`, and the keys that go with it: the load keys only with
+/// `load`, which reads the status API with the health check's settings.
+fn parse_balance(
+    key: &str,
+    raw: &RawBalancing,
+    health: &HealthCheck,
+) -> Result<Balance, ConfigError> {
     let balance = match raw.balance.as_deref().unwrap_or("static") {
         "static" => Balance::Static,
         "load" => Balance::Load,
@@ -816,71 +882,40 @@ fn parse_balancing(
              settings, so health_check.type must be \"http\" or \"https\"",
         ));
     }
-    let opt = |k: &str, v: Option<i64>, lo: u32, hi: u32, def: u32| match v {
+    Ok(balance)
+}
+
+/// Integer `key.k` in `lo..=hi`, `def` when absent.
+fn opt_int_in(
+    key: &str,
+    k: &str,
+    v: Option<i64>,
+    (lo, hi): (u32, u32),
+    def: u32,
+) -> Result<u32, ConfigError> {
+    match v {
         None => Ok(def),
         Some(v) => int_in(&format!("{key}.{k}"), v, lo, hi),
-    };
-    let dur = |k: &str, v: &Option<String>, lo: Duration, hi: Duration, def: Duration| {
-        let Some(text) = v else { return Ok(def) };
-        let d = parse_duration(text).map_err(|p| invalid(format!("{key}.{k}"), p))?;
-        if d < lo || d > hi {
-            return Err(invalid(
-                format!("{key}.{k}"),
-                format!("{text:?} is out of range {lo:?}..={hi:?}"),
-            ));
-        }
-        Ok(d)
-    };
-    let controller = ControllerConfig {
-        balance,
-        min_weight_percent: opt(
-            "min_weight_percent",
-            raw.min_weight_percent,
-            1,
-            100,
-            def.min_weight_percent,
-        )?,
-        min_healthy: opt("min_healthy", raw.min_healthy, 1, 1000, def.min_healthy)?,
-        slow_start: dur(
-            "slow_start",
-            &raw.slow_start,
-            Duration::ZERO,
-            Duration::from_secs(3600),
-            def.slow_start,
-        )?,
-        smoothing_percent: opt(
-            "load_smoothing_percent",
-            raw.load_smoothing_percent,
-            1,
-            100,
-            def.smoothing_percent,
-        )?,
-        hysteresis_percent: opt(
-            "load_hysteresis_percent",
-            raw.load_hysteresis_percent,
-            0,
-            50,
-            def.hysteresis_percent,
-        )?,
-        max_rewrites_per_minute: opt(
-            "max_rewrites_per_minute",
-            raw.max_rewrites_per_minute,
-            1,
-            600,
-            def.max_rewrites_per_minute,
-        )?,
-    };
-    let load_interval = dur(
-        "load_interval",
-        &raw.load_interval,
-        Duration::from_secs(1),
-        Duration::from_secs(600),
-        DEFAULT_LOAD_INTERVAL,
-    )?;
-    Ok(Balancing {
-        controller,
-        load_interval,
-    })
+    }
+}
+
+/// Duration `key.k` in `lo..=hi`, `def` when absent.
+fn opt_duration_in(
+    key: &str,
+    k: &str,
+    v: &Option<String>,
+    (lo, hi): (Duration, Duration),
+    def: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = v else { return Ok(def) };
+    let d = parse_duration(text).map_err(|p| invalid(format!("{key}.{k}"), p))?;
+    if d < lo || d > hi {
+        return Err(invalid(
+            format!("{key}.{k}"),
+            format!("{text:?} is out of range {lo:?}..={hi:?}"),
+        ));
+    }
+    Ok(d)
 }
 
 fn check_ifname(name: &str) -> Result<(), String> {
