@@ -245,6 +245,18 @@ pub struct RunOptions {
     pub stop: Option<watch::Receiver<bool>>,
 }
 
+/// The saved state, less the overlay entries `config` no longer applies
+/// to, and its ids brought in line with what `dp` already holds.
+fn load_state(config: &Config, dp: &dyn DataPlane) -> Result<(StateStore, State), DaemonError> {
+    let store = StateStore::open(&config.state_dir)?;
+    let mut state = store.load()?;
+    for line in reconcile::prune_overlay(config, &mut state) {
+        warn!("{line}");
+    }
+    reconcile::recover_from_dataplane(&mut state, config, dp)?;
+    Ok((store, state))
+}
+
 impl Daemon {
     /// Load the state, reconcile the data plane to config + state, start the
     /// health checkers. `health_tx` is where checkers report.
@@ -256,12 +268,7 @@ impl Daemon {
         spawner: CheckerSpawner,
         health_tx: mpsc::Sender<HealthUpdate>,
     ) -> Result<Daemon, DaemonError> {
-        let store = StateStore::open(&config.state_dir)?;
-        let mut state = store.load()?;
-        for line in reconcile::prune_overlay(&config, &mut state) {
-            warn!("{line}");
-        }
-        reconcile::recover_from_dataplane(&mut state, &config, dp.as_ref())?;
+        let (store, state) = load_state(&config, dp.as_ref())?;
         let mut dp = dp;
         if let Err(e) = dp.set_flood_threshold(config.flood_threshold) {
             warn!("setting the flood threshold: {e}");
@@ -314,26 +321,40 @@ impl Daemon {
         // Routed compilers are resolved before the first plan: one planned
         // unresolved would be written down, and its flows re-picked.
         d.resolve_routes();
-        let mut state = d.state.clone();
+        d.first_reconcile()?;
+        d.solicit_unresolved();
+        d.sync_checkers();
+        Ok(d)
+    }
+
+    /// The first plan, saved and applied in full (nothing is taken as
+    /// already written).
+    fn first_reconcile(&mut self) -> Result<(), DaemonError> {
+        let mut state = self.state.clone();
         let t0 = Instant::now();
         let weights = step_weights(
-            &mut d.controllers,
-            &mut d.loads,
-            &d.health,
-            &d.macs,
-            &d.routes,
-            d.started,
-            &d.config,
+            &mut self.controllers,
+            &mut self.loads,
+            &self.health,
+            &self.macs,
+            &self.routes,
+            self.started,
+            &self.config,
             &state,
         );
         let plan = reconcile::plan_weighted(
-            &d.config, &mut state, &d.health, &d.macs, &d.routes, &weights,
+            &self.config,
+            &mut state,
+            &self.health,
+            &self.macs,
+            &self.routes,
+            &weights,
         )?;
-        d.weights = weights;
-        d.store.save(&state)?;
-        d.state = state;
-        let applied = reconcile::apply(&plan.desired, None, d.dp.as_mut())?;
-        d.telemetry.rebuilt(applied.tables, t0.elapsed());
+        self.weights = weights;
+        self.store.save(&state)?;
+        self.state = state;
+        let applied = reconcile::apply(&plan.desired, None, self.dp.as_mut())?;
+        self.telemetry.rebuilt(applied.tables, t0.elapsed());
         info!(
             "data plane reconciled: {} backend, {} table, {} CA, {}+{}- VIP writes",
             applied.backends,
@@ -342,11 +363,9 @@ impl Daemon {
             applied.vips_upserted,
             applied.vips_removed
         );
-        d.last = Some(plan.desired);
-        d.report_views(plan.services);
-        d.solicit_unresolved();
-        d.sync_checkers();
-        Ok(d)
+        self.last = Some(plan.desired);
+        self.report_views(plan.services);
+        Ok(())
     }
 
     /// Log what changed for the operator: all-down services loudly.
