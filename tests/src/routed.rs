@@ -52,7 +52,7 @@ use crate::{
     pki::{HostSpec, Pki},
     topology::{
         IFACE, Node, PORT, SERVICE_NAME, add_bridge, add_namespace, bridge_netfilter_off,
-        hold_vips_on_lo, offloads_off, plug, read_mac, spawn_testd,
+        hold_vips_on_lo, offloads_off, plug, read_mac, remove_made, spawn_testd,
     },
 };
 
@@ -113,18 +113,7 @@ impl Drop for Guard {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in &self.namespaces {
-            netns::kill_all_in(ns);
-        }
-        if let Some(p) = self.pin_dir.take() {
-            netns::remove_tree(&p);
-        }
-        for ns in self.namespaces.drain(..) {
-            netns::delete_ns(&ns);
-        }
-        if let Some(w) = self.work_dir.take() {
-            netns::remove_tree(&w);
-        }
+        remove_made(&mut self.namespaces, &mut self.pin_dir, &mut self.work_dir);
     }
 }
 

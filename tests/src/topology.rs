@@ -138,20 +138,30 @@ impl Guard {
             let _ = c.wait();
         }
         self.children.clear();
-        // Whatever else runs in our namespaces (a daemon a test started and
-        // lost track of) was started by us too.
-        for ns in &self.namespaces {
-            netns::kill_all_in(ns);
-        }
-        if let Some(p) = self.pin_dir.take() {
-            netns::remove_tree(&p);
-        }
-        for ns in self.namespaces.drain(..) {
-            netns::delete_ns(&ns);
-        }
-        if let Some(w) = self.work_dir.take() {
-            netns::remove_tree(&w);
-        }
+        remove_made(&mut self.namespaces, &mut self.pin_dir, &mut self.work_dir);
+    }
+}
+
+/// What a topology made, removed once its own children are gone: whatever
+/// else runs in its namespaces (a daemon a test started and lost track of
+/// was started by us too), its pin directory, the namespaces, its work
+/// directory.
+pub(crate) fn remove_made(
+    namespaces: &mut Vec<String>,
+    pin_dir: &mut Option<PathBuf>,
+    work_dir: &mut Option<PathBuf>,
+) {
+    for ns in namespaces.iter() {
+        netns::kill_all_in(ns);
+    }
+    if let Some(p) = pin_dir.take() {
+        netns::remove_tree(&p);
+    }
+    for ns in namespaces.drain(..) {
+        netns::delete_ns(&ns);
+    }
+    if let Some(w) = work_dir.take() {
+        netns::remove_tree(&w);
     }
 }
 
