@@ -332,16 +332,7 @@ impl Daemon {
     fn first_reconcile(&mut self) -> Result<(), DaemonError> {
         let mut state = self.state.clone();
         let t0 = Instant::now();
-        let weights = step_weights(
-            &mut self.controllers,
-            &mut self.loads,
-            &self.health,
-            &self.macs,
-            &self.routes,
-            self.started,
-            &self.config,
-            &state,
-        );
+        let weights = self.next_weights(None, Some(&state));
         let plan = reconcile::plan_weighted(
             &self.config,
             &mut state,
@@ -419,22 +410,13 @@ impl Daemon {
             Ok(m) => m,
             Err(e) => return Response::error(e),
         };
-        let cfg = config.as_ref().unwrap_or(&self.config);
         let t0 = Instant::now();
         // Health, drain and membership changes reach the controller at once.
         let weights = match self.pending_weights.take() {
             Some(w) => w,
-            None => step_weights(
-                &mut self.controllers,
-                &mut self.loads,
-                &self.health,
-                &self.macs,
-                &self.routes,
-                self.started,
-                cfg,
-                &state,
-            ),
+            None => self.next_weights(config.as_ref(), Some(&state)),
         };
+        let cfg = config.as_ref().unwrap_or(&self.config);
         let plan = match reconcile::plan_weighted(
             cfg,
             &mut state,
@@ -457,30 +439,7 @@ impl Daemon {
         }
         if let Err(e) = applied {
             error!("data plane write failed: {e}; rolling back");
-            self.last = None;
-            let rollback = self
-                .store
-                .save(&self.state)
-                .map_err(|e| e.to_string())
-                .and_then(|_| {
-                    let mut old = self.state.clone();
-                    let p = reconcile::plan_weighted(
-                        &self.config,
-                        &mut old,
-                        &self.health,
-                        &self.macs,
-                        &self.routes,
-                        &self.weights,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    reconcile::apply(&p.desired, None, self.dp.as_mut())
-                        .map_err(|e| e.to_string())?;
-                    self.last = Some(p.desired);
-                    Ok(())
-                });
-            if let Err(r) = rollback {
-                error!("rollback failed too: {r}; will retry on the next change");
-            }
+            self.roll_back();
             return Response::error(format!("not changed: data plane write failed: {e}"));
         }
         self.state = state;
@@ -491,6 +450,49 @@ impl Daemon {
         self.last = Some(plan.desired);
         self.report_views(plan.services);
         Response::Ok { message }
+    }
+
+    /// After a failed data plane write: the saved state and the data plane
+    /// back to the state before the change, rewritten in full.
+    fn roll_back(&mut self) {
+        self.last = None;
+        let rollback = self
+            .store
+            .save(&self.state)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                let mut old = self.state.clone();
+                let p = reconcile::plan_weighted(
+                    &self.config,
+                    &mut old,
+                    &self.health,
+                    &self.macs,
+                    &self.routes,
+                    &self.weights,
+                )
+                .map_err(|e| e.to_string())?;
+                reconcile::apply(&p.desired, None, self.dp.as_mut()).map_err(|e| e.to_string())?;
+                self.last = Some(p.desired);
+                Ok(())
+            });
+        if let Err(r) = rollback {
+            error!("rollback failed too: {r}; will retry on the next change");
+        }
+    }
+
+    /// The weight controllers' step for `state` under `config` (the running
+    /// config and state when `None`).
+    fn next_weights(&mut self, config: Option<&Config>, state: Option<&State>) -> WeightMap {
+        step_weights(
+            &mut self.controllers,
+            &mut self.loads,
+            &self.health,
+            &self.macs,
+            &self.routes,
+            self.started,
+            config.unwrap_or(&self.config),
+            state.unwrap_or(&self.state),
+        )
     }
 
     /// Recompute after a health or MAC change (no state edit).
