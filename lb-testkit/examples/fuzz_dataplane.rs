@@ -13,6 +13,7 @@
 use std::{
     collections::BTreeMap,
     io::Write,
+    ops::Range,
     process::ExitCode,
     time::{Instant, SystemTime},
 };
@@ -22,6 +23,7 @@ use lb_common::Reason;
 use lb_testkit::fuzz::{
     Case, Generator, ModelFlows, Regression, Rng, Violation, World, check_counters, flow_case,
 };
+use lb_testkit::harness::TestDataPlane;
 use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME, xdp::XdpDataPlane};
 
 /// Default seed: fixed, so CI runs the same cases every time.
@@ -148,32 +150,67 @@ fn run() -> Result<bool> {
         "fuzz: seed {:#x} (reproduce: cargo xtask fuzz --cases {} --seed {:#x})",
         a.seed, a.cases, a.seed
     );
-
     if let Some(i) = a.only {
-        let case = generator.case(i);
-        let before = counters(&dp)?;
-        let out = dp.test_run(PROGRAM_NAME, &case.frame, 1)?;
-        let delta: Vec<u64> = counters(&dp)?
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| a - b)
-            .collect();
-        let (exp, mut v) = world.check(&case.frame, &out);
-        v.extend(check_counters(&exp, out.action, &delta));
-        println!("case {i}: {}\n  frame {}", case.desc, hex(&case.frame));
-        println!(
-            "  action {} model {:?}; {} violation(s)",
-            out.action,
-            exp,
-            v.len()
-        );
-        for x in &v {
-            println!("  {}: {}", x.kind, x.detail);
-        }
-        return Ok(v.is_empty());
+        return run_one(&world, &mut dp, &generator, i);
     }
 
     let changing = changing_world(&a)?;
+    let fixed = fixed_world(&a, &world, &mut dp, &generator)?;
+    report(&a, &world, &generator, &fixed);
+    if a.save && !fixed.tally.found.is_empty() {
+        save_regressions(&a, &fixed.tally.found)?;
+    }
+    let violations = fixed.tally.violations + changing.violations;
+    println!(
+        "fuzz: {} cases, {} invariant violations",
+        a.cases + changing_cases(&a),
+        violations
+    );
+    Ok(violations == 0)
+}
+
+/// `--only I`: case I alone, with what the model and the counters say.
+fn run_one(world: &World, dp: &mut TestDataPlane, generator: &Generator, i: u64) -> Result<bool> {
+    let case = generator.case(i);
+    let before = counters(dp)?;
+    let out = dp.test_run(PROGRAM_NAME, &case.frame, 1)?;
+    let delta: Vec<u64> = counters(dp)?
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    let (exp, mut v) = world.check(&case.frame, &out);
+    v.extend(check_counters(&exp, out.action, &delta));
+    println!("case {i}: {}\n  frame {}", case.desc, hex(&case.frame));
+    println!(
+        "  action {} model {:?}; {} violation(s)",
+        out.action,
+        exp,
+        v.len()
+    );
+    for x in &v {
+        println!("  {}: {}", x.kind, x.detail);
+    }
+    Ok(v.is_empty())
+}
+
+/// What the run in the fixed world saw.
+struct FixedRun {
+    tally: Tally,
+    by_class: BTreeMap<String, u64>,
+    /// Packets per reason, as the kernel counted them.
+    by_reason: Vec<u64>,
+    secs: f64,
+}
+
+/// The generator's cases in the world as it is, in batches whose reason
+/// counters are checked against the model's predictions.
+fn fixed_world(
+    a: &Args,
+    world: &World,
+    dp: &mut TestDataPlane,
+    generator: &Generator,
+) -> Result<FixedRun> {
     let started = Instant::now();
     let mut t = Tally::default();
     let mut by_class: BTreeMap<String, u64> = BTreeMap::new();
@@ -182,7 +219,7 @@ fn run() -> Result<bool> {
     let mut start = 0;
     while start < a.cases {
         let end = (start + BATCH).min(a.cases);
-        let before = counters(&dp)?;
+        let before = counters(dp)?;
         let mut predicted = vec![0u64; Reason::ALL.len()];
         let mut batch = Vec::with_capacity(BATCH as usize);
         for i in start..end {
@@ -196,39 +233,13 @@ fn run() -> Result<bool> {
             }
             batch.push(case);
         }
-        let after = counters(&dp)?;
+        let after = counters(dp)?;
         let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         for (t, d) in by_reason.iter_mut().zip(&delta) {
             *t += d;
         }
         if delta != predicted {
-            // Find the cases whose counting differs, one at a time. The world
-            // is static, so a re-run takes the same path.
-            let mut pinned = false;
-            for (case, i) in batch.iter().zip(start..end) {
-                let b = counters(&dp)?;
-                let out = dp.test_run(PROGRAM_NAME, &case.frame, 1)?;
-                let d: Vec<u64> = counters(&dp)?.iter().zip(&b).map(|(a, b)| a - b).collect();
-                let exp = world.expect(&case.frame);
-                let v = check_counters(&exp, out.action, &d);
-                if !v.is_empty() {
-                    pinned = true;
-                    t.record(i, case, exp.reason, v);
-                }
-            }
-            if !pinned {
-                t.record(
-                    start,
-                    &batch[0],
-                    world.expect(&batch[0].frame).reason,
-                    vec![Violation {
-                        kind: "counters",
-                        detail: format!(
-                            "batch {start}..{end}: counters {delta:?}, model {predicted:?}"
-                        ),
-                    }],
-                );
-            }
+            pin_counter_mismatch(world, dp, &batch, start..end, &delta, &predicted, &mut t)?;
         }
         start = end;
         if next_report.elapsed().as_secs() >= 10 {
@@ -240,30 +251,77 @@ fn run() -> Result<bool> {
             );
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    let frags_tracked = world.fragments_tracked();
+    Ok(FixedRun {
+        tally: t,
+        by_class,
+        by_reason,
+        secs: started.elapsed().as_secs_f64(),
+    })
+}
 
+/// A batch whose counters differ from the model's: find the cases whose
+/// counting differs, one at a time (the world is fixed, so a re-run takes
+/// the same path), or record the batch as a whole.
+fn pin_counter_mismatch(
+    world: &World,
+    dp: &mut TestDataPlane,
+    batch: &[Case],
+    cases: Range<u64>,
+    delta: &[u64],
+    predicted: &[u64],
+    t: &mut Tally,
+) -> Result<()> {
+    let (start, end) = (cases.start, cases.end);
+    let mut pinned = false;
+    for (case, i) in batch.iter().zip(cases) {
+        let b = counters(dp)?;
+        let out = dp.test_run(PROGRAM_NAME, &case.frame, 1)?;
+        let d: Vec<u64> = counters(dp)?.iter().zip(&b).map(|(a, b)| a - b).collect();
+        let exp = world.expect(&case.frame);
+        let v = check_counters(&exp, out.action, &d);
+        if !v.is_empty() {
+            pinned = true;
+            t.record(i, case, exp.reason, v);
+        }
+    }
+    if !pinned {
+        t.record(
+            start,
+            &batch[0],
+            world.expect(&batch[0].frame).reason,
+            vec![Violation {
+                kind: "counters",
+                detail: format!("batch {start}..{end}: counters {delta:?}, model {predicted:?}"),
+            }],
+        );
+    }
+    Ok(())
+}
+
+/// What the fixed-world run covered and what it found.
+fn report(a: &Args, world: &World, generator: &Generator, run: &FixedRun) {
+    let frags_tracked = world.fragments_tracked();
     println!(
         "fuzz: {} sweep cases (every base frame cut at every byte), then random mutations",
         generator.sweep_len().min(a.cases)
     );
     println!(
         "fuzz: {:.1} s, {:.0} cases/s",
-        secs,
-        a.cases as f64 / secs.max(1e-9)
+        run.secs,
+        a.cases as f64 / run.secs.max(1e-9)
     );
     println!(
         "fuzz: {frags_tracked} fragmented datagrams recorded by first fragments (later ones checked against them)"
     );
     println!("fuzz: cases per input class:");
-    for (c, n) in &by_class {
+    for (c, n) in &run.by_class {
         println!("  {c:<12} {n:>9}");
     }
     println!("fuzz: outcomes (kernel reason counters):");
     for r in Reason::ALL {
-        println!("  {:<20} {:>9}", r.label(), by_reason[*r as usize]);
+        println!("  {:<20} {:>9}", r.label(), run.by_reason[*r as usize]);
     }
-    for f in &t.found {
+    for f in &run.tally.found {
         println!(
             "VIOLATION case {} ({}): model {} ({})\n  frame {}",
             f.index,
@@ -276,32 +334,28 @@ fn run() -> Result<bool> {
             println!("  {}: {}", p.kind, p.detail);
         }
     }
-    if !t.by_kind.is_empty() {
-        println!("fuzz: violations by kind: {:?}", t.by_kind);
+    if !run.tally.by_kind.is_empty() {
+        println!("fuzz: violations by kind: {:?}", run.tally.by_kind);
     }
-    if a.save && !t.found.is_empty() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz_regressions.txt");
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {path}"))?;
-        for f in &t.found {
-            let r = Regression {
-                reason: f.want,
-                frame: f.case.frame.clone(),
-                desc: format!("seed {:#x} case {}: {}", a.seed, f.index, f.case.desc),
-            };
-            writeln!(file, "{}", r.to_line())?;
-        }
-        println!("fuzz: {} failing input(s) saved to {path}", t.found.len());
+}
+
+/// Appends the failing inputs to `tests/fuzz_regressions.txt`.
+fn save_regressions(a: &Args, found: &[Found]) -> Result<()> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz_regressions.txt");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {path}"))?;
+    for f in found {
+        let r = Regression {
+            reason: f.want,
+            frame: f.case.frame.clone(),
+            desc: format!("seed {:#x} case {}: {}", a.seed, f.index, f.case.desc),
+        };
+        writeln!(file, "{}", r.to_line())?;
     }
-    let violations = t.violations + changing.violations;
-    println!(
-        "fuzz: {} cases, {} invariant violations",
-        a.cases + changing_cases(&a),
-        violations
-    );
-    Ok(violations == 0)
+    println!("fuzz: {} failing input(s) saved to {path}", found.len());
+    Ok(())
 }
 
 fn changing_cases(a: &Args) -> u64 {

@@ -628,6 +628,34 @@ fn render_backends(services: &[ServiceView]) -> String {
 }
 
 fn render_status(s: &StatusView) -> String {
+    let mut out = status_header(s);
+    out.push('\n');
+    out.push_str(&services_table(s));
+    for v in &s.services {
+        for b in v
+            .backends
+            .iter()
+            .filter(|b| b.retire_deadline_unix_ms.is_some())
+        {
+            let _ = writeln!(
+                out,
+                "{} {}: {} (removed; connections finishing)",
+                v.name,
+                b.address,
+                state_cell(b)
+            );
+        }
+    }
+    if let Some(a) = &s.announce {
+        out.push('\n');
+        out.push_str(&announce_section(a));
+    }
+    out
+}
+
+/// The daemon, its config, what is wrong with it, and the program's and
+/// host's state.
+fn status_header(s: &StatusView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -665,7 +693,11 @@ fn render_status(s: &StatusView) -> String {
         },
         if s.drained { "DRAINED" } else { "in service" }
     );
-    out.push('\n');
+    out
+}
+
+/// One row a service: usable backends, open flows, table fingerprint.
+fn services_table(s: &StatusView) -> String {
     let rows: Vec<Vec<String>> = s
         .services
         .iter()
@@ -689,7 +721,7 @@ fn render_status(s: &StatusView) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(
+    table(
         &[
             "SERVICE",
             "KIND",
@@ -700,59 +732,46 @@ fn render_status(s: &StatusView) -> String {
             "",
         ],
         &rows,
-    ));
-    for v in &s.services {
-        for b in v
-            .backends
-            .iter()
-            .filter(|b| b.retire_deadline_unix_ms.is_some())
-        {
-            let _ = writeln!(
-                out,
-                "{} {}: {} (removed; connections finishing)",
-                v.name,
-                b.address,
-                state_cell(b)
-            );
-        }
+    )
+}
+
+/// The BGP announcements: each VIP's and each session's state.
+fn announce_section(a: &crate::announce::AnnounceView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "bgp ({}):", a.mode);
+    if let Some(e) = &a.bird_error {
+        let _ = writeln!(out, "BIRD ERROR: {e}");
     }
-    if let Some(a) = &s.announce {
-        out.push('\n');
-        let _ = writeln!(out, "bgp ({}):", a.mode);
-        if let Some(e) = &a.bird_error {
-            let _ = writeln!(out, "BIRD ERROR: {e}");
-        }
-        let rows: Vec<Vec<String>> = a
-            .vips
-            .iter()
-            .map(|v| {
-                vec![
-                    v.address.to_string(),
-                    if v.announced {
-                        "announced"
-                    } else {
-                        "withdrawn"
-                    }
-                    .into(),
-                    v.reason.clone(),
-                ]
-            })
-            .collect();
-        out.push_str(&table(&["VIP", "ANNOUNCEMENT", "WHY"], &rows));
-        let rows: Vec<Vec<String>> = a
-            .sessions
-            .iter()
-            .map(|x| {
-                vec![
-                    x.name.clone(),
-                    x.neighbor.to_string(),
-                    x.state.clone(),
-                    x.info.clone(),
-                ]
-            })
-            .collect();
-        out.push_str(&table(&["SESSION", "NEIGHBOR", "STATE", "INFO"], &rows));
-    }
+    let rows: Vec<Vec<String>> = a
+        .vips
+        .iter()
+        .map(|v| {
+            vec![
+                v.address.to_string(),
+                if v.announced {
+                    "announced"
+                } else {
+                    "withdrawn"
+                }
+                .into(),
+                v.reason.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["VIP", "ANNOUNCEMENT", "WHY"], &rows));
+    let rows: Vec<Vec<String>> = a
+        .sessions
+        .iter()
+        .map(|x| {
+            vec![
+                x.name.clone(),
+                x.neighbor.to_string(),
+                x.state.clone(),
+                x.info.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["SESSION", "NEIGHBOR", "STATE", "INFO"], &rows));
     out
 }
 

@@ -386,7 +386,7 @@ struct RawCaBackend {
     mac: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealthCheck {
     #[serde(rename = "type")]
@@ -410,243 +410,30 @@ struct RawHealthCheck {
 // Validation.
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    if raw.interfaces.is_empty() {
-        return Err(invalid("interfaces", "at least one interface is needed"));
-    }
-    for (i, name) in raw.interfaces.iter().enumerate() {
-        check_ifname(name).map_err(|p| invalid(format!("interfaces[{i}]"), p))?;
-        if raw.interfaces[..i].contains(name) {
-            return Err(invalid(
-                format!("interfaces[{i}]"),
-                format!("{name:?} is listed twice"),
-            ));
-        }
-    }
-    let metrics_listen = match &raw.metrics_listen {
-        None => None,
-        Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                "metrics_listen",
-                format!("{s:?} is not an address:port (IPv6 as [addr]:port)"),
-            )
-        })?),
-    };
+    check_interfaces(&raw.interfaces)?;
+    let metrics_listen = parse_metrics_listen(raw.metrics_listen.as_deref())?;
     let flood_threshold = raw.flood_threshold.unwrap_or(DEFAULT_FLOOD_THRESHOLD);
-    let flow_capacity = raw.flow_capacity.unwrap_or(DEFAULT_FLOW_CAPACITY);
-    if flow_capacity == 0 || flow_capacity > MAX_FLOW_CAPACITY {
-        return Err(invalid(
-            "flow_capacity",
-            format!("{flow_capacity} is out of range 1..={MAX_FLOW_CAPACITY}"),
-        ));
-    }
-    for (key, p) in [
-        ("pin_dir", &raw.pin_dir),
-        ("control_socket", &raw.control_socket),
-        ("state_dir", &raw.state_dir),
-    ] {
-        if let Some(p) = p
-            && !p.is_absolute()
-        {
-            return Err(invalid(
-                key,
-                format!("{} is not an absolute path", p.display()),
-            ));
-        }
-    }
+    let flow_capacity = check_flow_capacity(raw.flow_capacity)?;
+    check_absolute_paths(&raw)?;
 
-    let mut names: HashMap<String, String> = HashMap::new();
-    let mut vips: HashMap<Vip, String> = HashMap::new();
-    // One view of each backend address over all services, to catch the same
-    // server described two ways.
-    let mut seen_backends: BTreeMap<IpAddr, (String, Backend)> = BTreeMap::new();
-    let mut claim_name = |key: &str, name: &str| -> Result<(), ConfigError> {
-        check_name(name).map_err(|p| invalid(format!("{key}.name"), p))?;
-        if let Some(other) = names.insert(name.to_owned(), key.to_owned()) {
-            return Err(invalid(
-                format!("{key}.name"),
-                format!("service name {name:?} is already used by {other}"),
-            ));
-        }
-        Ok(())
-    };
-    let mut claim_vip = |key: &str, vip: Vip| -> Result<(), ConfigError> {
-        if let Some(other) = vips.insert(vip, key.to_owned()) {
-            return Err(invalid(
-                format!("{key}.vip"),
-                format!("VIP {vip} is already used by {other}"),
-            ));
-        }
-        Ok(())
-    };
-    let mut claim_backend = |key: &str, b: &Backend| -> Result<(), ConfigError> {
-        if let Some((other, prev)) = seen_backends.get(&b.address) {
-            if prev.mac != b.mac || prev.name != b.name {
-                return Err(invalid(
-                    key.to_owned(),
-                    format!(
-                        "backend {} is also in {other} with a different {}",
-                        b.address,
-                        if prev.mac != b.mac { "mac" } else { "name" }
-                    ),
-                ));
-            }
-        } else {
-            seen_backends.insert(b.address, (key.to_owned(), b.clone()));
-        }
-        Ok(())
-    };
-
+    let mut claims = Claims::default();
     let mut compiler_services = Vec::new();
     let mut total_slots: u64 = 0;
     let mut total_backends = 0usize;
     for (i, s) in raw.compiler_services.into_iter().enumerate() {
         let key = format!("compiler_services[{i}]");
-        claim_name(&key, &s.name)?;
-        let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
-        claim_vip(&key, vip)?;
-        let forwarding = parse_forwarding(&key, vip, raw_forwarding!(s))?;
-        let mut backends: Vec<Backend> = Vec::new();
-        for (j, b) in s.backends.into_iter().enumerate() {
-            let bkey = format!("{key}.backends[{j}]");
-            let weight = match b.weight {
-                None => DEFAULT_WEIGHT,
-                Some(w) => check_weight(w).map_err(|p| invalid(format!("{bkey}.weight"), p))?,
-            };
-            let tier = match b.tier {
-                None => 0,
-                Some(t) => int_in(&format!("{bkey}.tier"), t, 0, MAX_TIER)?,
-            };
-            let backend = Backend {
-                address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
-                name: check_opt_name(&bkey, b.name)?,
-                weight,
-                mac: parse_opt_mac(&bkey, b.mac.as_deref())?,
-                tier,
-            };
-            if backends.iter().any(|o| o.address == backend.address) {
-                return Err(invalid(
-                    format!("{bkey}.address"),
-                    format!(
-                        "backend {} is listed twice in this service",
-                        backend.address
-                    ),
-                ));
-            }
-            check_routed_mac(&bkey, &forwarding, &backend)?;
-            claim_backend(&bkey, &backend)?;
-            backends.push(backend);
-        }
-        let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
-        maglev::validate_size(table_size, backends.len())
-            .map_err(|e| invalid(format!("{key}.table_size"), e.to_string()))?;
-        // Two copies per service (the one packets read, the one being written).
-        total_slots += 2 * table_size as u64;
-        if total_slots > MAGLEV_CAPACITY as u64 {
-            return Err(invalid(
-                format!("{key}.table_size"),
-                format!(
-                    "the Maglev tables of all services need {total_slots} slots \
-                     (two copies each), more than the {MAGLEV_CAPACITY} the data plane has"
-                ),
-            ));
-        }
-        total_backends += backends.len();
-        let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
-        let raw_balancing = RawBalancing {
-            balance: s.balance,
-            min_weight_percent: s.min_weight_percent,
-            min_healthy: s.min_healthy,
-            slow_start: s.slow_start,
-            load_interval: s.load_interval,
-            load_smoothing_percent: s.load_smoothing_percent,
-            load_hysteresis_percent: s.load_hysteresis_percent,
-            max_rewrites_per_minute: s.max_rewrites_per_minute,
-        };
-        let balancing = parse_balancing(&key, &raw_balancing, &health)?;
-        let retire_grace = match &s.retire_grace {
-            None => DEFAULT_RETIRE_GRACE,
-            Some(g) => {
-                let d = parse_duration(g).map_err(|p| invalid(format!("{key}.retire_grace"), p))?;
-                if d > MAX_RETIRE_GRACE {
-                    return Err(invalid(
-                        format!("{key}.retire_grace"),
-                        format!("{g:?} is longer than the maximum of 24h (1440m)"),
-                    ));
-                }
-                d
-            }
-        };
-        compiler_services.push(CompilerService {
-            name: s.name,
-            vip,
-            table_size,
-            health,
-            backends,
-            balancing,
-            retire_grace,
-            forwarding,
-        });
+        let service = compiler_service(&key, s, &mut claims, &mut total_slots)?;
+        total_backends += service.backends.len();
+        compiler_services.push(service);
     }
-
     let mut ca_services = Vec::new();
     for (i, s) in raw.ca_services.into_iter().enumerate() {
         let key = format!("ca_services[{i}]");
-        claim_name(&key, &s.name)?;
-        let vip = parse_vip(&key, &s.vip, s.protocol.as_deref())?;
-        claim_vip(&key, vip)?;
-        let forwarding = parse_forwarding(&key, vip, raw_forwarding!(s))?;
-        let ca_backend = |bkey: String, b: RawCaBackend| -> Result<Backend, ConfigError> {
-            let b = Backend {
-                address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
-                name: check_opt_name(&bkey, b.name)?,
-                weight: 1,
-                mac: parse_opt_mac(&bkey, b.mac.as_deref())?,
-                tier: 0,
-            };
-            check_routed_mac(&bkey, &forwarding, &b)?;
-            Ok(b)
-        };
-        let primary = ca_backend(format!("{key}.primary"), s.primary)?;
-        claim_backend(&format!("{key}.primary"), &primary)?;
-        let standby = match s.standby {
-            None => None,
-            Some(b) => {
-                let b = ca_backend(format!("{key}.standby"), b)?;
-                if b.address == primary.address {
-                    return Err(invalid(
-                        format!("{key}.standby.address"),
-                        format!("{} is also the primary", b.address),
-                    ));
-                }
-                claim_backend(&format!("{key}.standby"), &b)?;
-                Some(b)
-            }
-        };
-        total_backends += 1 + standby.is_some() as usize;
-        let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
-        ca_services.push(CaService {
-            name: s.name,
-            vip,
-            health,
-            primary,
-            standby,
-            forwarding,
-        });
+        let service = ca_service(&key, s, &mut claims)?;
+        total_backends += 1 + service.standby.is_some() as usize;
+        ca_services.push(service);
     }
-
-    let services = compiler_services.len() + ca_services.len();
-    if services > MAX_SERVICES as usize {
-        return Err(invalid(
-            "compiler_services",
-            format!("{services} services, the data plane holds at most {MAX_SERVICES}"),
-        ));
-    }
-    if total_backends > MAX_BACKENDS as usize {
-        return Err(invalid(
-            "compiler_services",
-            format!("{total_backends} backends, the data plane holds at most {MAX_BACKENDS}"),
-        ));
-    }
+    check_data_plane_room(compiler_services.len() + ca_services.len(), total_backends)?;
 
     let all_vips: Vec<Vip> = compiler_services
         .iter()
@@ -676,6 +463,296 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
+fn check_interfaces(interfaces: &[String]) -> Result<(), ConfigError> {
+    if interfaces.is_empty() {
+        return Err(invalid("interfaces", "at least one interface is needed"));
+    }
+    for (i, name) in interfaces.iter().enumerate() {
+        check_ifname(name).map_err(|p| invalid(format!("interfaces[{i}]"), p))?;
+        if interfaces[..i].contains(name) {
+            return Err(invalid(
+                format!("interfaces[{i}]"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_metrics_listen(s: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(s) = s else {
+        return Ok(None);
+    };
+    let addr = s.parse::<SocketAddr>().map_err(|_| {
+        invalid(
+            "metrics_listen",
+            format!("{s:?} is not an address:port (IPv6 as [addr]:port)"),
+        )
+    })?;
+    Ok(Some(addr))
+}
+
+fn check_flow_capacity(raw: Option<u32>) -> Result<u32, ConfigError> {
+    let flow_capacity = raw.unwrap_or(DEFAULT_FLOW_CAPACITY);
+    if flow_capacity == 0 || flow_capacity > MAX_FLOW_CAPACITY {
+        return Err(invalid(
+            "flow_capacity",
+            format!("{flow_capacity} is out of range 1..={MAX_FLOW_CAPACITY}"),
+        ));
+    }
+    Ok(flow_capacity)
+}
+
+fn check_absolute_paths(raw: &RawConfig) -> Result<(), ConfigError> {
+    for (key, p) in [
+        ("pin_dir", &raw.pin_dir),
+        ("control_socket", &raw.control_socket),
+        ("state_dir", &raw.state_dir),
+    ] {
+        if let Some(p) = p
+            && !p.is_absolute()
+        {
+            return Err(invalid(
+                key,
+                format!("{} is not an absolute path", p.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What the services seen so far hold, so that no two of them share a name
+/// or a VIP, and the same server is not described two ways.
+#[derive(Default)]
+struct Claims {
+    /// Service name -> the key of the service that has it.
+    names: HashMap<String, String>,
+    /// VIP -> the key of the service that has it.
+    vips: HashMap<Vip, String>,
+    /// Backend address -> the first key it was seen under, and how.
+    backends: BTreeMap<IpAddr, (String, Backend)>,
+}
+
+impl Claims {
+    fn name(&mut self, key: &str, name: &str) -> Result<(), ConfigError> {
+        check_name(name).map_err(|p| invalid(format!("{key}.name"), p))?;
+        if let Some(other) = self.names.insert(name.to_owned(), key.to_owned()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("service name {name:?} is already used by {other}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn vip(&mut self, key: &str, vip: Vip) -> Result<(), ConfigError> {
+        if let Some(other) = self.vips.insert(vip, key.to_owned()) {
+            return Err(invalid(
+                format!("{key}.vip"),
+                format!("VIP {vip} is already used by {other}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn backend(&mut self, key: &str, b: &Backend) -> Result<(), ConfigError> {
+        if let Some((other, prev)) = self.backends.get(&b.address) {
+            if prev.mac != b.mac || prev.name != b.name {
+                return Err(invalid(
+                    key.to_owned(),
+                    format!(
+                        "backend {} is also in {other} with a different {}",
+                        b.address,
+                        if prev.mac != b.mac { "mac" } else { "name" }
+                    ),
+                ));
+            }
+        } else {
+            self.backends.insert(b.address, (key.to_owned(), b.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// A compiler service; `total_slots` counts the Maglev slots of the
+/// services so far, this one included.
+fn compiler_service(
+    key: &str,
+    s: RawCompilerService,
+    claims: &mut Claims,
+    total_slots: &mut u64,
+) -> Result<CompilerService, ConfigError> {
+    claims.name(key, &s.name)?;
+    let vip = parse_vip(key, &s.vip, s.protocol.as_deref())?;
+    claims.vip(key, vip)?;
+    let forwarding = parse_forwarding(key, vip, raw_forwarding!(s))?;
+    let mut backends: Vec<Backend> = Vec::new();
+    for (j, b) in s.backends.into_iter().enumerate() {
+        let bkey = format!("{key}.backends[{j}]");
+        let backend = compiler_backend(&bkey, b)?;
+        if backends.iter().any(|o| o.address == backend.address) {
+            return Err(invalid(
+                format!("{bkey}.address"),
+                format!(
+                    "backend {} is listed twice in this service",
+                    backend.address
+                ),
+            ));
+        }
+        check_routed_mac(&bkey, &forwarding, &backend)?;
+        claims.backend(&bkey, &backend)?;
+        backends.push(backend);
+    }
+    let table_size = s.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+    check_table_size(key, table_size, backends.len(), total_slots)?;
+    let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
+    let raw_balancing = RawBalancing {
+        balance: s.balance,
+        min_weight_percent: s.min_weight_percent,
+        min_healthy: s.min_healthy,
+        slow_start: s.slow_start,
+        load_interval: s.load_interval,
+        load_smoothing_percent: s.load_smoothing_percent,
+        load_hysteresis_percent: s.load_hysteresis_percent,
+        max_rewrites_per_minute: s.max_rewrites_per_minute,
+    };
+    let balancing = parse_balancing(key, &raw_balancing, &health)?;
+    let retire_grace = parse_retire_grace(key, s.retire_grace.as_deref())?;
+    Ok(CompilerService {
+        name: s.name,
+        vip,
+        table_size,
+        health,
+        backends,
+        balancing,
+        retire_grace,
+        forwarding,
+    })
+}
+
+fn compiler_backend(bkey: &str, b: RawBackend) -> Result<Backend, ConfigError> {
+    let weight = match b.weight {
+        None => DEFAULT_WEIGHT,
+        Some(w) => check_weight(w).map_err(|p| invalid(format!("{bkey}.weight"), p))?,
+    };
+    let tier = match b.tier {
+        None => 0,
+        Some(t) => int_in(&format!("{bkey}.tier"), t, 0, MAX_TIER)?,
+    };
+    Ok(Backend {
+        address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
+        name: check_opt_name(bkey, b.name)?,
+        weight,
+        mac: parse_opt_mac(bkey, b.mac.as_deref())?,
+        tier,
+    })
+}
+
+/// A service's table size against its backends, and the tables of all
+/// services so far (`total_slots`, to which this one's are added) against
+/// the data plane's table array.
+fn check_table_size(
+    key: &str,
+    table_size: u32,
+    backends: usize,
+    total_slots: &mut u64,
+) -> Result<(), ConfigError> {
+    maglev::validate_size(table_size, backends)
+        .map_err(|e| invalid(format!("{key}.table_size"), e.to_string()))?;
+    // Two copies per service (the one packets read, the one being written).
+    *total_slots += 2 * table_size as u64;
+    if *total_slots > MAGLEV_CAPACITY as u64 {
+        return Err(invalid(
+            format!("{key}.table_size"),
+            format!(
+                "the Maglev tables of all services need {total_slots} slots \
+                 (two copies each), more than the {MAGLEV_CAPACITY} the data plane has"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_retire_grace(key: &str, raw: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(g) = raw else {
+        return Ok(DEFAULT_RETIRE_GRACE);
+    };
+    let d = parse_duration(g).map_err(|p| invalid(format!("{key}.retire_grace"), p))?;
+    if d > MAX_RETIRE_GRACE {
+        return Err(invalid(
+            format!("{key}.retire_grace"),
+            format!("{g:?} is longer than the maximum of 24h (1440m)"),
+        ));
+    }
+    Ok(d)
+}
+
+fn ca_service(key: &str, s: RawCaService, claims: &mut Claims) -> Result<CaService, ConfigError> {
+    claims.name(key, &s.name)?;
+    let vip = parse_vip(key, &s.vip, s.protocol.as_deref())?;
+    claims.vip(key, vip)?;
+    let forwarding = parse_forwarding(key, vip, raw_forwarding!(s))?;
+    let primary = ca_backend(&format!("{key}.primary"), s.primary, &forwarding)?;
+    claims.backend(&format!("{key}.primary"), &primary)?;
+    let standby = match s.standby {
+        None => None,
+        Some(b) => {
+            let b = ca_backend(&format!("{key}.standby"), b, &forwarding)?;
+            if b.address == primary.address {
+                return Err(invalid(
+                    format!("{key}.standby.address"),
+                    format!("{} is also the primary", b.address),
+                ));
+            }
+            claims.backend(&format!("{key}.standby"), &b)?;
+            Some(b)
+        }
+    };
+    let health = parse_health(&format!("{key}.health_check"), s.health_check, vip)?;
+    Ok(CaService {
+        name: s.name,
+        vip,
+        health,
+        primary,
+        standby,
+        forwarding,
+    })
+}
+
+fn ca_backend(
+    bkey: &str,
+    b: RawCaBackend,
+    forwarding: &crate::forwarding::Forwarding,
+) -> Result<Backend, ConfigError> {
+    let b = Backend {
+        address: parse_backend_addr(&format!("{bkey}.address"), &b.address)?,
+        name: check_opt_name(bkey, b.name)?,
+        weight: 1,
+        mac: parse_opt_mac(bkey, b.mac.as_deref())?,
+        tier: 0,
+    };
+    check_routed_mac(bkey, forwarding, &b)?;
+    Ok(b)
+}
+
+/// The services and backends of the whole config against what the data
+/// plane's maps hold.
+fn check_data_plane_room(services: usize, backends: usize) -> Result<(), ConfigError> {
+    if services > MAX_SERVICES as usize {
+        return Err(invalid(
+            "compiler_services",
+            format!("{services} services, the data plane holds at most {MAX_SERVICES}"),
+        ));
+    }
+    if backends > MAX_BACKENDS as usize {
+        return Err(invalid(
+            "compiler_services",
+            format!("{backends} backends, the data plane holds at most {MAX_BACKENDS}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The balancing keys of a compiler service, apart from the rest.
 struct RawBalancing {
     balance: Option<String>,
@@ -703,6 +780,72 @@ fn parse_balancing(
     health: &HealthCheck,
 ) -> Result<Balancing, ConfigError> {
     let def = ControllerConfig::default();
+    let balance = parse_balance(key, raw, health)?;
+    let controller = ControllerConfig {
+        balance,
+        min_weight_percent: opt_int_in(
+            key,
+            "min_weight_percent",
+            raw.min_weight_percent,
+            (1, 100),
+            def.min_weight_percent,
+        )?,
+        min_healthy: opt_int_in(
+            key,
+            "min_healthy",
+            raw.min_healthy,
+            (1, 1000),
+            def.min_healthy,
+        )?,
+        slow_start: opt_duration_in(
+            key,
+            "slow_start",
+            &raw.slow_start,
+            (Duration::ZERO, Duration::from_secs(3600)),
+            def.slow_start,
+        )?,
+        smoothing_percent: opt_int_in(
+            key,
+            "load_smoothing_percent",
+            raw.load_smoothing_percent,
+            (1, 100),
+            def.smoothing_percent,
+        )?,
+        hysteresis_percent: opt_int_in(
+            key,
+            "load_hysteresis_percent",
+            raw.load_hysteresis_percent,
+            (0, 50),
+            def.hysteresis_percent,
+        )?,
+        max_rewrites_per_minute: opt_int_in(
+            key,
+            "max_rewrites_per_minute",
+            raw.max_rewrites_per_minute,
+            (1, 600),
+            def.max_rewrites_per_minute,
+        )?,
+    };
+    let load_interval = opt_duration_in(
+        key,
+        "load_interval",
+        &raw.load_interval,
+        (Duration::from_secs(1), Duration::from_secs(600)),
+        DEFAULT_LOAD_INTERVAL,
+    )?;
+    Ok(Balancing {
+        controller,
+        load_interval,
+    })
+}
+
+/// `balance`, and the keys that go with it: the load keys only with
+/// `load`, which reads the status API with the health check's settings.
+fn parse_balance(
+    key: &str,
+    raw: &RawBalancing,
+    health: &HealthCheck,
+) -> Result<Balance, ConfigError> {
     let balance = match raw.balance.as_deref().unwrap_or("static") {
         "static" => Balance::Static,
         "load" => Balance::Load,
@@ -739,71 +882,40 @@ fn parse_balancing(
              settings, so health_check.type must be \"http\" or \"https\"",
         ));
     }
-    let opt = |k: &str, v: Option<i64>, lo: u32, hi: u32, def: u32| match v {
+    Ok(balance)
+}
+
+/// Integer `key.k` in `lo..=hi`, `def` when absent.
+fn opt_int_in(
+    key: &str,
+    k: &str,
+    v: Option<i64>,
+    (lo, hi): (u32, u32),
+    def: u32,
+) -> Result<u32, ConfigError> {
+    match v {
         None => Ok(def),
         Some(v) => int_in(&format!("{key}.{k}"), v, lo, hi),
-    };
-    let dur = |k: &str, v: &Option<String>, lo: Duration, hi: Duration, def: Duration| {
-        let Some(text) = v else { return Ok(def) };
-        let d = parse_duration(text).map_err(|p| invalid(format!("{key}.{k}"), p))?;
-        if d < lo || d > hi {
-            return Err(invalid(
-                format!("{key}.{k}"),
-                format!("{text:?} is out of range {lo:?}..={hi:?}"),
-            ));
-        }
-        Ok(d)
-    };
-    let controller = ControllerConfig {
-        balance,
-        min_weight_percent: opt(
-            "min_weight_percent",
-            raw.min_weight_percent,
-            1,
-            100,
-            def.min_weight_percent,
-        )?,
-        min_healthy: opt("min_healthy", raw.min_healthy, 1, 1000, def.min_healthy)?,
-        slow_start: dur(
-            "slow_start",
-            &raw.slow_start,
-            Duration::ZERO,
-            Duration::from_secs(3600),
-            def.slow_start,
-        )?,
-        smoothing_percent: opt(
-            "load_smoothing_percent",
-            raw.load_smoothing_percent,
-            1,
-            100,
-            def.smoothing_percent,
-        )?,
-        hysteresis_percent: opt(
-            "load_hysteresis_percent",
-            raw.load_hysteresis_percent,
-            0,
-            50,
-            def.hysteresis_percent,
-        )?,
-        max_rewrites_per_minute: opt(
-            "max_rewrites_per_minute",
-            raw.max_rewrites_per_minute,
-            1,
-            600,
-            def.max_rewrites_per_minute,
-        )?,
-    };
-    let load_interval = dur(
-        "load_interval",
-        &raw.load_interval,
-        Duration::from_secs(1),
-        Duration::from_secs(600),
-        DEFAULT_LOAD_INTERVAL,
-    )?;
-    Ok(Balancing {
-        controller,
-        load_interval,
-    })
+    }
+}
+
+/// Duration `key.k` in `lo..=hi`, `def` when absent.
+fn opt_duration_in(
+    key: &str,
+    k: &str,
+    v: &Option<String>,
+    (lo, hi): (Duration, Duration),
+    def: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = v else { return Ok(def) };
+    let d = parse_duration(text).map_err(|p| invalid(format!("{key}.{k}"), p))?;
+    if d < lo || d > hi {
+        return Err(invalid(
+            format!("{key}.{k}"),
+            format!("{text:?} is out of range {lo:?}..={hi:?}"),
+        ));
+    }
+    Ok(d)
 }
 
 fn check_ifname(name: &str) -> Result<(), String> {
@@ -960,67 +1072,45 @@ fn parse_health(
     raw: Option<RawHealthCheck>,
     vip: Vip,
 ) -> Result<HealthCheck, ConfigError> {
-    let raw = raw.unwrap_or(RawHealthCheck {
-        kind: None,
-        port: None,
-        interval: None,
-        timeout: None,
-        rise: None,
-        fall: None,
-        path: None,
-        expect_status: None,
-        expect_body: None,
-        host: None,
-        ca_file: None,
-        insecure: None,
-        client_cert: None,
-        client_key: None,
-    });
+    let raw = raw.unwrap_or_default();
     let base = HealthCheck::openvox_default(TlsCheck {
         ca_file: None,
         insecure: false,
         client_cert: None,
         client_key: None,
     });
-    let kind_name = raw.kind.as_deref().unwrap_or("https");
-    let http = |raw: &RawHealthCheck| -> Result<HttpCheck, ConfigError> {
-        let CheckKind::Https(def, _) = &base.kind else {
-            unreachable!("the OpenVox default is an https check")
-        };
-        let path = raw.path.clone().unwrap_or_else(|| def.path.clone());
-        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(
-                format!("{key}.path"),
-                format!("{path:?} is not an absolute URL path without spaces"),
-            ));
-        }
-        let expect_status = raw.expect_status.unwrap_or(def.expect_status);
-        if !(100..=599).contains(&expect_status) {
-            return Err(invalid(
-                format!("{key}.expect_status"),
-                format!("{expect_status} is not an HTTP status"),
-            ));
-        }
-        // The OpenVox body check only makes sense with the OpenVox path.
-        let expect_body = match (&raw.expect_body, &raw.path) {
-            (Some(b), _) => Some(b.clone()).filter(|b| !b.is_empty()),
-            (None, None) => def.expect_body.clone(),
-            (None, Some(_)) => None,
-        };
-        if let Some(h) = &raw.host
-            && (h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return Err(invalid(
-                format!("{key}.host"),
-                format!("{h:?} is not a host name"),
-            ));
-        }
-        Ok(HttpCheck {
-            path,
-            expect_status,
-            expect_body,
-            host: raw.host.clone(),
-        })
+    let kind = parse_check_kind(key, &raw, &base)?;
+    let interval = check_duration(key, "interval", &raw.interval, base.interval)?;
+    let timeout = check_duration(key, "timeout", &raw.timeout, base.timeout)?;
+    if timeout > interval {
+        return Err(invalid(
+            format!("{key}.timeout"),
+            format!("{timeout:?} is longer than the interval ({interval:?})"),
+        ));
+    }
+    let port = raw.port.unwrap_or(vip.addr.port());
+    if port == 0 {
+        return Err(invalid(format!("{key}.port"), "port 0 cannot be probed"));
+    }
+    Ok(HealthCheck {
+        kind,
+        port,
+        interval,
+        timeout,
+        rise: check_count(key, "rise", raw.rise, base.rise)?,
+        fall: check_count(key, "fall", raw.fall, base.fall)?,
+    })
+}
+
+/// The check's type and the keys that go with it (`base`: the OpenVox
+/// default check, whose HTTP settings are the defaults).
+fn parse_check_kind(
+    key: &str,
+    raw: &RawHealthCheck,
+    base: &HealthCheck,
+) -> Result<CheckKind, ConfigError> {
+    let CheckKind::Https(def, _) = &base.kind else {
+        unreachable!("the OpenVox default is an https check")
     };
     let only_https = [
         ("ca_file", raw.ca_file.is_some()),
@@ -1034,21 +1124,15 @@ fn parse_health(
         ("expect_body", raw.expect_body.is_some()),
         ("host", raw.host.is_some()),
     ];
-    let reject = |keys: &[(&str, bool)], why: &str| -> Result<(), ConfigError> {
-        match keys.iter().find(|(_, set)| *set) {
-            Some((k, _)) => Err(invalid(format!("{key}.{k}"), why.to_owned())),
-            None => Ok(()),
-        }
-    };
-    let kind = match kind_name {
+    Ok(match raw.kind.as_deref().unwrap_or("https") {
         "tcp" => {
-            reject(&only_http, "only used by http and https checks")?;
-            reject(&only_https, "only used by https checks")?;
+            reject_keys(key, &only_http, "only used by http and https checks")?;
+            reject_keys(key, &only_https, "only used by https checks")?;
             CheckKind::Tcp
         }
         "http" => {
-            reject(&only_https, "only used by https checks")?;
-            CheckKind::Http(http(&raw)?)
+            reject_keys(key, &only_https, "only used by https checks")?;
+            CheckKind::Http(parse_http(key, raw, def)?)
         }
         "https" => {
             let tls = TlsCheck {
@@ -1060,7 +1144,7 @@ fn parse_health(
             // The rules live with the checker (`TlsCheck::check`).
             tls.check()
                 .map_err(|rule| invalid(format!("{key}.{}", rule.key()), rule.to_string()))?;
-            CheckKind::Https(http(&raw)?, tls)
+            CheckKind::Https(parse_http(key, raw, def)?, tls)
         }
         other => {
             return Err(invalid(
@@ -1068,51 +1152,86 @@ fn parse_health(
                 format!("{other:?} is not \"tcp\", \"http\" or \"https\""),
             ));
         }
-    };
-    let dur = |k: &str, v: &Option<String>, def: Duration| -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(def),
-            Some(s) => {
-                let d = parse_duration(s).map_err(|p| invalid(format!("{key}.{k}"), p))?;
-                if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
-                    return Err(invalid(
-                        format!("{key}.{k}"),
-                        format!("{s:?} is out of range 10ms..=1h"),
-                    ));
-                }
-                Ok(d)
-            }
-        }
-    };
-    let interval = dur("interval", &raw.interval, base.interval)?;
-    let timeout = dur("timeout", &raw.timeout, base.timeout)?;
-    if timeout > interval {
+    })
+}
+
+/// The first of `keys` that is set, as an error: it is `why`.
+fn reject_keys(key: &str, keys: &[(&str, bool)], why: &str) -> Result<(), ConfigError> {
+    match keys.iter().find(|(_, set)| *set) {
+        Some((k, _)) => Err(invalid(format!("{key}.{k}"), why.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// The HTTP part of an http or https check (`def`: the defaults).
+fn parse_http(key: &str, raw: &RawHealthCheck, def: &HttpCheck) -> Result<HttpCheck, ConfigError> {
+    let path = raw.path.clone().unwrap_or_else(|| def.path.clone());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid(
-            format!("{key}.timeout"),
-            format!("{timeout:?} is longer than the interval ({interval:?})"),
+            format!("{key}.path"),
+            format!("{path:?} is not an absolute URL path without spaces"),
         ));
     }
-    let count = |k: &str, v: Option<u32>, def: u32| -> Result<u32, ConfigError> {
-        let v = v.unwrap_or(def);
-        if (1..=100).contains(&v) {
-            Ok(v)
-        } else {
-            Err(invalid(
-                format!("{key}.{k}"),
-                format!("{v} is out of range 1..=100"),
-            ))
-        }
-    };
-    let port = raw.port.unwrap_or(vip.addr.port());
-    if port == 0 {
-        return Err(invalid(format!("{key}.port"), "port 0 cannot be probed"));
+    let expect_status = raw.expect_status.unwrap_or(def.expect_status);
+    if !(100..=599).contains(&expect_status) {
+        return Err(invalid(
+            format!("{key}.expect_status"),
+            format!("{expect_status} is not an HTTP status"),
+        ));
     }
-    Ok(HealthCheck {
-        kind,
-        port,
-        interval,
-        timeout,
-        rise: count("rise", raw.rise, base.rise)?,
-        fall: count("fall", raw.fall, base.fall)?,
+    // The OpenVox body check only makes sense with the OpenVox path.
+    let expect_body = match (&raw.expect_body, &raw.path) {
+        (Some(b), _) => Some(b.clone()).filter(|b| !b.is_empty()),
+        (None, None) => def.expect_body.clone(),
+        (None, Some(_)) => None,
+    };
+    if let Some(h) = &raw.host
+        && (h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(invalid(
+            format!("{key}.host"),
+            format!("{h:?} is not a host name"),
+        ));
+    }
+    Ok(HttpCheck {
+        path,
+        expect_status,
+        expect_body,
+        host: raw.host.clone(),
     })
+}
+
+/// Duration `key.k` of a check, 10 ms to 1 h.
+fn check_duration(
+    key: &str,
+    k: &str,
+    v: &Option<String>,
+    def: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(def),
+        Some(s) => {
+            let d = parse_duration(s).map_err(|p| invalid(format!("{key}.{k}"), p))?;
+            if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+                return Err(invalid(
+                    format!("{key}.{k}"),
+                    format!("{s:?} is out of range 10ms..=1h"),
+                ));
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Count `key.k` of a check (rise, fall), 1 to 100.
+fn check_count(key: &str, k: &str, v: Option<u32>, def: u32) -> Result<u32, ConfigError> {
+    let v = v.unwrap_or(def);
+    if (1..=100).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(
+            format!("{key}.{k}"),
+            format!("{v} is out of range 1..=100"),
+        ))
+    }
 }

@@ -523,19 +523,40 @@ pub fn if_mtu(iface: &str) -> Option<u32> {
 /// What this host lacks to receive encapsulated VIP traffic on `iface`.
 /// `vips` empty: the pinned VIP set.
 pub fn check(iface: &str, vips: &BTreeSet<IpAddr>, pin_dir: &Path) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let mut add = |check, ok, detail: String| out.push(Finding { check, ok, detail });
     let Some(idx) = ifindex(iface) else {
-        add(
+        return vec![finding(
             "interface",
             false,
             format!("no interface named {iface:?} here"),
-        );
-        return out;
+        )];
     };
-    add("interface", true, format!("{iface} (ifindex {idx})"));
+    let mut out = vec![
+        finding("interface", true, format!("{iface} (ifindex {idx})")),
+        check_attached(iface, pin_dir),
+    ];
+    let vips = if vips.is_empty() {
+        DecapMaps::from_pins(pin_dir)
+            .map(|m| m.vips())
+            .unwrap_or_default()
+    } else {
+        vips.clone()
+    };
+    out.extend(check_vips_on_lo(&vips));
+    if vips.iter().any(|v| v.is_ipv4()) {
+        out.extend(check_arp(iface));
+    }
+    out.push(check_rp_filter(iface));
+    out.push(check_mtu(iface));
+    out
+}
+
+fn finding(check: &'static str, ok: bool, detail: String) -> Finding {
+    Finding { check, ok, detail }
+}
+
+fn check_attached(iface: &str, pin_dir: &Path) -> Finding {
     let attached = link_pin(pin_dir, iface).exists();
-    add(
+    finding(
         "attached",
         attached,
         if attached {
@@ -546,20 +567,19 @@ pub fn check(iface: &str, vips: &BTreeSet<IpAddr>, pin_dir: &Path) -> Vec<Findin
         } else {
             format!("not attached: voxlb decap --interface {iface} --vip ADDR")
         },
-    );
-    let vips = if vips.is_empty() {
-        DecapMaps::from_pins(pin_dir)
-            .map(|m| m.vips())
-            .unwrap_or_default()
-    } else {
-        vips.clone()
-    };
+    )
+}
+
+/// Each VIP must be on `lo`, for the kernel to take the decapsulated
+/// packets as its own.
+fn check_vips_on_lo(vips: &BTreeSet<IpAddr>) -> Vec<Finding> {
+    let mut out = Vec::new();
     if vips.is_empty() {
-        add(
+        out.push(finding(
             "vip_on_lo",
             false,
             "no VIP given (--vip) and none in a pinned decapsulator".into(),
-        );
+        ));
     }
     let on_lo: BTreeSet<IpAddr> = host_addresses()
         .unwrap_or_default()
@@ -567,55 +587,58 @@ pub fn check(iface: &str, vips: &BTreeSet<IpAddr>, pin_dir: &Path) -> Vec<Findin
         .filter(|(n, _)| n == "lo")
         .map(|(_, a)| a)
         .collect();
-    for v in &vips {
+    for v in vips {
         if on_lo.contains(v) {
-            add("vip_on_lo", true, format!("{v} is on lo"));
+            out.push(finding("vip_on_lo", true, format!("{v} is on lo")));
         } else {
             let plen = if v.is_ipv4() { 32 } else { 128 };
-            add(
+            out.push(finding(
                 "vip_on_lo",
                 false,
                 format!("{v} is not on lo: ip addr add {v}/{plen} dev lo"),
-            );
+            ));
         }
     }
-    let sysctl = |dev: &str, key: &str| -> Option<u32> {
+    out
+}
+
+/// The IPv4 sysctl `key` as the kernel applies it on `iface`: the larger of
+/// the `all` and per-interface values.
+fn effective_sysctl(iface: &str, key: &str) -> Option<u32> {
+    let sysctl = |dev: &str| -> Option<u32> {
         std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/{key}"))
             .ok()?
             .trim()
             .parse()
             .ok()
     };
-    // The kernel applies the larger of the `all` and per-interface values.
-    let effective = |key: &str| sysctl("all", key).max(sysctl(iface, key));
-    if vips.iter().any(|v| v.is_ipv4()) {
-        match effective("arp_ignore") {
-            Some(v) if v >= 1 => add("arp_ignore", true, format!("{v}")),
-            v => add(
-                "arp_ignore",
-                false,
-                format!(
-                    "{} (want 1: do not answer ARP for the VIP on lo): \
-                     sysctl -w net.ipv4.conf.all.arp_ignore=1",
-                    v.map_or("unreadable".into(), |v| v.to_string())
-                ),
+    sysctl("all").max(sysctl(iface))
+}
+
+/// An IPv4 VIP on lo must be neither answered for nor used in ARP.
+fn check_arp(iface: &str) -> Vec<Finding> {
+    [
+        ("arp_ignore", 1, "do not answer ARP for the VIP on lo"),
+        ("arp_announce", 2, "never use the VIP as ARP source"),
+    ]
+    .into_iter()
+    .map(|(key, want, why)| match effective_sysctl(iface, key) {
+        Some(v) if v >= want => finding(key, true, format!("{v}")),
+        v => finding(
+            key,
+            false,
+            format!(
+                "{} (want {want}: {why}): sysctl -w net.ipv4.conf.all.{key}={want}",
+                v.map_or("unreadable".into(), |v| v.to_string())
             ),
-        }
-        match effective("arp_announce") {
-            Some(v) if v >= 2 => add("arp_announce", true, format!("{v}")),
-            v => add(
-                "arp_announce",
-                false,
-                format!(
-                    "{} (want 2: never use the VIP as ARP source): \
-                     sysctl -w net.ipv4.conf.all.arp_announce=2",
-                    v.map_or("unreadable".into(), |v| v.to_string())
-                ),
-            ),
-        }
-    }
-    match effective("rp_filter") {
-        Some(1) => add(
+        ),
+    })
+    .collect()
+}
+
+fn check_rp_filter(iface: &str) -> Finding {
+    match effective_sysctl(iface, "rp_filter") {
+        Some(1) => finding(
             "rp_filter",
             false,
             format!(
@@ -624,12 +647,14 @@ pub fn check(iface: &str, vips: &BTreeSet<IpAddr>, pin_dir: &Path) -> Vec<Findin
                  sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{iface}.rp_filter=2"
             ),
         ),
-        Some(v) => add("rp_filter", true, format!("{v}")),
-        None => add("rp_filter", false, "unreadable".into()),
+        Some(v) => finding("rp_filter", true, format!("{v}")),
+        None => finding("rp_filter", false, "unreadable".into()),
     }
-    let mtu = if_mtu(iface);
-    match mtu {
-        Some(m) if m >= IPV6_MIN_MTU + MAX_ENCAP_OVERHEAD => add(
+}
+
+fn check_mtu(iface: &str) -> Finding {
+    match if_mtu(iface) {
+        Some(m) if m >= IPV6_MIN_MTU + MAX_ENCAP_OVERHEAD => finding(
             "mtu",
             true,
             format!(
@@ -637,7 +662,7 @@ pub fn check(iface: &str, vips: &BTreeSet<IpAddr>, pin_dir: &Path) -> Vec<Findin
                 m - MAX_ENCAP_OVERHEAD
             ),
         ),
-        Some(m) => add(
+        Some(m) => finding(
             "mtu",
             false,
             format!(
@@ -647,9 +672,8 @@ pub fn check(iface: &str, vips: &BTreeSet<IpAddr>, pin_dir: &Path) -> Vec<Findin
                 1500 + MAX_ENCAP_OVERHEAD
             ),
         ),
-        None => add("mtu", false, "unreadable".into()),
+        None => finding("mtu", false, "unreadable".into()),
     }
-    out
 }
 
 /// `voxlb decap ...`: attach (default), or one of `--stats`, `--detach`,

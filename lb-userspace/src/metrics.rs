@@ -118,6 +118,14 @@ fn family(o: &mut String, name: &str, kind: &str, help: &str) {
 
 /// The data plane's counters: reasons, services, backends, flood mode.
 fn counters(o: &mut String, stats: &StatsView) {
+    reason_counters(o, stats);
+    service_counters(o, stats);
+    backend_counters(o, stats);
+    flood_metrics(o, stats);
+}
+
+/// Packets and bytes by reason (passes and drops, and the derived tx ones).
+fn reason_counters(o: &mut String, stats: &StatsView) {
     family(
         o,
         "voxlb_reason_packets_total",
@@ -144,6 +152,9 @@ fn counters(o: &mut String, stats: &StatsView) {
             r.reason, r.verdict, r.bytes
         );
     }
+}
+
+fn service_counters(o: &mut String, stats: &StatsView) {
     let svc_metrics: [Metric<ServiceStat>; 4] = [
         (
             "voxlb_service_packets_total",
@@ -178,6 +189,9 @@ fn counters(o: &mut String, stats: &StatsView) {
             );
         }
     }
+}
+
+fn backend_counters(o: &mut String, stats: &StatsView) {
     let be_metrics: [Metric<BackendStat>; 3] = [
         (
             "voxlb_backend_packets_total",
@@ -210,6 +224,10 @@ fn counters(o: &mut String, stats: &StatsView) {
             }
         }
     }
+}
+
+/// Flood mode: its threshold, the CPUs in it, what it forwarded.
+fn flood_metrics(o: &mut String, stats: &StatsView) {
     let f = &stats.flood;
     for (name, kind, help, v) in [
         (
@@ -504,75 +522,9 @@ pub fn render_telemetry(t: &crate::telemetry::TelemetryView, status: &StatusView
     );
     let _ = writeln!(o, "voxlb_process_start_time_seconds {}", t.start_time);
     if let (Some(c), Some(at)) = (&t.flow_census, t.census_at) {
-        family(
-            &mut o,
-            "voxlb_flow_table_entries",
-            "gauge",
-            "Entries in the flow table (LRU), counted every 10 s.",
-        );
-        let _ = writeln!(o, "voxlb_flow_table_entries {}", c.entries);
-        if let Some(cap) = c.capacity {
-            family(
-                &mut o,
-                "voxlb_flow_table_capacity",
-                "gauge",
-                "Capacity of the flow table (max entries).",
-            );
-            let _ = writeln!(o, "voxlb_flow_table_capacity {cap}");
-        }
-        family(
-            &mut o,
-            "voxlb_flow_table_census_timestamp_seconds",
-            "gauge",
-            "Unix time of the last flow-table count.",
-        );
-        let _ = writeln!(o, "voxlb_flow_table_census_timestamp_seconds {at}");
-        family(
-            &mut o,
-            "voxlb_backend_flow_entries",
-            "gauge",
-            "Flow-table entries pointing at each backend (recent flows: an entry stays until the LRU evicts it).",
-        );
-        for s in &status.services {
-            for b in &s.backends {
-                let n = c.of(b.id, b.generation);
-                let _ = writeln!(
-                    o,
-                    "voxlb_backend_flow_entries{{service=\"{}\",backend=\"{}\",name=\"{}\"}} {n}",
-                    esc(&s.name),
-                    b.address,
-                    esc(b.name.as_deref().unwrap_or(""))
-                );
-            }
-        }
+        flow_census(&mut o, c, at, status);
     }
-    let r = &t.rebuilds;
-    family(
-        &mut o,
-        "voxlb_table_rebuilds_total",
-        "counter",
-        "Changes that installed at least one Maglev table.",
-    );
-    let _ = writeln!(o, "voxlb_table_rebuilds_total {}", r.rebuilds);
-    family(
-        &mut o,
-        "voxlb_table_installs_total",
-        "counter",
-        "Maglev tables installed (a rebuild may install several).",
-    );
-    let _ = writeln!(o, "voxlb_table_installs_total {}", r.tables);
-    family(
-        &mut o,
-        "voxlb_table_rebuild_duration_seconds",
-        "histogram",
-        "Time of a rebuild: Maglev build plus map writes.",
-    );
-    histogram(
-        &mut o,
-        "voxlb_table_rebuild_duration_seconds",
-        "",
-        &r.duration,
-    );
+    rebuilds(&mut o, &t.rebuilds);
     family(
         &mut o,
         "voxlb_health_check_duration_seconds",
@@ -589,6 +541,76 @@ pub fn render_telemetry(t: &crate::telemetry::TelemetryView, status: &StatusView
         );
     }
     o
+}
+
+/// The flow table's size and each backend's share of it, counted at `at`.
+fn flow_census(o: &mut String, c: &crate::telemetry::FlowCensus, at: f64, status: &StatusView) {
+    family(
+        o,
+        "voxlb_flow_table_entries",
+        "gauge",
+        "Entries in the flow table (LRU), counted every 10 s.",
+    );
+    let _ = writeln!(o, "voxlb_flow_table_entries {}", c.entries);
+    if let Some(cap) = c.capacity {
+        family(
+            o,
+            "voxlb_flow_table_capacity",
+            "gauge",
+            "Capacity of the flow table (max entries).",
+        );
+        let _ = writeln!(o, "voxlb_flow_table_capacity {cap}");
+    }
+    family(
+        o,
+        "voxlb_flow_table_census_timestamp_seconds",
+        "gauge",
+        "Unix time of the last flow-table count.",
+    );
+    let _ = writeln!(o, "voxlb_flow_table_census_timestamp_seconds {at}");
+    family(
+        o,
+        "voxlb_backend_flow_entries",
+        "gauge",
+        "Flow-table entries pointing at each backend (recent flows: an entry stays until the LRU evicts it).",
+    );
+    for s in &status.services {
+        for b in &s.backends {
+            let n = c.of(b.id, b.generation);
+            let _ = writeln!(
+                o,
+                "voxlb_backend_flow_entries{{service=\"{}\",backend=\"{}\",name=\"{}\"}} {n}",
+                esc(&s.name),
+                b.address,
+                esc(b.name.as_deref().unwrap_or(""))
+            );
+        }
+    }
+}
+
+/// Maglev table rebuilds: how many, how many tables, how long.
+fn rebuilds(o: &mut String, r: &crate::telemetry::RebuildStats) {
+    family(
+        o,
+        "voxlb_table_rebuilds_total",
+        "counter",
+        "Changes that installed at least one Maglev table.",
+    );
+    let _ = writeln!(o, "voxlb_table_rebuilds_total {}", r.rebuilds);
+    family(
+        o,
+        "voxlb_table_installs_total",
+        "counter",
+        "Maglev tables installed (a rebuild may install several).",
+    );
+    let _ = writeln!(o, "voxlb_table_installs_total {}", r.tables);
+    family(
+        o,
+        "voxlb_table_rebuild_duration_seconds",
+        "histogram",
+        "Time of a rebuild: Maglev build plus map writes.",
+    );
+    histogram(o, "voxlb_table_rebuild_duration_seconds", "", &r.duration);
 }
 
 /// Every metric family name the daemon exports (the dashboard test checks

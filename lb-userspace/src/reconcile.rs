@@ -411,9 +411,6 @@ pub fn plan_weighted(
     routes: &RouteMap,
     weights: &WeightMap,
 ) -> Result<Plan, PlanError> {
-    let mut desired = Desired::default();
-    let mut services = Vec::new();
-    let mut keep: BTreeSet<(String, IpAddr)> = BTreeSet::new();
     let names: BTreeSet<&str> = config
         .compiler_services
         .iter()
@@ -421,90 +418,104 @@ pub fn plan_weighted(
         .chain(config.ca_services.iter().map(|s| s.name.as_str()))
         .collect();
     state.retain_services(&names);
-    let up = |svc: &str, addr: IpAddr| health.get(&(svc.to_owned(), addr)).copied();
-
+    let mut planner = Planner {
+        state,
+        health,
+        macs,
+        routes,
+        weights,
+        desired: Desired::default(),
+        keep: BTreeSet::new(),
+    };
+    let mut services = Vec::new();
     for svc in &config.compiler_services {
-        let sid = state.service_id(&svc.name)?;
-        desired.vips.insert(
+        services.push(planner.compiler_service(svc)?);
+    }
+    for svc in &config.ca_services {
+        services.push(planner.ca_service(svc)?);
+    }
+    planner.state.release_others(&planner.keep);
+    Ok(Plan {
+        desired: planner.desired,
+        services,
+    })
+}
+
+/// A plan being made: what it reads, the ids it allocates in `state`, and
+/// what it has decided so far.
+struct Planner<'a> {
+    state: &'a mut State,
+    health: &'a HealthMap,
+    macs: &'a MacMap,
+    routes: &'a RouteMap,
+    weights: &'a WeightMap,
+    desired: Desired,
+    /// (service, address) of every backend that keeps its id.
+    keep: BTreeSet<(String, IpAddr)>,
+}
+
+impl Planner<'_> {
+    fn up(&self, svc: &str, addr: IpAddr) -> Option<bool> {
+        self.health.get(&(svc.to_owned(), addr)).copied()
+    }
+
+    /// A backend's slot: its id (allocated if new, kept either way), how it
+    /// is reached, its health and `state`.
+    fn slot(
+        &mut self,
+        svc: &str,
+        forwarding: &Forwarding,
+        b: &Backend,
+        state: u32,
+    ) -> Result<Slot, PlanError> {
+        self.keep.insert((svc.to_owned(), b.address));
+        Ok(Slot::new(
+            self.state.backend_id(svc, b.address)?,
+            reach(forwarding, b, self.macs, self.routes),
+            self.up(svc, b.address),
+            state,
+        ))
+    }
+
+    /// Write a slot's backend record into the plan.
+    fn record(&mut self, slot: &Slot, addr: IpAddr, sid: u32) {
+        let info = slot.info(addr, sid, &mut self.desired);
+        self.desired.backends.insert(slot.id, info);
+    }
+
+    fn compiler_service(&mut self, svc: &CompilerService) -> Result<ServiceView, PlanError> {
+        let sid = self.state.service_id(&svc.name)?;
+        self.desired.vips.insert(
             svc.vip.key(),
             VipInfo {
                 service_id: sid,
                 kind: KIND_COMPILER,
             },
         );
-        let eff = effective_backends(svc, state.overlays.get(&svc.name));
+        let eff = effective_backends(svc, self.state.overlays.get(&svc.name));
         maglev::validate_size(svc.table_size, eff.len()).map_err(|problem| PlanError::Maglev {
             service: svc.name.clone(),
             problem,
         })?;
         let mut entries = Vec::new();
         let mut views = Vec::new();
-        let weighted = weights.keys().any(|(n, _)| *n == svc.name);
+        let weighted = self.weights.keys().any(|(n, _)| *n == svc.name);
         for e in &eff {
-            let b = &e.backend;
-            keep.insert((svc.name.clone(), b.address));
-            let slot = Slot::new(
-                state.backend_id(&svc.name, b.address)?,
-                reach(&svc.forwarding, b, macs, routes),
-                up(&svc.name, b.address),
-                if e.drained {
-                    BACKEND_DRAINING
-                } else {
-                    BACKEND_ACTIVE
-                },
-            );
-            let eff_w = weights.get(&(svc.name.clone(), b.address));
-            if slot.state == BACKEND_ACTIVE {
-                match eff_w {
-                    // Thousandths, so all weights share one unit.
-                    None if weighted => entries.push(maglev::Entry::from_addr(
-                        b.address,
-                        b.weight.saturating_mul(1000),
-                        slot.id,
-                    )),
-                    None => entries.push(maglev::Entry::from_addr(b.address, b.weight, slot.id)),
-                    Some(w) if w.maglev_weight > 0 => entries.push(maglev::Entry::from_addr(
-                        b.address,
-                        w.maglev_weight,
-                        slot.id,
-                    )),
-                    Some(_) => {}
-                }
-            }
-            let info = slot.info(b.address, sid, &mut desired);
-            desired.backends.insert(slot.id, info);
-            let mut view = slot.view(b, if e.from_config { "config" } else { "cli" }, None);
-            if let Some(w) = eff_w {
-                show_weight(&mut view, w);
-            }
+            let (entry, view) = self.compiler_member(svc, sid, e, weighted)?;
+            entries.extend(entry);
             views.push(view);
         }
-        let overlay = state.overlays.get(&svc.name).cloned().unwrap_or_default();
+        let overlay = self
+            .state
+            .overlays
+            .get(&svc.name)
+            .cloned()
+            .unwrap_or_default();
         for (addr, r) in &overlay.retiring {
             if eff.iter().any(|e| e.backend.address == *addr) {
                 continue; // present again: `prune_overlay` drops the entry
             }
-            keep.insert((svc.name.clone(), *addr));
-            let b = Backend {
-                address: *addr,
-                name: r.name.clone(),
-                weight: r.weight,
-                mac: r.mac,
-                // Out of every table while retiring: its tier plays no
-                // part, but is shown (and given back if it is added again).
-                tier: r.tier,
-            };
-            let slot = Slot::new(
-                state.backend_id(&svc.name, *addr)?,
-                reach(&svc.forwarding, &b, macs, routes),
-                up(&svc.name, *addr),
-                BACKEND_RETIRING,
-            );
-            let info = slot.info(*addr, sid, &mut desired);
-            desired.backends.insert(slot.id, info);
-            let mut view = slot.view(&b, "removed", None);
-            view.retire_deadline_unix_ms = Some(r.deadline_unix_ms);
-            views.push(view);
+            views.push(self.retiring_member(svc, sid, *addr, r)?);
         }
         // Rebuilt only when this service's backend set changed.
         let table =
@@ -514,17 +525,11 @@ pub fn plan_weighted(
                     problem,
                 }
             })?;
-        let mut slots: HashMap<u32, u32> = HashMap::new();
-        for v in &table {
-            *slots.entry(*v).or_default() += 1;
-        }
-        for v in &mut views {
-            v.slots = slots.get(&v.id).copied().unwrap_or(0);
-        }
+        count_slots(&table, &mut views);
         let ids: HashMap<u32, [u8; 17]> = entries.iter().map(|e| (e.value, e.identity)).collect();
         let fingerprint = table_fingerprint(&table, &ids);
-        desired.tables.insert(sid, table);
-        services.push(ServiceView {
+        self.desired.tables.insert(sid, table);
+        Ok(ServiceView {
             name: svc.name.clone(),
             kind: ServiceKind::Compiler,
             forwarding: svc.forwarding.mode,
@@ -535,12 +540,66 @@ pub fn plan_weighted(
             ca_target: None,
             backends: views,
             fingerprint: Some(fingerprint),
-        });
+        })
     }
 
-    for svc in &config.ca_services {
-        let sid = state.service_id(&svc.name)?;
-        desired.vips.insert(
+    /// A compiler of the config or added by the CLI: its Maglev entry if it
+    /// takes new flows, and its view.
+    fn compiler_member(
+        &mut self,
+        svc: &CompilerService,
+        sid: u32,
+        e: &EffectiveBackend,
+        weighted: bool,
+    ) -> Result<(Option<maglev::Entry>, BackendView), PlanError> {
+        let b = &e.backend;
+        let state = if e.drained {
+            BACKEND_DRAINING
+        } else {
+            BACKEND_ACTIVE
+        };
+        let slot = self.slot(&svc.name, &svc.forwarding, b, state)?;
+        let eff_w = self.weights.get(&(svc.name.clone(), b.address));
+        let entry = if slot.state == BACKEND_ACTIVE {
+            table_entry(b, slot.id, eff_w, weighted)
+        } else {
+            None
+        };
+        self.record(&slot, b.address, sid);
+        let mut view = slot.view(b, if e.from_config { "config" } else { "cli" }, None);
+        if let Some(w) = eff_w {
+            show_weight(&mut view, w);
+        }
+        Ok((entry, view))
+    }
+
+    /// A removed compiler still retiring: out of the table, its flows kept.
+    fn retiring_member(
+        &mut self,
+        svc: &CompilerService,
+        sid: u32,
+        addr: IpAddr,
+        r: &crate::state::Retiring,
+    ) -> Result<BackendView, PlanError> {
+        let b = Backend {
+            address: addr,
+            name: r.name.clone(),
+            weight: r.weight,
+            mac: r.mac,
+            // Out of every table while retiring: its tier plays no
+            // part, but is shown (and given back if it is added again).
+            tier: r.tier,
+        };
+        let slot = self.slot(&svc.name, &svc.forwarding, &b, BACKEND_RETIRING)?;
+        self.record(&slot, addr, sid);
+        let mut view = slot.view(&b, "removed", None);
+        view.retire_deadline_unix_ms = Some(r.deadline_unix_ms);
+        Ok(view)
+    }
+
+    fn ca_service(&mut self, svc: &crate::config::CaService) -> Result<ServiceView, PlanError> {
+        let sid = self.state.service_id(&svc.name)?;
+        self.desired.vips.insert(
             svc.vip.key(),
             VipInfo {
                 service_id: sid,
@@ -552,24 +611,17 @@ pub fn plan_weighted(
         let members = std::iter::once((&svc.primary, "primary"))
             .chain(svc.standby.as_ref().map(|b| (b, "standby")));
         for (b, role) in members {
-            keep.insert((svc.name.clone(), b.address));
-            let slot = Slot::new(
-                state.backend_id(&svc.name, b.address)?,
-                reach(&svc.forwarding, b, macs, routes),
-                up(&svc.name, b.address),
-                BACKEND_ACTIVE,
-            );
+            let slot = self.slot(&svc.name, &svc.forwarding, b, BACKEND_ACTIVE)?;
             if slot.state == BACKEND_ACTIVE && target.is_none() {
                 target = Some((slot.id, b.address));
             }
-            let info = slot.info(b.address, sid, &mut desired);
-            desired.backends.insert(slot.id, info);
+            self.record(&slot, b.address, sid);
             views.push(slot.view(b, "config", Some(role)));
         }
-        desired
+        self.desired
             .ca_targets
             .insert(sid, target.map(|t| t.0).unwrap_or(NO_BACKEND));
-        services.push(ServiceView {
+        Ok(ServiceView {
             name: svc.name.clone(),
             kind: ServiceKind::Ca,
             forwarding: svc.forwarding.mode,
@@ -580,10 +632,42 @@ pub fn plan_weighted(
             ca_target: target.map(|t| t.1),
             backends: views,
             fingerprint: None,
-        });
+        })
     }
-    state.release_others(&keep);
-    Ok(Plan { desired, services })
+}
+
+/// An active compiler's Maglev entry: its configured weight, or the weight
+/// controller's effective one (none at 0: its tier is not the active one).
+fn table_entry(
+    b: &Backend,
+    id: u32,
+    eff_w: Option<&crate::load::EffectiveWeight>,
+    weighted: bool,
+) -> Option<maglev::Entry> {
+    match eff_w {
+        // Thousandths, so all weights share one unit.
+        None if weighted => Some(maglev::Entry::from_addr(
+            b.address,
+            b.weight.saturating_mul(1000),
+            id,
+        )),
+        None => Some(maglev::Entry::from_addr(b.address, b.weight, id)),
+        Some(w) if w.maglev_weight > 0 => {
+            Some(maglev::Entry::from_addr(b.address, w.maglev_weight, id))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Each view's share of the table's slots.
+fn count_slots(table: &[u32], views: &mut [BackendView]) {
+    let mut slots: HashMap<u32, u32> = HashMap::new();
+    for v in table {
+        *slots.entry(*v).or_default() += 1;
+    }
+    for v in views {
+        v.slots = slots.get(&v.id).copied().unwrap_or(0);
+    }
 }
 
 /// Counts of the writes [`apply`] made.
@@ -620,8 +704,6 @@ pub fn apply(
     previous: Option<&Desired>,
     dp: &mut dyn DataPlane,
 ) -> Result<Applied, DataPlaneError> {
-    let mut done = Applied::default();
-
     // Current backend slots for every id that matters.
     let ids: BTreeSet<u32> = match previous {
         Some(p) => p
@@ -634,95 +716,135 @@ pub fn apply(
     };
     let mut current: BTreeMap<u32, BackendInfo> = BTreeMap::new();
     for id in &ids {
-        let cur = match previous {
-            Some(p) => match p.backends.get(id) {
-                Some(b) => *b,
-                None => dp.backend(*id)?,
-            },
+        let cur = match previous.and_then(|p| p.backends.get(id)) {
+            Some(b) => *b,
             None => dp.backend(*id)?,
         };
         current.insert(*id, cur);
     }
-
-    let write_backend = |dp: &mut dyn DataPlane,
-                         current: &mut BTreeMap<u32, BackendInfo>,
-                         done: &mut Applied,
-                         id: u32,
-                         info: BackendInfo| {
-        if current.get(&id) != Some(&info) {
-            dp.set_backend(id, info)?;
-            current.insert(id, info);
-            done.backends += 1;
-        }
-        Ok::<_, DataPlaneError>(())
+    let mut a = Applier {
+        desired,
+        previous,
+        dp,
+        current,
+        done: Applied::default(),
     };
-
     // A tunnel entry is in place before its backend entry says "routed".
-    for (id, t) in &desired.tunnels {
-        let same = match previous.and_then(|p| p.tunnels.get(id)) {
-            Some(p) => p == t,
-            None => dp.tunnel(*id)? == *t,
-        };
-        if !same {
-            dp.set_tunnel(*id, *t)?;
-            done.tunnels += 1;
+    a.tunnels()?;
+    a.backends(|info| info.state == BACKEND_ACTIVE)?;
+    a.tables()?;
+    a.ca_targets()?;
+    a.backends(|info| info.state != BACKEND_ACTIVE)?;
+    a.vips()?;
+    a.free_unused(&ids)?;
+    Ok(a.done)
+}
+
+/// An [`apply`] under way: what it reads, the backend slots as they are
+/// now, and the writes so far.
+struct Applier<'a> {
+    desired: &'a Desired,
+    previous: Option<&'a Desired>,
+    dp: &'a mut dyn DataPlane,
+    current: BTreeMap<u32, BackendInfo>,
+    done: Applied,
+}
+
+impl Applier<'_> {
+    fn write_backend(&mut self, id: u32, info: BackendInfo) -> Result<(), DataPlaneError> {
+        if self.current.get(&id) != Some(&info) {
+            self.dp.set_backend(id, info)?;
+            self.current.insert(id, info);
+            self.done.backends += 1;
         }
+        Ok(())
     }
-    for (id, info) in &desired.backends {
-        if info.state == BACKEND_ACTIVE {
-            write_backend(dp, &mut current, &mut done, *id, *info)?;
-        }
-    }
-    for (sid, table) in &desired.tables {
-        let same = match previous {
-            Some(p) => p.tables.get(sid) == Some(table),
-            None => dp.active_table(*sid)?.as_ref() == Some(table),
-        };
-        if !same {
-            dp.install_table(*sid, table)?;
-            done.tables += 1;
-        }
-    }
-    for (sid, target) in &desired.ca_targets {
-        if dp.ca_target(*sid)? != *target {
-            dp.set_ca_target(*sid, *target)?;
-            done.ca_targets += 1;
-        }
-    }
-    for (id, info) in &desired.backends {
-        if info.state != BACKEND_ACTIVE {
-            write_backend(dp, &mut current, &mut done, *id, *info)?;
-        }
-    }
-    let vips: BTreeMap<VipKey, VipInfo> = dp.vips()?.into_iter().collect();
-    for (k, v) in &desired.vips {
-        if vips.get(k) != Some(v) {
-            dp.upsert_vip(*k, *v)?;
-            done.vips_upserted += 1;
-        }
-    }
-    for k in vips.keys() {
-        if !desired.vips.contains_key(k) {
-            dp.remove_vip(k)?;
-            done.vips_removed += 1;
-        }
-    }
-    for id in &ids {
-        if desired.backends.contains_key(id) {
-            continue;
-        }
-        let cur = current[id];
-        if cur.state != BACKEND_EMPTY {
-            // Keep the generation: it is what tells old flows apart.
-            let freed = BackendInfo {
-                state: BACKEND_EMPTY,
-                generation: cur.generation,
-                ..BackendInfo::default()
+
+    fn tunnels(&mut self) -> Result<(), DataPlaneError> {
+        for (id, t) in &self.desired.tunnels {
+            let same = match self.previous.and_then(|p| p.tunnels.get(id)) {
+                Some(p) => p == t,
+                None => self.dp.tunnel(*id)? == *t,
             };
-            write_backend(dp, &mut current, &mut done, *id, freed)?;
+            if !same {
+                self.dp.set_tunnel(*id, *t)?;
+                self.done.tunnels += 1;
+            }
         }
+        Ok(())
     }
-    Ok(done)
+
+    /// The desired backends that `which` selects.
+    fn backends(&mut self, which: fn(&BackendInfo) -> bool) -> Result<(), DataPlaneError> {
+        let desired = self.desired;
+        for (id, info) in &desired.backends {
+            if which(info) {
+                self.write_backend(*id, *info)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tables(&mut self) -> Result<(), DataPlaneError> {
+        for (sid, table) in &self.desired.tables {
+            let same = match self.previous {
+                Some(p) => p.tables.get(sid) == Some(table),
+                None => self.dp.active_table(*sid)?.as_ref() == Some(table),
+            };
+            if !same {
+                self.dp.install_table(*sid, table)?;
+                self.done.tables += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn ca_targets(&mut self) -> Result<(), DataPlaneError> {
+        for (sid, target) in &self.desired.ca_targets {
+            if self.dp.ca_target(*sid)? != *target {
+                self.dp.set_ca_target(*sid, *target)?;
+                self.done.ca_targets += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn vips(&mut self) -> Result<(), DataPlaneError> {
+        let vips: BTreeMap<VipKey, VipInfo> = self.dp.vips()?.into_iter().collect();
+        for (k, v) in &self.desired.vips {
+            if vips.get(k) != Some(v) {
+                self.dp.upsert_vip(*k, *v)?;
+                self.done.vips_upserted += 1;
+            }
+        }
+        for k in vips.keys() {
+            if !self.desired.vips.contains_key(k) {
+                self.dp.remove_vip(k)?;
+                self.done.vips_removed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every id of `ids` the plan does not use is emptied, keeping its
+    /// generation: it is what tells old flows apart.
+    fn free_unused(&mut self, ids: &BTreeSet<u32>) -> Result<(), DataPlaneError> {
+        for id in ids {
+            if self.desired.backends.contains_key(id) {
+                continue;
+            }
+            let cur = self.current[id];
+            if cur.state != BACKEND_EMPTY {
+                let freed = BackendInfo {
+                    state: BACKEND_EMPTY,
+                    generation: cur.generation,
+                    ..BackendInfo::default()
+                };
+                self.write_backend(*id, freed)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Bring the id allocation in line with what a data plane already holds

@@ -31,8 +31,11 @@ use ratatui::{
 
 use crate::{
     cli::{CLIENT_TIMEOUT, EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE},
-    control::{self, ControlError, Request, Response, StatsView, StatusView},
-    telemetry::TelemetryView,
+    control::{
+        self, BackendView, ControlError, Request, Response, ServiceStat, ServiceView, StatsView,
+        StatusView,
+    },
+    telemetry::{FlowCensus, TelemetryView},
 };
 
 /// Sort column of the backend table.
@@ -207,118 +210,12 @@ impl View {
         for s in st.services.iter().filter(|s| shown(&s.name)) {
             let stat = cur.stats.services.iter().find(|x| x.name == s.name);
             let before = prev.and_then(|p| p.stats.services.iter().find(|x| x.name == s.name));
-            services.push(ServiceRow {
-                name: s.name.clone(),
-                kind: s.kind.to_string(),
-                vip: s.vip.clone(),
-                usable: if s.active == 0 {
-                    format!("0/{} ALL DOWN", s.backends.len())
-                } else {
-                    format!("{}/{}", s.active, s.backends.len())
-                },
-                new_flows_s: stat
-                    .and_then(|x| rate(x.new_flows, before.map(|b| b.new_flows), secs)),
-                packets_s: stat.and_then(|x| rate(x.packets, before.map(|b| b.packets), secs)),
-                bytes_s: stat.and_then(|x| rate(x.bytes, before.map(|b| b.bytes), secs)),
-                no_backend_s: stat
-                    .and_then(|x| rate(x.no_backend, before.map(|b| b.no_backend), secs)),
-            });
+            services.push(service_row(s, stat, before, secs));
             for b in &s.backends {
-                let bs = stat.and_then(|x| x.backends.iter().find(|y| y.address == b.address));
-                let bb = before.and_then(|x| x.backends.iter().find(|y| y.address == b.address));
-                let takes_new = b.state == crate::control::BackendState::Active;
-                let (weight, effective, share) = if s.kind == crate::control::ServiceKind::Ca {
-                    let serving = s.ca_target == Some(b.address);
-                    (
-                        b.role.clone().unwrap_or_default(),
-                        if serving { "serving" } else { "-" }.to_string(),
-                        Some(if serving { 100.0 } else { 0.0 }),
-                    )
-                } else {
-                    (
-                        b.weight.to_string(),
-                        if takes_new { b.weight } else { 0 }.to_string(),
-                        s.table_size
-                            .filter(|t| *t > 0)
-                            .map(|t| b.slots as f64 * 100.0 / t as f64),
-                    )
-                };
-                backends.push(BackendRow {
-                    service: s.name.clone(),
-                    address: b.address,
-                    name: b.name.clone().unwrap_or_default(),
-                    state: b.state.to_string(),
-                    health: match b.healthy {
-                        Some(true) => "up",
-                        Some(false) => "DOWN",
-                        None => "unchecked",
-                    }
-                    .into(),
-                    weight,
-                    effective,
-                    share,
-                    new_flows_s: bs.and_then(|x| rate(x.new_flows, bb.map(|y| y.new_flows), secs)),
-                    packets_s: bs.and_then(|x| rate(x.packets, bb.map(|y| y.packets), secs)),
-                    bytes_s: bs.and_then(|x| rate(x.bytes, bb.map(|y| y.bytes), secs)),
-                    flows: census.map(|c| c.of(b.id, b.generation)),
-                });
+                backends.push(backend_row(s, b, stat, before, secs, census));
             }
         }
-        let key = |r: &BackendRow| -> f64 {
-            match opts.sort {
-                SortKey::Name => 0.0,
-                SortKey::Packets => r.packets_s.unwrap_or(0.0),
-                SortKey::Bytes => r.bytes_s.unwrap_or(0.0),
-                SortKey::NewFlows => r.new_flows_s.unwrap_or(0.0),
-                SortKey::Flows => r.flows.unwrap_or(0) as f64,
-                SortKey::Share => r.share.unwrap_or(0.0),
-            }
-        };
-        backends.sort_by(|a, b| {
-            // Numeric columns: biggest first; names: alphabetical.
-            let o = key(b)
-                .total_cmp(&key(a))
-                .then_with(|| a.service.cmp(&b.service))
-                .then_with(|| a.address.cmp(&b.address));
-            if opts.reverse { o.reverse() } else { o }
-        });
-        let mut reasons: Vec<(String, String, f64)> = cur
-            .stats
-            .reasons
-            .iter()
-            .filter_map(|r| {
-                let b = prev?.stats.reasons.iter().find(|x| x.reason == r.reason)?;
-                let v = rate(r.packets, Some(b.packets), secs)?;
-                (v > 0.0).then(|| (r.reason.clone(), r.verdict.clone(), v))
-            })
-            .collect();
-        reasons.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
-        let flow_table = match census {
-            Some(c) => match c.capacity {
-                Some(cap) if cap > 0 => format!(
-                    "flow table {}/{} ({:.1}%)",
-                    c.entries,
-                    cap,
-                    c.entries as f64 * 100.0 / cap as f64
-                ),
-                _ => format!("flow table {} entries", c.entries),
-            },
-            None => "flow table: not counted yet".into(),
-        };
-        let r = &cur.telemetry.rebuilds;
-        let title = format!(
-            "voxlb {} pid {}  up {}  {}  rebuilds {} (last {:.1} ms){}",
-            st.version,
-            st.pid,
-            uptime(st.uptime_secs),
-            st.interfaces.join(","),
-            r.rebuilds,
-            r.last_seconds * 1000.0,
-            match &st.last_reload_error {
-                Some(_) => "  LAST RELOAD FAILED",
-                None => "",
-            }
-        );
+        sort_backends(&mut backends, opts);
         let events = cur
             .telemetry
             .health_events
@@ -335,23 +232,170 @@ impl View {
                 )
             })
             .collect();
-        let footer = format!(
-            "sort: {}{}  filter: {}{}   [s] sort [S] reverse [f] filter [p] pause [q] quit",
-            opts.sort.label(),
-            if opts.reverse { " (reversed)" } else { "" },
-            opts.service.as_deref().unwrap_or("all services"),
-            if opts.paused { "  PAUSED" } else { "" },
-        );
         View {
-            title,
-            flow_table,
+            title: title_line(cur),
+            flow_table: flow_table_line(census),
             services,
             backends,
-            reasons,
+            reasons: reason_rates(prev, cur, secs),
             events,
-            footer,
+            footer: footer_line(opts),
         }
     }
+}
+
+/// A service's row: `stat` and `before` are its counters now and at the
+/// previous snapshot, `secs` apart.
+fn service_row(
+    s: &ServiceView,
+    stat: Option<&ServiceStat>,
+    before: Option<&ServiceStat>,
+    secs: f64,
+) -> ServiceRow {
+    ServiceRow {
+        name: s.name.clone(),
+        kind: s.kind.to_string(),
+        vip: s.vip.clone(),
+        usable: if s.active == 0 {
+            format!("0/{} ALL DOWN", s.backends.len())
+        } else {
+            format!("{}/{}", s.active, s.backends.len())
+        },
+        new_flows_s: stat.and_then(|x| rate(x.new_flows, before.map(|b| b.new_flows), secs)),
+        packets_s: stat.and_then(|x| rate(x.packets, before.map(|b| b.packets), secs)),
+        bytes_s: stat.and_then(|x| rate(x.bytes, before.map(|b| b.bytes), secs)),
+        no_backend_s: stat.and_then(|x| rate(x.no_backend, before.map(|b| b.no_backend), secs)),
+    }
+}
+
+/// Backend `b`'s row in service `s` (counters as for [`service_row`]).
+fn backend_row(
+    s: &ServiceView,
+    b: &BackendView,
+    stat: Option<&ServiceStat>,
+    before: Option<&ServiceStat>,
+    secs: f64,
+    census: Option<&FlowCensus>,
+) -> BackendRow {
+    let bs = stat.and_then(|x| x.backends.iter().find(|y| y.address == b.address));
+    let bb = before.and_then(|x| x.backends.iter().find(|y| y.address == b.address));
+    let takes_new = b.state == crate::control::BackendState::Active;
+    let (weight, effective, share) = if s.kind == crate::control::ServiceKind::Ca {
+        let serving = s.ca_target == Some(b.address);
+        (
+            b.role.clone().unwrap_or_default(),
+            if serving { "serving" } else { "-" }.to_string(),
+            Some(if serving { 100.0 } else { 0.0 }),
+        )
+    } else {
+        (
+            b.weight.to_string(),
+            if takes_new { b.weight } else { 0 }.to_string(),
+            s.table_size
+                .filter(|t| *t > 0)
+                .map(|t| b.slots as f64 * 100.0 / t as f64),
+        )
+    };
+    BackendRow {
+        service: s.name.clone(),
+        address: b.address,
+        name: b.name.clone().unwrap_or_default(),
+        state: b.state.to_string(),
+        health: match b.healthy {
+            Some(true) => "up",
+            Some(false) => "DOWN",
+            None => "unchecked",
+        }
+        .into(),
+        weight,
+        effective,
+        share,
+        new_flows_s: bs.and_then(|x| rate(x.new_flows, bb.map(|y| y.new_flows), secs)),
+        packets_s: bs.and_then(|x| rate(x.packets, bb.map(|y| y.packets), secs)),
+        bytes_s: bs.and_then(|x| rate(x.bytes, bb.map(|y| y.bytes), secs)),
+        flows: census.map(|c| c.of(b.id, b.generation)),
+    }
+}
+
+/// Numeric columns: biggest first; names: alphabetical; then by service
+/// and address. `opts.reverse` turns it around.
+fn sort_backends(backends: &mut [BackendRow], opts: &Options) {
+    let key = |r: &BackendRow| -> f64 {
+        match opts.sort {
+            SortKey::Name => 0.0,
+            SortKey::Packets => r.packets_s.unwrap_or(0.0),
+            SortKey::Bytes => r.bytes_s.unwrap_or(0.0),
+            SortKey::NewFlows => r.new_flows_s.unwrap_or(0.0),
+            SortKey::Flows => r.flows.unwrap_or(0) as f64,
+            SortKey::Share => r.share.unwrap_or(0.0),
+        }
+    };
+    backends.sort_by(|a, b| {
+        let o = key(b)
+            .total_cmp(&key(a))
+            .then_with(|| a.service.cmp(&b.service))
+            .then_with(|| a.address.cmp(&b.address));
+        if opts.reverse { o.reverse() } else { o }
+    });
+}
+
+/// (reason, verdict, packets/s) of every reason that moved, busiest first.
+fn reason_rates(prev: Option<&Snapshot>, cur: &Snapshot, secs: f64) -> Vec<(String, String, f64)> {
+    let mut reasons: Vec<(String, String, f64)> = cur
+        .stats
+        .reasons
+        .iter()
+        .filter_map(|r| {
+            let b = prev?.stats.reasons.iter().find(|x| x.reason == r.reason)?;
+            let v = rate(r.packets, Some(b.packets), secs)?;
+            (v > 0.0).then(|| (r.reason.clone(), r.verdict.clone(), v))
+        })
+        .collect();
+    reasons.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    reasons
+}
+
+fn flow_table_line(census: Option<&FlowCensus>) -> String {
+    match census {
+        Some(c) => match c.capacity {
+            Some(cap) if cap > 0 => format!(
+                "flow table {}/{} ({:.1}%)",
+                c.entries,
+                cap,
+                c.entries as f64 * 100.0 / cap as f64
+            ),
+            _ => format!("flow table {} entries", c.entries),
+        },
+        None => "flow table: not counted yet".into(),
+    }
+}
+
+fn title_line(cur: &Snapshot) -> String {
+    let st = &cur.status;
+    let r = &cur.telemetry.rebuilds;
+    format!(
+        "voxlb {} pid {}  up {}  {}  rebuilds {} (last {:.1} ms){}",
+        st.version,
+        st.pid,
+        uptime(st.uptime_secs),
+        st.interfaces.join(","),
+        r.rebuilds,
+        r.last_seconds * 1000.0,
+        match &st.last_reload_error {
+            Some(_) => "  LAST RELOAD FAILED",
+            None => "",
+        }
+    )
+}
+
+fn footer_line(opts: &Options) -> String {
+    format!(
+        "sort: {}{}  filter: {}{}   [s] sort [S] reverse [f] filter [p] pause [q] quit",
+        opts.sort.label(),
+        if opts.reverse { " (reversed)" } else { "" },
+        opts.service.as_deref().unwrap_or("all services"),
+        if opts.paused { "  PAUSED" } else { "" },
+    )
 }
 
 const BACKEND_HEADER: [&str; 13] = [

@@ -23,20 +23,14 @@ use voxlb::dataplane::DataPlane;
 
 use lb_common::reason::action::{XDP_DROP, XDP_PASS, XDP_TX};
 
-/// Small prime tables keep setup fast; the size does not change the logic.
-const TABLE: u32 = 1009;
+// The fixture world's table size (a small prime keeps setup fast; the
+// size does not change the logic) and VIP addresses.
+use lb_testkit::fuzz::{
+    TABLE, VIP4, VIP4_CA, VIP4_CA_NONE, VIP4_EMPTY, VIP4_UDP, VIP4_UNINSTALLED, vip6,
+};
 
-const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-const VIP4_EMPTY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 102);
-const VIP4_CA: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
-const VIP4_UDP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 103);
-const VIP4_UNINSTALLED: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 104);
-const VIP4_CA_NONE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 105);
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
-fn vip6() -> Ipv6Addr {
-    "fd00::100".parse().unwrap()
-}
 fn client6() -> Ipv6Addr {
     "2001:db8::10".parse().unwrap()
 }

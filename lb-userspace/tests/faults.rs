@@ -26,11 +26,11 @@ use lb_common::{
     ServiceStats, VipInfo, VipKey, addr_bytes,
 };
 use lb_testkit::daemon_fixture;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use voxlb::{
     config::Config,
     control::{self, Request, Response},
-    daemon::{self, Daemon, RunOptions},
+    daemon::{self, Daemon},
     dataplane::{self, DataPlane, FakeDataPlane},
     neigh::StaticResolver,
     state::{AddedBackend, StateStore},
@@ -384,23 +384,9 @@ async fn hostile_cli_input_is_refused_before_any_map_write() {
 async fn pins_are_checked_on_every_request_and_periodically() {
     let dir = temp_dir("pincheck");
     let dp = Shared::default();
-    let path = write_config(&dir);
-    let config = Config::load(&path).unwrap();
-    let socket = config.control_socket.clone();
-    let listener = control::bind(&socket).unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(daemon::run(
-        config,
-        Some(path),
-        Box::new(dp.clone()),
-        listener,
-        RunOptions {
-            resolver: Box::new(StaticResolver::default()),
-            spawner: daemon::no_checks(),
-            signals: false,
-            stop: Some(stop_rx),
-        },
-    ));
+    let daemon_fixture::QuietDaemon { socket, stop, run } =
+        daemon_fixture::quiet_daemon(write_config(&dir), Box::new(dp.clone()), false);
+    let task = tokio::spawn(run);
     // The periodic check's first tick is immediate.
     let deadline = Instant::now() + Duration::from_secs(5);
     while dp.pin_checks.load(Ordering::SeqCst) == 0 {
@@ -424,23 +410,9 @@ async fn pins_are_checked_on_every_request_and_periodically() {
 async fn idle_connections_and_a_garbage_flood_do_not_lock_out_the_cli() {
     let dir = temp_dir("slowloris");
     let dp = Shared::default();
-    let path = write_config(&dir);
-    let config = Config::load(&path).unwrap();
-    let socket = config.control_socket.clone();
-    let listener = control::bind(&socket).unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(daemon::run(
-        config,
-        Some(path),
-        Box::new(dp.clone()),
-        listener,
-        RunOptions {
-            resolver: Box::new(StaticResolver::default()),
-            spawner: daemon::no_checks(),
-            signals: false,
-            stop: Some(stop_rx),
-        },
-    ));
+    let daemon_fixture::QuietDaemon { socket, stop, run } =
+        daemon_fixture::quiet_daemon(write_config(&dir), Box::new(dp.clone()), false);
+    let task = tokio::spawn(run);
     let s = socket.clone();
     let took = tokio::task::spawn_blocking(move || {
         // Wait until it serves.
@@ -656,16 +628,7 @@ fn deleted_pins_are_put_back_by_the_running_data_plane() {
     lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     // In a network namespace of its own (this thread only), on its loopback.
     std::thread::spawn(|| {
-        // SAFETY: unshare has no memory preconditions; it moves this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        let opts = LoadOptions {
-            interfaces: vec!["lo".into()],
-            mode: XdpMode::Generic,
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-pins-{}", std::process::id())),
-            flow_capacity: 1024,
-            replace: false,
-        };
-        let _ = std::fs::remove_dir_all(&opts.pin_dir);
+        let opts = own_netns_loopback("pins");
         let mut dp = XdpDataPlane::load(&opts).expect("load and attach");
         let vip = VipKey::new("192.0.2.10".parse().unwrap(), 8140, PROTO_TCP);
         dp.upsert_vip(
@@ -724,16 +687,7 @@ fn a_map_missing_from_older_pins_is_added_and_the_rest_reused() {
     lb_testkit::require_root!("pinning BPF objects");
     lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     std::thread::spawn(|| {
-        // SAFETY: unshare has no memory preconditions; it moves this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        let opts = LoadOptions {
-            interfaces: vec!["lo".into()],
-            mode: XdpMode::Generic,
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-newmap-{}", std::process::id())),
-            flow_capacity: 1024,
-            replace: false,
-        };
-        let _ = std::fs::remove_dir_all(&opts.pin_dir);
+        let opts = own_netns_loopback("newmap");
         let result = std::panic::catch_unwind(|| {
             let vip = VipKey::new("192.0.2.10".parse().unwrap(), 8140, PROTO_TCP);
             {
@@ -834,16 +788,7 @@ fn v1_pins_are_migrated_to_v2_with_their_flows() {
     lb_testkit::require_root!("pinning BPF objects");
     lb_testkit::skip_unless!(Path::new("/sys/fs/bpf").exists(), "needs bpffs", root: true);
     std::thread::spawn(|| {
-        // SAFETY: unshare has no memory preconditions; it moves this thread only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        let opts = LoadOptions {
-            interfaces: vec!["lo".into()],
-            mode: XdpMode::Generic,
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-v1-{}", std::process::id())),
-            flow_capacity: 1024,
-            replace: false,
-        };
-        let _ = std::fs::remove_dir_all(&opts.pin_dir);
+        let opts = own_netns_loopback("v1");
         std::fs::create_dir_all(&opts.pin_dir).unwrap();
         let key = |p: u16| FlowKey {
             src: [198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -972,4 +917,21 @@ fn v1_pins_are_migrated_to_v2_with_their_flows() {
     })
     .join()
     .unwrap();
+}
+
+/// Moves this thread into a network namespace of its own and returns load
+/// options for its loopback, with an empty pin directory
+/// `/sys/fs/bpf/vxh-NAME-PID`.
+fn own_netns_loopback(name: &str) -> LoadOptions {
+    // SAFETY: unshare has no memory preconditions; it moves this thread only.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+    let opts = LoadOptions {
+        interfaces: vec!["lo".into()],
+        mode: XdpMode::Generic,
+        pin_dir: PathBuf::from(format!("/sys/fs/bpf/vxh-{name}-{}", std::process::id())),
+        flow_capacity: 1024,
+        replace: false,
+    };
+    let _ = std::fs::remove_dir_all(&opts.pin_dir);
+    opts
 }

@@ -20,26 +20,16 @@ use lb_testkit::{
 use voxlb::dataplane::DataPlane;
 
 use lb_common::reason::action::{XDP_DROP, XDP_PASS, XDP_TX};
-const TABLE: u32 = 1009;
+// The fixture world's table size and addresses; ROUTER4 and router6 are
+// the router on the compilers' return path that sends the ICMP errors.
+use lb_testkit::fuzz::{ROUTER4, TABLE, VIP4, VIP4_CA, VIP4_EMPTY, VIP4_UDP, router6, vip6};
 
-const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-const VIP4_CA: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 101);
-const VIP4_EMPTY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 102);
-const VIP4_UDP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 103);
 const AGENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-/// The router on the compilers' return path that sends the ICMP errors.
-const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// The LB host's own address (not a VIP).
 const HOST4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
-fn vip6() -> Ipv6Addr {
-    "fd00::100".parse().unwrap()
-}
 fn agent6() -> Ipv6Addr {
     "2001:db8::10".parse().unwrap()
-}
-fn router6() -> Ipv6Addr {
-    "2001:db8:ffff::1".parse().unwrap()
 }
 
 const S_V4: u32 = 0;

@@ -13,13 +13,9 @@ use std::{
 };
 
 use lb_testkit::daemon_fixture;
-use tokio::sync::watch;
 use voxlb::{
-    config::Config,
     control::{self, Request, Response},
-    daemon::{self, RunOptions},
     dataplane::FakeDataPlane,
-    neigh::StaticResolver,
 };
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -59,34 +55,16 @@ fn ready_reloading_stopping() {
     // SAFETY: the only test of this binary; set before any thread reads it.
     unsafe { std::env::set_var("NOTIFY_SOCKET", &notify_path) };
 
-    let path = write_config(&dir);
-    let config = Config::load(&path).unwrap();
-    let socket = config.control_socket.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let task = rt.spawn({
-        let socket = socket.clone();
-        async move {
-            let listener = control::bind(&socket).unwrap();
-            daemon::run(
-                config,
-                Some(path),
-                Box::new(FakeDataPlane::default()),
-                listener,
-                RunOptions {
-                    resolver: Box::new(StaticResolver::default()),
-                    spawner: daemon::no_checks(),
-                    signals: true,
-                    stop: Some(stop_rx),
-                },
-            )
-            .await
-        }
-    });
+    let daemon_fixture::QuietDaemon { socket, stop, run } = {
+        let _in_rt = rt.enter();
+        daemon_fixture::quiet_daemon(write_config(&dir), Box::new(FakeDataPlane::default()), true)
+    };
+    let task = rt.spawn(run);
 
     let ready = recv(&notify);
     assert!(ready.starts_with("READY=1\n"), "{ready}");

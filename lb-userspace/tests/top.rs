@@ -61,11 +61,22 @@ fn bstat(addr: &str, id: u32, packets: u64, bytes: u64, new_flows: u64) -> Backe
 /// A compiler service of three (one drained, one down) and a CA service;
 /// `k` scales the counters, so two snapshots 2 s apart give known rates.
 fn snap(at: f64, k: u64) -> Snapshot {
+    Snapshot {
+        at,
+        status: status(),
+        stats: stats(k),
+        telemetry: telemetry(),
+    }
+}
+
+/// The services' status: a compiler service of three, one drained, one
+/// down, and a CA service with a standby.
+fn status() -> StatusView {
     let mut ca_primary = backend("10.0.0.21", "ca-1", 4, 0, "active", 0);
     ca_primary.role = Some("primary".into());
     let mut ca_standby = backend("10.0.0.22", "ca-2", 5, 0, "active", 0);
     ca_standby.role = Some("standby".into());
-    let status = StatusView {
+    StatusView {
         version: "0.1.0".into(),
         pid: 4242,
         uptime_secs: 3725,
@@ -106,8 +117,12 @@ fn snap(at: f64, k: u64) -> Snapshot {
         attached: true,
         drained: false,
         announce: None,
-    };
-    let stats = StatsView {
+    }
+}
+
+/// Counters, `k` times a base amount (but for one drop, constant).
+fn stats(k: u64) -> StatsView {
+    StatsView {
         reasons: vec![
             ReasonStat {
                 reason: "tx_compiler".into(),
@@ -156,8 +171,12 @@ fn snap(at: f64, k: u64) -> Snapshot {
             },
         ],
         flood: Default::default(),
-    };
-    let telemetry = TelemetryView {
+    }
+}
+
+/// A flow census, three table rebuilds and one health event.
+fn telemetry() -> TelemetryView {
+    TelemetryView {
         version: "0.1.0".into(),
         start_time: 0.0,
         flow_census: Some(FlowCensus {
@@ -187,12 +206,6 @@ fn snap(at: f64, k: u64) -> Snapshot {
             detail: "connect: connection refused".into(),
         }],
         probe_latency: vec![],
-    };
-    Snapshot {
-        at,
-        status,
-        stats,
-        telemetry,
     }
 }
 

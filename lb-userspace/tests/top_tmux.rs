@@ -9,13 +9,9 @@ use std::{
 };
 
 use lb_testkit::daemon_fixture;
-use tokio::sync::watch;
 use voxlb::{
-    config::Config,
     control::{self, Request},
-    daemon::{self, RunOptions},
     dataplane::FakeDataPlane,
-    neigh::StaticResolver,
 };
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -86,34 +82,20 @@ fn top_runs_in_a_terminal_and_obeys_its_keys() {
         root: false
     );
     let dir = temp_dir("keys");
-    let path = write_config(&dir);
-    let config = Config::load(&path).unwrap();
-    let socket = config.control_socket.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let task = rt.spawn({
-        let socket = socket.clone();
-        async move {
-            let listener = control::bind(&socket).unwrap();
-            daemon::run(
-                config,
-                Some(path),
-                Box::new(FakeDataPlane::default()),
-                listener,
-                RunOptions {
-                    resolver: Box::new(StaticResolver::default()),
-                    spawner: daemon::no_checks(),
-                    signals: false,
-                    stop: Some(stop_rx),
-                },
-            )
-            .await
-        }
-    });
+    let daemon_fixture::QuietDaemon { socket, stop, run } = {
+        let _in_rt = rt.enter();
+        daemon_fixture::quiet_daemon(
+            write_config(&dir),
+            Box::new(FakeDataPlane::default()),
+            false,
+        )
+    };
+    let task = rt.spawn(run);
     let deadline = Instant::now() + Duration::from_secs(10);
     while control::request(&socket, &Request::Status {}, Duration::from_secs(1)).is_err() {
         assert!(Instant::now() < deadline, "daemon did not come up");

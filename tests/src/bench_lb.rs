@@ -334,3 +334,100 @@ pub fn wait_ready(topo: &Topology, what: &str) -> anyhow::Result<()> {
     }
     bail!("{what} not ready through the VIP: {last}")
 }
+
+/// The daemon and backend binaries a benchmark runs: the ones given, else
+/// the ones next to the running binary.
+pub fn binaries(
+    voxlb: Option<&PathBuf>,
+    testd: Option<&PathBuf>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let voxlb_bin = match voxlb {
+        Some(p) => p.clone(),
+        None => sibling("voxlb")?,
+    };
+    let testd = match testd {
+        Some(p) => p.clone(),
+        None => sibling("voxlb-testd")?,
+    };
+    Ok((voxlb_bin, testd))
+}
+
+/// Now, as a report's date (`2026-01-31 12:00 UTC`).
+pub fn utc_date() -> anyhow::Result<String> {
+    Ok(netns::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?
+        .trim()
+        .to_owned())
+}
+
+/// The 1, 5 and 15 minute load averages (empty if unreadable).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The benchmarks' topology (3 compilers, 1 client address, namespaces
+/// named `kind`), tuned, its compilers' processes in `cg`'s load group.
+/// `cg` must outlive it.
+pub fn bench_topology(
+    kind: &'static str,
+    cg: &Cgroups,
+    testd: PathBuf,
+) -> anyhow::Result<Topology> {
+    eprintln!("building the topology (3 compilers)...");
+    let topo = Topology::build(&topology::Spec {
+        kind,
+        compilers: 3,
+        client_addrs: 1,
+        testd,
+    })?;
+    tune(&topo)?;
+    for c in &topo.compilers {
+        for pid in netns::pids_in(&c.ns) {
+            cg.add(bench::CG_LOAD, pid)?;
+        }
+    }
+    Ok(topo)
+}
+
+/// Turns on the kernel's BPF run-time statistics (the XDP program's run
+/// time in the reports) until the returned fd is dropped; `None`, with a
+/// note, where the kernel refuses.
+pub fn run_time_stats() -> Option<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| eprintln!("note: BPF run-time stats unavailable: {e}"))
+        .ok()
+}
+
+/// Writes a benchmark's report: the Markdown to `out`, by default
+/// `bench/NAME.md` (`bench/NAME-quick.md` for a quick run), and the JSON
+/// next to it.
+pub fn write_report(
+    out: Option<&PathBuf>,
+    name: &str,
+    quick: bool,
+    md: &str,
+    json: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let out = out.cloned().unwrap_or_else(|| {
+        let file = if quick {
+            format!("{name}-quick.md")
+        } else {
+            format!("{name}.md")
+        };
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../bench")
+            .join(file)
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+    let json_path = out.with_extension("json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(json)?)?;
+    eprintln!("wrote {} and {}", out.display(), json_path.display());
+    Ok(())
+}

@@ -50,7 +50,10 @@ use crate::{
     client,
     netns::{self, NsRuntime},
     pki::{HostSpec, Pki},
-    topology::{IFACE, Node, PORT, SERVICE_NAME, offloads_off, read_mac, spawn_testd},
+    topology::{
+        IFACE, Node, PORT, SERVICE_NAME, add_bridge, add_namespace, bridge_netfilter_off,
+        hold_vips_on_lo, offloads_off, plug, read_mac, remove_made, spawn_testd,
+    },
 };
 
 /// Compiler VIP (IPv4) of the routed topology.
@@ -110,18 +113,7 @@ impl Drop for Guard {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in &self.namespaces {
-            netns::kill_all_in(ns);
-        }
-        if let Some(p) = self.pin_dir.take() {
-            netns::remove_tree(&p);
-        }
-        for ns in self.namespaces.drain(..) {
-            netns::delete_ns(&ns);
-        }
-        if let Some(w) = self.work_dir.take() {
-            netns::remove_tree(&w);
-        }
+        remove_made(&mut self.namespaces, &mut self.pin_dir, &mut self.work_dir);
     }
 }
 
@@ -284,39 +276,46 @@ impl RoutedTopology {
 
 /// Namespaces, links, addresses, routes and sysctls of the plan.
 fn wire(p: &mut Plan, guard: &mut Guard, spec: &RoutedSpec) -> anyhow::Result<()> {
+    add_namespaces(p, guard)?;
+    add_bridges(&p.bridge_ns)?;
+    plug_into_bridges(p)?;
+    add_return_link(p, spec)?;
+    read_macs(p)?;
+    route_router(p)?;
+    route_lb(p)?;
+    route_client(p, spec)?;
+    for c in &p.compilers {
+        set_up_compiler(c, p.router_back)?;
+    }
+    Ok(())
+}
+
+fn add_namespaces(p: &Plan, guard: &mut Guard) -> anyhow::Result<()> {
     let names: Vec<String> = [&p.bridge_ns, &p.client.ns, &p.lb.ns, &p.router.ns]
         .into_iter()
         .cloned()
         .chain(p.compilers.iter().map(|c| c.ns.clone()))
         .collect();
     for ns in &names {
-        netns::run("ip", &["netns", "add", ns])?;
-        guard.namespaces.push(ns.clone());
-        netns::ip(ns, &["link", "set", "lo", "up"])?;
+        add_namespace(ns, &mut guard.namespaces)?;
     }
-    let br = p.bridge_ns.clone();
+    Ok(())
+}
+
+/// The front segment `br0` (client, LB, router) and the back one `br1`
+/// (router, compilers), in the bridge namespace `br`.
+fn add_bridges(br: &str) -> anyhow::Result<()> {
     for bridge in ["br0", "br1"] {
-        netns::ip(
-            &br,
-            &[
-                "link",
-                "add",
-                bridge,
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-            ],
-        )?;
-        netns::ip(&br, &["link", "set", bridge, "up"])?;
+        add_bridge(br, bridge)?;
     }
-    for family in ["iptables", "ip6tables", "arptables"] {
-        let _ = netns::exec(
-            &br,
-            "sysctl",
-            &["-qw", &format!("net.bridge.bridge-nf-call-{family}=0")],
-        );
-    }
+    bridge_netfilter_off(br);
+    Ok(())
+}
+
+/// Every node's interface, a veth whose peer is a port of its segment's
+/// bridge, with its addresses.
+fn plug_into_bridges(p: &Plan) -> anyhow::Result<()> {
+    let br = &p.bridge_ns;
     // (namespace, its interface, bridge port, bridge, v4/len, v6/len)
     let (rb4, rb6) = p.router_back;
     let mut links: Vec<(String, &str, String, &str, String, String)> = vec![
@@ -364,22 +363,15 @@ fn wire(p: &mut Plan, guard: &mut Guard, spec: &RoutedSpec) -> anyhow::Result<()
         ));
     }
     for (ns, dev, port, bridge, a4, a6) in &links {
-        netns::ip(
-            &br,
-            &[
-                "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns,
-            ],
-        )?;
-        netns::ip(&br, &["link", "set", port, "master", bridge, "up"])?;
-        offloads_off(&br, port)?;
-        offloads_off(ns, dev)?;
-        netns::ip(ns, &["addr", "add", a4, "dev", dev])?;
-        netns::ip(ns, &["-6", "addr", "add", a6, "dev", dev, "nodad"])?;
-        netns::ip(ns, &["link", "set", dev, "up"])?;
+        plug(br, bridge, port, ns, dev, a4, a6)?;
     }
-    // The return link: router `ret` <-> client `ret0`, a direct veth. The
-    // router sends the replies to the client's front address over it, so
-    // only the return direction crosses it.
+    Ok(())
+}
+
+/// The return link: router `ret` <-> client `ret0`, a direct veth. The
+/// router sends the replies to the client's front address over it, so
+/// only the return direction crosses it.
+fn add_return_link(p: &Plan, spec: &RoutedSpec) -> anyhow::Result<()> {
     netns::ip(
         &p.router.ns,
         &[
@@ -435,25 +427,33 @@ fn wire(p: &mut Plan, guard: &mut Guard, spec: &RoutedSpec) -> anyhow::Result<()
     ] {
         netns::exec(&p.client.ns, "sysctl", &["-qw", k])?;
     }
+    Ok(())
+}
+
+fn read_macs(p: &mut Plan) -> anyhow::Result<()> {
     p.client.mac = read_mac(&p.client.ns, IFACE)?;
     p.lb.mac = read_mac(&p.lb.ns, IFACE)?;
     p.router.mac = read_mac(&p.router.ns, "front")?;
     for c in &mut p.compilers {
         c.mac = read_mac(&c.ns, IFACE)?;
     }
-    // Router: forwards, no reverse-path filter (replies come in from
-    // the back with the VIP as source), routes the VIPs to the LB.
-    let rt = p.router.ns.clone();
+    Ok(())
+}
+
+/// Router: forwards, no reverse-path filter (replies come in from the back
+/// with the VIP as source), routes the VIPs to the LB.
+fn route_router(p: &Plan) -> anyhow::Result<()> {
+    let rt = &p.router.ns;
     for k in [
         "net.ipv4.ip_forward=1",
         "net.ipv6.conf.all.forwarding=1",
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
     ] {
-        netns::exec(&rt, "sysctl", &["-qw", k])?;
+        netns::exec(rt, "sysctl", &["-qw", k])?;
     }
     netns::ip(
-        &rt,
+        rt,
         &[
             "route",
             "add",
@@ -463,7 +463,7 @@ fn wire(p: &mut Plan, guard: &mut Guard, spec: &RoutedSpec) -> anyhow::Result<()
         ],
     )?;
     netns::ip(
-        &rt,
+        rt,
         &[
             "-6",
             "route",
@@ -473,7 +473,11 @@ fn wire(p: &mut Plan, guard: &mut Guard, spec: &RoutedSpec) -> anyhow::Result<()
             &p.lb.ip6.to_string(),
         ],
     )?;
-    // LB: the back subnet via the router.
+    Ok(())
+}
+
+/// LB: the back subnet via the router.
+fn route_lb(p: &Plan) -> anyhow::Result<()> {
     netns::ip(
         &p.lb.ns,
         &[
@@ -495,7 +499,11 @@ fn wire(p: &mut Plan, guard: &mut Guard, spec: &RoutedSpec) -> anyhow::Result<()
             &p.router.ip6.to_string(),
         ],
     )?;
-    // Client: the VIPs via the LB.
+    Ok(())
+}
+
+/// Client: the VIPs via the LB.
+fn route_client(p: &Plan, spec: &RoutedSpec) -> anyhow::Result<()> {
     let mtu = spec.client_vip_mtu.to_string();
     netns::ip(
         &p.client.ns,
@@ -522,32 +530,16 @@ fn wire(p: &mut Plan, guard: &mut Guard, spec: &RoutedSpec) -> anyhow::Result<()
             &mtu,
         ],
     )?;
-    // Compilers: default via the router, VIPs on lo, quiet about them.
-    for c in &p.compilers {
-        netns::ip(&c.ns, &["route", "add", "default", "via", &rb4.to_string()])?;
-        netns::ip(
-            &c.ns,
-            &["-6", "route", "add", "default", "via", &rb6.to_string()],
-        )?;
-        for k in [
-            "net.ipv4.conf.all.arp_ignore=1",
-            "net.ipv4.conf.all.arp_announce=2",
-        ] {
-            netns::exec(&c.ns, "sysctl", &["-qw", k])?;
-        }
-        netns::ip(&c.ns, &["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-        netns::ip(
-            &c.ns,
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{VIP6}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ],
-        )?;
-    }
     Ok(())
+}
+
+/// A compiler: default via the router's back address `(rb4, rb6)`, the
+/// VIPs on lo, quiet about them.
+fn set_up_compiler(c: &Node, (rb4, rb6): (Ipv4Addr, Ipv6Addr)) -> anyhow::Result<()> {
+    netns::ip(&c.ns, &["route", "add", "default", "via", &rb4.to_string()])?;
+    netns::ip(
+        &c.ns,
+        &["-6", "route", "add", "default", "via", &rb6.to_string()],
+    )?;
+    hold_vips_on_lo(&c.ns, &[VIP4], &[VIP6])
 }

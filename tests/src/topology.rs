@@ -138,20 +138,30 @@ impl Guard {
             let _ = c.wait();
         }
         self.children.clear();
-        // Whatever else runs in our namespaces (a daemon a test started and
-        // lost track of) was started by us too.
-        for ns in &self.namespaces {
-            netns::kill_all_in(ns);
-        }
-        if let Some(p) = self.pin_dir.take() {
-            netns::remove_tree(&p);
-        }
-        for ns in self.namespaces.drain(..) {
-            netns::delete_ns(&ns);
-        }
-        if let Some(w) = self.work_dir.take() {
-            netns::remove_tree(&w);
-        }
+        remove_made(&mut self.namespaces, &mut self.pin_dir, &mut self.work_dir);
+    }
+}
+
+/// What a topology made, removed once its own children are gone: whatever
+/// else runs in its namespaces (a daemon a test started and lost track of
+/// was started by us too), its pin directory, the namespaces, its work
+/// directory.
+pub(crate) fn remove_made(
+    namespaces: &mut Vec<String>,
+    pin_dir: &mut Option<PathBuf>,
+    work_dir: &mut Option<PathBuf>,
+) {
+    for ns in namespaces.iter() {
+        netns::kill_all_in(ns);
+    }
+    if let Some(p) = pin_dir.take() {
+        netns::remove_tree(&p);
+    }
+    for ns in namespaces.drain(..) {
+        netns::delete_ns(&ns);
+    }
+    if let Some(w) = work_dir.take() {
+        netns::remove_tree(&w);
     }
 }
 
@@ -238,78 +248,21 @@ impl Topology {
         let mut guard = Guard::default();
         guard.pin_dir = Some(pin_dir.clone());
         guard.work_dir = Some(work_dir.clone());
-        std::fs::create_dir_all(&pin_dir)
-            .with_context(|| format!("creating {}", pin_dir.display()))?;
-        std::fs::create_dir_all(&work_dir)
-            .with_context(|| format!("creating {}", work_dir.display()))?;
+        create_dir(&pin_dir)?;
+        create_dir(&work_dir)?;
 
         let bridge_ns = format!("{prefix}-br");
         let ns_of = |name: &str| format!("{prefix}-{name}");
         let nodes = plan(spec);
         for name in std::iter::once(bridge_ns.clone()).chain(nodes.iter().map(|n| ns_of(&n.0))) {
-            netns::run("ip", &["netns", "add", &name])?;
-            guard.namespaces.push(name.clone());
-            netns::ip(&name, &["link", "set", "lo", "up"])?;
+            add_namespace(&name, &mut guard.namespaces)?;
         }
-
         // The segment.
-        netns::ip(
-            &bridge_ns,
-            &[
-                "link",
-                "add",
-                "br0",
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-            ],
-        )?;
-        netns::ip(&bridge_ns, &["link", "set", "br0", "up"])?;
-        // Bridged IP must not go through netfilter (absent without br_netfilter).
-        for family in ["iptables", "ip6tables", "arptables"] {
-            let _ = netns::exec(
-                &bridge_ns,
-                "sysctl",
-                &["-qw", &format!("net.bridge.bridge-nf-call-{family}=0")],
-            );
-        }
-
+        add_bridge(&bridge_ns, "br0")?;
+        bridge_netfilter_off(&bridge_ns);
         let mut built = Vec::new();
         for (name, ip4, ip6) in &nodes {
-            let ns = ns_of(name);
-            let port = format!("p-{name}");
-            netns::ip(
-                &bridge_ns,
-                &[
-                    "link", "add", &port, "type", "veth", "peer", "name", IFACE, "netns", &ns,
-                ],
-            )?;
-            netns::ip(&bridge_ns, &["link", "set", &port, "master", "br0", "up"])?;
-            offloads_off(&bridge_ns, &port)?;
-            offloads_off(&ns, IFACE)?;
-            netns::ip(&ns, &["addr", "add", &format!("{ip4}/24"), "dev", IFACE])?;
-            netns::ip(
-                &ns,
-                &[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{ip6}/64"),
-                    "dev",
-                    IFACE,
-                    "nodad",
-                ],
-            )?;
-            netns::ip(&ns, &["link", "set", IFACE, "up"])?;
-            let mac = read_mac(&ns, IFACE)?;
-            built.push(Node {
-                name: name.clone(),
-                ns,
-                ip4: *ip4,
-                ip6: *ip6,
-                mac,
-            });
+            built.push(plug_node(&bridge_ns, name, ns_of(name), *ip4, *ip6)?);
         }
         let take = |name: &str| built.iter().find(|n| n.name == name).cloned();
         let lb = take("lb").context("lb node")?;
@@ -322,93 +275,20 @@ impl Topology {
 
         // Backends: the VIPs on lo, never announced.
         for node in compilers.iter().chain([&ca, &ca_standby]) {
-            for (key, value) in [
-                ("net.ipv4.conf.all.arp_ignore", "1"),
-                ("net.ipv4.conf.all.arp_announce", "2"),
-            ] {
-                netns::exec(&node.ns, "sysctl", &["-qw", &format!("{key}={value}")])?;
-            }
-            for vip in [COMPILER_VIP4, CA_VIP4] {
-                netns::ip(
-                    &node.ns,
-                    &["addr", "add", &format!("{vip}/32"), "dev", "lo"],
-                )?;
-            }
-            for vip in [COMPILER_VIP6, CA_VIP6] {
-                netns::ip(
-                    &node.ns,
-                    &[
-                        "-6",
-                        "addr",
-                        "add",
-                        &format!("{vip}/128"),
-                        "dev",
-                        "lo",
-                        "nodad",
-                    ],
-                )?;
-            }
-        }
-
-        // Clients: more source addresses, and the VIPs via the LB.
-        let mut client_addrs4 = vec![client.ip4];
-        let mut client_addrs6 = vec![client.ip6];
-        for i in 1..spec.client_addrs {
-            let a4 = Ipv4Addr::new(10, 77, 0, 100 + i as u8);
-            let a6 = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100 + i as u16);
-            netns::ip(
-                &client.ns,
-                &["addr", "add", &format!("{a4}/24"), "dev", IFACE],
+            hold_vips_on_lo(
+                &node.ns,
+                &[COMPILER_VIP4, CA_VIP4],
+                &[COMPILER_VIP6, CA_VIP6],
             )?;
-            netns::ip(
-                &client.ns,
-                &[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{a6}/64"),
-                    "dev",
-                    IFACE,
-                    "nodad",
-                ],
-            )?;
-            client_addrs4.push(a4);
-            client_addrs6.push(a6);
         }
-        netns::ip(
-            &client.ns,
-            &["route", "add", "10.77.1.0/24", "via", &lb.ip4.to_string()],
-        )?;
-        netns::ip(
-            &client.ns,
-            &[
-                "-6",
-                "route",
-                "add",
-                "fd77:1::/64",
-                "via",
-                &lb.ip6.to_string(),
-            ],
-        )?;
-
+        let (client_addrs4, client_addrs6) = add_client_addrs(&client, spec.client_addrs)?;
+        route_vips_via_lb(&client.ns, &lb)?;
         // XDP_TX out of the LB's veth needs an XDP program on its peer.
         let peer_pin = pin_dir.join(format!("veth_peer_{LB_PEER}"));
         netns::run_in(&bridge_ns, || {
             lb_testkit::veth::attach_veth_peer(LB_PEER, &peer_pin)
         })??;
-
-        // Certificates: each backend's own addresses, the VIPs, the service.
-        let hosts: Vec<HostSpec> = compilers
-            .iter()
-            .chain([&ca, &ca_standby])
-            .map(|n| HostSpec::new(&n.name, &[n.ip4.into(), n.ip6.into()]))
-            .collect();
-        let extra: Vec<String> = [COMPILER_VIP4.to_string(), CA_VIP4.to_string()]
-            .into_iter()
-            .chain([COMPILER_VIP6.to_string(), CA_VIP6.to_string()])
-            .chain([SERVICE_NAME.to_owned()])
-            .collect();
-        let pki = crate::pki::generate(&work_dir.join("pki"), "voxlb e2e CA", &hosts, &extra)?;
+        let pki = certificates(&work_dir, compilers.iter().chain([&ca, &ca_standby]))?;
         let tls = client::tls_config(pki.ca_pem.as_bytes())?;
         let rt = NsRuntime::new(&client.ns, 2)?;
 
@@ -625,44 +505,8 @@ impl Topology {
     /// a router (`crate::multi`).
     pub fn add_node(&mut self, name: &str, ip4: Ipv4Addr, ip6: Ipv6Addr) -> anyhow::Result<Node> {
         let ns = format!("{}-{name}", self.prefix);
-        netns::run("ip", &["netns", "add", &ns])?;
-        self.guard.namespaces.push(ns.clone());
-        netns::ip(&ns, &["link", "set", "lo", "up"])?;
-        let port = format!("p-{name}");
-        netns::ip(
-            &self.bridge_ns,
-            &[
-                "link", "add", &port, "type", "veth", "peer", "name", IFACE, "netns", &ns,
-            ],
-        )?;
-        netns::ip(
-            &self.bridge_ns,
-            &["link", "set", &port, "master", "br0", "up"],
-        )?;
-        offloads_off(&self.bridge_ns, &port)?;
-        offloads_off(&ns, IFACE)?;
-        netns::ip(&ns, &["addr", "add", &format!("{ip4}/24"), "dev", IFACE])?;
-        netns::ip(
-            &ns,
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{ip6}/64"),
-                "dev",
-                IFACE,
-                "nodad",
-            ],
-        )?;
-        netns::ip(&ns, &["link", "set", IFACE, "up"])?;
-        let mac = read_mac(&ns, IFACE)?;
-        Ok(Node {
-            name: name.to_owned(),
-            ns,
-            ip4,
-            ip6,
-            mac,
-        })
+        add_namespace(&ns, &mut self.guard.namespaces)?;
+        plug_node(&self.bridge_ns, name, ns, ip4, ip6)
     }
 
     /// Kills and reaps `child` with the topology.
@@ -815,6 +659,204 @@ pub fn spawn_testd(testd: &Path, work_dir: &Path, node: &Node) -> anyhow::Result
             )
         }
     }
+}
+
+fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// A namespace `ns` with `lo` up, noted in `namespaces` (a guard's list, so
+/// that it is removed with the topology).
+pub(crate) fn add_namespace(ns: &str, namespaces: &mut Vec<String>) -> anyhow::Result<()> {
+    netns::run("ip", &["netns", "add", ns])?;
+    namespaces.push(ns.to_owned());
+    netns::ip(ns, &["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// A bridge `bridge` in namespace `ns`, up, without multicast snooping.
+pub(crate) fn add_bridge(ns: &str, bridge: &str) -> anyhow::Result<()> {
+    netns::ip(
+        ns,
+        &[
+            "link",
+            "add",
+            bridge,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ],
+    )?;
+    netns::ip(ns, &["link", "set", bridge, "up"])?;
+    Ok(())
+}
+
+/// Bridged IP must not go through netfilter (absent without br_netfilter,
+/// hence no error).
+pub(crate) fn bridge_netfilter_off(ns: &str) {
+    for family in ["iptables", "ip6tables", "arptables"] {
+        let _ = netns::exec(
+            ns,
+            "sysctl",
+            &["-qw", &format!("net.bridge.bridge-nf-call-{family}=0")],
+        );
+    }
+}
+
+/// Plugs interface `dev` of namespace `ns` into `bridge` of `bridge_ns`: a
+/// veth whose bridge end is `port`, offloads off at both ends, the
+/// addresses `a4` and `a6` (each with its prefix length) on `dev`, up.
+pub(crate) fn plug(
+    bridge_ns: &str,
+    bridge: &str,
+    port: &str,
+    ns: &str,
+    dev: &str,
+    a4: &str,
+    a6: &str,
+) -> anyhow::Result<()> {
+    netns::ip(
+        bridge_ns,
+        &[
+            "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns,
+        ],
+    )?;
+    netns::ip(bridge_ns, &["link", "set", port, "master", bridge, "up"])?;
+    offloads_off(bridge_ns, port)?;
+    offloads_off(ns, dev)?;
+    netns::ip(ns, &["addr", "add", a4, "dev", dev])?;
+    netns::ip(ns, &["-6", "addr", "add", a6, "dev", dev, "nodad"])?;
+    netns::ip(ns, &["link", "set", dev, "up"])?;
+    Ok(())
+}
+
+/// Node `name` (namespace `ns`) on the segment `br0`: its `eth0` behind
+/// the bridge port `p-NAME`, with `ip4`/24 and `ip6`/64.
+fn plug_node(
+    bridge_ns: &str,
+    name: &str,
+    ns: String,
+    ip4: Ipv4Addr,
+    ip6: Ipv6Addr,
+) -> anyhow::Result<Node> {
+    let port = format!("p-{name}");
+    plug(
+        bridge_ns,
+        "br0",
+        &port,
+        &ns,
+        IFACE,
+        &format!("{ip4}/24"),
+        &format!("{ip6}/64"),
+    )?;
+    let mac = read_mac(&ns, IFACE)?;
+    Ok(Node {
+        name: name.to_owned(),
+        ns,
+        ip4,
+        ip6,
+        mac,
+    })
+}
+
+/// A backend's VIPs on `lo` of namespace `ns`, which never answers ARP for
+/// them nor uses them as the source of its own ARP.
+pub(crate) fn hold_vips_on_lo(
+    ns: &str,
+    vips4: &[Ipv4Addr],
+    vips6: &[Ipv6Addr],
+) -> anyhow::Result<()> {
+    for k in [
+        "net.ipv4.conf.all.arp_ignore=1",
+        "net.ipv4.conf.all.arp_announce=2",
+    ] {
+        netns::exec(ns, "sysctl", &["-qw", k])?;
+    }
+    for vip in vips4 {
+        netns::ip(ns, &["addr", "add", &format!("{vip}/32"), "dev", "lo"])?;
+    }
+    for vip in vips6 {
+        netns::ip(
+            ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{vip}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The client's source addresses: its own, then `count - 1` more added to
+/// its interface.
+fn add_client_addrs(client: &Node, count: usize) -> anyhow::Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>)> {
+    let mut client_addrs4 = vec![client.ip4];
+    let mut client_addrs6 = vec![client.ip6];
+    for i in 1..count {
+        let a4 = Ipv4Addr::new(10, 77, 0, 100 + i as u8);
+        let a6 = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100 + i as u16);
+        netns::ip(
+            &client.ns,
+            &["addr", "add", &format!("{a4}/24"), "dev", IFACE],
+        )?;
+        netns::ip(
+            &client.ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{a6}/64"),
+                "dev",
+                IFACE,
+                "nodad",
+            ],
+        )?;
+        client_addrs4.push(a4);
+        client_addrs6.push(a6);
+    }
+    Ok((client_addrs4, client_addrs6))
+}
+
+/// Namespace `ns` reaches the VIPs' subnets through the LB.
+pub fn route_vips_via_lb(ns: &str, lb: &Node) -> anyhow::Result<()> {
+    netns::ip(
+        ns,
+        &["route", "add", "10.77.1.0/24", "via", &lb.ip4.to_string()],
+    )?;
+    netns::ip(
+        ns,
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd77:1::/64",
+            "via",
+            &lb.ip6.to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Certificates: each backend's own addresses, the VIPs, the service.
+fn certificates<'a>(
+    work_dir: &Path,
+    backends: impl Iterator<Item = &'a Node>,
+) -> anyhow::Result<Pki> {
+    let hosts: Vec<HostSpec> = backends
+        .map(|n| HostSpec::new(&n.name, &[n.ip4.into(), n.ip6.into()]))
+        .collect();
+    let extra: Vec<String> = [COMPILER_VIP4.to_string(), CA_VIP4.to_string()]
+        .into_iter()
+        .chain([COMPILER_VIP6.to_string(), CA_VIP6.to_string()])
+        .chain([SERVICE_NAME.to_owned()])
+        .collect();
+    crate::pki::generate(&work_dir.join("pki"), "voxlb e2e CA", &hosts, &extra)
 }
 
 /// `ethtool -K DEV tx off txvlan off` (see docs/e2e.md).

@@ -93,21 +93,7 @@ fn topology_with_narrow_return_path() -> anyhow::Result<Topology> {
         netns::exec(&rt.ns, "sysctl", &["-qw", &format!("{k}={v}")])?;
     }
     let lb = topo.lb.clone();
-    netns::ip(
-        &rt.ns,
-        &["route", "add", "10.77.1.0/24", "via", &lb.ip4.to_string()],
-    )?;
-    netns::ip(
-        &rt.ns,
-        &[
-            "-6",
-            "route",
-            "add",
-            "fd77:1::/64",
-            "via",
-            &lb.ip6.to_string(),
-        ],
-    )?;
+    topology::route_vips_via_lb(&rt.ns, &lb)?;
     // The agent sends to the VIPs through the LB (eth0) and receives the
     // replies on `far`: no reverse-path filter.
     for dev in ["all", "default", "eth0", "far"] {

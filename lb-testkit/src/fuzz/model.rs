@@ -1,10 +1,19 @@
-//! The fuzzer's reference model of the XDP program and the checks of a
-//! run against it: a child of [`super`] so that it sees the world's private
-//! state. Written from the reason codes' definitions and the README's
-//! decisions, with its own flow form, hash and Maglev tables
+//! The fuzzer's reference model of the XDP program: what should happen to a
+//! frame. It reads the world's own state (its tables, VIP index and
+//! fragment table), which `world.rs` opens to the fuzzer's modules but not
+//! to their callers. Written from the reason codes' definitions and the
+//! README's decisions, with its own flow form, hash and Maglev tables
 //! ([`crate::reference`]), never from the eBPF code or lb-common's.
 
-use super::*;
+use std::net::IpAddr;
+
+use lb_common::{
+    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_RETIRING, KIND_CA, KIND_COMPILER, NO_BACKEND,
+    PROTO_TCP, PROTO_UDP, Reason, VipInfo, reason::Verdict,
+};
+
+use super::{FlowEntry, FlowId, ModelFlows, World};
+use crate::{packet::flags, reference};
 
 // ---------------------------------------------------------- reference model
 
@@ -626,196 +635,108 @@ impl World {
     }
 }
 
-// ---------------------------------------------------------------- checking
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
 
-/// One broken invariant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// Short class of the problem (for the summary).
-    pub kind: &'static str,
-    pub detail: String,
-}
+    use super::*;
+    use crate::{
+        fuzz::{
+            Generator, PORT, ROUTED_ONLY, ROUTER4, VIP4, VIP4_CA, VIP4_CA_NONE, VIP4_EMPTY, vip6,
+            vip6_ca,
+        },
+        packet::{Frame, arp_request},
+    };
 
-pub(super) fn violation(kind: &'static str, detail: String) -> Violation {
-    Violation { kind, detail }
-}
-
-impl World {
-    /// Check one run against the model and the data plane's rules. The
-    /// reason counters are checked apart ([`check_counters`]): reading them
-    /// costs 17 map lookups, so the fuzzer does it per batch.
-    pub fn check(&self, frame: &[u8], out: &RunOutput) -> (Expected, Vec<Violation>) {
-        let exp = self.expect(frame);
-        (exp, self.verify(frame, out, &exp))
+    fn c4() -> IpAddr {
+        Ipv4Addr::new(192, 0, 2, 10).into()
     }
 
-    /// Check one run against an expectation from [`Self::expect`] or
-    /// [`Self::step`] and against the data plane's rules.
-    pub fn verify(&self, frame: &[u8], out: &RunOutput, exp: &Expected) -> Vec<Violation> {
-        let exp = *exp;
-        let mut v = Vec::new();
-        let want = action_of(exp.reason);
-        if out.action != want {
-            v.push(violation(
-                "verdict",
-                format!(
-                    "action {} but the model says {} ({})",
-                    action_name(out.action),
-                    action_name(want),
-                    exp.reason.label()
-                ),
-            ));
-        }
-        // Rules that hold whatever the model says.
-        match out.action {
-            XDP_TX => v.extend(self.check_tx(frame, out, &exp)),
-            XDP_PASS | XDP_DROP => {
-                if out.frame != frame {
-                    v.push(violation(
-                        "modified",
-                        format!(
-                            "{} frame changed (first difference at byte {})",
-                            action_name(out.action),
-                            first_difference(frame, &out.frame)
-                        ),
-                    ));
-                }
-            }
-            other => v.push(violation("verdict", format!("unexpected action {other}"))),
-        }
-        v
+    #[test]
+    fn model_forwards_a_syn_to_the_table_backend() {
+        let w = World::standard();
+        let f = Frame::tcp(c4(), 40000, VIP4.into(), PORT, flags::SYN).build();
+        let e = w.expect(&f);
+        assert_eq!(e.reason, Reason::TxCompiler);
+        let b = e.backend.unwrap();
+        assert!(b < 3);
+        let ca = Frame::tcp(c4(), 40000, VIP4_CA.into(), PORT, flags::ACK).build();
+        assert_eq!(w.expect(&ca).backend, Some(30));
+        let ca6 = Frame::tcp("2001:db8::1".parse().unwrap(), 1, vip6_ca().into(), PORT, 0);
+        assert_eq!(w.expect(&ca6.build()).backend, Some(32));
     }
 
-    fn check_tx(&self, frame: &[u8], out: &RunOutput, exp: &Expected) -> Vec<Violation> {
-        let mut v = Vec::new();
-        let o = &out.frame;
-        if o.len() != frame.len() || o.get(12..) != frame.get(12..) {
-            v.push(violation(
-                "rewrite",
-                format!(
-                    "forwarded frame differs beyond the MACs (lengths {} -> {}, first difference at byte {})",
-                    frame.len(),
-                    o.len(),
-                    first_difference(&frame[12..], o.get(12..).unwrap_or(&[])) + 12
-                ),
-            ));
-        }
-        if o.len() >= 12 && o[6..12] != frame[0..6] {
-            v.push(violation(
-                "rewrite",
-                "source MAC is not the frame's original destination".into(),
-            ));
-        }
-        let Some(vip) = exp.vip else {
-            v.push(violation(
-                "tx-not-vip",
-                "forwarded a frame whose destination is not a VIP".into(),
-            ));
-            return v;
+    #[test]
+    fn model_classifies_the_failure_paths() {
+        let w = World::standard();
+        let syn = Frame::tcp(c4(), 40000, VIP4.into(), PORT, flags::SYN);
+        let mut f = syn.build();
+        f.truncate(30);
+        assert_eq!(w.expect(&f).reason, Reason::DropTruncatedL3);
+        // A later fragment whose first was not seen; then its first, which
+        // is balanced and recorded, and the later one follows it.
+        let later = syn.clone().with_frag(0x0010).build();
+        assert_eq!(w.expect(&later).reason, Reason::PassFragment);
+        let first = w.expect(&syn.clone().with_frag(0x2000).build());
+        assert_eq!(first.reason, Reason::TxCompiler);
+        assert_eq!(w.expect(&later).backend, first.backend);
+        assert_eq!(w.fragments_tracked(), 1);
+        // ICMP errors about a VIP's reply: steered to the flow's backend;
+        // cut short: malformed; about another host's reply: unmatched.
+        let reply = Frame::tcp(VIP4.into(), PORT, c4(), 40000, flags::ACK);
+        let icmp = |q: Vec<u8>| Frame::icmp_msg(ROUTER4.into(), VIP4.into(), 3, 4, 1400, &q);
+        assert_eq!(
+            w.expect(&icmp(reply.quote(28)).build()).backend,
+            w.expect(&syn.build()).backend
+        );
+        assert_eq!(
+            w.expect(&icmp(reply.quote(27)).build()).reason,
+            Reason::PassIcmpMalformed
+        );
+        let stranger = Frame::tcp(c4(), PORT, c4(), 40000, flags::ACK);
+        assert_eq!(
+            w.expect(&icmp(stranger.quote(28)).build()).reason,
+            Reason::PassIcmpUnmatched
+        );
+        let f = syn.clone().with_dst_mac([0xff; 6]).build();
+        assert_eq!(w.expect(&f).reason, Reason::PassNotUnicast);
+        let f = Frame::tcp(c4(), 1, VIP4_EMPTY.into(), PORT, flags::SYN)
+            .with_dst_mac([0xff; 6])
+            .build();
+        assert_eq!(w.expect(&f).reason, Reason::DropNoBackend);
+        let f = Frame::tcp(c4(), 1, VIP4_CA_NONE.into(), PORT, 0).build();
+        assert_eq!(w.expect(&f).reason, Reason::DropNoCa);
+        let v6 = |n: usize| {
+            (0..n)
+                .fold(
+                    Frame::tcp("2001:db8::1".parse().unwrap(), 1, vip6().into(), PORT, 2),
+                    |f, _| f.with_ext(60, 8),
+                )
+                .build()
         };
-        let mac = &o[0..6.min(o.len())];
-        let Some((id, b)) = self.backends.iter().find(|(_, b)| b.mac[..] == *mac) else {
-            v.push(violation(
-                "backend",
-                format!("forwarded to unknown MAC {mac:02x?}"),
-            ));
-            return v;
-        };
-        if b.service_id != vip.service_id {
-            v.push(violation(
-                "backend",
-                format!(
-                    "service {} traffic sent to backend {id} of service {}",
-                    vip.service_id, b.service_id
-                ),
-            ));
-        }
-        if (vip.kind == KIND_CA) != self.is_ca_backend(*id) {
-            v.push(violation(
-                "ca-steering",
-                format!(
-                    "{} VIP traffic sent to backend {id}, a {}",
-                    if vip.kind == KIND_CA {
-                        "CA"
-                    } else {
-                        "compiler"
-                    },
-                    if self.is_ca_backend(*id) {
-                        "CA"
-                    } else {
-                        "compiler"
-                    }
-                ),
-            ));
-        }
-        if let Some(want) = exp.backend
-            && want != *id
-        {
-            v.push(violation(
-                "backend",
-                format!("sent to backend {id}, the table says {want}"),
-            ));
-        }
-        v
+        assert_eq!(w.expect(&v6(4)).reason, Reason::TxCompiler);
+        assert_eq!(w.expect(&v6(5)).reason, Reason::PassIpv6ExtLimit);
+        assert_eq!(w.expect(&arp_request()).reason, Reason::PassNotIp);
     }
-}
 
-/// Check a reason-counter delta for one frame: exactly one counter moved,
-/// by one, it is the model's reason, and its verdict is the action taken.
-pub fn check_counters(exp: &Expected, action: u32, delta: &[u64]) -> Vec<Violation> {
-    let mut v = Vec::new();
-    let moved: Vec<(usize, u64)> = delta
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, d)| *d != 0)
-        .collect();
-    let label = |i: usize| Reason::from_code(i as u32).map_or("?", |r| r.label());
-    match moved.as_slice() {
-        [(i, 1)] => {
-            if *i != exp.reason as usize {
-                v.push(violation(
-                    "reason",
-                    format!(
-                        "counted as {}, the model says {}",
-                        label(*i),
-                        exp.reason.label()
-                    ),
-                ));
-            }
-            if let Some(r) = Reason::from_code(*i as u32)
-                && action_of(r) != action
-            {
-                v.push(violation(
-                    "reason",
-                    format!(
-                        "counted as {} but the action was {}",
-                        r.label(),
-                        action_name(action)
-                    ),
-                ));
-            }
+    #[test]
+    fn model_reaches_every_reason() {
+        let w = World::standard();
+        let g = Generator::new(1);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..g.sweep_len() + 50_000 {
+            seen.insert(w.expect(&g.case(i).frame).reason as u32);
         }
-        other => {
-            let list: Vec<String> = other
-                .iter()
-                .map(|(i, d)| format!("{}+{d}", label(*i)))
-                .collect();
-            v.push(violation(
-                "counters",
-                format!(
-                    "not exactly one counter moved by one: [{}]",
-                    list.join(", ")
-                ),
-            ));
-        }
+        let routed_only = ROUTED_ONLY;
+        let missing: Vec<&str> = Reason::ALL
+            .iter()
+            .filter(|r| {
+                !seen.contains(&(**r as u32))
+                    && **r != Reason::DropInternal
+                    && !routed_only.contains(r)
+            })
+            .map(|r| r.label())
+            .collect();
+        assert!(missing.is_empty(), "never produced: {missing:?}");
     }
-    v
-}
-
-pub(super) fn first_difference(a: &[u8], b: &[u8]) -> usize {
-    a.iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(b.len()))
 }

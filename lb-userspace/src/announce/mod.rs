@@ -178,144 +178,21 @@ fn bird_safe(key: &str, s: &str) -> Result<(), ConfigError> {
 
 /// Validate `[bgp]` against the VIPs of the config.
 pub fn validate(raw: RawBgp, vips: &[Vip]) -> Result<BgpConfig, ConfigError> {
-    let mode = match raw.mode.as_deref() {
-        None => return Err(invalid("bgp.mode", "missing: \"managed\" or \"include\"")),
-        Some("managed") => BgpMode::Managed,
-        Some("include") => BgpMode::Include,
-        Some(o) => {
-            return Err(invalid(
-                "bgp.mode",
-                format!("{o:?} is not \"managed\" or \"include\""),
-            ));
-        }
-    };
+    let mode = parse_mode(raw.mode.as_deref())?;
     let local_as = asn(
         "bgp.local_as",
         raw.local_as
             .ok_or_else(|| invalid("bgp.local_as", "missing"))?,
     )?;
-    let rid = raw
-        .router_id
-        .ok_or_else(|| invalid("bgp.router_id", "missing (an IPv4 address)"))?;
-    let router_id: Ipv4Addr = rid
-        .parse()
-        .map_err(|_| invalid("bgp.router_id", format!("{rid:?} is not an IPv4 address")))?;
-    if router_id.is_unspecified() {
-        return Err(invalid("bgp.router_id", "0.0.0.0 is not a router id"));
-    }
-    if raw.neighbors.is_empty() {
-        return Err(invalid("bgp.neighbors", "at least one neighbour is needed"));
-    }
-    let mut neighbors: Vec<Neighbor> = Vec::new();
-    for (i, n) in raw.neighbors.into_iter().enumerate() {
-        let key = format!("bgp.neighbors[{i}]");
-        let address: IpAddr = n.address.parse().map_err(|_| {
-            invalid(
-                format!("{key}.address"),
-                format!("{:?} is not an IP address", n.address),
-            )
-        })?;
-        if neighbors.iter().any(|o| o.address == address) {
-            return Err(invalid(
-                format!("{key}.address"),
-                format!("{address} is listed twice"),
-            ));
-        }
-        if let Some(p) = &n.password {
-            bird_safe(&format!("{key}.password"), p)?;
-        }
-        let hold_time = in_range(
-            &format!("{key}.hold_time"),
-            n.hold_time.unwrap_or(9),
-            3,
-            65535,
-        )?;
-        let keepalive_time = in_range(
-            &format!("{key}.keepalive_time"),
-            n.keepalive_time.unwrap_or(hold_time as i64 / 3),
-            1,
-            65535,
-        )?;
-        if keepalive_time * 3 > hold_time {
-            return Err(invalid(
-                format!("{key}.keepalive_time"),
-                format!(
-                    "{keepalive_time} s is more than a third of the hold time ({hold_time} s): \
-                     one lost keepalive would drop the session"
-                ),
-            ));
-        }
-        neighbors.push(Neighbor {
-            address,
-            asn: asn(&format!("{key}.as"), n.asn)?,
-            password: n.password,
-            hold_time,
-            keepalive_time,
-            bfd: n.bfd,
-        });
-    }
+    let router_id = parse_router_id(raw.router_id)?;
+    let neighbors = parse_neighbors(raw.neighbors)?;
     let min_healthy = in_range(
         "bgp.min_healthy",
         raw.min_healthy.unwrap_or(1),
         1,
         crate::config::MAX_WEIGHT as i64,
     )?;
-    let addrs: Vec<IpAddr> = vips.iter().map(|v| v.addr.ip()).collect();
-    let mut attrs = BTreeMap::new();
-    for (i, v) in raw.vips.into_iter().enumerate() {
-        let key = format!("bgp.vips[{i}]");
-        let address: IpAddr = v.address.parse().map_err(|_| {
-            invalid(
-                format!("{key}.address"),
-                format!("{:?} is not an IP address", v.address),
-            )
-        })?;
-        if !addrs.contains(&address) {
-            return Err(invalid(
-                format!("{key}.address"),
-                format!("{address} is not the address of any service's VIP"),
-            ));
-        }
-        let mut communities = Vec::new();
-        for (j, c) in v.communities.iter().enumerate() {
-            let parsed = c
-                .split_once(':')
-                .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)));
-            match parsed {
-                Some(p) => communities.push(p),
-                None => {
-                    return Err(invalid(
-                        format!("{key}.communities[{j}]"),
-                        format!("{c:?} is not a standard community \"ASN:VALUE\" (16 bits each)"),
-                    ));
-                }
-            }
-        }
-        let med = v
-            .med
-            .map(|m| in_range(&format!("{key}.med"), m, 0, u32::MAX as i64))
-            .transpose()?;
-        let min = v
-            .min_healthy
-            .map(|m| in_range(&format!("{key}.min_healthy"), m, 1, 1000))
-            .transpose()?;
-        if attrs
-            .insert(
-                address,
-                VipAttrs {
-                    communities,
-                    med,
-                    min_healthy: min,
-                },
-            )
-            .is_some()
-        {
-            return Err(invalid(
-                format!("{key}.address"),
-                format!("{address} is listed twice"),
-            ));
-        }
-    }
+    let attrs = parse_vip_attrs(raw.vips, vips)?;
     let bfd_interval_ms = in_range(
         "bgp.bfd_interval_ms",
         raw.bfd_interval_ms.unwrap_or(100),
@@ -328,19 +205,8 @@ pub fn validate(raw: RawBgp, vips: &[Vip]) -> Result<BgpConfig, ConfigError> {
         1,
         255,
     )?;
-    let path = |key: &str, p: Option<PathBuf>, def: &str| -> Result<PathBuf, ConfigError> {
-        let p = p.unwrap_or_else(|| def.into());
-        if !p.is_absolute() {
-            return Err(invalid(
-                format!("bgp.{key}"),
-                format!("{} is not an absolute path", p.display()),
-            ));
-        }
-        bird_safe(&format!("bgp.{key}"), &p.to_string_lossy())?;
-        Ok(p)
-    };
-    let bird_socket = path("bird_socket", raw.bird_socket, DEFAULT_BIRD_SOCKET)?;
-    let bird_config = path("bird_config", raw.bird_config, DEFAULT_BIRD_CONFIG)?;
+    let bird_socket = bird_path("bird_socket", raw.bird_socket, DEFAULT_BIRD_SOCKET)?;
+    let bird_config = bird_path("bird_config", raw.bird_config, DEFAULT_BIRD_CONFIG)?;
     if bird_socket == bird_config {
         return Err(invalid(
             "bgp.bird_config",
@@ -368,6 +234,177 @@ pub fn validate(raw: RawBgp, vips: &[Vip]) -> Result<BgpConfig, ConfigError> {
         bird_config,
         vips: attrs,
     })
+}
+
+fn parse_mode(mode: Option<&str>) -> Result<BgpMode, ConfigError> {
+    match mode {
+        None => Err(invalid("bgp.mode", "missing: \"managed\" or \"include\"")),
+        Some("managed") => Ok(BgpMode::Managed),
+        Some("include") => Ok(BgpMode::Include),
+        Some(o) => Err(invalid(
+            "bgp.mode",
+            format!("{o:?} is not \"managed\" or \"include\""),
+        )),
+    }
+}
+
+fn parse_router_id(raw: Option<String>) -> Result<Ipv4Addr, ConfigError> {
+    let rid = raw.ok_or_else(|| invalid("bgp.router_id", "missing (an IPv4 address)"))?;
+    let router_id: Ipv4Addr = rid
+        .parse()
+        .map_err(|_| invalid("bgp.router_id", format!("{rid:?} is not an IPv4 address")))?;
+    if router_id.is_unspecified() {
+        return Err(invalid("bgp.router_id", "0.0.0.0 is not a router id"));
+    }
+    Ok(router_id)
+}
+
+fn parse_neighbors(raw: Vec<RawNeighbor>) -> Result<Vec<Neighbor>, ConfigError> {
+    if raw.is_empty() {
+        return Err(invalid("bgp.neighbors", "at least one neighbour is needed"));
+    }
+    let mut neighbors: Vec<Neighbor> = Vec::new();
+    for (i, n) in raw.into_iter().enumerate() {
+        let neighbor = parse_neighbor(&format!("bgp.neighbors[{i}]"), n, &neighbors)?;
+        neighbors.push(neighbor);
+    }
+    Ok(neighbors)
+}
+
+/// Neighbour `key`, not one of the `earlier` ones.
+fn parse_neighbor(
+    key: &str,
+    n: RawNeighbor,
+    earlier: &[Neighbor],
+) -> Result<Neighbor, ConfigError> {
+    let address: IpAddr = n.address.parse().map_err(|_| {
+        invalid(
+            format!("{key}.address"),
+            format!("{:?} is not an IP address", n.address),
+        )
+    })?;
+    if earlier.iter().any(|o| o.address == address) {
+        return Err(invalid(
+            format!("{key}.address"),
+            format!("{address} is listed twice"),
+        ));
+    }
+    if let Some(p) = &n.password {
+        bird_safe(&format!("{key}.password"), p)?;
+    }
+    let hold_time = in_range(
+        &format!("{key}.hold_time"),
+        n.hold_time.unwrap_or(9),
+        3,
+        65535,
+    )?;
+    let keepalive_time = in_range(
+        &format!("{key}.keepalive_time"),
+        n.keepalive_time.unwrap_or(hold_time as i64 / 3),
+        1,
+        65535,
+    )?;
+    if keepalive_time * 3 > hold_time {
+        return Err(invalid(
+            format!("{key}.keepalive_time"),
+            format!(
+                "{keepalive_time} s is more than a third of the hold time ({hold_time} s): \
+                 one lost keepalive would drop the session"
+            ),
+        ));
+    }
+    Ok(Neighbor {
+        address,
+        asn: asn(&format!("{key}.as"), n.asn)?,
+        password: n.password,
+        hold_time,
+        keepalive_time,
+        bfd: n.bfd,
+    })
+}
+
+/// The per-VIP attributes, each for the address of one of the config's
+/// `vips`.
+fn parse_vip_attrs(
+    raw: Vec<RawVipAttrs>,
+    vips: &[Vip],
+) -> Result<BTreeMap<IpAddr, VipAttrs>, ConfigError> {
+    let addrs: Vec<IpAddr> = vips.iter().map(|v| v.addr.ip()).collect();
+    let mut attrs = BTreeMap::new();
+    for (i, v) in raw.into_iter().enumerate() {
+        let key = format!("bgp.vips[{i}]");
+        let address: IpAddr = v.address.parse().map_err(|_| {
+            invalid(
+                format!("{key}.address"),
+                format!("{:?} is not an IP address", v.address),
+            )
+        })?;
+        if !addrs.contains(&address) {
+            return Err(invalid(
+                format!("{key}.address"),
+                format!("{address} is not the address of any service's VIP"),
+            ));
+        }
+        let communities = parse_communities(&key, &v.communities)?;
+        let med = v
+            .med
+            .map(|m| in_range(&format!("{key}.med"), m, 0, u32::MAX as i64))
+            .transpose()?;
+        let min = v
+            .min_healthy
+            .map(|m| in_range(&format!("{key}.min_healthy"), m, 1, 1000))
+            .transpose()?;
+        if attrs
+            .insert(
+                address,
+                VipAttrs {
+                    communities,
+                    med,
+                    min_healthy: min,
+                },
+            )
+            .is_some()
+        {
+            return Err(invalid(
+                format!("{key}.address"),
+                format!("{address} is listed twice"),
+            ));
+        }
+    }
+    Ok(attrs)
+}
+
+/// Standard communities `ASN:VALUE`, 16 bits each.
+fn parse_communities(key: &str, raw: &[String]) -> Result<Vec<(u16, u16)>, ConfigError> {
+    let mut communities = Vec::new();
+    for (j, c) in raw.iter().enumerate() {
+        let parsed = c
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)));
+        match parsed {
+            Some(p) => communities.push(p),
+            None => {
+                return Err(invalid(
+                    format!("{key}.communities[{j}]"),
+                    format!("{c:?} is not a standard community \"ASN:VALUE\" (16 bits each)"),
+                ));
+            }
+        }
+    }
+    Ok(communities)
+}
+
+/// A path BIRD is given: absolute, and safe in a quoted BIRD string.
+fn bird_path(key: &str, p: Option<PathBuf>, def: &str) -> Result<PathBuf, ConfigError> {
+    let p = p.unwrap_or_else(|| def.into());
+    if !p.is_absolute() {
+        return Err(invalid(
+            format!("bgp.{key}"),
+            format!("{} is not an absolute path", p.display()),
+        ));
+    }
+    bird_safe(&format!("bgp.{key}"), &p.to_string_lossy())?;
+    Ok(p)
 }
 
 /// What the announcement decision depends on besides the services.

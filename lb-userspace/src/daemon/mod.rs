@@ -245,6 +245,18 @@ pub struct RunOptions {
     pub stop: Option<watch::Receiver<bool>>,
 }
 
+/// The saved state, less the overlay entries `config` no longer applies
+/// to, and its ids brought in line with what `dp` already holds.
+fn load_state(config: &Config, dp: &dyn DataPlane) -> Result<(StateStore, State), DaemonError> {
+    let store = StateStore::open(&config.state_dir)?;
+    let mut state = store.load()?;
+    for line in reconcile::prune_overlay(config, &mut state) {
+        warn!("{line}");
+    }
+    reconcile::recover_from_dataplane(&mut state, config, dp)?;
+    Ok((store, state))
+}
+
 impl Daemon {
     /// Load the state, reconcile the data plane to config + state, start the
     /// health checkers. `health_tx` is where checkers report.
@@ -256,12 +268,7 @@ impl Daemon {
         spawner: CheckerSpawner,
         health_tx: mpsc::Sender<HealthUpdate>,
     ) -> Result<Daemon, DaemonError> {
-        let store = StateStore::open(&config.state_dir)?;
-        let mut state = store.load()?;
-        for line in reconcile::prune_overlay(&config, &mut state) {
-            warn!("{line}");
-        }
-        reconcile::recover_from_dataplane(&mut state, &config, dp.as_ref())?;
+        let (store, state) = load_state(&config, dp.as_ref())?;
         let mut dp = dp;
         if let Err(e) = dp.set_flood_threshold(config.flood_threshold) {
             warn!("setting the flood threshold: {e}");
@@ -314,26 +321,31 @@ impl Daemon {
         // Routed compilers are resolved before the first plan: one planned
         // unresolved would be written down, and its flows re-picked.
         d.resolve_routes();
-        let mut state = d.state.clone();
+        d.first_reconcile()?;
+        d.solicit_unresolved();
+        d.sync_checkers();
+        Ok(d)
+    }
+
+    /// The first plan, saved and applied in full (nothing is taken as
+    /// already written).
+    fn first_reconcile(&mut self) -> Result<(), DaemonError> {
+        let mut state = self.state.clone();
         let t0 = Instant::now();
-        let weights = step_weights(
-            &mut d.controllers,
-            &mut d.loads,
-            &d.health,
-            &d.macs,
-            &d.routes,
-            d.started,
-            &d.config,
-            &state,
-        );
+        let weights = self.next_weights(None, Some(&state));
         let plan = reconcile::plan_weighted(
-            &d.config, &mut state, &d.health, &d.macs, &d.routes, &weights,
+            &self.config,
+            &mut state,
+            &self.health,
+            &self.macs,
+            &self.routes,
+            &weights,
         )?;
-        d.weights = weights;
-        d.store.save(&state)?;
-        d.state = state;
-        let applied = reconcile::apply(&plan.desired, None, d.dp.as_mut())?;
-        d.telemetry.rebuilt(applied.tables, t0.elapsed());
+        self.weights = weights;
+        self.store.save(&state)?;
+        self.state = state;
+        let applied = reconcile::apply(&plan.desired, None, self.dp.as_mut())?;
+        self.telemetry.rebuilt(applied.tables, t0.elapsed());
         info!(
             "data plane reconciled: {} backend, {} table, {} CA, {}+{}- VIP writes",
             applied.backends,
@@ -342,11 +354,9 @@ impl Daemon {
             applied.vips_upserted,
             applied.vips_removed
         );
-        d.last = Some(plan.desired);
-        d.report_views(plan.services);
-        d.solicit_unresolved();
-        d.sync_checkers();
-        Ok(d)
+        self.last = Some(plan.desired);
+        self.report_views(plan.services);
+        Ok(())
     }
 
     /// Log what changed for the operator: all-down services loudly.
@@ -400,22 +410,13 @@ impl Daemon {
             Ok(m) => m,
             Err(e) => return Response::error(e),
         };
-        let cfg = config.as_ref().unwrap_or(&self.config);
         let t0 = Instant::now();
         // Health, drain and membership changes reach the controller at once.
         let weights = match self.pending_weights.take() {
             Some(w) => w,
-            None => step_weights(
-                &mut self.controllers,
-                &mut self.loads,
-                &self.health,
-                &self.macs,
-                &self.routes,
-                self.started,
-                cfg,
-                &state,
-            ),
+            None => self.next_weights(config.as_ref(), Some(&state)),
         };
+        let cfg = config.as_ref().unwrap_or(&self.config);
         let plan = match reconcile::plan_weighted(
             cfg,
             &mut state,
@@ -438,30 +439,7 @@ impl Daemon {
         }
         if let Err(e) = applied {
             error!("data plane write failed: {e}; rolling back");
-            self.last = None;
-            let rollback = self
-                .store
-                .save(&self.state)
-                .map_err(|e| e.to_string())
-                .and_then(|_| {
-                    let mut old = self.state.clone();
-                    let p = reconcile::plan_weighted(
-                        &self.config,
-                        &mut old,
-                        &self.health,
-                        &self.macs,
-                        &self.routes,
-                        &self.weights,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    reconcile::apply(&p.desired, None, self.dp.as_mut())
-                        .map_err(|e| e.to_string())?;
-                    self.last = Some(p.desired);
-                    Ok(())
-                });
-            if let Err(r) = rollback {
-                error!("rollback failed too: {r}; will retry on the next change");
-            }
+            self.roll_back();
             return Response::error(format!("not changed: data plane write failed: {e}"));
         }
         self.state = state;
@@ -472,6 +450,49 @@ impl Daemon {
         self.last = Some(plan.desired);
         self.report_views(plan.services);
         Response::Ok { message }
+    }
+
+    /// After a failed data plane write: the saved state and the data plane
+    /// back to the state before the change, rewritten in full.
+    fn roll_back(&mut self) {
+        self.last = None;
+        let rollback = self
+            .store
+            .save(&self.state)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                let mut old = self.state.clone();
+                let p = reconcile::plan_weighted(
+                    &self.config,
+                    &mut old,
+                    &self.health,
+                    &self.macs,
+                    &self.routes,
+                    &self.weights,
+                )
+                .map_err(|e| e.to_string())?;
+                reconcile::apply(&p.desired, None, self.dp.as_mut()).map_err(|e| e.to_string())?;
+                self.last = Some(p.desired);
+                Ok(())
+            });
+        if let Err(r) = rollback {
+            error!("rollback failed too: {r}; will retry on the next change");
+        }
+    }
+
+    /// The weight controllers' step for `state` under `config` (the running
+    /// config and state when `None`).
+    fn next_weights(&mut self, config: Option<&Config>, state: Option<&State>) -> WeightMap {
+        step_weights(
+            &mut self.controllers,
+            &mut self.loads,
+            &self.health,
+            &self.macs,
+            &self.routes,
+            self.started,
+            config.unwrap_or(&self.config),
+            state.unwrap_or(&self.state),
+        )
     }
 
     /// Recompute after a health or MAC change (no state edit).

@@ -35,43 +35,12 @@ pub async fn run(
         calls_tx.clone(),
         shutdown_rx.clone(),
     ));
-    let metrics = match metrics_addr {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                info!("metrics at http://{addr}/metrics");
-                Some(tokio::spawn(crate::metrics::serve(
-                    l,
-                    calls_tx.clone(),
-                    shutdown_rx.clone(),
-                )))
-            }
-            Err(e) => {
-                error!("metrics listener {addr}: {e}; metrics disabled");
-                None
-            }
-        },
-        None => None,
-    };
+    let metrics = serve_metrics(metrics_addr, calls_tx.clone(), shutdown_rx.clone()).await;
     drop(calls_tx);
 
-    let mut hup = None;
-    let mut term = None;
-    let mut int = None;
-    if opts.signals {
-        use tokio::signal::unix::{SignalKind, signal};
-        hup = Some(signal(SignalKind::hangup()).map_err(DaemonError::Signal)?);
-        term = Some(signal(SignalKind::terminate()).map_err(DaemonError::Signal)?);
-        int = Some(signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?);
-    }
+    let mut signals = Signals::new(opts.signals)?;
     let mut stop = opts.stop;
-    let mut retry = tokio::time::interval(NEIGH_RETRY);
-    let mut refresh = tokio::time::interval(NEIGH_REFRESH);
-    let mut pins = tokio::time::interval(PIN_CHECK);
-    let mut retire_tick = tokio::time::interval(RETIRE_TICK);
-    let mut census = tokio::time::interval(crate::telemetry::CENSUS_INTERVAL);
-    let mut announce_tick = tokio::time::interval(ANNOUNCE_TICK);
-    let mut weights_tick = tokio::time::interval(WEIGHTS_TICK);
-    let mut route_backstop = tokio::time::interval(ROUTE_BACKSTOP);
+    let mut t = Ticks::new();
     let mut route_rx = spawn_route_watcher();
     info!(
         "voxlb daemon ready; control socket {}",
@@ -83,56 +52,29 @@ pub async fn run(
     notifier.ready(&ready_status(&daemon));
     loop {
         tokio::select! {
-            Some(call) = calls_rx.recv() => {
-                let is_change = !matches!(
-                    call.request,
-                    Request::BackendList { .. }
-                        | Request::BackendConnections { .. }
-                        | Request::Status {}
-                        | Request::Stats {}
-                        | Request::Flows { .. }
-                        | Request::Telemetry {}
-                );
-                let desc = format!("{:?}", call.request);
-                let reload = matches!(call.request, Request::Reload {});
-                if reload {
-                    notifier.reloading();
-                }
-                let resp = daemon.handle(call.request);
-                if reload {
-                    notifier.ready(&ready_status(&daemon));
-                }
-                if is_change {
-                    match &resp {
-                        Response::Ok { message } => info!("control: {message}"),
-                        Response::Error { message } => warn!("control: {desc} refused: {message}"),
-                        _ => {}
-                    }
-                }
-                let _ = call.reply.send(resp);
-            }
+            Some(call) = calls_rx.recv() => handle_call(&mut daemon, &notifier, call),
             Some(ev) = health_rx.recv() => daemon.on_health(ev),
-            _ = retry.tick() => daemon.neigh_tick(false),
-            _ = refresh.tick() => daemon.neigh_tick(true),
-            _ = pins.tick() => daemon.check_pins(),
-            _ = retire_tick.tick() => daemon.retire_tick(),
-            _ = census.tick() => daemon.census(),
-            _ = announce_tick.tick() => daemon.announce_tick(),
+            _ = t.retry.tick() => daemon.neigh_tick(false),
+            _ = t.refresh.tick() => daemon.neigh_tick(true),
+            _ = t.pins.tick() => daemon.check_pins(),
+            _ = t.retire.tick() => daemon.retire_tick(),
+            _ = t.census.tick() => daemon.census(),
+            _ = t.announce.tick() => daemon.announce_tick(),
             Some(ev) = load_rx.recv() => daemon.on_load(ev),
-            _ = weights_tick.tick() => daemon.weights_tick(),
-            _ = route_backstop.tick() => daemon.route_tick(),
+            _ = t.weights.tick() => daemon.weights_tick(),
+            _ = t.route_backstop.tick() => daemon.route_tick(),
             Some(()) = route_rx.recv() => daemon.route_tick(),
-            _ = recv_signal(&mut hup) => {
+            _ = recv_signal(&mut signals.hup) => {
                 info!("SIGHUP: reloading the config");
                 notifier.reloading();
                 daemon.reload();
                 notifier.ready(&ready_status(&daemon));
             }
-            _ = recv_signal(&mut term) => {
+            _ = recv_signal(&mut signals.term) => {
                 info!("SIGTERM: exiting; the data plane keeps forwarding");
                 break;
             }
-            _ = recv_signal(&mut int) => {
+            _ = recv_signal(&mut signals.int) => {
                 info!("SIGINT: exiting; the data plane keeps forwarding");
                 break;
             }
@@ -149,6 +91,112 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// The metrics endpoint, if the config asks for one; a listener that cannot
+/// be bound disables it (logged), it does not stop the daemon.
+async fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    calls_tx: mpsc::Sender<Call>,
+    shutdown_rx: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let addr = addr?;
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            info!("metrics at http://{addr}/metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                l,
+                calls_tx,
+                shutdown_rx,
+            )))
+        }
+        Err(e) => {
+            error!("metrics listener {addr}: {e}; metrics disabled");
+            None
+        }
+    }
+}
+
+/// The signals the loop answers: none when `RunOptions::signals` is off.
+struct Signals {
+    hup: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new(enabled: bool) -> Result<Signals, DaemonError> {
+        let mut s = Signals {
+            hup: None,
+            term: None,
+            int: None,
+        };
+        if enabled {
+            use tokio::signal::unix::{SignalKind, signal};
+            s.hup = Some(signal(SignalKind::hangup()).map_err(DaemonError::Signal)?);
+            s.term = Some(signal(SignalKind::terminate()).map_err(DaemonError::Signal)?);
+            s.int = Some(signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?);
+        }
+        Ok(s)
+    }
+}
+
+/// The loop's timers.
+struct Ticks {
+    retry: tokio::time::Interval,
+    refresh: tokio::time::Interval,
+    pins: tokio::time::Interval,
+    retire: tokio::time::Interval,
+    census: tokio::time::Interval,
+    announce: tokio::time::Interval,
+    weights: tokio::time::Interval,
+    route_backstop: tokio::time::Interval,
+}
+
+impl Ticks {
+    fn new() -> Ticks {
+        Ticks {
+            retry: tokio::time::interval(NEIGH_RETRY),
+            refresh: tokio::time::interval(NEIGH_REFRESH),
+            pins: tokio::time::interval(PIN_CHECK),
+            retire: tokio::time::interval(RETIRE_TICK),
+            census: tokio::time::interval(crate::telemetry::CENSUS_INTERVAL),
+            announce: tokio::time::interval(ANNOUNCE_TICK),
+            weights: tokio::time::interval(WEIGHTS_TICK),
+            route_backstop: tokio::time::interval(ROUTE_BACKSTOP),
+        }
+    }
+}
+
+/// One control request: handled, logged if it changes anything, answered.
+/// A reload is told to systemd.
+fn handle_call(daemon: &mut Daemon, notifier: &crate::notify::Notifier, call: Call) {
+    let is_change = !matches!(
+        call.request,
+        Request::BackendList { .. }
+            | Request::BackendConnections { .. }
+            | Request::Status {}
+            | Request::Stats {}
+            | Request::Flows { .. }
+            | Request::Telemetry {}
+    );
+    let desc = format!("{:?}", call.request);
+    let reload = matches!(call.request, Request::Reload {});
+    if reload {
+        notifier.reloading();
+    }
+    let resp = daemon.handle(call.request);
+    if reload {
+        notifier.ready(&ready_status(daemon));
+    }
+    if is_change {
+        match &resp {
+            Response::Ok { message } => info!("control: {message}"),
+            Response::Error { message } => warn!("control: {desc} refused: {message}"),
+            _ => {}
+        }
+    }
+    let _ = call.reply.send(resp);
 }
 
 /// How often routed compilers are re-resolved without a netlink event (a

@@ -114,16 +114,7 @@ impl Daemon {
     /// Step the weight controllers (load readings, slow-start ramps); replan
     /// only if a Maglev weight or a tier role changed.
     pub fn weights_tick(&mut self) {
-        let w = step_weights(
-            &mut self.controllers,
-            &mut self.loads,
-            &self.health,
-            &self.macs,
-            &self.routes,
-            self.started,
-            &self.config,
-            &self.state,
-        );
+        let w = self.next_weights(None, None);
         if weights_differ(&w, &self.weights) {
             self.pending_weights = Some(w);
             self.refresh();

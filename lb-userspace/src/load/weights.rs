@@ -245,29 +245,27 @@ impl Controller {
     pub fn step(&mut self, now_ms: u64, inputs: &[CompilerInput]) -> Plan {
         let first = !self.started;
         self.started = true;
-        let cfg = &self.config;
         self.backends
             .retain(|a, _| inputs.iter().any(|i| i.address == *a));
-
         // Tiers first: the slowness reference is taken among the compilers
         // that take new flows.
-        let usable = |i: &CompilerInput| i.healthy && !i.drained && i.weight > 0;
-        let mut per_tier: BTreeMap<u32, u32> = BTreeMap::new();
-        for i in inputs.iter().filter(|i| usable(i)) {
-            *per_tier.entry(i.tier).or_default() += 1;
+        let active_tier = active_tier(inputs, self.config.min_healthy);
+        self.observe(now_ms, inputs, first);
+        let reference = self.reference(inputs, active_tier);
+        let targets = self.targets(now_ms, inputs, reference);
+        let held = self.move_to(now_ms, &targets);
+        Plan {
+            weights: self.weights(inputs, active_tier, reference),
+            active_tier,
+            held,
         }
-        let active_tier = per_tier
-            .iter()
-            .find(|(_, n)| **n >= cfg.min_healthy)
-            .or_else(|| per_tier.iter().next())
-            .map(|(t, _)| *t);
+    }
 
-        // Each backend's smoothed signals.
+    /// Each backend's smoothed signals and slow-start state, from this
+    /// step's inputs.
+    fn observe(&mut self, now_ms: u64, inputs: &[CompilerInput], first: bool) {
+        let cfg = &self.config;
         let a = cfg.smoothing_percent.clamp(1, 100) as u64;
-        let ewma = |new: u32, prev: Option<u32>| match prev {
-            None => new,
-            Some(prev) => ((a * new as u64 + (100 - a) * prev as u64 + 50) / 100) as u32,
-        };
         for input in inputs {
             let st = self
                 .backends
@@ -293,11 +291,11 @@ impl Controller {
 
             match input.load {
                 LoadInput::Sample(s) => {
-                    st.pressure = Some(ewma(s.pressure_permille().min(2000), st.pressure));
+                    st.pressure = Some(ewma(a, s.pressure_permille().min(2000), st.pressure));
                     // An answer without a borrow time keeps the last one: the
                     // server only has none before its first timed borrow.
                     if let Some(ms) = s.borrow_ms {
-                        st.borrow = Some(ewma(ms, st.borrow));
+                        st.borrow = Some(ewma(a, ms, st.borrow));
                     }
                 }
                 LoadInput::NoData => {
@@ -307,10 +305,12 @@ impl Controller {
                 LoadInput::Unchanged => {}
             }
         }
+    }
 
-        // The service time a compiler is compared with: the lower median of
-        // the serving compilers' (one that answers fast because it fails
-        // fast does not make its peers look slow; of two, the faster).
+    /// The service time a compiler is compared with: the lower median of
+    /// the serving compilers' (one that answers fast because it fails
+    /// fast does not make its peers look slow; of two, the faster).
+    fn reference(&self, inputs: &[CompilerInput], active_tier: Option<u32>) -> Option<u32> {
         let mut peers: Vec<u32> = inputs
             .iter()
             .filter(|i| usable(i) && Some(i.tier) == active_tier)
@@ -320,9 +320,17 @@ impl Controller {
             })
             .collect();
         peers.sort_unstable();
-        let reference = peers.get(peers.len().saturating_sub(1) / 2).copied();
+        peers.get(peers.len().saturating_sub(1) / 2).copied()
+    }
 
-        // Targets of each backend's controller-made factors.
+    /// Targets of each backend's controller-made factors: (load, ramp).
+    fn targets(
+        &self,
+        now_ms: u64,
+        inputs: &[CompilerInput],
+        reference: Option<u32>,
+    ) -> BTreeMap<IpAddr, (u32, u32)> {
+        let cfg = &self.config;
         let mut targets: BTreeMap<IpAddr, (u32, u32)> = BTreeMap::new();
         for input in inputs {
             let st = &self.backends[&input.address];
@@ -347,8 +355,13 @@ impl Controller {
             };
             targets.insert(input.address, (load_target, ramp_target));
         }
+        targets
+    }
 
-        // The rewrite limit over controller-made changes.
+    /// Moves every backend's factors to their targets, unless that change
+    /// would pass the rewrite limit over controller-made changes; returns
+    /// whether it was held.
+    fn move_to(&mut self, now_ms: u64, targets: &BTreeMap<IpAddr, (u32, u32)>) -> bool {
         while self
             .rewrites
             .front()
@@ -360,10 +373,10 @@ impl Controller {
             let st = &self.backends[a];
             st.load != *l || st.ramp != *r
         });
-        let held = changed && self.rewrites.len() >= cfg.max_rewrites_per_minute as usize;
+        let held = changed && self.rewrites.len() >= self.config.max_rewrites_per_minute as usize;
         if changed && !held {
             self.rewrites.push_back(now_ms);
-            for (a, (l, r)) in &targets {
+            for (a, (l, r)) in targets {
                 let st = self.backends.get_mut(a).expect("inserted above");
                 st.load = *l;
                 st.ramp = *r;
@@ -372,8 +385,17 @@ impl Controller {
                 }
             }
         }
+        held
+    }
 
-        let weights = inputs
+    /// Each compiler's role and Maglev weight, in the order of `inputs`.
+    fn weights(
+        &self,
+        inputs: &[CompilerInput],
+        active_tier: Option<u32>,
+        reference: Option<u32>,
+    ) -> Vec<EffectiveWeight> {
+        inputs
             .iter()
             .map(|i| {
                 let st = &self.backends[&i.address];
@@ -403,12 +425,34 @@ impl Controller {
                     slowness_permille: st.pressure.and(slowness_permille(st.borrow, reference)),
                 }
             })
-            .collect();
-        Plan {
-            weights,
-            active_tier,
-            held,
-        }
+            .collect()
+    }
+}
+
+/// A compiler that may take new flows (in the active tier or not).
+fn usable(i: &CompilerInput) -> bool {
+    i.healthy && !i.drained && i.weight > 0
+}
+
+/// The first tier with at least `min_healthy` usable compilers, else the
+/// first with any; `None` when no compiler is usable.
+fn active_tier(inputs: &[CompilerInput], min_healthy: u32) -> Option<u32> {
+    let mut per_tier: BTreeMap<u32, u32> = BTreeMap::new();
+    for i in inputs.iter().filter(|i| usable(i)) {
+        *per_tier.entry(i.tier).or_default() += 1;
+    }
+    per_tier
+        .iter()
+        .find(|(_, n)| **n >= min_healthy)
+        .or_else(|| per_tier.iter().next())
+        .map(|(t, _)| *t)
+}
+
+/// Exponential smoothing with `a` percent of the new value.
+fn ewma(a: u64, new: u32, prev: Option<u32>) -> u32 {
+    match prev {
+        None => new,
+        Some(prev) => ((a * new as u64 + (100 - a) * prev as u64 + 50) / 100) as u32,
     }
 }
 

@@ -25,7 +25,7 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -33,12 +33,12 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use voxlb_tests::{
     bench::{
-        self, CG_LOAD, Cgroups, CpuDelta, CpuMeter, WrkResult, WrkRun, fmt_num, fmt_ratio, fmt_us,
-        median, ms_per_10k,
+        self, Cgroups, CpuDelta, CpuMeter, WrkResult, WrkRun, fmt_num, fmt_ratio, fmt_us, median,
+        ms_per_10k,
     },
-    bench_lb::{self, LbProcess, STOP, check_stop, path_str, sibling, sysctl, tune},
+    bench_lb::{self, LbProcess, STOP, check_stop, path_str, sibling, sysctl},
     bench_routed, netns,
-    topology::{self, COMPILER_VIP4, PORT, Spec, Topology},
+    topology::{self, COMPILER_VIP4, PORT, Topology},
 };
 
 #[derive(Parser, Debug)]
@@ -216,45 +216,22 @@ fn run(args: &Args) -> anyhow::Result<()> {
         duration: Duration::from_secs(args.duration.unwrap_or(if args.quick { 4 } else { 10 })),
         probe: Duration::from_secs(args.probe.unwrap_or(if args.quick { 2 } else { 4 })),
     };
-    let voxlb_bin = match &args.voxlb {
-        Some(p) => p.clone(),
-        None => sibling("voxlb")?,
-    };
-    let testd = match &args.testd {
-        Some(p) => p.clone(),
-        None => sibling("voxlb-testd")?,
-    };
+    let (voxlb_bin, testd) = bench_lb::binaries(args.voxlb.as_ref(), args.testd.as_ref())?;
     for tool in ["wrk", "haproxy", "nft"] {
         netns::run("sh", &["-c", &format!("command -v {tool}")])
             .with_context(|| format!("{tool} is not installed"))?;
     }
     let started = Instant::now();
-    let date = netns::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?
-        .trim()
-        .to_owned();
-    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let date = bench_lb::utc_date()?;
+    let load_before = bench_lb::loadavg();
 
     // Declared before the topology: dropped after it, once its processes
     // are gone.
     let cg = Cgroups::create(&format!("vxb-{}-0", std::process::id()))?;
-    eprintln!("building the topology (3 compilers)...");
-    let topo = Topology::build(&Spec {
-        kind: "vxb",
-        compilers: 3,
-        client_addrs: 1,
-        testd,
-    })?;
-    tune(&topo)?;
-    for c in &topo.compilers {
-        for pid in netns::pids_in(&c.ns) {
-            cg.add(CG_LOAD, pid)?;
-        }
-    }
+    let topo = bench_lb::bench_topology("vxb", &cg, testd)?;
     // XDP program run time for the report; released (and the kernel's stats
     // switched off again) when this fd is dropped.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|e| eprintln!("note: BPF run-time stats unavailable: {e}"))
-        .ok();
+    let _stats = bench_lb::run_time_stats();
     let meter = CpuMeter::new(&cg);
     let bench = Bench {
         topo: &topo,
@@ -264,7 +241,54 @@ fn run(args: &Args) -> anyhow::Result<()> {
         plan: &plan,
         voxlb_bin,
     };
+    let (targets, patterns) = selection(args)?;
+    let samples = run_rounds(&bench, &plan, &targets, &patterns)?;
+    // The main topology goes before the routed one is built.
+    drop(bench);
+    drop(topo);
+    let routed_plan = bench_routed::RoutedBench {
+        testd: match &args.testd {
+            Some(p) => p.clone(),
+            None => sibling("voxlb-testd")?,
+        },
+        rounds: plan.rounds,
+        duration: plan.duration,
+        probe: plan.probe,
+        threads: args.threads,
+        short_connections: args.short_connections,
+        keepalive_connections: args.keepalive_connections,
+        short_bytes: args.short_bytes,
+        catalog_bytes: args.catalog_bytes,
+        stop: &STOP,
+    };
+    let routed = if args.only.is_empty() || args.only.iter().any(|k| k == "routed") {
+        check_stop()?;
+        bench_routed::run(&routed_plan)?
+    } else {
+        Vec::new()
+    };
+    let report = Report {
+        samples: &samples,
+        args,
+        plan: &plan,
+        date,
+        elapsed: started.elapsed(),
+        load: (load_before, bench_lb::loadavg()),
+    };
+    let mut md = report.markdown();
+    if !routed.is_empty() {
+        md += &bench_routed::markdown(&routed, &routed_plan);
+    }
+    println!("\n{md}");
+    if !args.no_write {
+        bench_lb::write_report(args.out.as_ref(), "e2e", args.quick, &md, &report.json())?;
+    }
+    drop(cg);
+    Ok(())
+}
 
+/// The targets and traffic patterns `--only` and `--patterns` ask for.
+fn selection(args: &Args) -> anyhow::Result<(Vec<Target>, Vec<Pattern>)> {
     for k in &args.only {
         ensure!(
             k == "routed" || Target::ALL.iter().any(|t| t.key() == k),
@@ -290,106 +314,56 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .into_iter()
         .filter(|p| args.patterns.is_empty() || args.patterns.iter().any(|k| k == p.key()))
         .collect();
+    Ok((targets, patterns))
+}
+
+/// Every pattern against every target, `plan.rounds` times, in an order
+/// rotated each round so that no target always runs first or last.
+fn run_rounds(
+    bench: &Bench,
+    plan: &Plan,
+    targets: &[Target],
+    patterns: &[Pattern],
+) -> anyhow::Result<Vec<Sample>> {
     let mut samples = Vec::new();
     for round in 0..plan.rounds {
-        // Rotate the order so that no target always runs first or last.
-        let mut order = targets.clone();
+        let mut order = targets.to_vec();
         let n = order.len().max(1);
         order.rotate_left(round % n);
         for target in order {
             check_stop()?;
             eprintln!("round {}/{}: {}", round + 1, plan.rounds, target.name());
             let mode = bench.setup(target, round)?;
-            for &pattern in &patterns {
+            for &pattern in patterns {
                 check_stop()?;
                 let s = bench.measure(round, target, pattern, &mode)?;
-                eprintln!(
-                    "  {:<10} {:>8} req/s  p50 {:>9}  p99 {:>9}  1-conn p50 {:>9}  \
-                     CPU {:>7} ms/10k (machine {:>7}, own {:>6}, XDP {:>6})  others {:.0}%  \
-                     errors {}",
-                    pattern.key(),
-                    fmt_num(s.loaded.rps()),
-                    fmt_us(s.loaded.p50_us),
-                    fmt_us(s.loaded.p99_us),
-                    fmt_us(s.probe.p50_us),
-                    fmt_num(s.tasks_per_10k()),
-                    fmt_num(s.machine_per_10k()),
-                    fmt_num(s.own_per_10k()),
-                    fmt_num(s.xdp.map_or(f64::NAN, |d| ms_per_10k(d, s.loaded.requests))),
-                    s.foreign_share() * 100.0,
-                    s.loaded.errors + s.probe.errors,
-                );
+                print_sample(pattern, &s);
                 samples.push(s);
             }
             drop(mode);
         }
     }
-    // The main topology goes before the routed one is built.
-    drop(bench);
-    drop(topo);
-    let routed_plan = bench_routed::RoutedBench {
-        testd: match &args.testd {
-            Some(p) => p.clone(),
-            None => sibling("voxlb-testd")?,
-        },
-        rounds: plan.rounds,
-        duration: plan.duration,
-        probe: plan.probe,
-        threads: args.threads,
-        short_connections: args.short_connections,
-        keepalive_connections: args.keepalive_connections,
-        short_bytes: args.short_bytes,
-        catalog_bytes: args.catalog_bytes,
-        stop: &STOP,
-    };
-    let routed = if args.only.is_empty() || args.only.iter().any(|k| k == "routed") {
-        check_stop()?;
-        bench_routed::run(&routed_plan)?
-    } else {
-        Vec::new()
-    };
-    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let report = Report {
-        samples: &samples,
-        args,
-        plan: &plan,
-        date,
-        elapsed: started.elapsed(),
-        load: (
-            load_before
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" "),
-            load_after
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-    };
-    let mut md = report.markdown();
-    if !routed.is_empty() {
-        md += &bench_routed::markdown(&routed, &routed_plan);
-    }
-    println!("\n{md}");
-    if !args.no_write {
-        let out = args.out.clone().unwrap_or_else(|| {
-            let name = if args.quick { "e2e-quick.md" } else { "e2e.md" };
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../bench")
-                .join(name)
-        });
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
-        let json = out.with_extension("json");
-        std::fs::write(&json, serde_json::to_string_pretty(&report.json())?)?;
-        eprintln!("wrote {} and {}", out.display(), json.display());
-    }
-    drop(cg);
-    Ok(())
+    Ok(samples)
+}
+
+/// One measurement's line on stderr, as the run goes.
+fn print_sample(pattern: Pattern, s: &Sample) {
+    eprintln!(
+        "  {:<10} {:>8} req/s  p50 {:>9}  p99 {:>9}  1-conn p50 {:>9}  \
+         CPU {:>7} ms/10k (machine {:>7}, own {:>6}, XDP {:>6})  others {:.0}%  \
+         errors {}",
+        pattern.key(),
+        fmt_num(s.loaded.rps()),
+        fmt_us(s.loaded.p50_us),
+        fmt_us(s.loaded.p99_us),
+        fmt_us(s.probe.p50_us),
+        fmt_num(s.tasks_per_10k()),
+        fmt_num(s.machine_per_10k()),
+        fmt_num(s.own_per_10k()),
+        fmt_num(s.xdp.map_or(f64::NAN, |d| ms_per_10k(d, s.loaded.requests))),
+        s.foreign_share() * 100.0,
+        s.loaded.errors + s.probe.errors,
+    );
 }
 
 struct Bench<'a> {

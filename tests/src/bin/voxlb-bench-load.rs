@@ -26,10 +26,10 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use voxlb_tests::{
     agent::{AgentConfig, AgentReport, SkewedPool, run_agents},
-    bench::{self, CG_LOAD, Cgroups, CpuMeter, fmt_num, fmt_ratio, markdown_table, median},
-    bench_lb::{self, LbProcess, check_stop, sibling, tune},
+    bench::{self, Cgroups, CpuMeter, fmt_num, fmt_ratio, markdown_table, median},
+    bench_lb::{self, LbProcess, check_stop},
     netns,
-    topology::{Spec, Topology},
+    topology::Topology,
 };
 
 #[derive(Parser, Debug)]
@@ -187,65 +187,24 @@ struct Plan {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(netns::is_root(), "the load benchmark needs root");
-    for k in &args.only {
-        ensure!(
-            Lb::ALL.iter().any(|l| l.key() == k),
-            "--only: unknown balancer {k:?} (static, load, haproxy)"
-        );
-    }
-    ensure!(args.rounds >= 1, "--rounds: at least 1");
-    ensure!(
-        (1..=1000).contains(&args.agents),
-        "--agents: 1 to 1000 agents"
-    );
-    ensure!(
-        (1..=100).contains(&args.slow_factor),
-        "--slow-factor: 1 to 100"
-    );
-    ensure!(
-        args.jrubies >= 1 && args.slow_jrubies >= 1,
-        "--jrubies, --slow-jrubies: at least 1"
-    );
+    check_args(args)?;
     let duration = Duration::from_secs(args.duration.unwrap_or(if args.quick { 16 } else { 42 }));
     let warmup = Duration::from_secs(args.warmup.unwrap_or(if args.quick { 5 } else { 8 }));
     ensure!(
         warmup < duration,
         "--warmup must be shorter than --duration"
     );
-    let voxlb_bin = match &args.voxlb {
-        Some(p) => p.clone(),
-        None => sibling("voxlb")?,
-    };
-    let testd = match &args.testd {
-        Some(p) => p.clone(),
-        None => sibling("voxlb-testd")?,
-    };
+    let (voxlb_bin, testd) = bench_lb::binaries(args.voxlb.as_ref(), args.testd.as_ref())?;
     netns::run("sh", &["-c", "command -v haproxy"]).context("haproxy is not installed")?;
     let started = Instant::now();
-    let date = netns::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?
-        .trim()
-        .to_owned();
-    let load_before = loadavg();
+    let date = bench_lb::utc_date()?;
+    let load_before = bench_lb::loadavg();
 
     // Declared before the topology: dropped after it, once its processes
     // are gone.
     let cg = Cgroups::create(&format!("vxl-{}-0", std::process::id()))?;
-    eprintln!("building the topology (3 compilers)...");
-    let topo = Topology::build(&Spec {
-        kind: "vxl",
-        compilers: 3,
-        client_addrs: 1,
-        testd,
-    })?;
-    tune(&topo)?;
-    for c in &topo.compilers {
-        for pid in netns::pids_in(&c.ns) {
-            cg.add(CG_LOAD, pid)?;
-        }
-    }
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|e| eprintln!("note: BPF run-time stats unavailable: {e}"))
-        .ok();
+    let topo = bench_lb::bench_topology("vxl", &cg, testd)?;
+    let _stats = bench_lb::run_time_stats();
     let meter = CpuMeter::new(&cg);
     let plan = Plan {
         duration,
@@ -286,29 +245,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             check_stop()?;
             eprintln!("round {}/{}: {}", round + 1, args.rounds, lb.name());
             let s = measure(&topo, &cg, &meter, &plan, &voxlb_bin, lb, round)?;
-            eprintln!(
-                "  {} runs ({} warm-up), {} errors; p50 {} ms, p99 {} ms; {} to {slow}: {:.0}%; \
-                 LB CPU {} ms ({} ms/1k runs){}",
-                s.agents.runs.len(),
-                s.agents.warmup_runs,
-                s.agents.errors,
-                fmt_num(s.p(50.0)),
-                fmt_num(s.p(99.0)),
-                s.agents
-                    .per_backend
-                    .iter()
-                    .map(|(b, n)| format!("{b} {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                s.slow_share(&slow) * 100.0,
-                fmt_num(s.cpu.as_secs_f64() * 1e3),
-                fmt_num(s.cpu_per_1k()),
-                s.agents
-                    .first_error
-                    .as_deref()
-                    .map(|e| format!("; first error: {e}"))
-                    .unwrap_or_default(),
-            );
+            print_sample(&s, &slow);
             samples.push(s);
         }
     }
@@ -319,41 +256,68 @@ fn run(args: &Args) -> anyhow::Result<()> {
         slow: &slow,
         date,
         elapsed: started.elapsed(),
-        load: (load_before, loadavg()),
+        load: (load_before, bench_lb::loadavg()),
     };
     let md = report.markdown();
     println!("\n{md}");
     if !args.no_write {
-        let out = args.out.clone().unwrap_or_else(|| {
-            let name = if args.quick {
-                "load-quick.md"
-            } else {
-                "load.md"
-            };
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../bench")
-                .join(name)
-        });
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
-        let json = out.with_extension("json");
-        std::fs::write(&json, serde_json::to_string_pretty(&report.json())?)?;
-        eprintln!("wrote {} and {}", out.display(), json.display());
+        bench_lb::write_report(args.out.as_ref(), "load", args.quick, &md, &report.json())?;
     }
     drop(topo);
     drop(cg);
     Ok(())
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The arguments' ranges.
+fn check_args(args: &Args) -> anyhow::Result<()> {
+    for k in &args.only {
+        ensure!(
+            Lb::ALL.iter().any(|l| l.key() == k),
+            "--only: unknown balancer {k:?} (static, load, haproxy)"
+        );
+    }
+    ensure!(args.rounds >= 1, "--rounds: at least 1");
+    ensure!(
+        (1..=1000).contains(&args.agents),
+        "--agents: 1 to 1000 agents"
+    );
+    ensure!(
+        (1..=100).contains(&args.slow_factor),
+        "--slow-factor: 1 to 100"
+    );
+    ensure!(
+        args.jrubies >= 1 && args.slow_jrubies >= 1,
+        "--jrubies, --slow-jrubies: at least 1"
+    );
+    Ok(())
+}
+
+/// One measurement's line on stderr, as the run goes (`slow`: the slow
+/// compiler's name).
+fn print_sample(s: &Sample, slow: &str) {
+    eprintln!(
+        "  {} runs ({} warm-up), {} errors; p50 {} ms, p99 {} ms; {} to {slow}: {:.0}%; \
+         LB CPU {} ms ({} ms/1k runs){}",
+        s.agents.runs.len(),
+        s.agents.warmup_runs,
+        s.agents.errors,
+        fmt_num(s.p(50.0)),
+        fmt_num(s.p(99.0)),
+        s.agents
+            .per_backend
+            .iter()
+            .map(|(b, n)| format!("{b} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.slow_share(slow) * 100.0,
+        fmt_num(s.cpu.as_secs_f64() * 1e3),
+        fmt_num(s.cpu_per_1k()),
+        s.agents
+            .first_error
+            .as_deref()
+            .map(|e| format!("; first error: {e}"))
+            .unwrap_or_default(),
+    );
 }
 
 /// One balancer: set the compilers' pools, start it, run the agents
