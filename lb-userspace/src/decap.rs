@@ -709,74 +709,94 @@ pub struct DecapArgs {
 
 /// Run `voxlb decap`; returns the exit code (0 ok, 1 failed or unfit, 2 usage).
 pub fn run_cli(args: &DecapArgs, json: bool) -> u8 {
-    use crate::cli::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};
-    let fail = |e: DecapError| {
-        eprintln!("voxlb decap: {e}");
-        match e {
-            DecapError::Usage { .. } => EXIT_USAGE,
-            _ => EXIT_ERROR,
-        }
-    };
+    use crate::cli::EXIT_OK;
     let vips = match parse_vips(&args.vips) {
         Ok(v) => v,
-        Err(e) => return fail(e),
+        Err(e) => return cli_failure(e),
     };
-    if args.stats {
-        let stats = match DecapMaps::from_pins(&args.pin_dir).and_then(|m| m.stats()) {
-            Ok(s) => s,
-            Err(e) => return fail(e),
-        };
-        if json {
-            let obj: serde_json::Map<String, serde_json::Value> = stats
-                .iter()
-                .map(|(r, c)| {
-                    (
-                        r.label().to_owned(),
-                        serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
-                    )
-                })
-                .collect();
-            println!("{}", serde_json::Value::Object(obj));
-        } else {
-            println!("{:<22} {:>12} {:>14}", "REASON", "PACKETS", "BYTES");
-            for (r, c) in stats {
-                println!("{:<22} {:>12} {:>14}", r.label(), c.packets, c.bytes);
-            }
+    let done = if args.stats {
+        print_stats(&args.pin_dir, json)
+    } else if args.detach {
+        print_detach(&args.pin_dir)
+    } else if args.check {
+        return print_check(args, &vips, json);
+    } else {
+        print_attach(args, vips)
+    };
+    match done {
+        Ok(()) => EXIT_OK,
+        Err(e) => cli_failure(e),
+    }
+}
+
+/// The error on stderr, and its exit code: a usage error or another.
+fn cli_failure(e: DecapError) -> u8 {
+    use crate::cli::{EXIT_ERROR, EXIT_USAGE};
+    eprintln!("voxlb decap: {e}");
+    match e {
+        DecapError::Usage { .. } => EXIT_USAGE,
+        _ => EXIT_ERROR,
+    }
+}
+
+/// `--stats`: the decapsulator's counters by reason.
+fn print_stats(pin_dir: &Path, json: bool) -> Result<()> {
+    let stats = DecapMaps::from_pins(pin_dir).and_then(|m| m.stats())?;
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = stats
+            .iter()
+            .map(|(r, c)| {
+                (
+                    r.label().to_owned(),
+                    serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(obj));
+    } else {
+        println!("{:<22} {:>12} {:>14}", "REASON", "PACKETS", "BYTES");
+        for (r, c) in stats {
+            println!("{:<22} {:>12} {:>14}", r.label(), c.packets, c.bytes);
         }
-        return EXIT_OK;
     }
-    if args.detach {
-        return match detach(&args.pin_dir) {
-            Ok(ifs) if ifs.is_empty() => {
-                println!("nothing attached under {}", args.pin_dir.display());
-                EXIT_OK
-            }
-            Ok(ifs) => {
-                println!("detached from {}; pins removed", ifs.join(", "));
-                EXIT_OK
-            }
-            Err(e) => fail(e),
-        };
+    Ok(())
+}
+
+/// `--detach`.
+fn print_detach(pin_dir: &Path) -> Result<()> {
+    let ifs = detach(pin_dir)?;
+    if ifs.is_empty() {
+        println!("nothing attached under {}", pin_dir.display());
+    } else {
+        println!("detached from {}; pins removed", ifs.join(", "));
     }
-    if args.check {
-        let [iface] = args.interfaces.as_slice() else {
-            return fail(DecapError::Usage {
-                flag: "--interface",
-                problem: "--check takes exactly one interface".into(),
-            });
-        };
-        let findings = check(iface, &vips, &args.pin_dir);
-        let fit = findings.iter().all(|f| f.ok);
-        if json {
-            println!("{}", serde_json::json!({"fit": fit, "findings": findings}));
-        } else {
-            for f in &findings {
-                let mark = if f.ok { "ok  " } else { "FAIL" };
-                println!("{mark}  {:<13} {}", f.check, f.detail);
-            }
+    Ok(())
+}
+
+/// `--check`: its findings, and exit code 0 only if the host is fit.
+fn print_check(args: &DecapArgs, vips: &BTreeSet<IpAddr>, json: bool) -> u8 {
+    use crate::cli::{EXIT_ERROR, EXIT_OK};
+    let [iface] = args.interfaces.as_slice() else {
+        return cli_failure(DecapError::Usage {
+            flag: "--interface",
+            problem: "--check takes exactly one interface".into(),
+        });
+    };
+    let findings = check(iface, vips, &args.pin_dir);
+    let fit = findings.iter().all(|f| f.ok);
+    if json {
+        println!("{}", serde_json::json!({"fit": fit, "findings": findings}));
+    } else {
+        for f in &findings {
+            let mark = if f.ok { "ok  " } else { "FAIL" };
+            println!("{mark}  {:<13} {}", f.check, f.detail);
         }
-        return if fit { EXIT_OK } else { EXIT_ERROR };
     }
+    if fit { EXIT_OK } else { EXIT_ERROR }
+}
+
+/// Attach (the default action) and say what was done.
+fn print_attach(args: &DecapArgs, vips: BTreeSet<IpAddr>) -> Result<()> {
     let opts = AttachOptions {
         interfaces: args.interfaces.clone(),
         vips,
@@ -784,29 +804,25 @@ pub fn run_cli(args: &DecapArgs, json: bool) -> u8 {
         pin_dir: args.pin_dir.clone(),
         mode: args.xdp_mode,
     };
-    match attach(&opts) {
-        Ok(r) => {
-            let list = |s: &BTreeSet<IpAddr>| {
-                s.iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            if !r.attached.is_empty() {
-                println!("attached to {}", r.attached.join(", "));
-            }
-            if !r.replaced.is_empty() {
-                println!("updated on {}", r.replaced.join(", "));
-            }
-            println!("vips: {}", list(&r.vips));
-            println!("host addresses: {}", list(&r.locals));
-            if args.gue_port == 0 {
-                println!("gue: off");
-            } else {
-                println!("gue port: {}", args.gue_port);
-            }
-            EXIT_OK
-        }
-        Err(e) => fail(e),
+    let r = attach(&opts)?;
+    let list = |s: &BTreeSet<IpAddr>| {
+        s.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !r.attached.is_empty() {
+        println!("attached to {}", r.attached.join(", "));
     }
+    if !r.replaced.is_empty() {
+        println!("updated on {}", r.replaced.join(", "));
+    }
+    println!("vips: {}", list(&r.vips));
+    println!("host addresses: {}", list(&r.locals));
+    if args.gue_port == 0 {
+        println!("gue: off");
+    } else {
+        println!("gue port: {}", args.gue_port);
+    }
+    Ok(())
 }
