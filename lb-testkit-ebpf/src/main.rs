@@ -25,6 +25,35 @@ static BENCH_FILTER: Array<u64> = Array::with_max_entries(FILTER_SLOTS, 0);
 #[map(name = "vx_bench_counter")]
 static BENCH_COUNT: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
+/// Swap the MACs of the frame at `start` (its first 12 bytes, which the
+/// caller checked lie inside the packet) and bounce it: the reflector's
+/// whole work, which every floor does too.
+#[inline(always)]
+fn reflect(start: usize) -> u32 {
+    // SAFETY: the caller checked that the 12 address bytes lie inside the
+    // packet.
+    let eth = unsafe { &mut *(start as *mut [u8; 12]) };
+    let mut tmp = [0u8; 6];
+    tmp.copy_from_slice(&eth[0..6]);
+    eth.copy_within(6..12, 0);
+    eth[6..12].copy_from_slice(&tmp);
+    xdp_action::XDP_TX
+}
+
+/// The 16-byte IPv4 flow key at offset 26 of the frame (no parsing), with
+/// the frame's start, if the frame holds it.
+#[inline(always)]
+fn frame_key(ctx: &XdpContext) -> Option<(usize, FlowKeyV4)> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 26 + core::mem::size_of::<FlowKeyV4>() > end {
+        return None;
+    }
+    // SAFETY: the key's 16 bytes lie inside the packet (checked above); the
+    // read is unaligned because the frame's IP header is not 8-byte aligned.
+    let key = unsafe { core::ptr::read_unaligned((start + 26) as *const FlowKeyV4) };
+    Some((start, key))
+}
+
 /// Benchmark reference: swap the MACs and bounce the frame. It is what
 /// `cargo xtask bench dataplane` compares every path of the real program
 /// against.
@@ -34,13 +63,7 @@ pub fn vx_bench_reflect(ctx: XdpContext) -> u32 {
     if start + 12 > end {
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: the 12 address bytes lie inside the packet (checked above).
-    let eth = unsafe { &mut *(start as *mut [u8; 12]) };
-    let mut tmp = [0u8; 6];
-    tmp.copy_from_slice(&eth[0..6]);
-    eth.copy_within(6..12, 0);
-    eth[6..12].copy_from_slice(&tmp);
-    xdp_action::XDP_TX
+    reflect(start)
 }
 
 /// Benchmark floor: the reflector plus one lookup in an IPv4 flow table (a
@@ -49,23 +72,13 @@ pub fn vx_bench_reflect(ctx: XdpContext) -> u32 {
 /// is read.
 #[xdp]
 pub fn vx_bench_lookup(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + 26 + core::mem::size_of::<FlowKeyV4>() > end {
+    let Some((start, key)) = frame_key(&ctx) else {
         return xdp_action::XDP_PASS;
-    }
-    // SAFETY: the key's 16 bytes lie inside the packet (checked above); the
-    // read is unaligned because the frame's IP header is not 8-byte aligned.
-    let key = unsafe { core::ptr::read_unaligned((start + 26) as *const FlowKeyV4) };
+    };
     if BENCH_FLOWS4.get_ptr(key).is_none() {
         return xdp_action::XDP_DROP;
     }
-    // SAFETY: the 12 address bytes lie inside the packet (checked above).
-    let eth = unsafe { &mut *(start as *mut [u8; 12]) };
-    let mut tmp = [0u8; 6];
-    tmp.copy_from_slice(&eth[0..6]);
-    eth.copy_within(6..12, 0);
-    eth[6..12].copy_from_slice(&tmp);
-    xdp_action::XDP_TX
+    reflect(start)
 }
 
 /// The SYN path's floor: the reflector plus a lookup that misses and one
@@ -74,12 +87,9 @@ pub fn vx_bench_lookup(ctx: XdpContext) -> u32 {
 /// [`vx_bench_lookup`]. Timed on distinct SYNs at repeat 1.
 #[xdp]
 pub fn vx_bench_insert(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + 26 + core::mem::size_of::<FlowKeyV4>() > end {
+    let Some((start, key)) = frame_key(&ctx) else {
         return xdp_action::XDP_PASS;
-    }
-    // SAFETY: as in `vx_bench_lookup`.
-    let key = unsafe { core::ptr::read_unaligned((start + 26) as *const FlowKeyV4) };
+    };
     if BENCH_FLOWS4.get_ptr(key).is_none() {
         let value = FlowValue {
             backend_id: 1,
@@ -89,13 +99,7 @@ pub fn vx_bench_insert(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_DROP;
         }
     }
-    // SAFETY: the 12 address bytes lie inside the packet (checked above).
-    let eth = unsafe { &mut *(start as *mut [u8; 12]) };
-    let mut tmp = [0u8; 6];
-    tmp.copy_from_slice(&eth[0..6]);
-    eth.copy_within(6..12, 0);
-    eth[6..12].copy_from_slice(&tmp);
-    xdp_action::XDP_TX
+    reflect(start)
 }
 
 /// The bookkeeping floor: the reflector plus what every packet voxlb
@@ -126,13 +130,7 @@ pub fn vx_bench_count(ctx: XdpContext) -> u32 {
             (*c).bytes += (end - start) as u64;
         }
     }
-    // SAFETY: the 12 address bytes lie inside the packet (checked above).
-    let eth = unsafe { &mut *(start as *mut [u8; 12]) };
-    let mut tmp = [0u8; 6];
-    tmp.copy_from_slice(&eth[0..6]);
-    eth.copy_within(6..12, 0);
-    eth[6..12].copy_from_slice(&tmp);
-    xdp_action::XDP_TX
+    reflect(start)
 }
 
 /// Test topologies only: XDP_TX on a veth delivers the frame only when the
