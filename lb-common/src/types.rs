@@ -458,24 +458,57 @@ pub struct ClockBase {
 const _: () = assert!(core::mem::size_of::<ClockBase>() == 24);
 
 impl ClockBase {
-    /// The line through two simultaneous readings of (jiffies, ns) each,
-    /// taken at least one tick apart: the tick snapped to the `TICK_NSEC`
-    /// of a standard `HZ` (100, 250, 300, 1000) when within 1% of one.
-    /// `None` if the readings are not a tick apart.
-    pub fn from_readings(a: (u64, u64), b: (u64, u64)) -> Option<ClockBase> {
-        let (dj, dn) = (b.0.checked_sub(a.0)?, b.1.checked_sub(a.1)?);
-        if dj == 0 {
+    /// The line through readings of (jiffies, coarse ns), each taken at
+    /// one instant, in time order, spanning at least two ticks.
+    ///
+    /// The kernel's tick advances jiffies a moment before the coarse clock,
+    /// so a reading can pair new jiffies with the old time: one tick of skew
+    /// in any single reading (seen under load). The tick is therefore the
+    /// `TICK_NSEC` of the standard `HZ` (100, 250, 300, 1000) on which every
+    /// reading's offset (ns minus jiffies × tick) lies within about a tick
+    /// of the others (the readings should span ten ticks or more, so that a
+    /// wrong standard tick spreads them further), else the standard tick
+    /// within 10% of the slope from first to last, else that slope; the
+    /// base is the reading whose clock was freshest (largest offset).
+    /// `None` if the readings span less than two ticks or run backwards.
+    pub fn from_readings(r: &[(u64, u64)]) -> Option<ClockBase> {
+        let (first, last) = (*r.first()?, *r.last()?);
+        let dj = last.0.checked_sub(first.0)?;
+        let dn = last.1.checked_sub(first.1)?;
+        if dj < 2 {
             return None;
         }
+        // Offsets relative to the first reading (small, signed).
+        let offset = |(j, n): (u64, u64), tick: u64| -> i64 {
+            n.wrapping_sub(first.1) as i64 - j.wrapping_sub(first.0).wrapping_mul(tick) as i64
+        };
+        let spread = |tick: u64| -> u64 {
+            let (lo, hi) = r.iter().fold((i64::MAX, i64::MIN), |(lo, hi), x| {
+                let o = offset(*x, tick);
+                (lo.min(o), hi.max(o))
+            });
+            hi.abs_diff(lo)
+        };
+        let standard = [100u64, 250, 300, 1000].map(|hz| (1_000_000_000 + hz / 2) / hz);
         let measured = dn / dj;
-        let tick = [100u64, 250, 300, 1000]
+        let tick = standard
             .iter()
-            .map(|hz| (1_000_000_000 + hz / 2) / hz)
-            .find(|t| measured.abs_diff(*t) * 100 <= *t)
+            .copied()
+            .filter(|t| spread(*t) <= t + t / 2)
+            .min_by_key(|t| spread(*t))
+            .or_else(|| {
+                // Late ticks (a busy VM) spread every offset: the standard
+                // tick nearest the slope, if within 10% of it.
+                standard
+                    .iter()
+                    .copied()
+                    .find(|t| measured.abs_diff(*t) * 10 <= *t)
+            })
             .unwrap_or(measured);
+        let base = *r.iter().max_by_key(|x| offset(**x, tick))?;
         Some(ClockBase {
-            base_ns: b.1,
-            base_jiffies: b.0,
+            base_ns: base.1,
+            base_jiffies: base.0,
             ns_per_jiffy: tick,
         })
     }
@@ -657,36 +690,72 @@ pub fn addr_from_bytes(addr: &[u8; 16], family: u8) -> Option<core::net::IpAddr>
 
 #[cfg(test)]
 mod clock_tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use super::ClockBase;
+
+    /// Readings `dj` jiffies after `a`, on the tick `tick` (coarse ns on
+    /// the tick), every one in `stale` read with the clock a tick behind.
+    fn readings(a: (u64, u64), tick: u64, n: u64, stale: &[u64]) -> Vec<(u64, u64)> {
+        (0..n)
+            .map(|k| {
+                let late = if stale.contains(&k) { tick } else { 0 };
+                (a.0 + k, a.1 + k * tick - late)
+            })
+            .collect()
+    }
 
     #[test]
     fn a_clock_line_snaps_to_the_tick_of_a_standard_hz() {
-        // HZ = 250: 4 ms a tick; readings 7 ticks apart, coarse ns on ticks.
         let a = (4_294_937_296, 1_000_000_000);
-        let b = (a.0 + 7, a.1 + 7 * 4_000_000);
-        let l = ClockBase::from_readings(a, b).unwrap();
+        // HZ = 250: 4 ms a tick.
+        let r = readings(a, 4_000_000, 8, &[]);
+        let l = ClockBase::from_readings(&r).unwrap();
         assert_eq!(l.ns_per_jiffy, 4_000_000);
-        assert_eq!(l.ns_at(b.0), b.1);
-        assert_eq!(l.ns_at(b.0 + 250), b.1 + 1_000_000_000);
+        assert_eq!(l.ns_at(a.0 + 7), a.1 + 7 * 4_000_000);
+        assert_eq!(l.ns_at(a.0 + 7 + 250), a.1 + 7 * 4_000_000 + 1_000_000_000);
         assert_eq!(l.ns_at(a.0), a.1);
         // HZ = 300 (3333333 ns a tick), read a little off the tick.
-        let b = (a.0 + 3, a.1 + 3 * 3_333_333 + 500);
+        let r = [(a.0, a.1), (a.0 + 30, a.1 + 30 * 3_333_333 + 500)];
         assert_eq!(
-            ClockBase::from_readings(a, b).unwrap().ns_per_jiffy,
+            ClockBase::from_readings(&r).unwrap().ns_per_jiffy,
             3_333_333
         );
         // An odd tick is taken as measured.
-        let b = (a.0 + 10, a.1 + 10 * 2_000_000);
+        let r = readings(a, 2_000_000, 11, &[]);
         assert_eq!(
-            ClockBase::from_readings(a, b).unwrap().ns_per_jiffy,
+            ClockBase::from_readings(&r).unwrap().ns_per_jiffy,
             2_000_000
+        );
+    }
+
+    /// Seen under load: a reading with new jiffies and the old clock. Two
+    /// such readings at the ends made a two-reading line 6 ms a tick at
+    /// HZ = 250; the fit keeps 4 ms and bases the line on a fresh reading.
+    #[test]
+    fn readings_a_tick_stale_neither_bend_the_tick_nor_move_the_base() {
+        let a = (4_294_937_296, 1_000_000_000);
+        for stale in [&[0u64][..], &[24], &[0, 5, 24], &[3, 4]] {
+            let r = readings(a, 4_000_000, 25, stale);
+            let l = ClockBase::from_readings(&r).unwrap();
+            assert_eq!(l.ns_per_jiffy, 4_000_000, "stale {stale:?}");
+            assert_eq!(l.ns_at(a.0 + 10), a.1 + 40_000_000, "stale {stale:?}");
+        }
+        // HZ = 100 with the last reading stale: still 10 ms.
+        let r = readings(a, 10_000_000, 12, &[11]);
+        assert_eq!(
+            ClockBase::from_readings(&r).unwrap().ns_per_jiffy,
+            10_000_000
         );
     }
 
     #[test]
     fn no_line_from_readings_within_one_tick_or_backwards() {
-        assert_eq!(ClockBase::from_readings((5, 100), (5, 200)), None);
-        assert_eq!(ClockBase::from_readings((6, 100), (5, 200)), None);
-        assert_eq!(ClockBase::from_readings((5, 200), (6, 100)), None);
+        assert_eq!(ClockBase::from_readings(&[(5, 100), (5, 200)]), None);
+        assert_eq!(ClockBase::from_readings(&[(5, 100), (6, 200)]), None);
+        assert_eq!(ClockBase::from_readings(&[(7, 100), (5, 200)]), None);
+        assert_eq!(ClockBase::from_readings(&[(5, 200), (8, 100)]), None);
+        assert_eq!(ClockBase::from_readings(&[]), None);
     }
 }

@@ -28,16 +28,22 @@ fn reading(prog: &mut Xdp) -> Result<(u64, u64)> {
 pub fn calibrate_clock(ebpf: &mut Ebpf) -> Result<ClockBase> {
     let prog: &mut Xdp = loader::program(ebpf, names::CLOCK_PROGRAM)?;
     prog.load().map_err(other)?;
-    let first = reading(prog)?;
-    // Wait for the next tick (at most 10 ms at HZ = 100), bounded.
-    let deadline = Instant::now() + Duration::from_millis(200);
-    let mut second = reading(prog)?;
-    while second.0 < first.0 + 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-        second = reading(prog)?;
+    // Readings every few ms over at least 100 ms (ten ticks at HZ = 100),
+    // bounded: a line fitted through many, not drawn through two.
+    let start = Instant::now();
+    let mut readings = vec![reading(prog)?];
+    while start.elapsed() < Duration::from_millis(100)
+        || readings.last().map(|r| r.0) < readings.first().map(|r| r.0 + 2)
+    {
+        if start.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(4));
+        readings.push(reading(prog)?);
     }
-    let line = ClockBase::from_readings(first, second)
-        .ok_or_else(|| other("clock: jiffies did not advance in 200 ms"))?;
+    let last = *readings.last().expect("one reading at least");
+    let line = ClockBase::from_readings(&readings)
+        .ok_or_else(|| other("clock: jiffies did not advance in 500 ms"))?;
     let map = ebpf
         .map_mut(names::CLOCK)
         .ok_or_else(|| other(format!("map {} missing from the object", names::CLOCK)))?;
@@ -45,7 +51,7 @@ pub fn calibrate_clock(ebpf: &mut Ebpf) -> Result<ClockBase> {
         Array::try_from(map).map_err(map_err(names::CLOCK))?;
     let have = arr.get(&0, 0).map_err(map_err(names::CLOCK))?;
     let tick = line.ns_per_jiffy;
-    if have.ns_per_jiffy == tick && have.ns_at(second.0).abs_diff(second.1) <= 2 * tick {
+    if have.ns_per_jiffy == tick && have.ns_at(last.0).abs_diff(last.1) <= 2 * tick {
         return Ok(have);
     }
     arr.set(0, line, 0).map_err(map_err(names::CLOCK))?;
