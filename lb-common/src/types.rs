@@ -443,7 +443,7 @@ const _: () = assert!(core::mem::size_of::<DpConfig>() == 8);
 /// jiffies in step with CLOCK_MONOTONIC (one tick every `TICK_NSEC` of it),
 /// so this line gives what `bpf_ktime_get_coarse_ns()` gives, to within a
 /// tick, without a helper call: `bpf_jiffies64()` is inlined by the
-/// verifier into one load. The daemon draws the line once per boot from two
+/// verifier into one load. The daemon fits the line once per boot through
 /// readings of both clocks (`voxlb_clock`); `ns_per_jiffy == 0` (never
 /// drawn) makes the data plane call `bpf_ktime_get_coarse_ns()`.
 #[repr(C)]

@@ -1,5 +1,5 @@
-//! The data plane's clock line (`vx_clock_v2`, [`ClockBase`]): drawn from
-//! two readings of `voxlb_clock`, which returns jiffies and the coarse
+//! The data plane's clock line (`vx_clock_v2`, [`ClockBase`]): fitted
+//! through readings of `voxlb_clock`, which returns jiffies and the coarse
 //! CLOCK_MONOTONIC of one instant, so that the packet path stamps flows
 //! with an inlined jiffies load instead of a clock helper call.
 
