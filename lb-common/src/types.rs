@@ -469,7 +469,8 @@ impl ClockBase {
     /// of the others (the readings should span ten ticks or more, so that a
     /// wrong standard tick spreads them further), else the standard tick
     /// within 10% of the slope from first to last, else that slope; the
-    /// base is the reading whose clock was freshest (largest offset).
+    /// base is one tick below the reading whose clock was freshest (largest
+    /// offset).
     /// `None` if the readings span less than two ticks or run backwards.
     pub fn from_readings(r: &[(u64, u64)]) -> Option<ClockBase> {
         let (first, last) = (*r.first()?, *r.last()?);
@@ -506,8 +507,13 @@ impl ClockBase {
             })
             .unwrap_or(measured);
         let base = *r.iter().max_by_key(|x| offset(**x, tick))?;
+        // The freshest reading can still be late in its tick (a CPU woken
+        // from idle moves the coarse clock to the wake-up time, mid-tick):
+        // the line runs one tick below it, so that a stamp is never ahead
+        // of CLOCK_MONOTONIC (userspace subtracts stamps from it) and at
+        // most two ticks behind it.
         Some(ClockBase {
-            base_ns: base.1,
+            base_ns: base.1.saturating_sub(tick),
             base_jiffies: base.0,
             ns_per_jiffy: tick,
         })
@@ -713,9 +719,10 @@ mod clock_tests {
         let r = readings(a, 4_000_000, 8, &[]);
         let l = ClockBase::from_readings(&r).unwrap();
         assert_eq!(l.ns_per_jiffy, 4_000_000);
-        assert_eq!(l.ns_at(a.0 + 7), a.1 + 7 * 4_000_000);
-        assert_eq!(l.ns_at(a.0 + 7 + 250), a.1 + 7 * 4_000_000 + 1_000_000_000);
-        assert_eq!(l.ns_at(a.0), a.1);
+        // One tick below the readings: never ahead of the clock.
+        assert_eq!(l.ns_at(a.0 + 7), a.1 + 6 * 4_000_000);
+        assert_eq!(l.ns_at(a.0 + 7 + 250), a.1 + 6 * 4_000_000 + 1_000_000_000);
+        assert_eq!(l.ns_at(a.0 + 1), a.1);
         // HZ = 300 (3333333 ns a tick), read a little off the tick.
         let r = [(a.0, a.1), (a.0 + 30, a.1 + 30 * 3_333_333 + 500)];
         assert_eq!(
@@ -740,7 +747,7 @@ mod clock_tests {
             let r = readings(a, 4_000_000, 25, stale);
             let l = ClockBase::from_readings(&r).unwrap();
             assert_eq!(l.ns_per_jiffy, 4_000_000, "stale {stale:?}");
-            assert_eq!(l.ns_at(a.0 + 10), a.1 + 40_000_000, "stale {stale:?}");
+            assert_eq!(l.ns_at(a.0 + 10), a.1 + 36_000_000, "stale {stale:?}");
         }
         // HZ = 100 with the last reading stale: still 10 ms.
         let r = readings(a, 10_000_000, 12, &[11]);
