@@ -17,9 +17,7 @@ use voxlb::{
     xdp::XdpDataPlane,
 };
 
-use crate::object::{
-    BENCH_COUNT, BENCH_FLOWS4, BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR, TEST_OBJECT,
-};
+use crate::object::{BENCH_FLOWS4, BENCH_PROGRAMS, TEST_OBJECT};
 
 /// Result of one BPF_PROG_TEST_RUN.
 #[derive(Debug, Clone)]
@@ -65,10 +63,9 @@ impl TestDataPlane {
         voxlb::xdp::calibrate_clock(&mut product)?;
         program(&mut product, PROGRAM_NAME)?.load().map_err(other)?;
         let mut test = Ebpf::load(TEST_OBJECT).map_err(other)?;
-        program(&mut test, BENCH_REFLECTOR)?.load().map_err(other)?;
-        program(&mut test, BENCH_LOOKUP)?.load().map_err(other)?;
-        program(&mut test, BENCH_INSERT)?.load().map_err(other)?;
-        program(&mut test, BENCH_COUNT)?.load().map_err(other)?;
+        for name in BENCH_PROGRAMS {
+            program(&mut test, name)?.load().map_err(other)?;
+        }
         let dp = XdpDataPlane::from_unpinned(&mut product)?;
         Ok(TestDataPlane { product, test, dp })
     }
@@ -86,16 +83,14 @@ impl TestDataPlane {
             .map_err(other)
     }
 
-    /// Run `program_name` ([`PROGRAM_NAME`], or a benchmark program of the
-    /// test object: [`BENCH_REFLECTOR`], [`BENCH_COUNT`], [`BENCH_LOOKUP`],
-    /// [`BENCH_INSERT`]) on one frame, `repeat` times on the same buffer.
+    /// Run `program_name` ([`PROGRAM_NAME`], or one of the test object's
+    /// [`BENCH_PROGRAMS`]) on one frame, `repeat` times on the same buffer.
     pub fn test_run(&mut self, program_name: &str, frame: &[u8], repeat: u32) -> Result<RunOutput> {
-        let ebpf =
-            if [BENCH_REFLECTOR, BENCH_COUNT, BENCH_LOOKUP, BENCH_INSERT].contains(&program_name) {
-                &mut self.test
-            } else {
-                &mut self.product
-            };
+        let ebpf = if BENCH_PROGRAMS.contains(&program_name) {
+            &mut self.test
+        } else {
+            &mut self.product
+        };
         let prog = program(ebpf, program_name)?;
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();

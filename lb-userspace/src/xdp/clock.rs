@@ -31,17 +31,15 @@ pub fn calibrate_clock(ebpf: &mut Ebpf) -> Result<ClockBase> {
     // Readings every few ms over at least 100 ms (ten ticks at HZ = 100),
     // bounded: a line fitted through many, not drawn through two.
     let start = Instant::now();
-    let mut readings = vec![reading(prog)?];
-    while start.elapsed() < Duration::from_millis(100)
-        || readings.last().map(|r| r.0) < readings.first().map(|r| r.0 + 2)
+    let first = reading(prog)?;
+    let (mut readings, mut last) = (vec![first], first);
+    while (start.elapsed() < Duration::from_millis(100) || last.0 < first.0 + 2)
+        && start.elapsed() <= Duration::from_millis(500)
     {
-        if start.elapsed() > Duration::from_millis(500) {
-            break;
-        }
         std::thread::sleep(Duration::from_millis(4));
-        readings.push(reading(prog)?);
+        last = reading(prog)?;
+        readings.push(last);
     }
-    let last = *readings.last().expect("one reading at least");
     let line = ClockBase::from_readings(&readings)
         .ok_or_else(|| other("clock: jiffies did not advance in 500 ms"))?;
     let map = ebpf
