@@ -76,7 +76,10 @@ reasons! {
     TxCa = 1, "tx_ca", Tx;
     /// Not IPv4/IPv6 (ARP, LLDP, ...).
     PassNotIp = 2, "pass_not_ip", Pass;
-    /// IP, but the destination is not a VIP (address, port, protocol).
+    /// IP, but the destination is not a VIP (address, port, protocol). A
+    /// destination whose bit in the VIP address bitmap is clear is counted
+    /// here as soon as the fixed IP header is read, whatever follows it
+    /// (the host's own traffic, malformed or not, is its kernel's to judge).
     PassNotVip = 3, "pass_not_vip", Pass;
     /// IP, but neither TCP nor UDP (ICMP, ...).
     PassNotL4 = 4, "pass_not_l4", Pass;

@@ -286,11 +286,11 @@ pub fn run(ctx: &XdpContext) -> Result<u32, Reason> {
     // routed backend (a steered ICMP error, a later fragment) has no ports:
     // its addresses alone make the hash, and its checksum is not derived.
     let flow = match l3 {
-        L3::V4 => match parse::ipv4(&c, off, unicast) {
+        L3::V4 => match parse::ipv4(&c, off, unicast, parse::Gate::Open) {
             Ok(p) => Flow::of(&p),
             Err(_) => Flow::addresses(&c, off, false)?,
         },
-        L3::V6 => match parse::ipv6(&c, off, unicast) {
+        L3::V6 => match parse::ipv6(&c, off, unicast, parse::Gate::Open) {
             Ok(p) => Flow::of(&p),
             Err(_) => Flow::addresses(&c, off, true)?,
         },

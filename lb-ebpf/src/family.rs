@@ -48,7 +48,7 @@ pub trait Family: Copy + 'static {
 /// A VIP address may hash to this address's slot: its bit in the 8 KiB
 /// address bitmap. Clear means certainly not a VIP address.
 #[inline(always)]
-fn maybe_vip_addr(folded: u32) -> bool {
+pub(crate) fn maybe_vip_addr(folded: u32) -> bool {
     let slot = addr_slot(folded);
     match VIP_ADDR_BITS.get(slot >> 6) {
         Some(&w) => (w >> (slot & 63)) & 1 != 0,

@@ -49,8 +49,14 @@ pub fn first(ctx: &XdpContext, c: &Cursor) -> Result<u32, Reason> {
     let job = *ENCAP_JOB.get(0).ok_or(Reason::DropInternal)?;
     let (l3, off, unicast) = parse::l2(c)?;
     match l3 {
-        L3::V4 => remember(&parse::ipv4(c, off, unicast)?, job.backend_id),
-        L3::V6 => remember(&parse::ipv6(c, off, unicast)?, job.backend_id),
+        L3::V4 => remember(
+            &parse::ipv4(c, off, unicast, parse::Gate::Open)?,
+            job.backend_id,
+        ),
+        L3::V6 => remember(
+            &parse::ipv6(c, off, unicast, parse::Gate::Open)?,
+            job.backend_id,
+        ),
     }
     if job.forwarding != FORWARD_L2 {
         // The job stands for the encapsulating program too.
@@ -101,7 +107,7 @@ pub fn later_v6(
     unicast: bool,
     len: u64,
 ) -> Result<u32, Reason> {
-    let ch = ipv6_chain(c, off)?;
+    let ch = ipv6_chain(c, off, parse::Gate::Open)?;
     if !ch.later_frag {
         return Err(Reason::PassFragment);
     }

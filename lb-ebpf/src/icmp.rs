@@ -24,7 +24,7 @@ use lb_common::{
 use crate::{
     family::{Family, from_vip_addr, to_vip_addr},
     maps::{CONFIG, VIPS},
-    parse::{Cursor, Parsed, ipv6_chain},
+    parse::{Cursor, Gate, Parsed, ipv6_chain},
     select,
 };
 
@@ -145,7 +145,7 @@ pub fn v6(
     unicast: bool,
     len: u64,
 ) -> Result<u32, Reason> {
-    let ch = ipv6_chain(c, off)?;
+    let ch = ipv6_chain(c, off, Gate::Open)?;
     let ip: *const [u8; 40] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
     // SAFETY: the 40-byte fixed header lies inside the packet.
     let h = unsafe { &*ip };

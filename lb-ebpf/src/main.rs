@@ -36,7 +36,7 @@ use lb_common::{
 use crate::{
     family::Family,
     maps::{VIP_DIRECT, VIP_FILTER, VIPS},
-    parse::{Cursor, L3, Parsed},
+    parse::{Cursor, Gate, L3, Parsed},
 };
 
 #[xdp]
@@ -69,11 +69,11 @@ fn try_lb(ctx: &XdpContext, c: &Cursor, len: u64) -> Result<u32, Reason> {
     // Packets without ports of their own are steered by what they carry:
     // ICMP errors by the flow they quote, later fragments by their first.
     match l3 {
-        L3::V4 => match parse::ipv4(c, off, unicast) {
+        L3::V4 => match parse::ipv4(c, off, unicast, Gate::Vips) {
             Ok(pkt) => lb(ctx, c, pkt, len),
             Err(r) => elsewhere(ctx, r),
         },
-        L3::V6 => match parse::ipv6(c, off, unicast) {
+        L3::V6 => match parse::ipv6(c, off, unicast, Gate::Vips) {
             Ok(pkt) => lb(ctx, c, pkt, len),
             Err(r) => elsewhere(ctx, r),
         },

@@ -5,7 +5,12 @@
 //! bounded so the verifier can track them.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKeyV4, FlowKeyV6, PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{
+    FlowKeyV4, FlowKeyV6, PROTO_TCP, PROTO_UDP, Reason,
+    hash::{fold_v4, fold_v6},
+};
+
+use crate::family::maybe_vip_addr;
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -138,15 +143,47 @@ pub fn l2(c: &Cursor) -> Result<(L3, usize, bool), Reason> {
     }
 }
 
+/// Whether the parser first asks the VIP address bitmap about the
+/// destination (the packet path, [`Gate::Vips`]), or parses what the packet
+/// path already let through ([`Gate::Open`]: the tail-called programs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Vips,
+    Open,
+}
+
+impl Gate {
+    /// `Err(PassNotVip)` for a destination whose bit in the VIP address
+    /// bitmap is clear: certainly not a VIP address, so the host's own
+    /// traffic (or no one's), passed to its stack as soon as the fixed IP
+    /// header is known to be there, before the rest of L3 and L4 is read
+    /// or judged. The kernel judges the host's packets itself, malformed
+    /// ones included (and counts them in its own IP statistics); voxlb
+    /// judges only packets to its VIPs' addresses (README, *Packet path*).
+    #[inline(always)]
+    fn check(self, folded_dst: u32) -> Result<(), Reason> {
+        if self == Gate::Vips && !maybe_vip_addr(folded_dst) {
+            return Err(Reason::PassNotVip);
+        }
+        Ok(())
+    }
+}
+
 /// IPv4 and L4 from `off`.
 #[inline(always)]
-pub fn ipv4(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV4>, Reason> {
+pub fn ipv4(
+    c: &Cursor,
+    off: usize,
+    unicast: bool,
+    gate: Gate,
+) -> Result<Parsed<FlowKeyV4>, Reason> {
     let ip: *const [u8; 20] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
     // SAFETY: the 20-byte fixed header lies inside the packet.
     let h = unsafe { &*ip };
     if h[0] >> 4 != 4 {
         return Err(Reason::DropBadL3);
     }
+    gate.check(fold_v4(&[h[16], h[17], h[18], h[19]]))?;
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Err(Reason::DropBadL3);
@@ -213,13 +250,17 @@ pub struct Ipv6Chain {
 /// fragment header counts as one; an atomic fragment, offset 0 without M,
 /// is a whole packet).
 #[inline(always)]
-pub fn ipv6_chain(c: &Cursor, off: usize) -> Result<Ipv6Chain, Reason> {
+pub fn ipv6_chain(c: &Cursor, off: usize, gate: Gate) -> Result<Ipv6Chain, Reason> {
     let ip: *const [u8; 40] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
     // SAFETY: the 40-byte fixed header lies inside the packet.
     let h = unsafe { &*ip };
     if h[0] >> 4 != 6 {
         return Err(Reason::DropBadL3);
     }
+    // SAFETY: bytes 24..40 of the 40-byte header, inside the packet.
+    gate.check(fold_v6(unsafe {
+        &*(ip as *const u8).add(24).cast::<[u8; 16]>()
+    }))?;
     let payload_len = be16([h[4], h[5]]) as usize;
     if payload_len > c.remaining(off + 40) {
         return Err(Reason::DropTruncatedL3);
@@ -275,8 +316,13 @@ pub fn ipv6_chain(c: &Cursor, off: usize) -> Result<Ipv6Chain, Reason> {
 
 /// IPv6 (with up to four extension headers) and L4 from `off`.
 #[inline(always)]
-pub fn ipv6(c: &Cursor, off: usize, unicast: bool) -> Result<Parsed<FlowKeyV6>, Reason> {
-    let ch = ipv6_chain(c, off)?;
+pub fn ipv6(
+    c: &Cursor,
+    off: usize,
+    unicast: bool,
+    gate: Gate,
+) -> Result<Parsed<FlowKeyV6>, Reason> {
+    let ch = ipv6_chain(c, off, gate)?;
     if ch.later_frag {
         // No ports here: `frag::later_v6` follows it.
         return Err(Reason::PassFragment);

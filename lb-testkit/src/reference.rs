@@ -8,7 +8,9 @@
 //! - the Maglev table is the paper's population loop in its plainest form:
 //!   every permutation written out in full, the next turn found by scanning
 //!   every backend for the earliest virtual time (no heap, no round-robin
-//!   shortcut), each turn claiming the backend's next free slot.
+//!   shortcut), each turn claiming the backend's next free slot;
+//! - the address bitmap's slot is its spec's two steps written out: the
+//!   address folded to a word, then a multiplicative hash's top 16 bits.
 
 use std::net::IpAddr;
 
@@ -74,6 +76,26 @@ pub fn flow_bytes(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -
 /// The flow hash of a 5-tuple.
 pub fn flow_hash(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> u32 {
     murmur3_32(&flow_bytes(src, dst, sport, dport, proto), FLOW_SEED)
+}
+
+/// The slot of an address in the VIP address bitmap (one bit per slot,
+/// 65536 slots), per `lb_common::hash::addr_slot`'s spec: the address read
+/// as little-endian words, an IPv4 address its one word, an IPv6 address's
+/// four words XORed after rotating the second, third and fourth left by 8,
+/// 16 and 24; that word XOR 0xa5a55a5a, times 0x85ebca6b (mod 2^32), its
+/// top 16 bits.
+pub fn addr_slot(a: IpAddr) -> u32 {
+    let folded = match a {
+        IpAddr::V4(v4) => u32::from_le_bytes(v4.octets()),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            (0..4).fold(0u32, |acc, i| {
+                let w = u32::from_le_bytes(o[i * 4..i * 4 + 4].try_into().unwrap());
+                acc ^ w.rotate_left(8 * i as u32)
+            })
+        }
+    };
+    (folded ^ 0xa5a5_5a5a).wrapping_mul(0x85eb_ca6b) >> 16
 }
 
 /// MurmurHash3's 64-bit finaliser (fmix64).
@@ -262,5 +284,33 @@ mod tests {
                 "round {round}: {members:?} M={m}"
             );
         }
+    }
+
+    #[test]
+    fn lb_common_addr_slot_is_the_spec() {
+        // Two addresses worked by hand from the spec: 10.0.0.1 is the word
+        // 0x0100000a; ::1's words are 0, 0, 0, 0x01000000, the last
+        // rotated left by 24 to 0x00010000.
+        let by_hand = |folded: u32| (folded ^ 0xa5a5_5a5a).wrapping_mul(0x85eb_ca6b) >> 16;
+        assert_eq!(
+            addr_slot(Ipv4Addr::new(10, 0, 0, 1).into()),
+            by_hand(0x0100_000a)
+        );
+        assert_eq!(addr_slot(Ipv6Addr::LOCALHOST.into()), by_hand(0x0001_0000));
+        let mut r = crate::fuzz::Rng::new(13);
+        let mut slots = std::collections::BTreeSet::new();
+        for _ in 0..20_000 {
+            let a: IpAddr = if r.chance(50) {
+                Ipv6Addr::from(u128::from(r.next_u64()) << 64 | u128::from(r.next_u64())).into()
+            } else {
+                Ipv4Addr::from(r.next_u64() as u32).into()
+            };
+            let (bytes, family) = lb_common::addr_bytes(a);
+            let slot = lb_common::hash::addr_slot(lb_common::hash::fold_addr(&bytes, family));
+            assert_eq!(slot, addr_slot(a), "{a}");
+            slots.insert(slot);
+        }
+        // A hash, not a constant: the slots spread.
+        assert!(slots.len() > 10_000, "{} distinct slots", slots.len());
     }
 }

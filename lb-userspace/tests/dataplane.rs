@@ -224,6 +224,18 @@ fn v6(a: Ipv6Addr) -> IpAddr {
     IpAddr::V6(a)
 }
 
+/// A SYN to the LB host's own address (SSH), no VIP's.
+fn host_syn4() -> Vec<u8> {
+    Frame::tcp(
+        v4(CLIENT4),
+        40000,
+        v4(Ipv4Addr::new(10, 0, 0, 1)),
+        22,
+        flags::SYN,
+    )
+    .build()
+}
+
 fn syn4(sport: u16) -> Frame {
     Frame::tcp(v4(CLIENT4), sport, v4(VIP4), 8140, flags::SYN)
 }
@@ -271,6 +283,54 @@ fn passed_cases() -> Vec<Case> {
                 flags::SYN,
             )
             .build(),
+            expect: Pass(Reason::PassNotVip),
+        },
+        // The address bitmap passes the host's own traffic before L3 is
+        // judged further or L4 read: malformed or fragmented, it is the
+        // kernel's to judge (the same frames to a VIP are dropped or
+        // followed: see `dropped_cases` and the fragment tests).
+        Case {
+            name: "IPv4 IHL 4 to a non-VIP address",
+            frame: poke(host_syn4(), |f| {
+                let o = l3_offset(f);
+                f[o] = 0x44
+            }),
+            expect: Pass(Reason::PassNotVip),
+        },
+        Case {
+            name: "IPv4 TCP header cut short to a non-VIP address",
+            frame: poke(host_syn4(), |f| {
+                let o = l3_offset(f);
+                f.truncate(o + 30);
+                f[o + 2..o + 4].copy_from_slice(&30u16.to_be_bytes());
+            }),
+            expect: Pass(Reason::PassNotVip),
+        },
+        Case {
+            name: "IPv4 later fragment to a non-VIP address",
+            frame: poke(host_syn4(), |f| {
+                let o = l3_offset(f);
+                f[o + 6..o + 8].copy_from_slice(&0x0010u16.to_be_bytes());
+            }),
+            expect: Pass(Reason::PassNotVip),
+        },
+        Case {
+            name: "IPv6 TCP header cut short to a non-VIP address",
+            frame: poke(
+                Frame::tcp(
+                    v6(client6()),
+                    40000,
+                    v6("fd00::1".parse().unwrap()),
+                    22,
+                    flags::SYN,
+                )
+                .build(),
+                |f| {
+                    let o = l3_offset(f);
+                    f.truncate(o + 50);
+                    f[o + 4..o + 6].copy_from_slice(&10u16.to_be_bytes());
+                },
+            ),
             expect: Pass(Reason::PassNotVip),
         },
         Case {

@@ -706,7 +706,7 @@ fn a_map_missing_from_older_pins_is_added_and_the_rest_reused() {
             for pin in &added {
                 std::fs::remove_file(pin).unwrap();
             }
-            let new = XdpDataPlane::load(&opts).expect("load over the older pins");
+            let mut new = XdpDataPlane::load(&opts).expect("load over the older pins");
             for pin in &added {
                 assert!(pin.exists(), "{} is pinned", pin.display());
             }
@@ -723,6 +723,21 @@ fn a_map_missing_from_older_pins_is_added_and_the_rest_reused() {
             );
             assert!(xdp::link_pin(&opts.pin_dir, "lo").exists());
             assert!(new.fragments().unwrap().is_empty());
+            // The address bitmap, the program's first question to a packet,
+            // holds the VIP's address: a SYN to it reaches the service
+            // (which has no backend here), not the host's stack.
+            let syn = lb_testkit::packet::Frame::tcp(
+                "192.0.2.77".parse().unwrap(),
+                40000,
+                "192.0.2.10".parse().unwrap(),
+                8140,
+                lb_testkit::packet::flags::SYN,
+            )
+            .build();
+            let before = reason_count(&new, Reason::DropNoBackend);
+            let verdict = new.attached_verdict(&syn).unwrap();
+            assert_eq!(verdict, Some(1), "XDP_DROP");
+            assert_eq!(reason_count(&new, Reason::DropNoBackend), before + 1);
         });
         xdp::detach(&opts).unwrap();
         if let Err(e) = result {
@@ -731,6 +746,14 @@ fn a_map_missing_from_older_pins_is_added_and_the_rest_reused() {
     })
     .join()
     .unwrap();
+}
+
+fn reason_count(dp: &XdpDataPlane, reason: Reason) -> u64 {
+    dp.reason_stats()
+        .unwrap()
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .map_or(0, |(_, c)| c.packets)
 }
 
 /// A `voxlb run` that cannot attach leaves no half-made data plane: an

@@ -375,18 +375,20 @@ fn icmp_that_is_not_a_steered_error_to_a_vip_is_passed_untouched() {
     let q4 = reply(vip, 8140, agent, 40000, PROTO_TCP).quote(QUOTE4);
     let q6 = reply(vip6().into(), 8140, agent6().into(), 40000, PROTO_TCP).quote(QUOTE6);
     let host6: IpAddr = "fd00::1".parse().unwrap();
+    // To an address no VIP uses, the address bitmap passes the packet
+    // before its protocol is read: `pass_not_vip`, not `pass_not_l4`.
     let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
         (
             "frag needed to the LB host's own address",
             frag_needed(HOST4.into(), &q4),
             XDP_PASS,
-            Reason::PassNotL4,
+            Reason::PassNotVip,
         ),
         (
             "packet too big to the LB host's own address",
             too_big(host6, &q6),
             XDP_PASS,
-            Reason::PassNotL4,
+            Reason::PassNotVip,
         ),
         (
             "echo request to the VIP",

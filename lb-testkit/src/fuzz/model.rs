@@ -103,8 +103,11 @@ pub(super) enum Pkt {
     },
 }
 
-/// Ethernet, at most two VLAN tags, then IPv4/IPv6.
-pub(super) fn model_parse(f: &[u8]) -> Result<Pkt, Reason> {
+/// Ethernet, at most two VLAN tags, then IPv4/IPv6. `gate` says whether a
+/// destination address's bit is set in the VIP address bitmap: a clear bit
+/// passes the packet (`pass_not_vip`) once the fixed IP header is there
+/// with its version, before anything else in it is judged.
+pub(super) fn model_parse(f: &[u8], gate: impl Fn(IpAddr) -> bool) -> Result<Pkt, Reason> {
     if f.len() < 14 {
         return Err(Reason::DropTruncatedL2);
     }
@@ -121,20 +124,23 @@ pub(super) fn model_parse(f: &[u8]) -> Result<Pkt, Reason> {
         off += 4;
     }
     match ethertype {
-        0x0800 => model_ipv4(&f[off..]),
-        0x86dd => model_ipv6(&f[off..]),
+        0x0800 => model_ipv4(&f[off..], gate),
+        0x86dd => model_ipv6(&f[off..], gate),
         t if is_vlan(t) => Err(Reason::PassVlanDepth),
         _ => Err(Reason::PassNotIp),
     }
 }
 
 /// `ip`: from the IPv4 header to the end of the frame.
-pub(super) fn model_ipv4(ip: &[u8]) -> Result<Pkt, Reason> {
+pub(super) fn model_ipv4(ip: &[u8], gate: impl Fn(IpAddr) -> bool) -> Result<Pkt, Reason> {
     if ip.len() < 20 {
         return Err(Reason::DropTruncatedL3);
     }
     if ip[0] >> 4 != 4 {
         return Err(Reason::DropBadL3);
+    }
+    if !gate(IpAddr::from([ip[16], ip[17], ip[18], ip[19]])) {
+        return Err(Reason::PassNotVip);
     }
     let header = usize::from(ip[0] & 0x0f) * 4;
     let total = be16(ip, 2);
@@ -160,12 +166,15 @@ pub(super) fn model_ipv4(ip: &[u8]) -> Result<Pkt, Reason> {
 /// Extension headers walked before handing the packet to the kernel.
 pub(super) const MODEL_EXT_LIMIT: usize = 4;
 
-pub(super) fn model_ipv6(ip: &[u8]) -> Result<Pkt, Reason> {
+pub(super) fn model_ipv6(ip: &[u8], gate: impl Fn(IpAddr) -> bool) -> Result<Pkt, Reason> {
     if ip.len() < 40 {
         return Err(Reason::DropTruncatedL3);
     }
     if ip[0] >> 4 != 6 {
         return Err(Reason::DropBadL3);
+    }
+    if !gate(IpAddr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap())) {
+        return Err(Reason::PassNotVip);
     }
     let payload = be16(ip, 4);
     if payload > ip.len() - 40 {
@@ -304,7 +313,7 @@ impl World {
         flows: Option<&ModelFlows>,
     ) -> (Expected, Option<(FlowId, FlowEntry)>) {
         let unicast = frame[0] & 1 == 0;
-        match model_parse(frame) {
+        match model_parse(frame, |a| self.addr_bit(a)) {
             Err(r) => (Expected::of(r), None),
             Ok(Pkt::Flow(flow, first)) => {
                 let (exp, write) = self.predict_flow(flow, unicast, flows);
@@ -328,6 +337,15 @@ impl World {
                 None,
             ),
         }
+    }
+
+    /// Whether `addr`'s bit is set in the VIP address bitmap: some VIP's
+    /// address shares its slot ([`reference::addr_slot`]).
+    fn addr_bit(&self, addr: IpAddr) -> bool {
+        let slot = reference::addr_slot(addr);
+        self.vip_index
+            .keys()
+            .any(|(a, _, _)| reference::addr_slot(*a) == slot)
     }
 
     /// Whether `addr` is the address of some VIP (any port, protocol).

@@ -103,15 +103,26 @@ impl XdpDataPlane {
                 install_tail_programs(&mut ebpf)?;
                 // The clock line is in place before a packet reads it.
                 super::calibrate_clock(&mut ebpf)?;
+                program(&mut ebpf, PROGRAM_NAME)?.load().map_err(other)?;
+                let maps = take_maps(&mut ebpf)?;
+                let mut dp = Self::from_maps(None, maps)?;
+                // The maps derived from the VIP map (pre-filter, direct
+                // entries, address bitmap) are right before a packet reads
+                // them. The program's first question to a packet is the
+                // address bitmap's, so a bitmap this build adds to older
+                // pins (or a v1 migration) would otherwise pass every VIP
+                // packet to the kernel until the first sync. Rebuilt on
+                // every load, they are also right after any crash.
+                dp.sync_vip_filter()?;
                 let prog: &mut Xdp = program(&mut ebpf, PROGRAM_NAME)?;
-                prog.load().map_err(other)?;
                 for iface in &opts.interfaces {
                     attach(prog, iface, opts)?;
                 }
-                Ok(ebpf)
+                dp._ebpf = Some(ebpf);
+                Ok(dp)
             });
-        let mut ebpf = match loaded {
-            Ok(ebpf) => ebpf,
+        let mut dp = match loaded {
+            Ok(dp) => dp,
             Err(e) => {
                 // Leave no half-made data plane behind: remove the pins this
                 // attempt created (never ones that held an earlier run's
@@ -127,11 +138,6 @@ impl XdpDataPlane {
                 return Err(e);
             }
         };
-        let maps = take_maps(&mut ebpf)?;
-        let mut dp = Self::from_maps(Some(ebpf), maps)?;
-        // The filter is derived from the VIP map: rebuilt here, it is right
-        // after an upgrade (v1 had a port filter) and after any crash.
-        dp.sync_vip_filter()?;
         dp.sync_tx_ports(&opts.interfaces)?;
         if let Some(flows) = v1_flows {
             dp.finish_v1_migration(&opts.pin_dir, flows)?;
@@ -370,4 +376,24 @@ pub fn detach(opts: &LoadOptions) -> Result<()> {
     }
     let _ = std::fs::remove_dir(&opts.pin_dir);
     Ok(())
+}
+
+impl XdpDataPlane {
+    /// The XDP action the packet path this process loaded (and attached)
+    /// gives one frame, run by BPF_PROG_TEST_RUN over the live maps: what
+    /// the attached program does with the state as it stands, e.g. right
+    /// after an upgrade. `None` when the attached program was reused, not
+    /// loaded here. Counters move as they would for a real packet.
+    pub fn attached_verdict(&mut self, frame: &[u8]) -> Result<Option<u32>> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let Some(ebpf) = self._ebpf.as_mut() else {
+            return Ok(None);
+        };
+        let prog: &mut Xdp = program(ebpf, PROGRAM_NAME)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        Ok(Some(prog.test_run(opts).map_err(other)?.return_value))
+    }
 }
