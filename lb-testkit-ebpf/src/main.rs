@@ -8,7 +8,11 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{Counter, FlowKeyV4, FlowValue, hash::FILTER_SLOTS, maps::DEFAULT_FLOW_CAPACITY};
+use lb_common::{
+    BackendInfo, Counter, FlowKeyV4, FlowValue,
+    hash::{ADDR_BITS_WORDS, FILTER_SLOTS},
+    maps::{DEFAULT_FLOW_CAPACITY, MAX_BACKENDS, MAX_SERVICES},
+};
 
 /// The floor's table: the same key, value, size and flags as the
 /// production IPv4 flow table (`vx_flows4_v2`), but this object's own, so
@@ -22,6 +26,15 @@ static BENCH_FLOWS4: LruHashMap<FlowKeyV4, FlowValue> =
 /// `vx_vip_filter_v2`) and counter (one per-CPU record, as a reason's).
 #[map(name = "vx_bench_filter")]
 static BENCH_FILTER: Array<u64> = Array::with_max_entries(FILTER_SLOTS, 0);
+/// The CA floor's own copies of the address bitmap, the CA steering array
+/// and the backend array (same sizes and elements as `vx_vip_addr_bits_v2`,
+/// `vx_ca_steer_v2` and `vx_backends_v2`).
+#[map(name = "vx_bench_addr_bits")]
+static BENCH_ADDR_BITS: Array<u64> = Array::with_max_entries(ADDR_BITS_WORDS, 0);
+#[map(name = "vx_bench_steer")]
+static BENCH_STEER: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+#[map(name = "vx_bench_backends")]
+static BENCH_BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "vx_bench_counter")]
 static BENCH_COUNT: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
@@ -131,6 +144,59 @@ pub fn vx_bench_count(ctx: XdpContext) -> u32 {
         }
     }
     reflect(start)
+}
+
+/// The CA path's floor: the reflector's frame bounce, plus the table reads
+/// no CA packet can skip, at fixed offsets of an untagged IPv4 TCP frame (no
+/// parsing, no validation): the pre-filter entry of (destination, port)
+/// (which VIP), the address bit of the source (spoofing), the service's
+/// steering entry (which CA), that backend's entry (its MAC, written as the
+/// frame's destination), and one per-CPU counter record. Next to it the CA
+/// row is read.
+#[xdp]
+pub fn vx_bench_ca(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 38 > end {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bytes 26..38 lie inside the packet (checked above).
+    let (src, dst, port) = unsafe {
+        (
+            core::ptr::read_unaligned((start + 26) as *const u32),
+            core::ptr::read_unaligned((start + 30) as *const u32),
+            core::ptr::read_unaligned((start + 36) as *const u16),
+        )
+    };
+    let slot = (dst ^ u32::from(port)).wrapping_mul(0x9e37_79b1) >> 16;
+    let Some(&vip) = BENCH_FILTER.get(slot) else {
+        return xdp_action::XDP_PASS;
+    };
+    let bit = src.wrapping_mul(0x85eb_ca6b) >> 16;
+    let Some(&bits) = BENCH_ADDR_BITS.get(bit >> 6) else {
+        return xdp_action::XDP_PASS;
+    };
+    if (bits >> (bit & 63)) & 1 != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    let Some(&id) = BENCH_STEER.get(vip as u32 & (MAX_SERVICES - 1)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(backend) = BENCH_BACKENDS.get(id) else {
+        return xdp_action::XDP_DROP;
+    };
+    if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value, written only by this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += (end - start) as u64;
+        }
+    }
+    let mac = backend.mac;
+    reflect(start);
+    // SAFETY: the first 6 bytes lie inside the packet (checked above).
+    let eth = unsafe { &mut *(start as *mut [u8; 6]) };
+    [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]] = mac;
+    xdp_action::XDP_TX
 }
 
 /// Test topologies only: XDP_TX on a veth delivers the frame only when the

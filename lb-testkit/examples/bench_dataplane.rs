@@ -25,7 +25,7 @@ use lb_common::{
 };
 use lb_testkit::{
     harness::TestDataPlane,
-    object::{BENCH_COUNT, BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR},
+    object::{BENCH_CA, BENCH_COUNT, BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR},
     packet::{Frame, flags},
 };
 use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
@@ -293,13 +293,14 @@ fn profile(
         let (prog, frame) = match row {
             "reflector" => (BENCH_REFLECTOR, &f.est),
             "count" => (BENCH_COUNT, &f.not_vip),
+            "cafloor" => (BENCH_CA, &f.ca),
             "floor" => (BENCH_LOOKUP, &f.est),
             "pass" => (PROGRAM_NAME, &f.not_vip),
             "ca" => (PROGRAM_NAME, &f.ca),
             "established" => (PROGRAM_NAME, &f.est),
             "miss" => (PROGRAM_NAME, &f.miss),
             _ => anyhow::bail!(
-                "--profile: unknown row {row:?} (reflector, count, floor, pass, ca, established, miss, insert, syn, flood)"
+                "--profile: unknown row {row:?} (reflector, count, cafloor, floor, pass, ca, established, miss, insert, syn, flood)"
             ),
         };
         while std::time::Instant::now() < until {
@@ -336,7 +337,7 @@ fn syns(
 }
 
 /// The rows, in the order they are printed.
-const ROWS: usize = 16;
+const ROWS: usize = 17;
 
 /// One round of every row; SYN rows average `syns` distinct SYNs, each
 /// from a client no earlier round used.
@@ -373,6 +374,7 @@ fn round(
     // own system call evicts them).
     r[14] = ns(dp, PROGRAM_NAME, &f.flood_syn, a.repeat)?;
     r[15] = ns(dp, BENCH_COUNT, &f.not_vip, a.repeat)?;
+    r[16] = ns(dp, BENCH_CA, &f.ca, a.repeat)?;
     dp.set_flood_threshold(0)?;
     // Routed: established and SYN, IPIP then GUE, at repeat 1.
     for (k, vip) in [IPIP_VIP, GUE_VIP].into_iter().enumerate() {
@@ -410,6 +412,7 @@ fn report(a: &Args, rows: [f64; ROWS], flood_syns: u64) {
         gue_syn,
         flood_warm,
         count,
+        ca_floor,
     ] = rows;
     println!(
         "voxlb data plane, BPF_PROG_TEST_RUN, median of {} rounds (repeat {}; SYN: {} distinct flows at repeat 1)",
@@ -435,6 +438,11 @@ fn report(a: &Args, rows: [f64; ROWS], flood_syns: u64) {
             ("bare reflector (swap MACs, XDP_TX)", refl, ""),
             ("floor: reflector + filter read + counter record", count, ""),
             ("non-VIP pass (SSH to the LB)", pass, "<= 1.1"),
+            (
+                "floor: reflector + CA's 4 table reads + counter",
+                ca_floor,
+                "",
+            ),
             ("CA VIP (filter, VIP lookup, steering)", ca, "<= 2.0"),
             ("floor: reflector + one IPv4 flow-table hit", floor, ""),
             ("compiler, established (flow-table hit)", est, "<= 2.0"),

@@ -17,8 +17,18 @@ pub const BENCH_INSERT: &str = "vx_bench_insert";
 /// per-CPU counter record.
 pub const BENCH_COUNT: &str = "vx_bench_count";
 
+/// The CA path's floor: the reflector plus the pre-filter, source address
+/// bit, CA steering and backend reads and a counter record.
+pub const BENCH_CA: &str = "vx_bench_ca";
+
 /// Every benchmark program of the test object (loaded by the harness).
-pub const BENCH_PROGRAMS: [&str; 4] = [BENCH_REFLECTOR, BENCH_COUNT, BENCH_LOOKUP, BENCH_INSERT];
+pub const BENCH_PROGRAMS: [&str; 5] = [
+    BENCH_REFLECTOR,
+    BENCH_COUNT,
+    BENCH_CA,
+    BENCH_LOOKUP,
+    BENCH_INSERT,
+];
 
 /// The floor's own flow table (key and value as `vx_flows4_v2`).
 pub const BENCH_FLOWS4: &str = "vx_bench_flows4";
