@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+use aya_ebpf::helpers::bpf_jiffies64;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -9,9 +10,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BackendInfo, Counter, FlowKeyV4, FlowValue,
-    hash::{ADDR_BITS_WORDS, FILTER_SLOTS},
-    maps::{DEFAULT_FLOW_CAPACITY, MAX_BACKENDS, MAX_SERVICES},
+    BackendInfo, Counter, FloodState, FlowKeyV4, FlowValue, TableRegion,
+    hash::{ADDR_BITS_WORDS, FILTER_SLOTS, flow_hash_v4},
+    maps::{DEFAULT_FLOW_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
 };
 
 /// The floor's table: the same key, value, size and flags as the
@@ -35,6 +36,19 @@ static BENCH_ADDR_BITS: Array<u64> = Array::with_max_entries(ADDR_BITS_WORDS, 0)
 static BENCH_STEER: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
 #[map(name = "vx_bench_backends")]
 static BENCH_BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
+/// The flood floor's own per-CPU flood state, active-copy and region
+/// arrays (as `vx_flood_v2`, `vx_active_v2`, `vx_regions_v2`) and a Maglev
+/// array of two 65537-slot copies: the floor is timed on one SYN repeated,
+/// which reads one slot again and again, so the production array's 16 Mi
+/// slots (128 MiB, loaded with every test harness) would change nothing.
+#[map(name = "vx_bench_flood_state")]
+static BENCH_FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "vx_bench_active")]
+static BENCH_ACTIVE: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
+#[map(name = "vx_bench_regions")]
+static BENCH_REGIONS: Array<TableRegion> = Array::with_max_entries(MAX_REGIONS, 0);
+#[map(name = "vx_bench_maglev")]
+static BENCH_MAGLEV: Array<u32> = Array::with_max_entries(2 * 65537, 0);
 #[map(name = "vx_bench_counter")]
 static BENCH_COUNT: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
@@ -194,6 +208,74 @@ pub fn vx_bench_ca(ctx: XdpContext) -> u32 {
     let mac = backend.mac;
     reflect(start);
     // SAFETY: the first 6 bytes lie inside the packet (checked above).
+    let eth = unsafe { &mut *(start as *mut [u8; 6]) };
+    [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]] = mac;
+    xdp_action::XDP_TX
+}
+
+/// The flood-mode SYN's floor: the reflector's bounce plus what a SYN
+/// forwarded by the Maglev table alone cannot skip, at fixed offsets of an
+/// untagged IPv4 TCP frame (no parsing, no validation): the pre-filter
+/// entry, the source address bit, this CPU's flood state (a window on
+/// jiffies, counted), the service's active copy and its region, the flow
+/// hash (lb-common's, which every LB host agrees on) modulo the table size,
+/// the Maglev slot, the backend's entry (its MAC written) and one counter
+/// record. Next to it the warm flood-mode row is read.
+#[xdp]
+pub fn vx_bench_flood(ctx: XdpContext) -> u32 {
+    let Some((start, key)) = frame_key(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    let slot =
+        (u32::from_le_bytes(key.dst) ^ u32::from(key.dport_be)).wrapping_mul(0x9e37_79b1) >> 16;
+    let Some(&vip) = BENCH_FILTER.get(slot) else {
+        return xdp_action::XDP_PASS;
+    };
+    let bit = u32::from_le_bytes(key.src).wrapping_mul(0x85eb_ca6b) >> 16;
+    let Some(&bits) = BENCH_ADDR_BITS.get(bit >> 6) else {
+        return xdp_action::XDP_PASS;
+    };
+    if (bits >> (bit & 63)) & 1 != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    let Some(st) = BENCH_FLOOD.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: helper call without arguments (inlined by the verifier); a
+    // per-CPU value, written only by this CPU.
+    unsafe {
+        let now = bpf_jiffies64();
+        if now.wrapping_sub((*st).window_start_ns) > 250 {
+            (*st).window_start_ns = now;
+            (*st).attempts = 0;
+        }
+        (*st).attempts += 1;
+        (*st).flood_syns += 1;
+    }
+    let service = vip as u32 & (MAX_SERVICES - 1);
+    let Some(&copy) = BENCH_ACTIVE.get(service) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(region) = BENCH_REGIONS.get(service * 2 + (copy & 1)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let size = region.size | 1;
+    let Some(&id) = BENCH_MAGLEV.get(region.base.wrapping_add(flow_hash_v4(&key) % size)) else {
+        return xdp_action::XDP_DROP;
+    };
+    let Some(backend) = BENCH_BACKENDS.get(id) else {
+        return xdp_action::XDP_DROP;
+    };
+    if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value, written only by this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += (ctx.data_end() - start) as u64;
+        }
+    }
+    let mac = backend.mac;
+    reflect(start);
+    // SAFETY: `frame_key` checked that the frame holds 42 bytes.
     let eth = unsafe { &mut *(start as *mut [u8; 6]) };
     [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]] = mac;
     xdp_action::XDP_TX

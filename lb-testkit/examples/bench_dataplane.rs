@@ -25,7 +25,7 @@ use lb_common::{
 };
 use lb_testkit::{
     harness::TestDataPlane,
-    object::{BENCH_CA, BENCH_COUNT, BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR},
+    object::{BENCH_CA, BENCH_COUNT, BENCH_FLOOD, BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR},
     packet::{Frame, flags},
 };
 use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
@@ -294,15 +294,18 @@ fn profile(
             "reflector" => (BENCH_REFLECTOR, &f.est),
             "count" => (BENCH_COUNT, &f.not_vip),
             "cafloor" => (BENCH_CA, &f.ca),
+            "floodfloor" => (BENCH_FLOOD, &f.flood_syn),
+            "floodwarm" => (PROGRAM_NAME, &f.flood_syn),
             "floor" => (BENCH_LOOKUP, &f.est),
             "pass" => (PROGRAM_NAME, &f.not_vip),
             "ca" => (PROGRAM_NAME, &f.ca),
             "established" => (PROGRAM_NAME, &f.est),
             "miss" => (PROGRAM_NAME, &f.miss),
             _ => anyhow::bail!(
-                "--profile: unknown row {row:?} (reflector, count, cafloor, floor, pass, ca, established, miss, insert, syn, flood)"
+                "--profile: unknown row {row:?} (reflector, count, cafloor, floodfloor, floodwarm, floor, pass, ca, established, miss, insert, syn, flood)"
             ),
         };
+        dp.set_flood_threshold(u32::from(row == "floodwarm"))?;
         while std::time::Instant::now() < until {
             total += ns(dp, prog, frame, repeat)?;
             runs += 1;
@@ -337,7 +340,7 @@ fn syns(
 }
 
 /// The rows, in the order they are printed.
-const ROWS: usize = 17;
+const ROWS: usize = 18;
 
 /// One round of every row; SYN rows average `syns` distinct SYNs, each
 /// from a client no earlier round used.
@@ -375,6 +378,7 @@ fn round(
     r[14] = ns(dp, PROGRAM_NAME, &f.flood_syn, a.repeat)?;
     r[15] = ns(dp, BENCH_COUNT, &f.not_vip, a.repeat)?;
     r[16] = ns(dp, BENCH_CA, &f.ca, a.repeat)?;
+    r[17] = ns(dp, BENCH_FLOOD, &f.flood_syn, a.repeat)?;
     dp.set_flood_threshold(0)?;
     // Routed: established and SYN, IPIP then GUE, at repeat 1.
     for (k, vip) in [IPIP_VIP, GUE_VIP].into_iter().enumerate() {
@@ -413,6 +417,7 @@ fn report(a: &Args, rows: [f64; ROWS], flood_syns: u64) {
         flood_warm,
         count,
         ca_floor,
+        flood_floor,
     ] = rows;
     println!(
         "voxlb data plane, BPF_PROG_TEST_RUN, median of {} rounds (repeat {}; SYN: {} distinct flows at repeat 1)",
@@ -447,6 +452,11 @@ fn report(a: &Args, rows: [f64; ROWS], flood_syns: u64) {
             ("floor: reflector + one IPv4 flow-table hit", floor, ""),
             ("compiler, established (flow-table hit)", est, "<= 2.0"),
             ("compiler, unknown non-SYN (Maglev pick)", miss, ""),
+            (
+                "floor: reflector + flood SYN's reads, hash, counter",
+                flood_floor,
+                "",
+            ),
             (
                 "compiler SYN in flood mode, one SYN repeated",
                 flood_warm,
