@@ -123,7 +123,14 @@ pub const FILTER_SLOTS: u32 = 65536;
 /// one is its four words rotated apart and XORed.
 #[inline(always)]
 pub const fn fold_v6(a: &[u8; 16]) -> u32 {
-    word(a, 0) ^ word(a, 1).rotate_left(8) ^ word(a, 2).rotate_left(16) ^ word(a, 3).rotate_left(24)
+    fold_v6_words([word(a, 0), word(a, 1), word(a, 2), word(a, 3)])
+}
+
+/// [`fold_v6`] of an address already read as its four little-endian words
+/// (the data plane loads them from the packet whole).
+#[inline(always)]
+pub const fn fold_v6_words(w: [u32; 4]) -> u32 {
+    w[0] ^ w[1].rotate_left(8) ^ w[2].rotate_left(16) ^ w[3].rotate_left(24)
 }
 
 /// [`fold_v6`]'s IPv4 counterpart.

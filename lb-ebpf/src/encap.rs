@@ -207,7 +207,7 @@ pub fn hand_over(ctx: &XdpContext, choice: &Choice, len: u64, slot: u32) -> Resu
     unsafe {
         (*job).backend_id = choice.backend_id;
         (*job).bytes = len as u32;
-        (*job).mac = choice.mac;
+        (*job).mac = choice.mac.bytes();
         (*job).forwarding = choice.forwarding;
         (*job).new_flow = choice.new_flow as u8;
         // Does not return on success.

@@ -65,7 +65,7 @@ pub fn first(ctx: &XdpContext, c: &Cursor) -> Result<u32, Reason> {
         unsafe { PROGS.tail_call(ctx, PROG_ENCAP) };
         return Err(Reason::DropEncap);
     }
-    crate::rewrite_l2(c, &job.mac)?;
+    crate::rewrite_l2(c, crate::select::Mac::from_bytes(&job.mac))?;
     stats::count_forward(job.backend_id, job.bytes as u64, job.new_flow != 0);
     Ok(xdp_action::XDP_TX)
 }

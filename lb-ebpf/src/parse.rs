@@ -7,10 +7,10 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FlowKeyV4, FlowKeyV6, PROTO_TCP, PROTO_UDP, Reason,
-    hash::{fold_v4, fold_v6},
+    hash::{fold_v4, fold_v6_words},
 };
 
-use crate::family::maybe_vip_addr;
+use crate::{family::maybe_vip_addr, wire};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -122,7 +122,7 @@ pub fn l2(c: &Cursor) -> Result<(L3, usize, bool), Reason> {
     // Ethernet: dst(6) src(6) ethertype(2).
     let eth: *const [u8; ETH_HLEN] = c.ptr(0).ok_or(Reason::DropTruncatedL2)?;
     // SAFETY: `eth` lies inside the packet (checked by `ptr`).
-    let mut proto = be16(unsafe { [(*eth)[12], (*eth)[13]] });
+    let mut proto = u16::from_be(unsafe { wire::load_u16(eth as usize + 12) });
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN {
         if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
@@ -183,12 +183,24 @@ pub fn ipv4(
     if h[0] >> 4 != 4 {
         return Err(Reason::DropBadL3);
     }
-    gate.check(fold_v4(&[h[16], h[17], h[18], h[19]]))?;
+    let at = ip as usize;
+    // SAFETY: bytes 2..8 and 12..20 of the 20-byte header (inside the
+    // packet); word loads (`wire`).
+    let (len_w, id_w, frag_w, src_w, dst_w) = unsafe {
+        (
+            wire::load_u16(at + 2),
+            wire::load_u16(at + 4),
+            wire::load_u16(at + 6),
+            wire::load_u32(at + 12),
+            wire::load_u32(at + 16),
+        )
+    };
+    gate.check(fold_v4(&dst_w.to_ne_bytes()))?;
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Err(Reason::DropBadL3);
     }
-    let tot_len = be16([h[2], h[3]]) as usize;
+    let tot_len = u16::from_be(len_w) as usize;
     if tot_len < ihl {
         return Err(Reason::DropBadL3);
     }
@@ -200,7 +212,7 @@ pub fn ipv4(
     if ihl > c.remaining(off) {
         return Err(Reason::DropTruncatedL3);
     }
-    let frag = be16([h[6], h[7]]);
+    let frag = u16::from_be(frag_w);
     if frag & IP_OFFSET != 0 {
         // A later fragment carries no ports: `frag::later_v4` follows it.
         return Err(Reason::PassFragment);
@@ -213,8 +225,8 @@ pub fn ipv4(
     // checked against it.
     let l4 = parse_l4(c, off + ihl, tot_len - ihl, proto)?;
     let key = FlowKeyV4 {
-        src: [h[12], h[13], h[14], h[15]],
-        dst: [h[16], h[17], h[18], h[19]],
+        src: src_w.to_ne_bytes(),
+        dst: dst_w.to_ne_bytes(),
         sport_be: l4.sport_be,
         dport_be: l4.dport_be,
         proto,
@@ -224,7 +236,7 @@ pub fn ipv4(
     let mut p = l4.parsed(key, proto, unicast);
     if frag & IP_MF != 0 {
         p.first_frag = true;
-        p.frag_id = be16([h[4], h[5]]) as u32;
+        p.frag_id = u16::from_be(id_w) as u32;
     }
     Ok(p)
 }
@@ -258,9 +270,7 @@ pub fn ipv6_chain(c: &Cursor, off: usize, gate: Gate) -> Result<Ipv6Chain, Reaso
         return Err(Reason::DropBadL3);
     }
     // SAFETY: bytes 24..40 of the 40-byte header, inside the packet.
-    gate.check(fold_v6(unsafe {
-        &*(ip as *const u8).add(24).cast::<[u8; 16]>()
-    }))?;
+    gate.check(fold_v6_words(unsafe { words16(ip as usize + 24) }))?;
     let payload_len = be16([h[4], h[5]]) as usize;
     if payload_len > c.remaining(off + 40) {
         return Err(Reason::DropTruncatedL3);
@@ -329,20 +339,45 @@ pub fn ipv6(
     }
     let l4 = parse_l4(c, ch.l4_off, ch.l4_len, ch.next)?;
     let ip: *const [u8; 40] = c.ptr(off).ok_or(Reason::DropTruncatedL3)?;
-    // SAFETY: the 40-byte fixed header lies inside the packet.
-    let h = unsafe { &*ip };
-    let mut key = FlowKeyV6 {
+    // SAFETY: bytes 8..40 of the 40-byte fixed header, inside the packet.
+    let (src, dst) = unsafe { (words16(ip as usize + 8), words16(ip as usize + 24)) };
+    let key = FlowKeyV6 {
+        src: bytes16(src),
+        dst: bytes16(dst),
         sport_be: l4.sport_be,
         dport_be: l4.dport_be,
         proto: ch.next,
         ..FlowKeyV6::default()
     };
-    key.src.copy_from_slice(&h[8..24]);
-    key.dst.copy_from_slice(&h[24..40]);
     let mut p = l4.parsed(key, ch.next, unicast);
     p.first_frag = ch.first_frag;
     p.frag_id = ch.frag_id;
     Ok(p)
+}
+
+/// The 16 bytes at `p` (an IPv6 address) as four words of their memory
+/// order, four loads (`wire`).
+///
+/// # Safety
+/// `p..p + 16` lies inside the packet.
+#[inline(always)]
+unsafe fn words16(p: usize) -> [u32; 4] {
+    // SAFETY: per the caller.
+    unsafe {
+        [
+            wire::load_u32(p),
+            wire::load_u32(p + 4),
+            wire::load_u32(p + 8),
+            wire::load_u32(p + 12),
+        ]
+    }
+}
+
+/// [`words16`]' bytes again, in memory order.
+#[inline(always)]
+fn bytes16(w: [u32; 4]) -> [u8; 16] {
+    // SAFETY: 16 plain bytes either way; every bit pattern is valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
 }
 
 /// What the L4 header says.
@@ -381,9 +416,16 @@ fn parse_l4(c: &Cursor, off: usize, l4_len: usize, proto: u8) -> Result<L4, Reas
             if doff < 20 || doff > l4_len {
                 return Err(Reason::DropBadL4);
             }
+            // SAFETY: the ports are the header's first 4 bytes (inside).
+            let (sport_be, dport_be) = unsafe {
+                (
+                    wire::load_u16(t.as_ptr() as usize),
+                    wire::load_u16(t.as_ptr() as usize + 2),
+                )
+            };
             Ok(L4 {
-                sport_be: u16::from_ne_bytes([t[0], t[1]]),
-                dport_be: u16::from_ne_bytes([t[2], t[3]]),
+                sport_be,
+                dport_be,
                 tcp_flags: t[13],
             })
         }
@@ -394,9 +436,16 @@ fn parse_l4(c: &Cursor, off: usize, l4_len: usize, proto: u8) -> Result<L4, Reas
             let u: *const [u8; 8] = c.ptr(off).ok_or(Reason::DropTruncatedL4)?;
             // SAFETY: the 8-byte UDP header lies inside the packet.
             let u = unsafe { &*u };
+            // SAFETY: the ports are the header's first 4 bytes (inside).
+            let (sport_be, dport_be) = unsafe {
+                (
+                    wire::load_u16(u.as_ptr() as usize),
+                    wire::load_u16(u.as_ptr() as usize + 2),
+                )
+            };
             Ok(L4 {
-                sport_be: u16::from_ne_bytes([u[0], u[1]]),
-                dport_be: u16::from_ne_bytes([u[2], u[3]]),
+                sport_be,
+                dport_be,
                 tcp_flags: 0,
             })
         }

@@ -32,10 +32,56 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// A MAC address as two words in its memory order (bytes 0..4 and 4..6):
+/// read from a backend's entry with two aligned loads and written to a
+/// frame with two stores (`wire`), where a `[u8; 6]` moved byte by byte
+/// (six loads, then six stores).
+#[derive(Clone, Copy)]
+pub struct Mac {
+    pub hi: u32,
+    pub lo: u16,
+}
+
+const _: () = assert!(core::mem::offset_of!(BackendInfo, mac) == 0);
+const _: () = assert!(core::mem::align_of::<BackendInfo>() >= 4);
+
+impl Mac {
+    /// The MAC of a backend's entry.
+    #[inline(always)]
+    pub fn of(be: &BackendInfo) -> Mac {
+        let p = be as *const BackendInfo as *const u8;
+        // SAFETY: `mac` is the first field of a `BackendInfo`, which is
+        // 4-aligned (asserted above): bytes 0..4 and 4..6 are an aligned
+        // `u32` and an aligned `u16` inside it.
+        unsafe {
+            Mac {
+                hi: *(p as *const u32),
+                lo: *(p.add(4) as *const u16),
+            }
+        }
+    }
+
+    /// From its six bytes.
+    #[inline(always)]
+    pub fn from_bytes(m: &[u8; 6]) -> Mac {
+        Mac {
+            hi: u32::from_ne_bytes([m[0], m[1], m[2], m[3]]),
+            lo: u16::from_ne_bytes([m[4], m[5]]),
+        }
+    }
+
+    /// Its six bytes.
+    #[inline(always)]
+    pub fn bytes(self) -> [u8; 6] {
+        let (h, l) = (self.hi.to_ne_bytes(), self.lo.to_ne_bytes());
+        [h[0], h[1], h[2], h[3], l[0], l[1]]
+    }
+}
+
 /// The backend a packet goes to.
 pub struct Choice {
     pub backend_id: u32,
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// `FORWARD_*`: how the packet reaches the backend.
     pub forwarding: u8,
     /// The packet opened a connection (see `BackendStats::new_flows`).
@@ -109,7 +155,7 @@ pub fn established<K: Family>(pkt: &Parsed<K>) -> Result<Choice, Known> {
     }
     Ok(Choice {
         backend_id: v.backend_id,
-        mac: be.mac,
+        mac: Mac::of(be),
         forwarding: be.forwarding,
         new_flow: false,
     })
@@ -131,7 +177,7 @@ pub fn ca<K>(service_id: u32, pkt: &Parsed<K>) -> Result<Choice, Reason> {
     }
     Ok(Choice {
         backend_id: id,
-        mac: be.mac,
+        mac: Mac::of(be),
         forwarding: be.forwarding,
         new_flow: is_syn(pkt),
     })
@@ -161,7 +207,7 @@ pub fn compiler<K: Family>(
     if !pkt.unicast || (!opens && !stale) {
         return Ok(Choice {
             backend_id: id,
-            mac: be.mac,
+            mac: Mac::of(be),
             forwarding: be.forwarding,
             new_flow: false,
         });
@@ -172,7 +218,7 @@ pub fn compiler<K: Family>(
         // on, forwards the SYN; the LRU keeps the established flows.
         return Ok(Choice {
             backend_id: id,
-            mac: be.mac,
+            mac: Mac::of(be),
             forwarding: be.forwarding,
             new_flow: false,
         });
@@ -190,7 +236,7 @@ pub fn compiler<K: Family>(
     let _ = K::flows().insert(pkt.key, v, 0);
     Ok(Choice {
         backend_id: id,
-        mac: be.mac,
+        mac: Mac::of(be),
         forwarding: be.forwarding,
         new_flow: opens,
     })
@@ -268,7 +314,7 @@ pub fn owner<K: Family>(service_id: u32, pkt: &Parsed<K>) -> Option<Choice> {
     }
     Some(Choice {
         backend_id: id,
-        mac: be.mac,
+        mac: Mac::of(be),
         forwarding: be.forwarding,
         new_flow: false,
     })
@@ -284,7 +330,7 @@ pub fn recorded(backend_id: u32, generation: u32) -> Option<Choice> {
     }
     Some(Choice {
         backend_id,
-        mac: be.mac,
+        mac: Mac::of(be),
         forwarding: be.forwarding,
         new_flow: false,
     })
