@@ -177,11 +177,11 @@ fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Resu
     let index = vip_slot(pkt.key.dst_fold(), pkt.dport_be);
     let slot = VIP_FILTER.get(index).ok_or(Reason::PassNotVip)?;
     let known = if slot.compiler != 0 {
-        if select::is_syn(&pkt) && select::flooding() {
+        if let Some(now) = select::is_syn(&pkt).then(select::flooding).flatten() {
             // Flood mode: a SYN neither reads nor writes the flow table;
             // the Maglev table, which every LB host agrees on, sends it
             // (as Katran sends every SYN). Established flows keep theirs.
-            select::Known::Miss
+            select::Known::Flood(now)
         } else {
             // Established compiler flows: the flow table alone decides.
             match select::established(&pkt) {

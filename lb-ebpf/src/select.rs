@@ -111,6 +111,10 @@ pub enum Known {
     /// An entry whose backend may no longer take it (removed, down, id
     /// reused, or drained and this is a new SYN): re-pick and overwrite.
     Stale,
+    /// Not looked up: a SYN while this CPU is in flood mode ([`flooding`]
+    /// said so at `now`, which the pick reuses instead of reading the
+    /// clock and the configuration again).
+    Flood(u64),
 }
 
 /// The established-flow fast path: one hash lookup in the family's table,
@@ -212,8 +216,14 @@ pub fn compiler<K: Family>(
             new_flow: false,
         });
     }
-    let now = now_ns();
-    if opens && under_flood(now) {
+    let (now, flood) = match known {
+        Known::Flood(now) => (now, count_flood_syn()),
+        _ => {
+            let now = now_ns();
+            (now, opens && under_flood(now))
+        }
+    };
+    if flood {
         // Flood mode: the Maglev table alone, which every LB host agrees
         // on, forwards the SYN; the LRU keeps the established flows.
         return Ok(Choice {
@@ -242,24 +252,38 @@ pub fn compiler<K: Family>(
     })
 }
 
-/// This CPU is in flood mode now (a peek: nothing is counted). Reads the
-/// clock only past the threshold, so a SYN outside a flood pays two array
-/// loads for it. In flood mode a SYN skips the flow table altogether (see
-/// `lb`): a spoofed SYN would only miss there, and that miss, in a table
-/// of a million entries, is most of what it costs.
+/// This CPU is in flood mode now (a peek: nothing is counted): the time it
+/// read, if so. Reads the clock only past the threshold, so a SYN outside a
+/// flood pays two array loads for it. In flood mode a SYN skips the flow
+/// table altogether (see `lb`): a spoofed SYN would only miss there, and
+/// that miss, in a table of a million entries, is most of what it costs.
 #[inline(always)]
-pub fn flooding() -> bool {
+pub fn flooding() -> Option<u64> {
     let threshold = match CONFIG.get(0) {
         Some(c) if c.flood_threshold != 0 => c.flood_threshold as u64,
-        _ => return false,
+        _ => return None,
     };
-    let Some(st) = FLOOD.get(0) else {
-        return false;
-    };
+    let st = FLOOD.get(0)?;
     if st.attempts <= threshold {
-        return false;
+        return None;
     }
-    now_ns().saturating_sub(st.window_start_ns) < FLOOD_WINDOW_NS
+    let now = now_ns();
+    (now.saturating_sub(st.window_start_ns) < FLOOD_WINDOW_NS).then_some(now)
+}
+
+/// A SYN [`flooding`] found in flood mode, forwarded without an entry:
+/// counted as [`under_flood`] would count it (the window is open and past
+/// the threshold, so it only adds to the attempts and the flood SYNs).
+#[inline(always)]
+fn count_flood_syn() -> bool {
+    if let Some(st) = FLOOD.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array (see `under_flood`).
+        unsafe {
+            (*st).attempts += 1;
+            (*st).flood_syns += 1;
+        }
+    }
+    true
 }
 
 /// Katran's `is_under_flood`, per CPU: count the flow creations asked for
