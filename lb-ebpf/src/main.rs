@@ -32,7 +32,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     FORWARD_L2, KIND_CA, KIND_COMPILER, Reason, VipInfo,
-    hash::{direct_vip, vip_slot},
+    hash::{self, vip_slot},
     maps::{PROG_ENCAP, PROG_FIRST_FRAG, PROG_FRAG, PROG_ICMP},
 };
 
@@ -172,29 +172,38 @@ fn finish(r: Result<u32, Reason>, len: u64) -> u32 {
 /// The packet path after parsing, for one address family.
 #[inline(always)]
 fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Result<u32, Reason> {
-    // Pre-filter: one array load on (destination, port). Nothing there: not
-    // ours. No compiler VIP there: CA traffic, which skips the flow table.
     let index = vip_slot(pkt.key.dst_fold(), pkt.dport_be);
-    let slot = VIP_FILTER.get(index).ok_or(Reason::PassNotVip)?;
-    let known = if slot.compiler != 0 {
-        if let Some(now) = select::is_syn(&pkt).then(select::flooding).flatten() {
-            // Flood mode: a SYN neither reads nor writes the flow table;
-            // the Maglev table, which every LB host agrees on, sends it
-            // (as Katran sends every SYN). Established flows keep theirs.
-            select::Known::Flood(now)
-        } else {
-            // Established compiler flows: the flow table alone decides.
-            match select::established(&pkt) {
-                Ok(choice) => return forward(ctx, c, &pkt, &choice, len),
-                Err(known) => known,
+    // An IPv4 VIP alone in its slot is known from the direct array (one
+    // load, the key compared in one word): kind and service at once, so the
+    // pre-filter is not read and neither is the VIP map later. Otherwise
+    // the pre-filter: nothing there, not ours; no compiler VIP there, CA
+    // traffic. CA traffic skips the flow table either way.
+    let (known, direct) = match direct_vip(&pkt, index) {
+        Some(info) if info.kind == KIND_CA => (select::Known::Miss, Some(info)),
+        Some(info) => match compiler_flow(&pkt) {
+            Ok(choice) => return forward(ctx, c, &pkt, &choice, len),
+            Err(known) => (known, Some(info)),
+        },
+        None => {
+            let slot = VIP_FILTER.get(index).ok_or(Reason::PassNotVip)?;
+            if slot.compiler != 0 {
+                match compiler_flow(&pkt) {
+                    Ok(choice) => return forward(ctx, c, &pkt, &choice, len),
+                    Err(known) => (known, None),
+                }
+            } else if slot.ca != 0 {
+                (select::Known::Miss, None)
+            } else {
+                return Err(Reason::PassNotVip);
             }
         }
-    } else if slot.ca != 0 {
-        select::Known::Miss
-    } else {
-        return Err(Reason::PassNotVip);
     };
-    let info = vip(&pkt, index).ok_or(Reason::PassNotVip)?;
+    let info = match direct {
+        Some(info) => info,
+        // SAFETY: VIP values are plain integers written only by userspace;
+        // a concurrent update can only make us read an older or newer value.
+        None => *unsafe { VIPS.get(pkt.key.vip_key()) }.ok_or(Reason::PassNotVip)?,
+    };
     // Nothing is forwarded (nor recorded) for a source that claims to be
     // one of our VIPs. Established flows were checked when they were made.
     if spoofed(&pkt) {
@@ -214,20 +223,26 @@ fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Resu
     }
 }
 
-/// The VIP a packet is addressed to: an IPv4 VIP alone in its filter slot
-/// is read from the direct array (one array load, the key compared in one
-/// word); any other from the VIP map (a hash lookup).
+/// A packet to a compiler VIP: its flow's backend if the flow table knows
+/// it (established flows: the table alone decides), else what the table
+/// said. A SYN while this CPU is in flood mode neither reads nor writes the
+/// flow table: the Maglev table, which every LB host agrees on, sends it
+/// (as Katran sends every SYN); established flows keep theirs.
 #[inline(always)]
-fn vip<K: Family>(pkt: &Parsed<K>, index: u32) -> Option<VipInfo> {
-    if let Some(key) = pkt.key.direct_key(pkt.dport_be, pkt.proto)
-        && let Some(&entry) = VIP_DIRECT.get(index)
-        && let Some(info) = direct_vip(entry, key)
-    {
-        return Some(info);
+fn compiler_flow<K: Family>(pkt: &Parsed<K>) -> Result<select::Choice, select::Known> {
+    if let Some(now) = select::is_syn(pkt).then(select::flooding).flatten() {
+        return Err(select::Known::Flood(now));
     }
-    // SAFETY: VIP values are plain integers written only by userspace; a
-    // concurrent update can only make us read an older or newer value.
-    unsafe { VIPS.get(pkt.key.vip_key()) }.copied()
+    select::established(pkt)
+}
+
+/// The VIP of an IPv4 packet from the direct array: the one VIP of its
+/// pre-filter slot, if the packet's (address, port, protocol) is that VIP's.
+#[inline(always)]
+fn direct_vip<K: Family>(pkt: &Parsed<K>, index: u32) -> Option<VipInfo> {
+    let key = pkt.key.direct_key(pkt.dport_be, pkt.proto)?;
+    let &entry = VIP_DIRECT.get(index)?;
+    hash::direct_vip(entry, key)
 }
 
 /// The source address is one of the VIPs' (a land attack or spoofing).
