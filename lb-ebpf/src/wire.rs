@@ -14,58 +14,43 @@
 
 use core::arch::asm;
 
-/// The 4 bytes at `p`, as a native-endian `u32` of their memory order.
-///
-/// # Safety
-/// `p..p + 4` lies inside the packet.
-#[inline(always)]
-pub unsafe fn load_u32(p: usize) -> u32 {
-    let v: u64;
-    // SAFETY: per the caller; a plain load with no other effect.
-    unsafe {
-        asm!("{v} = *(u32 *)({p} + 0)", v = out(reg) v, p = in(reg) p,
-            options(readonly, nostack, preserves_flags))
-    };
-    v as u32
-}
-
-/// The 2 bytes at `p`, as a native-endian `u16` of their memory order.
-///
-/// # Safety
-/// `p..p + 2` lies inside the packet.
-#[inline(always)]
-pub unsafe fn load_u16(p: usize) -> u16 {
-    let v: u64;
-    // SAFETY: per the caller; a plain load with no other effect.
-    unsafe {
-        asm!("{v} = *(u16 *)({p} + 0)", v = out(reg) v, p = in(reg) p,
-            options(readonly, nostack, preserves_flags))
-    };
-    v as u16
-}
-
-/// Store `v` (memory order) at `p`.
-///
-/// # Safety
-/// `p..p + 4` lies inside the packet, which the program may write.
-#[inline(always)]
-pub unsafe fn store_u32(p: usize, v: u32) {
-    // SAFETY: per the caller.
-    unsafe {
-        asm!("*(u32 *)({p} + 0) = {v}", v = in(reg) v as u64, p = in(reg) p,
-            options(nostack, preserves_flags))
+/// `load_uN(p)`: the N/8 bytes at `p`, as a native-endian integer of their
+/// memory order.
+macro_rules! load {
+    ($name:ident, $t:ty, $insn:literal) => {
+        /// # Safety
+        /// The bytes at `p` lie inside the packet.
+        #[inline(always)]
+        pub unsafe fn $name(p: usize) -> $t {
+            let v: u64;
+            // SAFETY: per the caller; a plain load with no other effect.
+            unsafe {
+                asm!($insn, v = out(reg) v, p = in(reg) p,
+                    options(readonly, nostack, preserves_flags))
+            };
+            v as $t
+        }
     };
 }
 
-/// Store `v` (memory order) at `p`.
-///
-/// # Safety
-/// `p..p + 2` lies inside the packet, which the program may write.
-#[inline(always)]
-pub unsafe fn store_u16(p: usize, v: u16) {
-    // SAFETY: per the caller.
-    unsafe {
-        asm!("*(u16 *)({p} + 0) = {v}", v = in(reg) v as u64, p = in(reg) p,
-            options(nostack, preserves_flags))
+/// `store_uN(p, v)`: `v` (memory order) stored at `p`.
+macro_rules! store {
+    ($name:ident, $t:ty, $insn:literal) => {
+        /// # Safety
+        /// The bytes at `p` lie inside the packet, which the program may
+        /// write.
+        #[inline(always)]
+        pub unsafe fn $name(p: usize, v: $t) {
+            // SAFETY: per the caller.
+            unsafe {
+                asm!($insn, v = in(reg) v as u64, p = in(reg) p,
+                    options(nostack, preserves_flags))
+            };
+        }
     };
 }
+
+load!(load_u32, u32, "{v} = *(u32 *)({p} + 0)");
+load!(load_u16, u16, "{v} = *(u16 *)({p} + 0)");
+store!(store_u32, u32, "*(u32 *)({p} + 0) = {v}");
+store!(store_u16, u16, "*(u16 *)({p} + 0) = {v}");

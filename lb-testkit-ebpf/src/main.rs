@@ -181,23 +181,39 @@ pub fn vx_bench_ca(ctx: XdpContext) -> u32 {
             core::ptr::read_unaligned((start + 36) as *const u16),
         )
     };
-    let slot = (dst ^ u32::from(port)).wrapping_mul(0x9e37_79b1) >> 16;
-    let Some(&vip) = BENCH_FILTER.get(slot) else {
-        return xdp_action::XDP_PASS;
+    let vip = match vip_and_source(dst, port, src) {
+        Ok(vip) => vip,
+        Err(action) => return action,
     };
-    let bit = src.wrapping_mul(0x85eb_ca6b) >> 16;
-    let Some(&bits) = BENCH_ADDR_BITS.get(bit >> 6) else {
-        return xdp_action::XDP_PASS;
-    };
-    if (bits >> (bit & 63)) & 1 != 0 {
-        return xdp_action::XDP_DROP;
-    }
     let Some(&id) = BENCH_STEER.get(vip as u32 & (MAX_SERVICES - 1)) else {
         return xdp_action::XDP_PASS;
     };
     let Some(backend) = BENCH_BACKENDS.get(id) else {
         return xdp_action::XDP_DROP;
     };
+    send_to(start, end, backend.mac)
+}
+
+/// The CA and flood floors' first reads: the pre-filter word of
+/// (destination, port) and the source address's bit (set: a spoofed
+/// source, dropped). `Err` with the action when the packet stops here.
+#[inline(always)]
+fn vip_and_source(dst: u32, port: u16, src: u32) -> Result<u64, u32> {
+    let slot = (dst ^ u32::from(port)).wrapping_mul(0x9e37_79b1) >> 16;
+    let &vip = BENCH_FILTER.get(slot).ok_or(xdp_action::XDP_PASS)?;
+    let bit = src.wrapping_mul(0x85eb_ca6b) >> 16;
+    let &bits = BENCH_ADDR_BITS.get(bit >> 6).ok_or(xdp_action::XDP_PASS)?;
+    if (bits >> (bit & 63)) & 1 != 0 {
+        return Err(xdp_action::XDP_DROP);
+    }
+    Ok(vip)
+}
+
+/// The CA and flood floors' last step, as the product's `forward`: one
+/// per-CPU counter record, and the frame bounced to `mac` (the bytes
+/// `start..end`, of which the first 12 are known to be in the packet).
+#[inline(always)]
+fn send_to(start: usize, end: usize, mac: [u8; 6]) -> u32 {
     if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
         // SAFETY: a per-CPU value, written only by this CPU.
         unsafe {
@@ -205,9 +221,8 @@ pub fn vx_bench_ca(ctx: XdpContext) -> u32 {
             (*c).bytes += (end - start) as u64;
         }
     }
-    let mac = backend.mac;
     reflect(start);
-    // SAFETY: the first 6 bytes lie inside the packet (checked above).
+    // SAFETY: the first 6 bytes lie inside the packet (per the caller).
     let eth = unsafe { &mut *(start as *mut [u8; 6]) };
     [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]] = mac;
     xdp_action::XDP_TX
@@ -226,18 +241,11 @@ pub fn vx_bench_flood(ctx: XdpContext) -> u32 {
     let Some((start, key)) = frame_key(&ctx) else {
         return xdp_action::XDP_PASS;
     };
-    let slot =
-        (u32::from_le_bytes(key.dst) ^ u32::from(key.dport_be)).wrapping_mul(0x9e37_79b1) >> 16;
-    let Some(&vip) = BENCH_FILTER.get(slot) else {
-        return xdp_action::XDP_PASS;
+    let (dst, src) = (u32::from_le_bytes(key.dst), u32::from_le_bytes(key.src));
+    let vip = match vip_and_source(dst, key.dport_be, src) {
+        Ok(vip) => vip,
+        Err(action) => return action,
     };
-    let bit = u32::from_le_bytes(key.src).wrapping_mul(0x85eb_ca6b) >> 16;
-    let Some(&bits) = BENCH_ADDR_BITS.get(bit >> 6) else {
-        return xdp_action::XDP_PASS;
-    };
-    if (bits >> (bit & 63)) & 1 != 0 {
-        return xdp_action::XDP_DROP;
-    }
     let Some(st) = BENCH_FLOOD.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
@@ -266,19 +274,7 @@ pub fn vx_bench_flood(ctx: XdpContext) -> u32 {
     let Some(backend) = BENCH_BACKENDS.get(id) else {
         return xdp_action::XDP_DROP;
     };
-    if let Some(c) = BENCH_COUNT.get_ptr_mut(0) {
-        // SAFETY: a per-CPU value, written only by this CPU.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += (ctx.data_end() - start) as u64;
-        }
-    }
-    let mac = backend.mac;
-    reflect(start);
-    // SAFETY: `frame_key` checked that the frame holds 42 bytes.
-    let eth = unsafe { &mut *(start as *mut [u8; 6]) };
-    [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]] = mac;
-    xdp_action::XDP_TX
+    send_to(start, ctx.data_end(), backend.mac)
 }
 
 /// Test topologies only: XDP_TX on a veth delivers the frame only when the

@@ -427,3 +427,18 @@ pub fn arp_request() -> Vec<u8> {
     f.extend_from_slice(&[10, 0, 0, 100]);
     f
 }
+
+/// `frame` cut to its L3 header plus `n` bytes of payload, with the IP
+/// length fields saying so (a short but well-formed message).
+pub fn cut_after_l3(frame: &[u8], ip_header: usize, n: usize) -> Vec<u8> {
+    let l3 = l3_offset(frame);
+    let mut f = frame[..l3 + ip_header + n].to_vec();
+    if f[l3] >> 4 == 4 {
+        let len = (ip_header + n) as u16;
+        f[l3 + 2..l3 + 4].copy_from_slice(&len.to_be_bytes());
+    } else {
+        let len = (ip_header - 40 + n) as u16;
+        f[l3 + 4..l3 + 6].copy_from_slice(&len.to_be_bytes());
+    }
+    f
+}

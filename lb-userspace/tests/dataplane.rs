@@ -17,7 +17,7 @@ use lb_common::{
 };
 use lb_testkit::{
     harness::{RunOutput, TestDataPlane},
-    packet::{CLIENT_MAC, Frame, LB_MAC, arp_request, flags, l3_offset},
+    packet::{CLIENT_MAC, Frame, LB_MAC, arp_request, cut_after_l3, flags, l3_offset},
 };
 use voxlb::dataplane::DataPlane;
 
@@ -236,6 +236,18 @@ fn host_syn4() -> Vec<u8> {
     .build()
 }
 
+/// The same from IPv6, to an address of the LB host's subnet.
+fn host_syn6() -> Vec<u8> {
+    Frame::tcp(
+        v6(client6()),
+        40000,
+        v6("fd00::1".parse().unwrap()),
+        22,
+        flags::SYN,
+    )
+    .build()
+}
+
 fn syn4(sport: u16) -> Frame {
     Frame::tcp(v4(CLIENT4), sport, v4(VIP4), 8140, flags::SYN)
 }
@@ -299,11 +311,7 @@ fn passed_cases() -> Vec<Case> {
         },
         Case {
             name: "IPv4 TCP header cut short to a non-VIP address",
-            frame: poke(host_syn4(), |f| {
-                let o = l3_offset(f);
-                f.truncate(o + 30);
-                f[o + 2..o + 4].copy_from_slice(&30u16.to_be_bytes());
-            }),
+            frame: cut_after_l3(&host_syn4(), 20, 10),
             expect: Pass(Reason::PassNotVip),
         },
         Case {
@@ -316,21 +324,7 @@ fn passed_cases() -> Vec<Case> {
         },
         Case {
             name: "IPv6 TCP header cut short to a non-VIP address",
-            frame: poke(
-                Frame::tcp(
-                    v6(client6()),
-                    40000,
-                    v6("fd00::1".parse().unwrap()),
-                    22,
-                    flags::SYN,
-                )
-                .build(),
-                |f| {
-                    let o = l3_offset(f);
-                    f.truncate(o + 50);
-                    f[o + 4..o + 6].copy_from_slice(&10u16.to_be_bytes());
-                },
-            ),
+            frame: cut_after_l3(&host_syn6(), 40, 10),
             expect: Pass(Reason::PassNotVip),
         },
         Case {
@@ -345,14 +339,7 @@ fn passed_cases() -> Vec<Case> {
         },
         Case {
             name: "IPv6 TCP to a non-VIP address",
-            frame: Frame::tcp(
-                v6(client6()),
-                40000,
-                v6("fd00::1".parse().unwrap()),
-                22,
-                flags::SYN,
-            )
-            .build(),
+            frame: host_syn6(),
             expect: Pass(Reason::PassNotVip),
         },
         Case {

@@ -15,7 +15,7 @@ use lb_common::{
 };
 use lb_testkit::{
     harness::{RunOutput, TestDataPlane},
-    packet::{CLIENT_MAC, Frame, L4, LB_MAC, flags, l3_offset},
+    packet::{CLIENT_MAC, Frame, L4, LB_MAC, cut_after_l3, flags, l3_offset},
 };
 use voxlb::dataplane::DataPlane;
 
@@ -499,21 +499,6 @@ fn icmp_that_is_not_a_steered_error_to_a_vip_is_passed_untouched() {
     for (what, frame, action, reason) in cases {
         f.expect_untouched(what, &frame, action, reason);
     }
-}
-
-/// `frame` cut to its L3 header plus `n` bytes of payload, with the IP
-/// length fields saying so (a short but well-formed message).
-fn cut_after_l3(frame: &[u8], ip_header: usize, n: usize) -> Vec<u8> {
-    let l3 = l3_offset(frame);
-    let mut f = frame[..l3 + ip_header + n].to_vec();
-    if f[l3] >> 4 == 4 {
-        let len = (ip_header + n) as u16;
-        f[l3 + 2..l3 + 4].copy_from_slice(&len.to_be_bytes());
-    } else {
-        let len = (ip_header - 40 + n) as u16;
-        f[l3 + 4..l3 + 6].copy_from_slice(&len.to_be_bytes());
-    }
-    f
 }
 
 #[test]
