@@ -6,6 +6,9 @@
 //! bit pattern the kernel hands back is a valid value. Each type carries a
 //! compile-time size assertion: a layout change is a deliberate, visible act.
 #![no_std]
+// Word-sized packet access for the eBPF programs (`wire`): inline asm, which
+// needs this gate on the BPF target only.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
@@ -17,6 +20,8 @@ pub mod maglev;
 pub mod maps;
 pub mod reason;
 pub mod types;
+#[cfg(target_arch = "bpf")]
+pub mod wire;
 
 pub use reason::Reason;
 pub use types::*;

@@ -11,8 +11,6 @@
 //! fragment to where its datagram's first fragment went (`frag`).
 #![no_std]
 #![no_main]
-// Word-sized packet loads and stores (`wire`).
-#![feature(asm_experimental_arch)]
 
 mod encap;
 mod family;
@@ -22,7 +20,6 @@ mod maps;
 mod parse;
 mod select;
 mod stats;
-mod wire;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -34,6 +31,7 @@ use lb_common::{
     FORWARD_L2, KIND_CA, KIND_COMPILER, Reason, VipInfo,
     hash::{self, vip_slot},
     maps::{PROG_ENCAP, PROG_FIRST_FRAG, PROG_FRAG, PROG_ICMP},
+    wire,
 };
 
 use crate::{

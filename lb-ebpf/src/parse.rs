@@ -8,9 +8,10 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FlowKeyV4, FlowKeyV6, PROTO_TCP, PROTO_UDP, Reason,
     hash::{fold_v4, fold_v6_words},
+    wire,
 };
 
-use crate::{family::maybe_vip_addr, wire};
+use crate::family::maybe_vip_addr;
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;

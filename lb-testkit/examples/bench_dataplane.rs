@@ -25,7 +25,10 @@ use lb_common::{
 };
 use lb_testkit::{
     harness::TestDataPlane,
-    object::{BENCH_CA, BENCH_COUNT, BENCH_FLOOD, BENCH_INSERT, BENCH_LOOKUP, BENCH_REFLECTOR},
+    object::{
+        BENCH_CA, BENCH_CA_PARSE, BENCH_COUNT, BENCH_FLOOD, BENCH_INSERT, BENCH_LOOKUP,
+        BENCH_REFLECTOR,
+    },
     packet::{Frame, flags},
 };
 use voxlb::{dataplane::DataPlane, object::PROGRAM_NAME};
@@ -294,6 +297,7 @@ fn profile(
             "reflector" => (BENCH_REFLECTOR, &f.est),
             "count" => (BENCH_COUNT, &f.not_vip),
             "cafloor" => (BENCH_CA, &f.ca),
+            "caparse" => (BENCH_CA_PARSE, &f.ca),
             "floodfloor" => (BENCH_FLOOD, &f.flood_syn),
             "floodwarm" => (PROGRAM_NAME, &f.flood_syn),
             "floor" => (BENCH_LOOKUP, &f.est),
@@ -302,7 +306,7 @@ fn profile(
             "established" => (PROGRAM_NAME, &f.est),
             "miss" => (PROGRAM_NAME, &f.miss),
             _ => anyhow::bail!(
-                "--profile: unknown row {row:?} (reflector, count, cafloor, floodfloor, floodwarm, floor, pass, ca, established, miss, insert, syn, flood)"
+                "--profile: unknown row {row:?} (reflector, count, cafloor, caparse, floodfloor, floodwarm, floor, pass, ca, established, miss, insert, syn, flood)"
             ),
         };
         dp.set_flood_threshold(u32::from(row == "floodwarm"))?;
@@ -340,7 +344,7 @@ fn syns(
 }
 
 /// The rows, in the order they are printed.
-const ROWS: usize = 18;
+const ROWS: usize = 19;
 
 /// One round of every row; SYN rows average `syns` distinct SYNs, each
 /// from a client no earlier round used.
@@ -379,6 +383,7 @@ fn round(
     r[15] = ns(dp, BENCH_COUNT, &f.not_vip, a.repeat)?;
     r[16] = ns(dp, BENCH_CA, &f.ca, a.repeat)?;
     r[17] = ns(dp, BENCH_FLOOD, &f.flood_syn, a.repeat)?;
+    r[18] = ns(dp, BENCH_CA_PARSE, &f.ca, a.repeat)?;
     dp.set_flood_threshold(0)?;
     // Routed: established and SYN, IPIP then GUE, at repeat 1.
     for (k, vip) in [IPIP_VIP, GUE_VIP].into_iter().enumerate() {
@@ -418,6 +423,7 @@ fn report(a: &Args, rows: [f64; ROWS], flood_syns: u64) {
         count,
         ca_floor,
         flood_floor,
+        ca_parse_floor,
     ] = rows;
     println!(
         "voxlb data plane, BPF_PROG_TEST_RUN, median of {} rounds (repeat {}; SYN: {} distinct flows at repeat 1)",
@@ -446,6 +452,11 @@ fn report(a: &Args, rows: [f64; ROWS], flood_syns: u64) {
             (
                 "floor: reflector + CA's 4 table reads + counter",
                 ca_floor,
+                "",
+            ),
+            (
+                "floor: the same + parse to the port (VLANs, IHL)",
+                ca_parse_floor,
                 "",
             ),
             ("CA VIP (filter, VIP lookup, steering)", ca, "<= 2.0"),

@@ -21,15 +21,19 @@ pub const BENCH_COUNT: &str = "vx_bench_count";
 /// bit, CA steering and backend reads and a counter record.
 pub const BENCH_CA: &str = "vx_bench_ca";
 
+/// The CA floor with the parse that finds the port (VLAN tags, IHL).
+pub const BENCH_CA_PARSE: &str = "vx_bench_ca_parse";
+
 /// The flood-mode SYN's floor: the reflector plus the table reads, the
 /// flood state and the flow hash of a SYN the Maglev table alone forwards.
 pub const BENCH_FLOOD: &str = "vx_bench_flood";
 
 /// Every benchmark program of the test object (loaded by the harness).
-pub const BENCH_PROGRAMS: [&str; 6] = [
+pub const BENCH_PROGRAMS: [&str; 7] = [
     BENCH_REFLECTOR,
     BENCH_COUNT,
     BENCH_CA,
+    BENCH_CA_PARSE,
     BENCH_FLOOD,
     BENCH_LOOKUP,
     BENCH_INSERT,

@@ -7,6 +7,8 @@
 //! architecture handles it (x86-64, the one this program is built for:
 //! `CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`), so these helpers emit the one
 //! load or store the hardware does. Values are in memory (wire) order.
+//! Built for the BPF target only; the data plane and the benchmark floors
+//! (`lb-testkit-ebpf`) share them.
 //!
 //! Callers guarantee, as for any packet access, that the bytes lie inside
 //! the packet (checked against `data_end` on the same path, so the verifier
