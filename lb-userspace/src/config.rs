@@ -115,7 +115,7 @@ fn check_routed_mac(
             format!("{bkey}.mac"),
             format!(
                 "a routed compiler (forwarding = \"{}\") is reached through its route's next hop, whose MAC voxlb resolves: remove mac",
-                f.mode.name()
+                f.mode.as_str()
             ),
         ));
     }

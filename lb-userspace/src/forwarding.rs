@@ -33,14 +33,24 @@ use lb_common::{
     decap::DEFAULT_GUE_PORT,
 };
 
-/// The forwarding mode of a service (serialized as `l2`, `ipip`, `gue`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    L2,
-    Ipip,
-    Gue,
+crate::control::named! {
+    /// The forwarding mode of a service (`forwarding = "l2" | "ipip" | "gue"`).
+    Mode {
+        /// Direct server return on the LB's own segment (the default).
+        L2 = "l2",
+        /// IP in IP to compilers in other subnets.
+        Ipip = "ipip",
+        /// GUE (UDP) to compilers in other subnets.
+        Gue = "gue",
+    }
+}
+
+// By hand: `named!` derives no `Default`.
+#[allow(clippy::derivable_impls)]
+impl Default for Mode {
+    fn default() -> Self {
+        Mode::L2
+    }
 }
 
 impl Mode {
@@ -50,14 +60,6 @@ impl Mode {
             Mode::L2 => FORWARD_L2,
             Mode::Ipip => FORWARD_IPIP,
             Mode::Gue => FORWARD_GUE,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::L2 => "l2",
-            Mode::Ipip => "ipip",
-            Mode::Gue => "gue",
         }
     }
 
@@ -114,18 +116,6 @@ impl Forwarding {
     }
 }
 
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl PartialEq<&str> for Mode {
-    fn eq(&self, other: &&str) -> bool {
-        self.name() == *other
-    }
-}
-
 /// The keys of a service section, as written.
 #[derive(Debug, Default)]
 pub struct RawForwarding {
@@ -141,15 +131,13 @@ pub struct RawForwarding {
 /// key under the service (`forwarding`, `gue_port`, ...).
 pub fn parse(raw: &RawForwarding, vip_v6: bool) -> Result<Forwarding, (&'static str, String)> {
     let mode = match raw.forwarding.as_deref() {
-        None | Some("l2") => Mode::L2,
-        Some("ipip") => Mode::Ipip,
-        Some("gue") => Mode::Gue,
-        Some(other) => {
-            return Err((
+        None => Mode::L2,
+        Some(text) => text.parse().map_err(|_| {
+            (
                 "forwarding",
-                format!("{other:?} is not a forwarding mode: use \"l2\", \"ipip\" or \"gue\""),
-            ));
-        }
+                format!("{text:?} is not a forwarding mode: use \"l2\", \"ipip\" or \"gue\""),
+            )
+        })?,
     };
     let mut f = Forwarding {
         mode,

@@ -303,8 +303,8 @@ fn reach(f: &Forwarding, b: &Backend, macs: &MacMap, routes: &RouteMap) -> Reach
             forwarding,
             tunnel: Some(t),
             route: Some(match e.gateway {
-                Some(g) => format!("{} via {g} dev {}", f.mode.name(), e.ifname),
-                None => format!("{} dev {}", f.mode.name(), e.ifname),
+                Some(g) => format!("{} via {g} dev {}", f.mode.as_str(), e.ifname),
+                None => format!("{} dev {}", f.mode.as_str(), e.ifname),
             }),
         },
         Err(why) => Reach {

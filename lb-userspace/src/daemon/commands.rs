@@ -465,7 +465,7 @@ fn add_to_overlay(
     if mac.is_some() && svc.forwarding.routed() {
         return Err(format!(
             "--mac: service {service} forwards by {}: its compilers are reached through their route's next hop, whose MAC voxlb resolves; omit --mac",
-            svc.forwarding.mode.name()
+            svc.forwarding.mode.as_str()
         ));
     }
     let o = st.overlays.entry(service.to_owned()).or_default();
