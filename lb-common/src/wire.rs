@@ -56,3 +56,22 @@ load!(load_u32, u32, "{v} = *(u32 *)({p} + 0)");
 load!(load_u16, u16, "{v} = *(u16 *)({p} + 0)");
 store!(store_u32, u32, "*(u32 *)({p} + 0) = {v}");
 store!(store_u16, u16, "*(u16 *)({p} + 0) = {v}");
+
+/// The direct-server-return MAC rewrite of the frame at `p`: the
+/// destination MAC becomes the backend's (`hi`, `lo`: its bytes 0..4 and
+/// 4..6 in memory order), the source MAC the one the frame was sent to.
+/// Two loads and four stores.
+///
+/// # Safety
+/// `p..p + 12` lies inside the packet, which the program may write.
+#[inline(always)]
+pub unsafe fn dsr_macs(p: usize, hi: u32, lo: u16) {
+    // SAFETY: per the caller.
+    unsafe {
+        let (ours_hi, ours_lo) = (load_u32(p), load_u16(p + 4));
+        store_u32(p, hi);
+        store_u16(p + 4, lo);
+        store_u32(p + 6, ours_hi);
+        store_u16(p + 10, ours_lo);
+    }
+}

@@ -176,25 +176,23 @@ fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Resu
     // pre-filter is not read and neither is the VIP map later. Otherwise
     // the pre-filter: nothing there, not ours; no compiler VIP there, CA
     // traffic. CA traffic skips the flow table either way.
-    let (known, direct) = match direct_vip(&pkt, index) {
-        Some(info) if info.kind == KIND_CA => (select::Known::Miss, Some(info)),
-        Some(info) => match compiler_flow(&pkt) {
-            Ok(choice) => return forward(ctx, c, &pkt, &choice, len),
-            Err(known) => (known, Some(info)),
-        },
+    let (compiler, direct) = match direct_vip(&pkt, index) {
+        Some(info) => (info.kind != KIND_CA, Some(info)),
         None => {
             let slot = VIP_FILTER.get(index).ok_or(Reason::PassNotVip)?;
-            if slot.compiler != 0 {
-                match compiler_flow(&pkt) {
-                    Ok(choice) => return forward(ctx, c, &pkt, &choice, len),
-                    Err(known) => (known, None),
-                }
-            } else if slot.ca != 0 {
-                (select::Known::Miss, None)
-            } else {
+            if slot.compiler == 0 && slot.ca == 0 {
                 return Err(Reason::PassNotVip);
             }
+            (slot.compiler != 0, None)
         }
+    };
+    let known = if compiler {
+        match compiler_flow(&pkt) {
+            Ok(choice) => return forward(ctx, c, &pkt, &choice, len),
+            Err(known) => known,
+        }
+    } else {
+        select::Known::Miss
     };
     let info = match direct {
         Some(info) => info,
@@ -291,13 +289,7 @@ pub(crate) fn rewrite_l2(c: &Cursor, backend_mac: select::Mac) -> Result<(), Rea
     // `copy_from_slice` from a map value a call of a `memmove` subprogram.
     // SAFETY: the 12 address bytes of the frame lie inside the packet
     // (checked by `ptr`).
-    unsafe {
-        let (ours_hi, ours_lo) = (wire::load_u32(p), wire::load_u16(p + 4));
-        wire::store_u32(p, backend_mac.hi);
-        wire::store_u16(p + 4, backend_mac.lo);
-        wire::store_u32(p + 6, ours_hi);
-        wire::store_u16(p + 10, ours_lo);
-    }
+    unsafe { wire::dsr_macs(p, backend_mac.hi, backend_mac.lo) };
     Ok(())
 }
 

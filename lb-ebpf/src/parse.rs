@@ -381,6 +381,17 @@ fn bytes16(w: [u32; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
 }
 
+/// The source and destination ports (as on the wire) of the TCP or UDP
+/// header at `p`: its first 4 bytes.
+///
+/// # Safety
+/// `p..p + 4` lies inside the packet.
+#[inline(always)]
+unsafe fn ports(p: usize) -> (u16, u16) {
+    // SAFETY: per the caller.
+    unsafe { (wire::load_u16(p), wire::load_u16(p + 2)) }
+}
+
 /// What the L4 header says.
 struct L4 {
     sport_be: u16,
@@ -418,12 +429,7 @@ fn parse_l4(c: &Cursor, off: usize, l4_len: usize, proto: u8) -> Result<L4, Reas
                 return Err(Reason::DropBadL4);
             }
             // SAFETY: the ports are the header's first 4 bytes (inside).
-            let (sport_be, dport_be) = unsafe {
-                (
-                    wire::load_u16(t.as_ptr() as usize),
-                    wire::load_u16(t.as_ptr() as usize + 2),
-                )
-            };
+            let (sport_be, dport_be) = unsafe { ports(t.as_ptr() as usize) };
             Ok(L4 {
                 sport_be,
                 dport_be,
@@ -438,12 +444,7 @@ fn parse_l4(c: &Cursor, off: usize, l4_len: usize, proto: u8) -> Result<L4, Reas
             // SAFETY: the 8-byte UDP header lies inside the packet.
             let u = unsafe { &*u };
             // SAFETY: the ports are the header's first 4 bytes (inside).
-            let (sport_be, dport_be) = unsafe {
-                (
-                    wire::load_u16(u.as_ptr() as usize),
-                    wire::load_u16(u.as_ptr() as usize + 2),
-                )
-            };
+            let (sport_be, dport_be) = unsafe { ports(u.as_ptr() as usize) };
             Ok(L4 {
                 sport_be,
                 dport_be,

@@ -282,15 +282,15 @@ fn send_to(start: usize, end: usize, mac: [u8; 6]) -> u32 {
             (*c).bytes += (end - start) as u64;
         }
     }
-    // Word moves, as the product's MAC rewrite (`lb_common::wire`).
+    // The product's MAC rewrite (`lb_common::wire`).
     // SAFETY: the first 12 bytes lie inside the packet (per the caller).
     unsafe {
-        let (ours_hi, ours_lo) = (wire::load_u32(start), wire::load_u16(start + 4));
-        wire::store_u32(start, u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]));
-        wire::store_u16(start + 4, u16::from_ne_bytes([mac[4], mac[5]]));
-        wire::store_u32(start + 6, ours_hi);
-        wire::store_u16(start + 10, ours_lo);
-    }
+        wire::dsr_macs(
+            start,
+            u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]),
+            u16::from_ne_bytes([mac[4], mac[5]]),
+        )
+    };
     xdp_action::XDP_TX
 }
 
