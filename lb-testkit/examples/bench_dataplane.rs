@@ -309,8 +309,20 @@ fn profile(
                 "--profile: unknown row {row:?} (reflector, count, cafloor, caparse, floodfloor, floodwarm, floor, pass, ca, established, miss, insert, syn, flood)"
             ),
         };
-        dp.set_flood_threshold(u32::from(row == "floodwarm"))?;
+        let flood = row == "floodwarm";
+        dp.set_flood_threshold(u32::from(flood))?;
+        let mut prime = 1u32 << 20;
         while std::time::Instant::now() < until {
+            if flood {
+                // Two distinct SYNs first: past the threshold of 1 in this
+                // CPU's window, however long ago the last one opened, so the
+                // row's SYN is a flood SYN (else the first of a window would
+                // be inserted, and the rest would hit its entry).
+                for _ in 0..2 {
+                    prime += 1;
+                    ns(dp, PROGRAM_NAME, &syn(prime, 50005, VIP), 1)?;
+                }
+            }
             total += ns(dp, prog, frame, repeat)?;
             runs += 1;
         }
