@@ -27,7 +27,7 @@ impl XdpDataPlane {
             .map_err(|e| other(format!("creating {}: {e}", opts.pin_dir.display())))?;
         check_bpffs(&opts.pin_dir)?;
         // A v1 deployment: carry its maps over before anything is created.
-        let v1_flows = migrate_v1(&opts.pin_dir)?;
+        let from_v1 = migrate_v1(&opts.pin_dir)?;
         let all_linked = opts
             .interfaces
             .iter()
@@ -60,7 +60,7 @@ impl XdpDataPlane {
         }
         // The attached program of a v1 deployment reads v1 flow values: it
         // is replaced in its links, like `voxlb run --replace`.
-        if all_linked && !opts.replace && v1_flows.is_none() && missing.is_empty() {
+        if all_linked && !opts.replace && !from_v1 && missing.is_empty() {
             info!(pin_dir = %opts.pin_dir.display(), "reusing the attached program and pinned maps");
             let mut maps = BTreeMap::new();
             for name in names::ALL {
@@ -139,21 +139,22 @@ impl XdpDataPlane {
             }
         };
         dp.sync_tx_ports(&opts.interfaces)?;
-        if let Some(flows) = v1_flows {
-            dp.finish_v1_migration(&opts.pin_dir, flows)?;
+        if from_v1 {
+            dp.finish_v1_migration(&opts.pin_dir)?;
         }
         dp.hold_pins(opts)?;
         Ok(dp)
     }
 
-    /// Write the converted v1 flows into the v2 table, then drop the v1
-    /// flow-table pin (the last v1 pin). Done after the new program is in
-    /// the links: a crash before the unpin repeats the migration.
-    pub(super) fn finish_v1_migration(
-        &mut self,
-        pin_dir: &Path,
-        flows: Vec<(FlowKey, FlowValue)>,
-    ) -> Result<()> {
+    /// Read the v1 flow table, write its entries converted (open, last seen
+    /// now) into the v2 tables, then drop the v1 flow-table pin (the last
+    /// v1 pin). Done after the new program is in the links, so the read
+    /// sees every flow the v1 program made, those it made while this one
+    /// was being loaded and verified included: v2's flow hash differs from
+    /// v1's, so a v1 flow left out would be re-picked and could land on
+    /// another compiler. A crash before the unpin repeats the migration.
+    pub(super) fn finish_v1_migration(&mut self, pin_dir: &Path) -> Result<()> {
+        let flows = read_v1_flows(pin_dir)?;
         let mut copied = 0usize;
         for (k, v) in &flows {
             // A full table keeps what fits (LRU), like the data plane does.
@@ -234,16 +235,15 @@ pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
 /// map whose layout did not change ([`names::V1_RENAMED`]: VIPs, backends,
 /// tables, steering) is renamed to its v2 pin name, so they stay exactly as
 /// they were (the v1 program still attached keeps using the very same
-/// maps); the v1 flow table is read and its entries converted (open, last
-/// seen now) for the per-family v2 tables; the v1 port filter and counters
-/// are unpinned (the filter is rebuilt from the VIPs, the counters start
-/// again from zero: their layout changed).
-/// Returns the converted flows, to be written once the v2 table exists
-/// (see [`XdpDataPlane::finish_v1_migration`]); `None` without v1 pins.
-pub fn migrate_v1(pin_dir: &Path) -> Result<Option<Vec<(FlowKey, FlowValue)>>> {
+/// maps); the v1 port filter and counters are unpinned (the filter is
+/// rebuilt from the VIPs, the counters start again from zero: their layout
+/// changed). The v1 flow table stays pinned: its entries are converted once
+/// the v2 program is in the links ([`XdpDataPlane::finish_v1_migration`]).
+/// Returns whether there were v1 pins.
+pub fn migrate_v1(pin_dir: &Path) -> Result<bool> {
     let any_v1 = names::V1_ALL.iter().any(|n| pin_dir.join(n).exists());
     if !any_v1 {
-        return Ok(None);
+        return Ok(false);
     }
     warn!(pin_dir = %pin_dir.display(), "found pins of map layout v1; upgrading them to v2");
     for v1 in names::V1_ALL {
@@ -277,6 +277,12 @@ pub fn migrate_v1(pin_dir: &Path) -> Result<Option<Vec<(FlowKey, FlowValue)>>> {
             })?;
         }
     }
+    Ok(true)
+}
+
+/// The pinned v1 flow table's entries, converted to v2 values (open, last
+/// seen now); none if it is not pinned.
+fn read_v1_flows(pin_dir: &Path) -> Result<Vec<(FlowKey, FlowValue)>> {
     let v1_flows = pin_dir.join(names::V1_FLOWS);
     let mut flows = Vec::new();
     if v1_flows.exists() {
@@ -290,7 +296,7 @@ pub fn migrate_v1(pin_dir: &Path) -> Result<Option<Vec<(FlowKey, FlowValue)>>> {
             flows.push((k, v.upgrade(now)));
         }
     }
-    Ok(Some(flows))
+    Ok(flows)
 }
 
 /// Load the tail-called programs of `ebpf` (encapsulation, ICMP errors,
