@@ -185,18 +185,23 @@ pub fn ipv4(
         return Err(Reason::DropBadL3);
     }
     let at = ip as usize;
-    // SAFETY: bytes 2..8 and 12..20 of the 20-byte header (inside the
+    // The destination alone first: a packet the gate passes reads nothing
+    // more (the other fields, loaded before it, were spilled to the stack
+    // and cost the host's traffic about 2 ns).
+    // SAFETY: bytes 16..20 of the 20-byte header (inside the packet); a
+    // word load (`wire`).
+    let dst_w = unsafe { wire::load_u32(at + 16) };
+    gate.check(fold_v4(&dst_w.to_ne_bytes()))?;
+    // SAFETY: bytes 2..8 and 12..16 of the 20-byte header (inside the
     // packet); word loads (`wire`).
-    let (len_w, id_w, frag_w, src_w, dst_w) = unsafe {
+    let (len_w, id_w, frag_w, src_w) = unsafe {
         (
             wire::load_u16(at + 2),
             wire::load_u16(at + 4),
             wire::load_u16(at + 6),
             wire::load_u32(at + 12),
-            wire::load_u32(at + 16),
         )
     };
-    gate.check(fold_v4(&dst_w.to_ne_bytes()))?;
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Err(Reason::DropBadL3);
