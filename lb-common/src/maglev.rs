@@ -1,7 +1,7 @@
 //! Maglev consistent hashing (Eisenbud et al., NSDI 2016), weighted.
 //!
 //! Userspace builds the lookup table; the data plane indexes it with
-//! `flow_hash % size`, one array read per new flow. The table depends only on
+//! `table_slot(flow_hash, size)` (`crate::hash`), one array read per new flow. The table depends only on
 //! the set of (identity, weight) pairs and the size, so every LB host builds
 //! the same bytes:
 //! - entries are sorted by identity before filling, so insertion order does

@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
     BACKEND_ACTIVE, BackendInfo, FLOOD_WINDOW_NS, FlowValue, LAST_SEEN_GRANULARITY_NS, NO_BACKEND,
-    PROTO_TCP, Reason, keeps_flows,
+    PROTO_TCP, Reason, hash::table_slot, keeps_flows,
 };
 
 use crate::{
@@ -371,7 +371,7 @@ fn pick<K: Family>(service_id: u32, pkt: &Parsed<K>) -> Result<u32, Reason> {
     if size == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let slot = base.wrapping_add(pkt.key.hash() % size);
+    let slot = base.wrapping_add(table_slot(pkt.key.hash(), size));
     let id = *MAGLEV.get(slot).ok_or(Reason::DropInternal)?;
     if id == NO_BACKEND {
         return Err(Reason::DropNoBackend);

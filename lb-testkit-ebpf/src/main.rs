@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, Counter, FloodState, FlowKeyV4, FlowValue, TableRegion,
-    hash::{ADDR_BITS_WORDS, FILTER_SLOTS, flow_hash_v4},
+    hash::{ADDR_BITS_WORDS, FILTER_SLOTS, flow_hash_v4, table_slot},
     maps::{DEFAULT_FLOW_CAPACITY, MAX_BACKENDS, MAX_REGIONS, MAX_SERVICES},
     wire,
 };
@@ -334,7 +334,11 @@ pub fn vx_bench_flood(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let size = region.size | 1;
-    let Some(&id) = BENCH_MAGLEV.get(region.base.wrapping_add(flow_hash_v4(&key) % size)) else {
+    let Some(&id) = BENCH_MAGLEV.get(
+        region
+            .base
+            .wrapping_add(table_slot(flow_hash_v4(&key), size)),
+    ) else {
         return xdp_action::XDP_DROP;
     };
     let Some(backend) = BENCH_BACKENDS.get(id) else {

@@ -2,9 +2,11 @@
 //! written apart from it for the fuzzer's model, so that a bug in lb-common
 //! shows up as a disagreement instead of being copied into the model:
 //!
-//! - the flow hash is the published MurmurHash3_x86_32 over the flow's 40
-//!   key bytes as the spec in `lb_common::hash` lays them out, implemented
-//!   for any byte string and checked against published test vectors;
+//! - the flow hash is its spec's arithmetic over the flow's 40 key bytes as
+//!   `lb_common::hash` lays them out: five 64-bit lanes read from the
+//!   bytes, each XORed with its constant and multiplied by its own, the sum
+//!   finished; and a table slot is the hash times the table size, over
+//!   2^32;
 //! - the Maglev table is the paper's population loop in its plainest form:
 //!   every permutation written out in full, the next turn found by scanning
 //!   every backend for the earliest virtual time (no heap, no round-robin
@@ -13,36 +15,6 @@
 //!   address folded to a word, then a multiplicative hash's top 16 bits.
 
 use std::net::IpAddr;
-
-/// The flow hash's seed ("voxl").
-pub const FLOW_SEED: u32 = 0x766f_786c;
-
-/// MurmurHash3_x86_32 (Appleby), any length, any seed.
-pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
-    const C1: u32 = 0xcc9e_2d51;
-    const C2: u32 = 0x1b87_3593;
-    let scramble = |k: u32| k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    let mut h = seed;
-    let mut blocks = data.chunks_exact(4);
-    for b in &mut blocks {
-        h ^= scramble(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-    }
-    let tail = blocks.remainder();
-    if !tail.is_empty() {
-        let mut k = 0u32;
-        for (i, b) in tail.iter().enumerate() {
-            k |= u32::from(*b) << (8 * i);
-        }
-        h ^= scramble(k);
-    }
-    h ^= data.len() as u32;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
 
 /// An address as 16 bytes (IPv4 in the first four, the rest zero) and its
 /// family tag (4 or 6): the form keys and identities use.
@@ -73,9 +45,55 @@ pub fn flow_bytes(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -
     b
 }
 
-/// The flow hash of a 5-tuple.
+/// The flow hash of a 5-tuple, per `lb_common::hash`'s spec, from the 40
+/// bytes [`flow_bytes`] lays out. Lane i (0 to 3) holds bytes 4i..4i+4
+/// (word i of the source address) as its low half and bytes 16+4i..20+4i
+/// (word i of the destination) as its high half, little-endian; lane 4 is
+/// bytes 32..40 (ports, protocol, family, zeros) read little-endian as one
+/// word. The hash is the sum mod 2^64 of (lane i XOR K[i]) * M[i]; that sum
+/// h becomes h XOR (h >> 32), times M[5], XOR itself shifted right by 29,
+/// and the top 32 bits of the result are the hash.
 pub fn flow_hash(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> u32 {
-    murmur3_32(&flow_bytes(src, dst, sport, dport, proto), FLOW_SEED)
+    const K: [u64; 5] = [
+        0x243f6a8885a308d3,
+        0x13198a2e03707344,
+        0xa4093822299f31d0,
+        0x082efa98ec4e6c89,
+        0x452821e638d01377,
+    ];
+    const M: [u64; 6] = [
+        0x9e3779b97f4a7c15,
+        0xbf58476d1ce4e5b9,
+        0x94d049bb133111eb,
+        0xd6e8feb86659fd93,
+        0xa0761d6478bd642f,
+        0xe7037ed1a0b428db,
+    ];
+    let b = flow_bytes(src, dst, sport, dport, proto);
+    let le = |at: usize, n: usize| -> u64 {
+        (0..n).fold(0u64, |acc, i| acc | u64::from(b[at + i]) << (8 * i))
+    };
+    let lanes = [
+        le(0, 4) | le(16, 4) << 32,
+        le(4, 4) | le(20, 4) << 32,
+        le(8, 4) | le(24, 4) << 32,
+        le(12, 4) | le(28, 4) << 32,
+        le(32, 8),
+    ];
+    let mut h = 0u64;
+    for (i, lane) in lanes.iter().enumerate() {
+        h = h.wrapping_add((lane ^ K[i]).wrapping_mul(M[i]));
+    }
+    h ^= h >> 32;
+    h = h.wrapping_mul(M[5]);
+    h ^= h >> 29;
+    (h >> 32) as u32
+}
+
+/// The slot of a table of `size` slots that a flow of hash `hash` takes:
+/// floor(hash * size / 2^32), computed in 128 bits.
+pub fn table_slot(hash: u32, size: usize) -> usize {
+    ((u128::from(hash) * size as u128) >> 32) as usize
 }
 
 /// The slot of an address in the VIP address bitmap (one bit per slot,
@@ -198,29 +216,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
-    fn murmur3_matches_published_vectors() {
-        // SMHasher's verification values as commonly published for
-        // MurmurHash3_x86_32 (empty input, seeds; short inputs; tails).
-        for (data, seed, want) in [
-            (&b""[..], 0, 0),
-            (b"", 1, 0x514e_28b7),
-            (b"", 0xffff_ffff, 0x81f1_6f39),
-            (b"\0\0\0\0", 0, 0x2362_f9de),
-            (b"aaaa", 0x9747_b28c, 0x5a97_808a),
-            (b"abc", 0, 0xb3dd_93fa),
-            (b"Hello, world!", 0x9747_b28c, 0x2488_4cba),
-            (
-                b"The quick brown fox jumps over the lazy dog",
-                0x9747_b28c,
-                0x2fa8_26cd,
-            ),
-        ] {
-            assert_eq!(murmur3_32(data, seed), want, "{data:?} seed {seed:#x}");
-        }
-    }
-
-    #[test]
-    fn lb_common_flow_hash_is_murmur3_over_the_key_bytes() {
+    fn lb_common_flow_hash_and_table_slot_are_the_spec() {
         let mut r = crate::fuzz::Rng::new(7);
         for _ in 0..20_000 {
             let v6 = r.chance(50);
@@ -244,10 +240,16 @@ mod tests {
                 family,
                 ..Default::default()
             };
+            let h = flow_hash(src, dst, sport, dport, proto);
             assert_eq!(
                 lb_common::hash::flow_hash(&key),
-                flow_hash(src, dst, sport, dport, proto),
+                h,
                 "{src} {sport} -> {dst} {dport} proto {proto}"
+            );
+            let size = r.pick(&[1u32, 251, 65537, 655_373]);
+            assert_eq!(
+                lb_common::hash::table_slot(h, size) as usize,
+                table_slot(h, size as usize)
             );
         }
     }

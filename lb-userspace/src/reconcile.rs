@@ -91,9 +91,18 @@ pub struct Plan {
 
 /// A hash of a Maglev table by backend *address* (slot by slot), not by
 /// backend id: ids are local to a host, addresses are what two hosts must
-/// agree on. FNV-1a 64 over the table size and, per slot, the 17-byte
-/// identity of its backend (`0xff`s for an empty slot); 16 hex digits.
+/// agree on. FNV-1a 64 over the flow hash's version
+/// ([`lb_common::hash::FLOW_HASH_VERSION`]: hosts whose data planes hash
+/// flows differently send them to different compilers from the same
+/// table), the table size and, per slot, the 17-byte identity of its
+/// backend (`0xff`s for an empty slot); 16 hex digits.
 pub fn table_fingerprint(table: &[u32], identity: &HashMap<u32, [u8; 17]>) -> String {
+    fingerprint_of(Some(lb_common::hash::FLOW_HASH_VERSION), table, identity)
+}
+
+/// [`table_fingerprint`] under a flow-hash version; `None` is the form of
+/// the builds before the version was fed in (flow hash version 1).
+fn fingerprint_of(version: Option<u8>, table: &[u32], identity: &HashMap<u32, [u8; 17]>) -> String {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
@@ -103,6 +112,9 @@ pub fn table_fingerprint(table: &[u32], identity: &HashMap<u32, [u8; 17]>) -> St
             h = h.wrapping_mul(PRIME);
         }
     };
+    if let Some(v) = version {
+        eat(&[v]);
+    }
     eat(&(table.len() as u64).to_le_bytes());
     let none = [0xffu8; 17];
     for v in table {
@@ -924,4 +936,34 @@ pub fn recover_from_dataplane(
         state.adopt_generation(id, info.generation, same);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_tells_flow_hash_versions_apart() {
+        // The same table on a host of the previous flow hash (which fed no
+        // version) and on this one: they would send a new flow to different
+        // compilers, so an operator comparing fingerprints must see them
+        // differ; on two hosts of this build they are equal.
+        let identity: HashMap<u32, [u8; 17]> = (0..3u32)
+            .map(|id| {
+                let mut a = [0u8; 17];
+                a[..4].copy_from_slice(&[10, 0, 1, id as u8 + 1]);
+                a[16] = lb_common::FAMILY_V4;
+                (id, a)
+            })
+            .collect();
+        let table: Vec<u32> = (0..251u32).map(|s| s % 3).collect();
+        let now = table_fingerprint(&table, &identity);
+        assert_eq!(now, table_fingerprint(&table, &identity));
+        assert_ne!(now, fingerprint_of(None, &table, &identity));
+        assert_ne!(now, fingerprint_of(Some(1), &table, &identity));
+        assert_eq!(
+            now,
+            fingerprint_of(Some(lb_common::hash::FLOW_HASH_VERSION), &table, &identity)
+        );
+    }
 }

@@ -12,7 +12,7 @@ use lb_common::{
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_EMPTY, BACKEND_RETIRING, BackendInfo,
     FlowKey, FlowValue, KIND_CA, KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo,
     VipKey, addr_bytes,
-    hash::flow_hash,
+    hash::{flow_hash, table_slot},
     maglev::{self, Entry},
 };
 use lb_testkit::{
@@ -185,7 +185,7 @@ impl Fixture {
 
 /// The backend the active table of `service` gives a flow.
 fn expected_backend(table: &[u32], key: &FlowKey) -> u32 {
-    table[(flow_hash(key) % table.len() as u32) as usize]
+    table[table_slot(flow_hash(key), table.len() as u32) as usize]
 }
 
 fn key_of(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {

@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BackendInfo, FlowKey, KIND_COMPILER, PROTO_TCP, VipInfo,
     VipKey, addr_bytes,
-    hash::flow_hash,
+    hash::{flow_hash, table_slot},
     maglev::{self, Entry},
 };
 use lb_testkit::{
@@ -94,7 +94,7 @@ impl Conn {
             .build()
     }
     fn pick(&self, t: &[u32]) -> u32 {
-        t[(flow_hash(&self.key()) % t.len() as u32) as usize]
+        t[table_slot(flow_hash(&self.key()), t.len() as u32) as usize]
     }
 }
 

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_EMPTY, BackendInfo, FlowKey, FlowValue, KIND_CA,
     KIND_COMPILER, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey, addr_bytes,
-    hash::flow_hash,
+    hash::{flow_hash, table_slot},
     maglev::{self, Entry},
 };
 use lb_testkit::{
@@ -149,7 +149,7 @@ impl Fixture {
     /// The backend the active table of `service` gives `key`.
     fn pick(&self, service: u32, key: &FlowKey) -> u32 {
         let t = self.dp.active_table(service).unwrap().unwrap();
-        t[(flow_hash(key) % t.len() as u32) as usize]
+        t[table_slot(flow_hash(key), t.len() as u32) as usize]
     }
 
     /// Assert `frame` is forwarded to `backend`, counted as `reason`, and

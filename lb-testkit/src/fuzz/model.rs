@@ -631,7 +631,7 @@ impl World {
         if table.is_empty() {
             return Err(Reason::DropNoBackend);
         }
-        let id = table[(flow.hash() % table.len() as u32) as usize];
+        let id = table[reference::table_slot(flow.hash(), table.len())];
         if id == NO_BACKEND
             || !self.usable(
                 id,
