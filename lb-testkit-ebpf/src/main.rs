@@ -39,9 +39,11 @@ static BENCH_STEER: Array<u32> = Array::with_max_entries(MAX_SERVICES, 0);
 static BENCH_BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// The flood floor's own per-CPU flood state, active-copy and region
 /// arrays (as `vx_flood_v2`, `vx_active_v2`, `vx_regions_v2`) and a Maglev
-/// array of two 65537-slot copies: the floor is timed on one SYN repeated,
-/// which reads one slot again and again, so the production array's 16 Mi
-/// slots (128 MiB, loaded with every test harness) would change nothing.
+/// array of two 65537-slot copies, laid out by the benchmark as a
+/// production service's (`TestDataPlane::set_bench_regions`). A SYN reads
+/// one slot of its service's region, so the region's size decides what the
+/// read touches (cache lines, pages), not the production array's 16 Mi
+/// slots (128 MiB, which every test harness would then load twice).
 #[map(name = "vx_bench_flood_state")]
 static BENCH_FLOOD: PerCpuArray<FloodState> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "vx_bench_active")]

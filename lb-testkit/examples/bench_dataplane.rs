@@ -246,6 +246,9 @@ fn floor_key(f: &[u8]) -> anyhow::Result<FlowKeyV4> {
 /// Build the frames, and open the flows the established rows time (their
 /// SYNs go first; the floor's own table gets the same key).
 fn prepare(dp: &mut TestDataPlane) -> anyhow::Result<Frames> {
+    // The flood floor's table is the size of service 0's (its array holds
+    // two 65537-slot copies).
+    dp.set_bench_regions(0, 65537)?;
     dp.test_run(PROGRAM_NAME, &syn(1, 40002, VIP), 1)?;
     let est = segment(1, 40002, VIP, 8140);
     dp.insert_bench_flow4(&floor_key(&est)?)?;
@@ -356,7 +359,7 @@ fn syns(
 }
 
 /// The rows, in the order they are printed.
-const ROWS: usize = 19;
+const ROWS: usize = 20;
 
 /// One round of every row; SYN rows average `syns` distinct SYNs, each
 /// from a client no earlier round used.
@@ -387,7 +390,9 @@ fn round(
     // Flood mode: threshold 1, so all but the first SYN of each second
     // are forwarded by the Maglev table without an insert.
     dp.set_flood_threshold(1)?;
-    syns(dp, &mut r, a.syns, next, &[(9, PROGRAM_NAME)], 50001, VIP)?;
+    // Its floor on the same SYNs, each right after the real path's run.
+    let flood_and_floor = [(9, PROGRAM_NAME), (19, BENCH_FLOOD)];
+    syns(dp, &mut r, a.syns, next, &flood_and_floor, 50001, VIP)?;
     // And one flood-mode SYN repeated: the same work with warm caches, as
     // at line rate, where a repeat-1 run pays cold ones (the test run's
     // own system call evicts them).
@@ -436,6 +441,7 @@ fn report(a: &Args, rows: [f64; ROWS], flood_syns: u64) {
         ca_floor,
         flood_floor,
         ca_parse_floor,
+        flood_floor1,
     ] = rows;
     println!(
         "voxlb data plane, BPF_PROG_TEST_RUN, median of {} rounds (repeat {}; SYN: {} distinct flows at repeat 1)",
@@ -496,6 +502,11 @@ fn report(a: &Args, rows: [f64; ROWS], flood_syns: u64) {
                 "compiler SYN (Maglev pick + flow insert), repeat 1",
                 syn,
                 "<= 4.0",
+            ),
+            (
+                "floor: reflector + flood SYN's reads, hash, counter",
+                flood_floor1,
+                "",
             ),
             (
                 "compiler SYN in flood mode (no insert), repeat 1",

@@ -17,7 +17,7 @@ use voxlb::{
     xdp::XdpDataPlane,
 };
 
-use crate::object::{BENCH_FLOWS4, BENCH_PROGRAMS, TEST_OBJECT};
+use crate::object::{BENCH_FLOWS4, BENCH_PROGRAMS, BENCH_REGIONS, TEST_OBJECT};
 
 /// Result of one BPF_PROG_TEST_RUN.
 #[derive(Debug, Clone)]
@@ -81,6 +81,28 @@ impl TestDataPlane {
         flows
             .insert(key, lb_common::FlowValue::default(), 0)
             .map_err(other)
+    }
+
+    /// Give the flood floor's service `service` two table copies of `size`
+    /// slots, as a production service of that table size has: copy 0 at
+    /// slot 0, copy 1 after it. Without it the floor's regions are empty
+    /// and every SYN reads slot 0 (always cached), where a real SYN reads a
+    /// slot of its flow's in the whole table.
+    pub fn set_bench_regions(&mut self, service: u32, size: u32) -> Result<()> {
+        let map = self
+            .test
+            .map_mut(BENCH_REGIONS)
+            .ok_or_else(|| other(format!("map {BENCH_REGIONS} missing from the test object")))?;
+        let mut regions: aya::maps::Array<_, lb_common::TableRegion> =
+            aya::maps::Array::try_from(map).map_err(other)?;
+        for copy in 0..2 {
+            let r = lb_common::TableRegion {
+                base: copy * size,
+                size,
+            };
+            regions.set(service * 2 + copy, r, 0).map_err(other)?;
+        }
+        Ok(())
     }
 
     /// Run `program_name` ([`PROGRAM_NAME`], or one of the test object's

@@ -41,6 +41,9 @@ pub const BENCH_PROGRAMS: [&str; 7] = [
 
 /// The floor's own flow table (key and value as `vx_flows4_v2`).
 pub const BENCH_FLOWS4: &str = "vx_bench_flows4";
+/// The flood floor's region array (`TableRegion` per service and copy, as
+/// `vx_regions_v2`).
+pub const BENCH_REGIONS: &str = "vx_bench_regions";
 
 /// The do-nothing program attached to the peer of a veth voxlb runs on.
 pub const VETH_PEER: &str = "vx_veth_peer";
