@@ -226,8 +226,8 @@ fn lb<K: Family>(ctx: &XdpContext, c: &Cursor, pkt: Parsed<K>, len: u64) -> Resu
 /// (as Katran sends every SYN); established flows keep theirs.
 #[inline(always)]
 fn compiler_flow<K: Family>(pkt: &Parsed<K>) -> Result<select::Choice, select::Known> {
-    if let Some(now) = select::is_syn(pkt).then(select::flooding).flatten() {
-        return Err(select::Known::Flood(now));
+    if let Some(st) = select::is_syn(pkt).then(select::flooding).flatten() {
+        return Err(select::Known::Flood(st));
     }
     select::established(pkt)
 }

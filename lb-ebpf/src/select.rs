@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
-    BACKEND_ACTIVE, BackendInfo, FLOOD_WINDOW_NS, FlowValue, LAST_SEEN_GRANULARITY_NS, NO_BACKEND,
-    PROTO_TCP, Reason, hash::table_slot, keeps_flows,
+    BACKEND_ACTIVE, BackendInfo, FLOOD_WINDOW_NS, FloodState, FlowValue, LAST_SEEN_GRANULARITY_NS,
+    NO_BACKEND, PROTO_TCP, Reason, hash::table_slot, keeps_flows,
 };
 
 use crate::{
@@ -112,9 +112,9 @@ pub enum Known {
     /// reused, or drained and this is a new SYN): re-pick and overwrite.
     Stale,
     /// Not looked up: a SYN while this CPU is in flood mode ([`flooding`]
-    /// said so at `now`, which the pick reuses instead of reading the
-    /// clock and the configuration again).
-    Flood(u64),
+    /// said so, and found this CPU's flood state there, which the pick
+    /// counts the SYN in without looking it up again).
+    Flood(*mut FloodState),
 }
 
 /// The established-flow fast path: one hash lookup in the family's table,
@@ -207,31 +207,28 @@ pub fn compiler<K: Family>(
     // sticks to it; that is not a new connection.
     let opens = is_syn(pkt) || pkt.proto != PROTO_TCP;
     let stale = matches!(known, Known::Stale);
+    // The Maglev pick as it is, not recorded.
+    let unrecorded = Choice {
+        backend_id: id,
+        mac: Mac::of(be),
+        forwarding: be.forwarding,
+        new_flow: false,
+    };
     // A group-addressed frame is passed by `forward`: it records nothing.
     if !pkt.unicast || (!opens && !stale) {
-        return Ok(Choice {
-            backend_id: id,
-            mac: Mac::of(be),
-            forwarding: be.forwarding,
-            new_flow: false,
-        });
+        return Ok(unrecorded);
     }
-    let (now, flood) = match known {
-        Known::Flood(now) => (now, count_flood_syn()),
-        _ => {
-            let now = now_ns();
-            (now, opens && under_flood(now))
-        }
-    };
-    if flood {
-        // Flood mode: the Maglev table alone, which every LB host agrees
-        // on, forwards the SYN; the LRU keeps the established flows.
-        return Ok(Choice {
-            backend_id: id,
-            mac: Mac::of(be),
-            forwarding: be.forwarding,
-            new_flow: false,
-        });
+    // Flood mode: the Maglev table alone, which every LB host agrees on,
+    // forwards the SYN; the LRU keeps the established flows. A SYN
+    // `flooding` found in flood mode is counted in the state it found,
+    // without the clock being read again.
+    if let Known::Flood(st) = known {
+        count_flood_syn(st);
+        return Ok(unrecorded);
+    }
+    let now = now_ns();
+    if opens && under_flood(now) {
+        return Ok(unrecorded);
     }
     let v = FlowValue {
         backend_id: id,
@@ -245,45 +242,43 @@ pub fn compiler<K: Family>(
     // fail for want of memory, and the packet still goes out.
     let _ = K::flows().insert(pkt.key, v, 0);
     Ok(Choice {
-        backend_id: id,
-        mac: Mac::of(be),
-        forwarding: be.forwarding,
         new_flow: opens,
+        ..unrecorded
     })
 }
 
-/// This CPU is in flood mode now (a peek: nothing is counted): the time it
-/// read, if so. Reads the clock only past the threshold, so a SYN outside a
-/// flood pays two array loads for it. In flood mode a SYN skips the flow
+/// This CPU is in flood mode now (a peek: nothing is counted): its flood
+/// state, if so. Reads the clock only past the threshold, so a SYN outside
+/// a flood pays two array loads for it. In flood mode a SYN skips the flow
 /// table altogether (see `lb`): a spoofed SYN would only miss there, and
 /// that miss, in a table of a million entries, is most of what it costs.
 #[inline(always)]
-pub fn flooding() -> Option<u64> {
+pub fn flooding() -> Option<*mut FloodState> {
     let threshold = match CONFIG.get(0) {
         Some(c) if c.flood_threshold != 0 => c.flood_threshold as u64,
         _ => return None,
     };
-    let st = FLOOD.get(0)?;
-    if st.attempts <= threshold {
+    let st = FLOOD.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of a per-CPU array (see `under_flood`).
+    let (attempts, start) = unsafe { ((*st).attempts, (*st).window_start_ns) };
+    if attempts <= threshold {
         return None;
     }
-    let now = now_ns();
-    (now.saturating_sub(st.window_start_ns) < FLOOD_WINDOW_NS).then_some(now)
+    (now_ns().saturating_sub(start) < FLOOD_WINDOW_NS).then_some(st)
 }
 
-/// A SYN [`flooding`] found in flood mode, forwarded without an entry:
-/// counted as [`under_flood`] would count it (the window is open and past
-/// the threshold, so it only adds to the attempts and the flood SYNs).
+/// A SYN [`flooding`] found in flood mode (`st`, this CPU's flood state),
+/// forwarded without an entry: counted as [`under_flood`] would count it
+/// (the window is open and past the threshold, so it only adds to the
+/// attempts and the flood SYNs).
 #[inline(always)]
-fn count_flood_syn() -> bool {
-    if let Some(st) = FLOOD.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array (see `under_flood`).
-        unsafe {
-            (*st).attempts += 1;
-            (*st).flood_syns += 1;
-        }
+fn count_flood_syn(st: *mut FloodState) {
+    // SAFETY: this CPU's slot of a per-CPU array, from `flooding` in this
+    // run (see `under_flood`).
+    unsafe {
+        (*st).attempts += 1;
+        (*st).flood_syns += 1;
     }
-    true
 }
 
 /// Katran's `is_under_flood`, per CPU: count the flow creations asked for
