@@ -1165,13 +1165,20 @@ fn daemon_load_balance_sends_a_busy_slow_compiler_fewer_new_connections() {
         &[],
     );
     // The poller reads c1's status; the controller takes its weight down.
+    // The idle c2's first reading is waited for too: polls run apart, and
+    // on a busy machine c2's can land after c1 has already been lowered.
+    let c2_addr = topo.compilers[1].ip4.to_string();
     let v = netns::wait_for(Duration::from_secs(20), Duration::from_millis(250), || {
-        backend_view(&d, COMPILERS, &c1_addr).filter(|v| v.load_permille.is_some_and(|l| l < 1000))
+        backend_view(&d, COMPILERS, &c2_addr)
+            .filter(|c2| c2.load_pressure_permille.is_some())
+            .and_then(|_| backend_view(&d, COMPILERS, &c1_addr))
+            .filter(|v| v.load_permille.is_some_and(|l| l < 1000))
     })
     .unwrap_or_else(|| {
         panic!(
-            "c1's load never lowered its weight: {:?}\n{}",
+            "c1's load never lowered its weight (or c2 never reported): {:?} {:?}\n{}",
             backend_view(&d, COMPILERS, &c1_addr),
+            backend_view(&d, COMPILERS, &c2_addr),
             d.log_tail(30)
         )
     });
@@ -1182,7 +1189,7 @@ fn daemon_load_balance_sends_a_busy_slow_compiler_fewer_new_connections() {
     assert_eq!(v.load_pressure_permille, Some(1250));
     assert_eq!(v.load_permille, Some(250), "min_weight_percent floor");
     // The idle compilers report their load too, and keep their weight.
-    let c2 = backend_view(&d, COMPILERS, &topo.compilers[1].ip4.to_string()).unwrap();
+    let c2 = backend_view(&d, COMPILERS, &c2_addr).unwrap();
     assert_eq!(c2.load_permille, Some(1000), "{c2:?}");
     assert!(c2.load_pressure_permille.is_some(), "{c2:?}");
     let list = cli_ok(&d, &["backend", "list", COMPILERS]);
