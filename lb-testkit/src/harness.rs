@@ -70,12 +70,16 @@ impl TestDataPlane {
         Ok(TestDataPlane { product, test, dp })
     }
 
+    /// A map of the test object, by name.
+    fn test_map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.test
+            .map_mut(name)
+            .ok_or_else(|| other(format!("map {name} missing from the test object")))
+    }
+
     /// Put `key` in the benchmark floor's own IPv4 flow table.
     pub fn insert_bench_flow4(&mut self, key: &lb_common::FlowKeyV4) -> Result<()> {
-        let map = self
-            .test
-            .map_mut(BENCH_FLOWS4)
-            .ok_or_else(|| other(format!("map {BENCH_FLOWS4} missing from the test object")))?;
+        let map = self.test_map(BENCH_FLOWS4)?;
         let mut flows: aya::maps::HashMap<_, lb_common::FlowKeyV4, lb_common::FlowValue> =
             aya::maps::HashMap::try_from(map).map_err(other)?;
         flows
@@ -89,10 +93,7 @@ impl TestDataPlane {
     /// and every SYN reads slot 0 (always cached), where a real SYN reads a
     /// slot of its flow's in the whole table.
     pub fn set_bench_regions(&mut self, service: u32, size: u32) -> Result<()> {
-        let map = self
-            .test
-            .map_mut(BENCH_REGIONS)
-            .ok_or_else(|| other(format!("map {BENCH_REGIONS} missing from the test object")))?;
+        let map = self.test_map(BENCH_REGIONS)?;
         let mut regions: aya::maps::Array<_, lb_common::TableRegion> =
             aya::maps::Array::try_from(map).map_err(other)?;
         for copy in 0..2 {
